@@ -1,0 +1,990 @@
+//! `config.ini` -> typed, validated [`Config`].
+//!
+//! The INI parser is hand-written so every error can name its file, line,
+//! section and key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+const MAX_WORKERS: usize = 256;
+const MAX_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub lb: Lb,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub health: Health,
+    pub admin: Admin,
+    pub log: Log,
+    pub backends: Vec<BackendConf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lb {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub strategy: Strategy,
+    /// How many other backends a request may try when connecting fails.
+    pub retries: u32,
+    /// Adds an `X-Backend: <name>` response header.
+    pub expose_backend: bool,
+    /// Idle upstream connections kept per backend per worker.
+    pub upstream_keepalive: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// The client must send a whole request head within this.
+    pub header: Duration,
+    /// Idle keep-alive client connection.
+    pub idle: Duration,
+    /// Backend response, measured as time without progress.
+    pub backend: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Per worker.
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admin {
+    /// `None` when the admin listener is off.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub level: LevelFilter,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConf {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// `key` holds the section too (`[lb] workers`, or `[backends]` for a
+/// section-level error); it is empty for syntax and I/O errors. `line` is 0
+/// when no line applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastConn => "least_conn",
+        }
+    }
+}
+
+impl Default for Lb {
+    fn default() -> Self {
+        Lb {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: auto_workers(),
+            strategy: Strategy::RoundRobin,
+            retries: 2,
+            expose_backend: false,
+            upstream_keepalive: 32,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_millis(3_000),
+            header: Duration::from_millis(10_000),
+            idle: Duration::from_millis(60_000),
+            backend: Duration::from_millis(30_000),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 8192,
+            max_headers: 64,
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/healthcheck".to_string(),
+            interval: Duration::from_millis(2_000),
+            timeout: Duration::from_millis(1_000),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: LevelFilter::Info,
+            access_log: false,
+        }
+    }
+}
+
+impl Config {
+    /// An unreadable file is reported with line 0.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &file),
+            Err(e) => Err(ConfigError {
+                file,
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// `file` is only used to label errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let mut parser = Parser::new(file);
+        for (i, raw) in text.lines().enumerate() {
+            parser.feed(i + 1, raw)?;
+        }
+        parser.finish()
+    }
+
+    /// All defaults plus `backends`.
+    pub fn with_backends(backends: Vec<BackendConf>) -> Config {
+        Config {
+            lb: Lb::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            health: Health::default(),
+            admin: Admin::default(),
+            log: Log::default(),
+            backends,
+        }
+    }
+}
+
+/// Applies one `key = value` of a section; the error is the bare message.
+type Setter = fn(&mut Config, &str, &str) -> Result<(), String>;
+
+const SECTIONS: [(&str, Setter); 7] = [
+    ("lb", set_lb),
+    ("timeouts", set_timeouts),
+    ("limits", set_limits),
+    ("health", set_health),
+    ("admin", set_admin),
+    ("log", set_log),
+    ("backends", set_backend),
+];
+
+struct Parser<'a> {
+    file: &'a str,
+    config: Config,
+    /// Current section name and its setter.
+    section: Option<(&'a str, Setter)>,
+    /// Header line of each section seen, to reject repeats and to point
+    /// the "no backends" error at `[backends]`.
+    headers: HashMap<&'a str, usize>,
+    /// Line of each `(section, key)` seen, to reject duplicates.
+    keys: HashMap<(&'a str, &'a str), usize>,
+}
+
+enum Line<'a> {
+    Blank,
+    Section(&'a str),
+    Pair(&'a str, &'a str),
+}
+
+impl<'a> Parser<'a> {
+    fn new(file: &'a str) -> Self {
+        Parser {
+            file,
+            config: Config::with_backends(Vec::new()),
+            section: None,
+            headers: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn error(&self, line: usize, key: String, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            key,
+            message,
+        }
+    }
+
+    fn feed(&mut self, line: usize, raw: &'a str) -> Result<(), ConfigError> {
+        match split_line(raw) {
+            Ok(Line::Blank) => Ok(()),
+            Ok(Line::Section(name)) => self.enter(line, name),
+            Ok(Line::Pair(key, value)) => self.set(line, key, value),
+            Err(message) => Err(self.error(line, String::new(), message)),
+        }
+    }
+
+    fn enter(&mut self, line: usize, name: &'a str) -> Result<(), ConfigError> {
+        let label = format!("[{name}]");
+        let Some(&(_, setter)) = SECTIONS.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = SECTIONS.iter().map(|(n, _)| *n).collect();
+            let message = format!("unknown section (expected one of {})", known.join(", "));
+            return Err(self.error(line, label, message));
+        };
+        if let Some(first) = self.headers.insert(name, line) {
+            let message = format!("duplicate section (first at line {first})");
+            return Err(self.error(line, label, message));
+        }
+        self.section = Some((name, setter));
+        Ok(())
+    }
+
+    fn set(&mut self, line: usize, key: &'a str, value: &str) -> Result<(), ConfigError> {
+        let Some((section, setter)) = self.section else {
+            let message = "key outside any [section]".to_string();
+            return Err(self.error(line, key.to_string(), message));
+        };
+        let label = format!("[{section}] {key}");
+        if let Some(first) = self.keys.insert((section, key), line) {
+            let what = if section == "backends" {
+                "backend name"
+            } else {
+                "key"
+            };
+            let message = format!("duplicate {what} (first at line {first})");
+            return Err(self.error(line, label, message));
+        }
+        setter(&mut self.config, key, value).map_err(|message| self.error(line, label, message))
+    }
+
+    fn finish(self) -> Result<Config, ConfigError> {
+        if self.config.backends.is_empty() {
+            let line = self.headers.get("backends").copied().unwrap_or(0);
+            let message = "at least one backend is required".to_string();
+            return Err(self.error(line, "[backends]".to_string(), message));
+        }
+        Ok(self.config)
+    }
+}
+
+fn split_line(raw: &str) -> Result<Line<'_>, String> {
+    let line = strip_comment(raw).trim();
+    if line.is_empty() {
+        return Ok(Line::Blank);
+    }
+    if let Some(name) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return Ok(Line::Section(name));
+    }
+    match line.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok(Line::Pair(key.trim(), value.trim())),
+        _ => Err(format!(
+            "expected \"key = value\" or \"[section]\", got {line:?}"
+        )),
+    }
+}
+
+/// A `;` or `#` starts a comment only at line start or after whitespace, so
+/// values such as `/health#x` survive.
+fn strip_comment(line: &str) -> &str {
+    let mut after_space = true;
+    for (i, c) in line.char_indices() {
+        if after_space && (c == ';' || c == '#') {
+            return &line[..i];
+        }
+        after_space = c.is_whitespace();
+    }
+    line
+}
+
+fn unknown_key() -> Result<(), String> {
+    Err("unknown key".to_string())
+}
+
+fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    let lb = &mut c.lb;
+    match key {
+        "listen" => lb.listen = parse_addr(v)?,
+        "workers" => lb.workers = parse_workers(v)?,
+        "strategy" => lb.strategy = parse_strategy(v)?,
+        "retries" => lb.retries = parse_range(v, 0, 10)?,
+        "expose_backend" => lb.expose_backend = parse_bool(v)?,
+        "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+fn set_timeouts(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    let t = &mut c.timeouts;
+    match key {
+        "connect_ms" => t.connect = parse_ms(v, 1)?,
+        "header_ms" => t.header = parse_ms(v, 1)?,
+        "idle_ms" => t.idle = parse_ms(v, 1)?,
+        "backend_ms" => t.backend = parse_ms(v, 1)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+fn set_limits(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    let l = &mut c.limits;
+    match key {
+        "max_connections" => l.max_connections = parse_range(v, 1, 1_000_000)?,
+        "max_header_bytes" => l.max_header_bytes = parse_range(v, 1024, 15_360)?,
+        "max_headers" => l.max_headers = parse_range(v, 8, 128)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+fn set_health(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    let h = &mut c.health;
+    match key {
+        "path" => h.path = parse_path(v)?,
+        "interval_ms" => h.interval = parse_ms(v, 10)?,
+        "timeout_ms" => h.timeout = parse_ms(v, 1)?,
+        "rise" => h.rise = parse_range(v, 1, 100)?,
+        "fall" => h.fall = parse_range(v, 1, 100)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+fn set_admin(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    match key {
+        "listen" => c.admin.listen = parse_optional_addr(v)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+fn set_log(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    match key {
+        "level" => c.log.level = parse_level(v)?,
+        "access_log" => c.log.access_log = parse_bool(v)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+/// In `[backends]` the key is the backend name.
+fn set_backend(c: &mut Config, name: &str, v: &str) -> Result<(), String> {
+    c.backends.push(parse_backend(name, v)?);
+    Ok(())
+}
+
+fn parse_range<T>(v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+{
+    match v.parse() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!("expected a number {min}..={max}, got {v:?}")),
+    }
+}
+
+fn parse_ms(v: &str, min: u64) -> Result<Duration, String> {
+    parse_range(v, min, MAX_MS).map(Duration::from_millis)
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    // Literal addresses only: a name resolved once at startup would go stale
+    // silently, and the event loop must never block on DNS.
+    v.parse()
+        .map_err(|_| format!("expected ip:port, got {v:?}"))
+}
+
+fn parse_optional_addr(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("expected ip:port or \"off\", got {v:?}"))
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected true|false|on|off|yes|no|1|0, got {v:?}")),
+    }
+}
+
+fn parse_workers(v: &str) -> Result<usize, String> {
+    if v == "auto" {
+        return Ok(auto_workers());
+    }
+    parse_range(v, 1, MAX_WORKERS)
+        .map_err(|_| format!("expected a number 1..={MAX_WORKERS} or \"auto\", got {v:?}"))
+}
+
+/// One worker per available CPU, kept within the bound an explicit count has.
+fn auto_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_WORKERS)
+}
+
+fn parse_strategy(v: &str) -> Result<Strategy, String> {
+    match v {
+        "round_robin" => Ok(Strategy::RoundRobin),
+        "least_conn" => Ok(Strategy::LeastConn),
+        _ => Err(format!("expected round_robin or least_conn, got {v:?}")),
+    }
+}
+
+/// Exact lowercase names: `LevelFilter::from_str` would also accept `INFO`.
+fn parse_level(v: &str) -> Result<LevelFilter, String> {
+    match v {
+        "off" => Ok(LevelFilter::Off),
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err(format!(
+            "expected off|error|warn|info|debug|trace, got {v:?}"
+        )),
+    }
+}
+
+/// The path goes verbatim into a request line, so it must not break it.
+fn parse_path(v: &str) -> Result<String, String> {
+    let clean = !v.chars().any(|c| c.is_whitespace() || c.is_control());
+    if v.starts_with('/') && clean {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "expected a path starting with '/' without spaces or control characters, got {v:?}"
+        ))
+    }
+}
+
+/// `ip:port [weight=N]`.
+fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
+    check_backend_name(name)?;
+    let mut words = v.split_whitespace();
+    let addr = parse_addr(words.next().unwrap_or(""))?;
+    let weight = words.next().map_or(Ok(1), parse_weight)?;
+    if let Some(extra) = words.next() {
+        return Err(format!("unexpected {extra:?} after the weight"));
+    }
+    Ok(BackendConf {
+        name: name.to_string(),
+        addr,
+        weight,
+    })
+}
+
+fn parse_weight(word: &str) -> Result<u32, String> {
+    let Some(n) = word.strip_prefix("weight=") else {
+        return Err(format!(
+            "expected \"weight=N\" after the address, got {word:?}"
+        ));
+    };
+    parse_range(n, 1, 1000).map_err(|_| format!("expected weight=1..=1000, got {word:?}"))
+}
+
+fn check_backend_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if (1..=64).contains(&name.len()) && name.chars().all(ok_char) {
+        Ok(())
+    } else {
+        Err("invalid backend name: expected 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[backends]\ns1 = 127.0.0.1:9001\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "config.ini")
+    }
+
+    fn backend(name: &str, addr: &str, weight: u32) -> BackendConf {
+        BackendConf {
+            name: name.to_string(),
+            addr: addr.parse().unwrap(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn full_example() {
+        let text = "\
+[lb]
+listen = [::1]:8081
+workers = 4
+strategy = least_conn
+retries = 0
+expose_backend = yes
+upstream_keepalive = 0
+
+[timeouts]
+connect_ms = 1
+header_ms = 2
+idle_ms = 3
+backend_ms = 3600000
+
+[limits]
+max_connections = 1
+max_header_bytes = 15360
+max_headers = 8
+
+[health]
+path = /status?full=1
+interval_ms = 10
+timeout_ms = 5
+rise = 1
+fall = 100
+
+[admin]
+listen = 127.0.0.1:9900
+
+[log]
+level = trace
+access_log = on
+
+[backends]
+s1 = 127.0.0.1:9001
+s2 = [::1]:9002 weight=1000
+";
+        let expected = Config {
+            lb: Lb {
+                listen: "[::1]:8081".parse().unwrap(),
+                workers: 4,
+                strategy: Strategy::LeastConn,
+                retries: 0,
+                expose_backend: true,
+                upstream_keepalive: 0,
+            },
+            timeouts: Timeouts {
+                connect: Duration::from_millis(1),
+                header: Duration::from_millis(2),
+                idle: Duration::from_millis(3),
+                backend: Duration::from_secs(3600),
+            },
+            limits: Limits {
+                max_connections: 1,
+                max_header_bytes: 15360,
+                max_headers: 8,
+            },
+            health: Health {
+                path: "/status?full=1".to_string(),
+                interval: Duration::from_millis(10),
+                timeout: Duration::from_millis(5),
+                rise: 1,
+                fall: 100,
+            },
+            admin: Admin {
+                listen: Some("127.0.0.1:9900".parse().unwrap()),
+            },
+            log: Log {
+                level: LevelFilter::Trace,
+                access_log: true,
+            },
+            backends: vec![
+                backend("s1", "127.0.0.1:9001", 1),
+                backend("s2", "[::1]:9002", 1000),
+            ],
+        };
+        assert_eq!(parse(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let expected = Config::with_backends(vec![backend("s1", "127.0.0.1:9001", 1)]);
+        assert_eq!(config, expected);
+        assert_eq!(config.lb.listen, "0.0.0.0:8080".parse().unwrap());
+        assert!(config.lb.workers >= 1);
+        assert_eq!(config.lb.strategy, Strategy::RoundRobin);
+        assert_eq!(config.lb.retries, 2);
+        assert_eq!(config.timeouts.header, Duration::from_secs(10));
+        assert_eq!(config.limits.max_header_bytes, 8192);
+        assert_eq!(config.health.path, "/healthcheck");
+        assert_eq!(config.admin.listen, None);
+        assert_eq!(config.log.level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn comments_and_blank_lines_are_ignored() {
+        let text = "\
+; leading comment
+# another
+
+  [lb] ; section comment
+workers = 3 # trailing hash
+strategy = least_conn ; trailing semicolon
+[health]
+path = /a#b;c
+[admin]
+listen = off ; disabled
+[backends]
+   ; indented comment
+s1 = 127.0.0.1:9001 weight=2 ; main
+";
+        let config = parse(text).unwrap();
+        assert_eq!(config.lb.workers, 3);
+        assert_eq!(config.lb.strategy, Strategy::LeastConn);
+        assert_eq!(config.health.path, "/a#b;c");
+        assert_eq!(config.admin.listen, None);
+        assert_eq!(config.backends, vec![backend("s1", "127.0.0.1:9001", 2)]);
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        let config = parse("[lb]\r\nretries = 5\r\n[backends]\r\ns1 = 10.0.0.1:80\r\n").unwrap();
+        assert_eq!(config.lb.retries, 5);
+        assert_eq!(config.backends, vec![backend("s1", "10.0.0.1:80", 1)]);
+    }
+
+    #[test]
+    fn workers_auto_resolves_to_a_count() {
+        let config = parse(&format!("[lb]\nworkers = auto\n{MINIMAL}")).unwrap();
+        assert!((1..=MAX_WORKERS).contains(&config.lb.workers));
+    }
+
+    #[test]
+    fn bool_spellings() {
+        for (v, want) in [
+            ("true", true),
+            ("on", true),
+            ("yes", true),
+            ("1", true),
+            ("false", false),
+            ("off", false),
+            ("no", false),
+            ("0", false),
+        ] {
+            let config = parse(&format!("[log]\naccess_log = {v}\n{MINIMAL}")).unwrap();
+            assert_eq!(config.log.access_log, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn strategy_names_round_trip() {
+        for s in [Strategy::RoundRobin, Strategy::LeastConn] {
+            assert_eq!(parse_strategy(s.name()), Ok(s));
+        }
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        // (case, input, expected line, expected Display substring)
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "unknown section",
+                "[backends]\ns1 = 1.2.3.4:80\n[nope]\n",
+                3,
+                "[nope]: unknown section",
+            ),
+            (
+                "duplicate section",
+                "[lb]\n[backends]\ns1 = 1.2.3.4:80\n[lb]\n",
+                4,
+                "[lb]: duplicate section (first at line 1)",
+            ),
+            (
+                "unknown key",
+                "[lb]\nlisten = 1.2.3.4:80\nport = 80\n",
+                3,
+                "[lb] port: unknown key",
+            ),
+            (
+                "uppercase key",
+                "[lb]\nWorkers = 2\n",
+                2,
+                "[lb] Workers: unknown key",
+            ),
+            (
+                "duplicate key",
+                "[lb]\nretries = 1\n\nretries = 2\n",
+                4,
+                "[lb] retries: duplicate key (first at line 2)",
+            ),
+            (
+                "duplicate backend name",
+                "[backends]\ns1 = 1.2.3.4:80\ns1 = 1.2.3.4:81\n",
+                3,
+                "[backends] s1: duplicate backend name (first at line 2)",
+            ),
+            (
+                "bad address",
+                "[backends]\ns1 = 1.2.3.4\n",
+                2,
+                "[backends] s1: expected ip:port, got \"1.2.3.4\"",
+            ),
+            (
+                "hostname address",
+                "[backends]\ns1 = localhost:80\n",
+                2,
+                "[backends] s1: expected ip:port, got \"localhost:80\"",
+            ),
+            (
+                "empty backend address",
+                "[backends]\ns1 =\n",
+                2,
+                "[backends] s1: expected ip:port, got \"\"",
+            ),
+            (
+                "bad listen address",
+                "[lb]\nlisten = :8080\n",
+                2,
+                "[lb] listen: expected ip:port",
+            ),
+            (
+                "bad admin address",
+                "[admin]\nlisten = none\n",
+                2,
+                "[admin] listen: expected ip:port or \"off\", got \"none\"",
+            ),
+            (
+                "zero weight",
+                "[backends]\ns1 = 1.2.3.4:80 weight=0\n",
+                2,
+                "[backends] s1: expected weight=1..=1000, got \"weight=0\"",
+            ),
+            (
+                "weight too big",
+                "[backends]\ns1 = 1.2.3.4:80 weight=1001\n",
+                2,
+                "[backends] s1: expected weight=1..=1000",
+            ),
+            (
+                "junk instead of weight",
+                "[backends]\ns1 = 1.2.3.4:80 heavy\n",
+                2,
+                "[backends] s1: expected \"weight=N\" after the address, got \"heavy\"",
+            ),
+            (
+                "junk after weight",
+                "[backends]\ns1 = 1.2.3.4:80 weight=2 x\n",
+                2,
+                "[backends] s1: unexpected \"x\" after the weight",
+            ),
+            (
+                "bad backend name",
+                "[backends]\nbad/name = 1.2.3.4:80\n",
+                2,
+                "[backends] bad/name: invalid backend name",
+            ),
+            (
+                "backend name too long",
+                &format!("[backends]\n{} = 1.2.3.4:80\n", "a".repeat(65)),
+                2,
+                "invalid backend name",
+            ),
+            (
+                "workers out of range",
+                "[lb]\nworkers = 0\n",
+                2,
+                "[lb] workers: expected a number 1..=256 or \"auto\", got \"0\"",
+            ),
+            (
+                "workers not a number",
+                "[lb]\nworkers = x\n",
+                2,
+                "[lb] workers: expected a number 1..=256 or \"auto\", got \"x\"",
+            ),
+            (
+                "number out of range",
+                "[limits]\nmax_header_bytes = 1023\n",
+                2,
+                "[limits] max_header_bytes: expected a number 1024..=15360, got \"1023\"",
+            ),
+            (
+                "negative number",
+                "[lb]\nretries = -1\n",
+                2,
+                "[lb] retries: expected a number 0..=10, got \"-1\"",
+            ),
+            (
+                "timeout zero",
+                "[timeouts]\nconnect_ms = 0\n",
+                2,
+                "[timeouts] connect_ms: expected a number 1..=3600000",
+            ),
+            (
+                "interval too small",
+                "[health]\ninterval_ms = 9\n",
+                2,
+                "[health] interval_ms: expected a number 10..=3600000",
+            ),
+            (
+                "bad bool",
+                "[lb]\nexpose_backend = maybe\n",
+                2,
+                "[lb] expose_backend: expected true|false|on|off|yes|no|1|0, got \"maybe\"",
+            ),
+            (
+                "bad strategy",
+                "[lb]\nstrategy = random\n",
+                2,
+                "[lb] strategy: expected round_robin or least_conn, got \"random\"",
+            ),
+            (
+                "bad log level",
+                "[log]\nlevel = INFO\n",
+                2,
+                "[log] level: expected off|error|warn|info|debug|trace",
+            ),
+            (
+                "relative health path",
+                "[health]\npath = health\n",
+                2,
+                "[health] path: expected a path starting with '/'",
+            ),
+            (
+                "health path with space",
+                "[health]\npath = /a b\n",
+                2,
+                "[health] path: expected a path starting with '/'",
+            ),
+            (
+                "key outside section",
+                "listen = 1.2.3.4:80\n[backends]\ns1 = 1.2.3.4:80\n",
+                1,
+                "listen: key outside any [section]",
+            ),
+            (
+                "garbage line",
+                "[lb]\nretries 2\n",
+                2,
+                "expected \"key = value\" or \"[section]\", got \"retries 2\"",
+            ),
+            (
+                "empty key",
+                "[lb]\n = 2\n",
+                2,
+                "expected \"key = value\" or \"[section]\", got \"= 2\"",
+            ),
+            (
+                "unclosed section",
+                "[lb\n",
+                1,
+                "expected \"key = value\" or \"[section]\", got \"[lb\"",
+            ),
+            (
+                "empty backends section",
+                "[lb]\nretries = 1\n[backends]\n; none yet\n",
+                3,
+                "[backends]: at least one backend is required",
+            ),
+        ];
+        for (case, input, line, want) in cases {
+            let err = parse(input).expect_err(case);
+            let shown = err.to_string();
+            assert_eq!(err.line, *line, "{case}: {shown}");
+            assert!(
+                shown.starts_with(&format!("config.ini:{line}: ")),
+                "{case}: {shown}"
+            );
+            assert!(shown.contains(want), "{case}: {shown:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn missing_backends_section() {
+        let err = parse("[lb]\nretries = 1\n").unwrap_err();
+        assert_eq!(err.line, 0);
+        assert_eq!(
+            err.to_string(),
+            "config.ini: [backends]: at least one backend is required"
+        );
+    }
+
+    #[test]
+    fn display_formats() {
+        let err = parse("[lb]\nworkers = x\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.ini:2: [lb] workers: expected a number 1..=256 or \"auto\", got \"x\""
+        );
+        let err = parse("[lb]\n???\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.ini:2: expected \"key = value\" or \"[section]\", got \"???\""
+        );
+    }
+
+    #[test]
+    fn from_file_reads_and_reports_unreadable() {
+        let dir = std::env::temp_dir().join(format!("lb-mio-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.ini");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.backends.len(), 1);
+
+        let missing = dir.join("missing.ini");
+        let err = Config::from_file(&missing).unwrap_err();
+        assert_eq!(err.line, 0);
+        let prefix = format!("{}: cannot read: ", missing.display());
+        assert!(err.to_string().starts_with(&prefix), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

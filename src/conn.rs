@@ -1,0 +1,856 @@
+//! One client connection and the request/response exchange it carries.
+//!
+//! Bytes flow through four pooled buffers:
+//!
+//! ```text
+//! client ─read─► cin ─(head rewrite, body framing)─► uout ─write─► backend
+//! client ◄write─ cout ◄─(head rewrite, body framing)─ uin ◄─read── backend
+//! ```
+//!
+//! Every event drives the same pump (`round`): each step moves what it can and says whether it
+//! did. Backpressure falls out of it: a step only reads into a buffer with room and only moves
+//! bytes into a buffer with room, so a slow side stops the other instead of growing memory.
+
+use crate::balance::Tried;
+use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
+use crate::http::body::{Body, Framing};
+use crate::http::head::HeadError;
+use crate::http::reply::Reply;
+use crate::http::request::{self, HeadLimits, Request};
+use crate::http::response::{self, Kind};
+use crate::pool::Lease;
+use crate::server::Shared;
+use crate::token::Readiness;
+use crate::upstream::Upstreams;
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::Registry;
+use rand::rngs::SmallRng;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Most pump rounds per event, so one busy connection cannot starve the others; a connection
+/// that still has work is driven again after the other events.
+const MAX_ROUNDS: usize = 16;
+
+/// How long a closing connection waits for the client to read the last response and close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests with nothing buffered; holds no buffers. Times out after `idle`.
+    Idle,
+    /// Receiving a request head. Times out after `header`.
+    Head,
+    /// Waiting for a new backend connection to complete. Times out after `connect`.
+    Connecting,
+    /// Sending the request and relaying the response. Times out after `backend` without progress.
+    Forwarding,
+    /// Relaying raw bytes both ways after `101 Switching Protocols`.
+    Tunnel,
+    /// Flushing the last bytes to the client, then waiting briefly for it to close.
+    Closing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Head => "head",
+            Phase::Connecting => "connecting",
+            Phase::Forwarding => "forwarding",
+            Phase::Tunnel => "tunnel",
+            Phase::Closing => "closing",
+        }
+    }
+}
+
+/// What a drive left the connection as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Waiting for events.
+    Open,
+    /// Hit the round cap with work left: drive it again soon.
+    Busy,
+    /// Done: the worker removes it.
+    Closed,
+}
+
+/// Why the pump stopped short; `Conn::stop` turns each into what the client sees.
+#[derive(Debug)]
+enum Stop {
+    /// Answer the client with this reply, then close.
+    Reply(Reply),
+    /// Flush what the client already has, then close (a response was cut off mid-way).
+    Cut,
+    /// Close at once (the client is gone or broke the connection).
+    Close,
+    /// The backend connection failed before any response byte: retry elsewhere or answer.
+    Upstream(Failure),
+}
+
+/// How a backend connection failed.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Connect(io::ErrorKind),
+    ConnectTimeout,
+    Closed,
+    Reset(io::ErrorKind),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Failure::Connect(kind) => write!(f, "connect: {kind}"),
+            Failure::ConnectTimeout => write!(f, "connect timeout"),
+            Failure::Closed => write!(f, "closed the connection before responding"),
+            Failure::Reset(kind) => write!(f, "{kind} before responding"),
+        }
+    }
+}
+
+impl Failure {
+    fn reply(self) -> Reply {
+        match self {
+            Failure::ConnectTimeout => Reply::GatewayTimeout,
+            _ => Reply::BadGateway,
+        }
+    }
+}
+
+/// Where the response of the current exchange is.
+#[derive(Debug)]
+enum ResponseState {
+    /// Waiting for (the rest of) a status line and headers.
+    Head,
+    /// Relaying the body.
+    Body(Body),
+    /// Complete.
+    Done,
+}
+
+/// One request in flight and its backend.
+struct Exchange {
+    request: Request,
+    req_body: Body,
+    response: ResponseState,
+    lease: Lease,
+    upstream: usize,
+    tried: Tried,
+    retries_left: u32,
+    /// While the request can still be replayed, written bytes stay in `uout` and this counts
+    /// them; afterwards written bytes are dropped at once and it stays 0.
+    sent: usize,
+    replayable: bool,
+    /// Any byte of a response arrived from the backend.
+    answered: bool,
+    /// The final response allows reusing the upstream connection.
+    reusable: bool,
+    client_keep_alive: bool,
+    status: u16,
+    started: Instant,
+}
+
+/// What a connection borrows from its worker while it runs.
+pub struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub buffers: &'a mut BufferPool,
+    pub upstreams: &'a mut Upstreams,
+    pub shared: &'a Shared,
+    pub rng: &'a mut SmallRng,
+    pub now: Instant,
+    /// This connection's slab index.
+    pub id: usize,
+}
+
+pub struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    pub ready: Readiness,
+    phase: Phase,
+    cin: Option<Buffer>,
+    uout: Option<Buffer>,
+    uin: Option<Buffer>,
+    cout: Option<Buffer>,
+    exchange: Option<Exchange>,
+    client_eof: bool,
+    shut_down: bool,
+    pub deadline: Instant,
+}
+
+/// A buffer slot, filled from the pool on first use.
+fn buf<'a>(slot: &'a mut Option<Buffer>, pool: &mut BufferPool) -> &'a mut Buffer {
+    slot.get_or_insert_with(|| pool.take())
+}
+
+fn held(slot: &Option<Buffer>) -> usize {
+    slot.as_ref().map_or(0, Buffer::len)
+}
+
+impl Conn {
+    /// A new client connection: it must send a request head within the header timeout.
+    pub fn new(client: TcpStream, peer: SocketAddr, deadline: Instant) -> Conn {
+        Conn {
+            client,
+            peer,
+            ready: Readiness::default(),
+            phase: Phase::Idle,
+            cin: None,
+            uout: None,
+            uin: None,
+            cout: None,
+            exchange: None,
+            client_eof: false,
+            shut_down: false,
+            deadline,
+        }
+    }
+
+    pub fn client(&mut self) -> &mut TcpStream {
+        &mut self.client
+    }
+
+    /// Runs the pump until nothing moves (or the round cap).
+    pub fn drive(&mut self, ctx: &mut Ctx) -> Drive {
+        for _ in 0..MAX_ROUNDS {
+            let moved = match self.round(ctx) {
+                Ok(moved) => moved,
+                Err(stop) => match self.stop(ctx, stop) {
+                    Drive::Closed => return self.close(ctx),
+                    _ => true,
+                },
+            };
+            if self.finished() {
+                return self.close(ctx);
+            }
+            if !moved {
+                self.settle(ctx);
+                return Drive::Open;
+            }
+            if matches!(self.phase, Phase::Forwarding | Phase::Tunnel) {
+                self.deadline = ctx.now + self.timeout(ctx);
+            }
+        }
+        Drive::Busy
+    }
+
+    /// The deadline passed: what that means depends on the phase.
+    pub fn expire(&mut self, ctx: &mut Ctx) -> Drive {
+        debug!("{} timed out while {}", self.peer, self.phase.name());
+        let stop = match self.phase {
+            Phase::Head => Stop::Reply(Reply::RequestTimeout),
+            Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
+            Phase::Forwarding if self.waiting_for_client() => Stop::Reply(Reply::RequestTimeout),
+            Phase::Forwarding => Stop::Reply(Reply::GatewayTimeout),
+            Phase::Idle | Phase::Tunnel | Phase::Closing => Stop::Close,
+        };
+        match self.stop(ctx, stop) {
+            Drive::Closed => self.close(ctx),
+            _ => self.drive(ctx),
+        }
+    }
+
+    /// One pass over every step of the pump; true if any of them moved something.
+    fn round(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let mut moved = self.read_client(ctx)?;
+        moved |= self.start_request(ctx)?;
+        moved |= self.check_connected(ctx)?;
+        moved |= self.forward_request(ctx)?;
+        moved |= self.write_upstream(ctx)?;
+        moved |= self.read_upstream(ctx)?;
+        moved |= self.relay_response(ctx)?;
+        moved |= self.write_client()?;
+        moved |= self.finish_exchange(ctx)?;
+        Ok(moved)
+    }
+
+    fn read_client(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        if !self.ready.readable || self.client_eof {
+            return Ok(false);
+        }
+        let cin = buf(&mut self.cin, ctx.buffers);
+        if self.phase == Phase::Closing {
+            cin.consume(cin.len()); // lingering: whatever the client still sends is dropped
+        }
+        if cin.is_full() {
+            return Ok(false);
+        }
+        let room = BUF_SIZE - cin.len();
+        match cin.read_from(&mut self.client) {
+            Ok(Io::Moved(n)) => {
+                // A short read drained the socket: wait for the next event instead of a
+                // read that would only say WouldBlock.
+                self.ready.readable = n == room;
+                if self.phase == Phase::Idle {
+                    self.enter(Phase::Head, ctx);
+                }
+                Ok(true)
+            }
+            Ok(Io::Blocked) => {
+                self.ready.readable = false;
+                Ok(false)
+            }
+            Ok(Io::Closed) => {
+                self.client_eof = true;
+                self.on_client_eof()
+            }
+            Err(e) => {
+                debug!("{}: client read: {e}", self.peer);
+                Err(Stop::Close)
+            }
+        }
+    }
+
+    /// The client closed its side. After a whole request that is a half-close and the
+    /// response still goes out; anywhere else the connection is over.
+    fn on_client_eof(&mut self) -> Result<bool, Stop> {
+        match (&self.exchange, self.phase) {
+            (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(true),
+            (_, Phase::Tunnel) => Err(Stop::Cut),
+            _ => Err(Stop::Close),
+        }
+    }
+
+    /// Parses a request head from `cin`, writes the backend's head into `uout`, and starts the
+    /// exchange with a backend.
+    fn start_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        if self.phase != Phase::Head || self.exchange.is_some() || held(&self.cin) == 0 {
+            return Ok(false);
+        }
+        let limits = &ctx.shared.config.limits;
+        let limits = HeadLimits {
+            max_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        };
+        let cin = buf(&mut self.cin, ctx.buffers);
+        let uout = buf(&mut self.uout, ctx.buffers);
+        let request = match request::parse(cin.data(), limits, self.peer.ip(), uout) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                uout.truncate(0);
+                info!("{}: rejected request: {}", self.peer, describe(e));
+                return Err(Stop::Reply(head_reply(e)));
+            }
+        };
+        cin.consume(request.head_len);
+        let lease = self.choose_backend(ctx, Tried::default())?;
+        let exchange = Exchange {
+            request,
+            req_body: Body::new(request.framing),
+            response: ResponseState::Head,
+            upstream: usize::MAX,
+            tried: Tried::default(),
+            retries_left: ctx.shared.config.lb.retries,
+            sent: 0,
+            replayable: true,
+            answered: false,
+            reusable: false,
+            client_keep_alive: request.keep_alive,
+            status: 0,
+            started: ctx.now,
+            lease,
+        };
+        self.exchange = Some(exchange);
+        self.connect(ctx)?;
+        Ok(true)
+    }
+
+    fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried) -> Result<Lease, Stop> {
+        let backends = &ctx.shared.backends;
+        match ctx.shared.balancer.pick(backends, avoid, ctx.rng) {
+            Some(id) => Ok(Lease::new(backends, id)),
+            None => {
+                warn!("{}: no backend is up", self.peer);
+                Err(Stop::Reply(Reply::ServiceUnavailable))
+            }
+        }
+    }
+
+    /// Gets the exchange's backend a connection: an idle pooled one, or a new one.
+    fn connect(&mut self, ctx: &mut Ctx) -> Result<(), Stop> {
+        let ex = self.exchange.as_mut().expect("connect needs an exchange");
+        let backend = ex.lease.id;
+        if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
+            ex.upstream = id;
+            self.enter(Phase::Forwarding, ctx);
+            return Ok(());
+        }
+        let addr = ex.lease.backend().addr;
+        match ctx.upstreams.connect(ctx.registry, backend, addr, ctx.id) {
+            Ok(id) => {
+                ex.upstream = id;
+                self.enter(Phase::Connecting, ctx);
+                Ok(())
+            }
+            Err(e) => {
+                ex.upstream = usize::MAX;
+                Err(Stop::Upstream(Failure::Connect(e.kind())))
+            }
+        }
+    }
+
+    /// A new backend connection became writable: did the handshake succeed?
+    fn check_connected(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let Some(ex) = &self.exchange else {
+            return Ok(false);
+        };
+        if self.phase != Phase::Connecting || !ctx.upstreams.get(ex.upstream).ready.writable {
+            return Ok(false);
+        }
+        let up = ctx.upstreams.get(ex.upstream);
+        match (up.stream.take_error(), up.stream.peer_addr()) {
+            (Ok(None), Ok(_)) => {
+                up.connected = true;
+                self.enter(Phase::Forwarding, ctx);
+                Ok(true)
+            }
+            (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                up.ready.writable = false; // a spurious event: still connecting
+                Ok(false)
+            }
+            (Ok(Some(e)) | Err(e), _) | (Ok(None), Err(e)) => {
+                Err(Stop::Upstream(Failure::Connect(e.kind())))
+            }
+        }
+    }
+
+    /// Moves request body bytes from `cin` to `uout`, validating their framing on the way.
+    fn forward_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let Some(ex) = &mut self.exchange else {
+            return Ok(false);
+        };
+        if ex.req_body.is_done() || held(&self.cin) == 0 {
+            return Ok(false);
+        }
+        let cin = buf(&mut self.cin, ctx.buffers);
+        let uout = buf(&mut self.uout, ctx.buffers);
+        if uout.is_full() && ex.sent > 0 {
+            give_up_replay(ex, uout);
+        }
+        let room = BUF_SIZE - uout.len();
+        let input = &cin.data()[..cin.len().min(room)];
+        let used = ex.req_body.scan(input).map_err(|e| {
+            info!("{}: rejected request body: {e}", self.peer);
+            Stop::Reply(Reply::BadRequest)
+        })?;
+        uout.put(&cin.data()[..used]);
+        cin.consume(used);
+        Ok(used > 0)
+    }
+
+    fn write_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let Some(ex) = &mut self.exchange else {
+            return Ok(false);
+        };
+        let pending = held(&self.uout).saturating_sub(ex.sent);
+        if !matches!(self.phase, Phase::Forwarding | Phase::Tunnel) || pending == 0 {
+            return Ok(false);
+        }
+        let up = ctx.upstreams.get(ex.upstream);
+        if !up.ready.writable {
+            return Ok(false);
+        }
+        let uout = buf(&mut self.uout, ctx.buffers);
+        match uout.write_to(ex.sent, &mut up.stream) {
+            Ok(Io::Moved(n)) => {
+                up.ready.writable = n == pending;
+                if ex.replayable {
+                    ex.sent += n;
+                } else {
+                    uout.consume(n);
+                }
+                Ok(true)
+            }
+            Ok(Io::Blocked) => {
+                up.ready.writable = false;
+                Ok(false)
+            }
+            Ok(Io::Closed) => Err(Stop::Upstream(Failure::Closed)),
+            Err(e) => Err(self.upstream_broke(e)),
+        }
+    }
+
+    fn read_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let Some(ex) = &mut self.exchange else {
+            return Ok(false);
+        };
+        if !matches!(self.phase, Phase::Forwarding | Phase::Tunnel) {
+            return Ok(false);
+        }
+        let up = ctx.upstreams.get(ex.upstream);
+        let uin = buf(&mut self.uin, ctx.buffers);
+        if !up.ready.readable || uin.is_full() {
+            return Ok(false);
+        }
+        let room = BUF_SIZE - uin.len();
+        match uin.read_from(&mut up.stream) {
+            Ok(Io::Moved(n)) => {
+                up.ready.readable = n == room;
+                ex.answered = true;
+                Ok(true)
+            }
+            Ok(Io::Blocked) => {
+                up.ready.readable = false;
+                Ok(false)
+            }
+            Ok(Io::Closed) => {
+                up.ready.readable = false;
+                self.on_upstream_eof()
+            }
+            Err(e) => Err(self.upstream_broke(e)),
+        }
+    }
+
+    /// A read or write error on the backend connection: retryable only before any response.
+    fn upstream_broke(&self, e: io::Error) -> Stop {
+        match &self.exchange {
+            Some(ex) if !ex.answered => Stop::Upstream(Failure::Reset(e.kind())),
+            _ => {
+                warn!("{}: backend connection broke mid-response: {e}", self.peer);
+                Stop::Cut
+            }
+        }
+    }
+
+    /// The backend closed its side: the end of a close-delimited body, or a failure.
+    fn on_upstream_eof(&mut self) -> Result<bool, Stop> {
+        let ex = self.exchange.as_mut().expect("eof needs an exchange");
+        ex.reusable = false;
+        match &mut ex.response {
+            ResponseState::Head if !ex.answered => Err(Stop::Upstream(Failure::Closed)),
+            ResponseState::Head => {
+                warn!("{}: backend closed inside a response head", self.peer);
+                Err(Stop::Reply(Reply::BadGateway))
+            }
+            ResponseState::Body(body) => {
+                if !body.close() {
+                    warn!("{}: backend closed inside a response body", self.peer);
+                    return Err(Stop::Cut);
+                }
+                ex.response = ResponseState::Done;
+                Ok(true)
+            }
+            ResponseState::Done => Ok(false),
+        }
+    }
+
+    /// Moves response bytes from `uin` to `cout`: the head rewritten, the body as it is.
+    fn relay_response(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        if self.exchange.is_none() || held(&self.uin) == 0 {
+            return Ok(false);
+        }
+        let ex = self.exchange.as_mut().expect("checked above");
+        match &mut ex.response {
+            ResponseState::Head => self.relay_head(ctx),
+            ResponseState::Body(body) => {
+                let uin = buf(&mut self.uin, ctx.buffers);
+                let cout = buf(&mut self.cout, ctx.buffers);
+                let room = BUF_SIZE - cout.len();
+                let used = body.scan(&uin.data()[..uin.len().min(room)]).map_err(|e| {
+                    warn!("{}: backend sent a bad chunked body: {e}", self.peer);
+                    Stop::Cut
+                })?;
+                cout.put(&uin.data()[..used]);
+                uin.consume(used);
+                if body.is_done() {
+                    ex.response = ResponseState::Done;
+                }
+                Ok(used > 0)
+            }
+            ResponseState::Done => {
+                // Bytes after a complete response: the backend is confused; never reuse it.
+                let uin = buf(&mut self.uin, ctx.buffers);
+                debug!("{}: {} stray bytes after a response", self.peer, uin.len());
+                uin.consume(uin.len());
+                ex.reusable = false;
+                Ok(false)
+            }
+        }
+    }
+
+    fn relay_head(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let ex = self.exchange.as_mut().expect("relay needs an exchange");
+        let uin = buf(&mut self.uin, ctx.buffers);
+        let cout = buf(&mut self.cout, ctx.buffers);
+        let backend = ex.lease.backend();
+        let name = ctx
+            .shared
+            .config
+            .lb
+            .expose_backend
+            .then_some(backend.name.as_str());
+        let before = cout.len();
+        let response = match response::parse(uin.data(), BUF_SIZE, &ex.request, name, cout) {
+            Ok(Some(response)) => response,
+            Ok(None) => return Ok(false),
+            Err(HeadError::TooLarge) if before > 0 => return Ok(false), // wait for cout to drain
+            Err(e) => {
+                cout.truncate(before);
+                warn!(
+                    "{}: bad response from {}: {}",
+                    self.peer,
+                    backend.name,
+                    describe(e)
+                );
+                return Err(Stop::Reply(Reply::BadGateway));
+            }
+        };
+        uin.consume(response.head_len);
+        give_up_replay(ex, buf(&mut self.uout, ctx.buffers));
+        ex.status = response.status;
+        match response.kind {
+            Kind::Interim => {}
+            Kind::Switch => {
+                ex.req_body = Body::new(Framing::UntilClose);
+                ex.response = ResponseState::Body(Body::new(Framing::UntilClose));
+                self.enter(Phase::Tunnel, ctx);
+            }
+            Kind::Final => {
+                ex.reusable = response.reusable;
+                ex.client_keep_alive = response.client_keep_alive;
+                let body = Body::new(response.framing);
+                ex.response = if body.is_done() {
+                    ResponseState::Done
+                } else {
+                    ResponseState::Body(body)
+                };
+            }
+        }
+        Ok(true)
+    }
+
+    fn write_client(&mut self) -> Result<bool, Stop> {
+        let Some(cout) = self.cout.as_mut().filter(|b| !b.is_empty()) else {
+            return Ok(false);
+        };
+        if !self.ready.writable {
+            return Ok(false);
+        }
+        let pending = cout.len();
+        match cout.write_to(0, &mut self.client) {
+            Ok(Io::Moved(n)) => {
+                self.ready.writable = n == pending;
+                cout.consume(n);
+                Ok(true)
+            }
+            Ok(Io::Blocked) => {
+                self.ready.writable = false;
+                Ok(false)
+            }
+            Ok(Io::Closed) => Err(Stop::Close),
+            Err(e) => {
+                debug!("{}: client write: {e}", self.peer);
+                Err(Stop::Close)
+            }
+        }
+    }
+
+    /// When both the request and the response are complete: hand the backend connection back,
+    /// then wait for the next request (already buffered if pipelined), or close.
+    fn finish_exchange(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let Some(ex) = &self.exchange else {
+            return Ok(false);
+        };
+        if !matches!(ex.response, ResponseState::Done) || self.phase == Phase::Tunnel {
+            return Ok(false);
+        }
+        if !ex.req_body.is_done() {
+            // The backend answered before taking the whole request: nothing can follow it.
+            return Err(Stop::Cut);
+        }
+        let ex = self.exchange.take().expect("checked above");
+        let unsent = held(&self.uout) - ex.sent;
+        let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
+        ctx.upstreams.release(ctx.registry, ex.upstream, reusable);
+        for slot in [&mut self.uout, &mut self.uin] {
+            if let Some(buffer) = slot.take() {
+                ctx.buffers.give(buffer);
+            }
+        }
+        self.log_access(ctx, &ex);
+        if !ex.client_keep_alive || self.client_eof {
+            self.enter(Phase::Closing, ctx);
+        } else if held(&self.cin) > 0 {
+            self.enter(Phase::Head, ctx); // a pipelined request is waiting
+        } else {
+            self.enter(Phase::Idle, ctx);
+        }
+        Ok(true)
+    }
+
+    fn log_access(&self, ctx: &Ctx, ex: &Exchange) {
+        if ctx.shared.config.log.access_log {
+            let ms = ctx.now.duration_since(ex.started).as_secs_f64() * 1000.0;
+            info!(target: "access", "{} {:?} {} {} {ms:.1}ms", self.peer, ex.request.method, ex.status, ex.lease.backend().name);
+        }
+    }
+
+    /// Turns a `Stop` into what the client sees.
+    fn stop(&mut self, ctx: &mut Ctx, stop: Stop) -> Drive {
+        match stop {
+            Stop::Close => Drive::Closed,
+            Stop::Cut => {
+                self.enter(Phase::Closing, ctx);
+                Drive::Open
+            }
+            Stop::Reply(reply) if self.response_started() => {
+                debug!(
+                    "{}: {} after the response began: closing",
+                    self.peer,
+                    reply.status()
+                );
+                Drive::Closed
+            }
+            Stop::Reply(reply) => {
+                self.enter(Phase::Closing, ctx);
+                buf(&mut self.cout, ctx.buffers).put(reply.bytes());
+                Drive::Open
+            }
+            Stop::Upstream(failure) => match self.retry(ctx, failure) {
+                Ok(()) => Drive::Open,
+                Err(stop) => self.stop(ctx, stop),
+            },
+        }
+    }
+
+    /// Some of this exchange's response went to the client already: no other answer can follow.
+    fn response_started(&self) -> bool {
+        self.exchange
+            .as_ref()
+            .is_some_and(|ex| !matches!(ex.response, ResponseState::Head))
+    }
+
+    /// A backend connection failed before any response byte. The request goes to another
+    /// backend if it can be replayed whole and sending it again is harmless.
+    fn retry(&mut self, ctx: &mut Ctx, failure: Failure) -> Result<(), Stop> {
+        let ex = self.exchange.as_mut().expect("retry needs an exchange");
+        let reused = ex.upstream != usize::MAX && ctx.upstreams.get(ex.upstream).reused;
+        warn!(
+            "{}: backend {} failed: {failure}",
+            self.peer,
+            ex.lease.backend().name
+        );
+        if ex.upstream != usize::MAX {
+            ctx.upstreams.close(ctx.registry, ex.upstream);
+            ex.upstream = usize::MAX;
+        }
+        if !reused {
+            // A pooled connection the backend closed meanwhile is not the backend's fault.
+            ex.tried.add(ex.lease.id);
+        }
+        let harmless = ex.sent == 0 || ex.request.method.is_idempotent();
+        if !ex.replayable || !harmless || ex.answered || ex.retries_left == 0 {
+            return Err(Stop::Reply(failure.reply()));
+        }
+        ex.retries_left -= 1;
+        ex.sent = 0;
+        let tried = ex.tried;
+        let lease = self
+            .choose_backend(ctx, tried)
+            .map_err(|_| Stop::Reply(failure.reply()))?;
+        self.exchange.as_mut().expect("still here").lease = lease;
+        self.connect(ctx)
+    }
+
+    /// Waiting on the client: its request body is incomplete and nothing is left to send.
+    fn waiting_for_client(&self) -> bool {
+        self.exchange.as_ref().is_some_and(|ex| {
+            !ex.req_body.is_done() && held(&self.uout) == ex.sent && held(&self.cin) == 0
+        })
+    }
+
+    fn timeout(&self, ctx: &Ctx) -> Duration {
+        let t = &ctx.shared.config.timeouts;
+        match self.phase {
+            Phase::Idle => t.idle,
+            Phase::Head => t.header,
+            Phase::Connecting => t.connect,
+            Phase::Forwarding => t.backend,
+            Phase::Tunnel => t.idle,
+            Phase::Closing => LINGER,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, ctx: &mut Ctx) {
+        if phase == Phase::Closing {
+            self.drop_exchange(ctx);
+        }
+        self.phase = phase;
+        self.deadline = ctx.now + self.timeout(ctx);
+    }
+
+    /// Ends the exchange without a complete response: the backend connection cannot be reused.
+    fn drop_exchange(&mut self, ctx: &mut Ctx) {
+        if let Some(ex) = self.exchange.take() {
+            if ex.upstream != usize::MAX {
+                ctx.upstreams.close(ctx.registry, ex.upstream);
+            }
+        }
+        for slot in [&mut self.cin, &mut self.uout, &mut self.uin] {
+            if let Some(buffer) = slot.take() {
+                ctx.buffers.give(buffer);
+            }
+        }
+    }
+
+    /// A closing connection is finished once the client has all its bytes and has closed too.
+    fn finished(&mut self) -> bool {
+        if self.phase != Phase::Closing || held(&self.cout) > 0 {
+            return false;
+        }
+        if !self.shut_down {
+            self.shut_down = true;
+            // Half-close so the client sees the end, but keep reading: closing with unread
+            // input would reset the connection and could destroy the response in flight.
+            if self.client.shutdown(Shutdown::Write).is_err() {
+                return true;
+            }
+        }
+        self.client_eof
+    }
+
+    /// Returns the buffers of an idle connection to the pool: idle connections hold none.
+    fn settle(&mut self, ctx: &mut Ctx) {
+        if self.phase == Phase::Idle {
+            for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+                if let Some(buffer) = slot.take_if(|b| b.is_empty()) {
+                    ctx.buffers.give(buffer);
+                }
+            }
+        }
+    }
+
+    /// Releases everything; the worker then deregisters the socket and frees the slot.
+    fn close(&mut self, ctx: &mut Ctx) -> Drive {
+        self.drop_exchange(ctx);
+        if let Some(buffer) = self.cout.take() {
+            ctx.buffers.give(buffer);
+        }
+        Drive::Closed
+    }
+}
+
+/// Stops keeping written request bytes for a replay (the response began, or room is needed).
+fn give_up_replay(ex: &mut Exchange, uout: &mut Buffer) {
+    uout.consume(ex.sent);
+    ex.sent = 0;
+    ex.replayable = false;
+}
+
+fn head_reply(e: HeadError) -> Reply {
+    match e {
+        HeadError::Malformed(_) => Reply::BadRequest,
+        HeadError::TooLarge => Reply::HeaderTooLarge,
+        HeadError::NotImplemented(_) => Reply::NotImplemented,
+    }
+}
+
+fn describe(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
+        HeadError::TooLarge => "head too large",
+    }
+}

@@ -1,0 +1,213 @@
+//! The health thread: probes every backend with `GET <path>` on its own connections and flips
+//! each backend's atomic `up` flag after `rise` good or `fall` bad probes in a row. Workers only
+//! read the flag, so they never wait for a probe.
+
+use crate::config::Health;
+use crate::pool::Backend;
+use crate::server::Shared;
+use log::{info, warn};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("health".into())
+        .spawn(move || run(&shared))
+}
+
+fn run(shared: &Shared) {
+    let conf = &shared.config.health;
+    let mut streaks = vec![Streak::default(); shared.backends.len()];
+    let mut rng = SmallRng::seed_from_u64(shared.backends.len() as u64);
+    loop {
+        let started = Instant::now();
+        // One thread per probe, so a black-holed backend delays no other backend's check.
+        let results: Vec<Result<Duration, ProbeError>> = thread::scope(|s| {
+            let probes: Vec<_> = shared
+                .backends
+                .iter()
+                .map(|b| s.spawn(|| probe(b.addr, conf)))
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap_or(Err(ProbeError::Panicked)))
+                .collect()
+        });
+        for ((backend, streak), result) in shared.backends.iter().zip(&mut streaks).zip(results) {
+            observe(backend, streak, conf, result);
+        }
+        // ±10% jitter keeps several balancers from probing a backend in lockstep.
+        let jitter = conf.interval.mul_f64(rng.random_range(0.9..1.1));
+        thread::sleep(jitter.saturating_sub(started.elapsed()));
+    }
+}
+
+fn observe(
+    backend: &Backend,
+    streak: &mut Streak,
+    conf: &Health,
+    result: Result<Duration, ProbeError>,
+) {
+    let ok = result.is_ok();
+    if let Some(up) = streak.observe(ok, backend.is_up(), conf.rise, conf.fall) {
+        backend.set_up(up);
+        match result {
+            Ok(latency) => info!("backend {} is up (probe took {latency:?})", backend.name),
+            Err(why) => warn!("backend {} is down: {why}", backend.name),
+        }
+    }
+}
+
+/// Consecutive results of one kind, for hysteresis: a backend flips only after `rise` good
+/// (or `fall` bad) probes in a row, so one lost probe does not flap it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Streak {
+    good: u32,
+    bad: u32,
+}
+
+impl Streak {
+    /// Counts a probe result; returns the new state when the backend should flip.
+    pub fn observe(&mut self, ok: bool, up: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            (self.good, self.bad) = (self.good + 1, 0);
+        } else {
+            (self.good, self.bad) = (0, self.bad + 1);
+        }
+        match up {
+            true if self.bad >= fall => Some(false),
+            false if self.good >= rise => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug)]
+pub enum ProbeError {
+    Connect(io::Error),
+    Timeout,
+    Io(io::Error),
+    Status(u16),
+    Garbage,
+    Panicked,
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ProbeError::Connect(e) => write!(f, "connect: {e}"),
+            ProbeError::Timeout => write!(f, "timeout"),
+            ProbeError::Io(e) => write!(f, "{e}"),
+            ProbeError::Status(code) => write!(f, "status {code}"),
+            ProbeError::Garbage => write!(f, "not an HTTP response"),
+            ProbeError::Panicked => write!(f, "probe thread panicked"),
+        }
+    }
+}
+
+/// One `GET <path>` on a fresh connection; healthy is a 2xx or 3xx status within the timeout.
+pub fn probe(addr: SocketAddr, conf: &Health) -> Result<Duration, ProbeError> {
+    let started = Instant::now();
+    let mut stream =
+        TcpStream::connect_timeout(&addr, conf.timeout).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => ProbeError::Timeout,
+            _ => ProbeError::Connect(e),
+        })?;
+    let left = conf
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    stream
+        .set_read_timeout(Some(left))
+        .and_then(|()| stream.set_write_timeout(Some(left)))
+        .map_err(ProbeError::Io)?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-mio-health\r\nConnection: close\r\n\r\n",
+        conf.path
+    );
+    stream.write_all(request.as_bytes()).map_err(io_error)?;
+    let status = read_status(&mut stream)?;
+    match status {
+        200..=399 => Ok(started.elapsed()),
+        _ => Err(ProbeError::Status(status)),
+    }
+}
+
+fn io_error(e: io::Error) -> ProbeError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProbeError::Timeout,
+        _ => ProbeError::Io(e),
+    }
+}
+
+/// Reads just enough of the response for its status line.
+fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
+    let mut head = [0u8; 512];
+    let mut len = 0;
+    while len < head.len() {
+        let n = stream.read(&mut head[len..]).map_err(io_error)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if let Some(end) = head[..len].windows(2).position(|w| w == b"\r\n") {
+            return parse_status_line(&head[..end]).ok_or(ProbeError::Garbage);
+        }
+    }
+    Err(ProbeError::Garbage)
+}
+
+/// `HTTP/1.x NNN reason` -> NNN.
+fn parse_status_line(line: &[u8]) -> Option<u16> {
+    let code = line.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+    let valid = line.get(8) == Some(&b' ') && code.iter().all(u8::is_ascii_digit);
+    valid.then(|| code.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_down_only_after_fall_failures_in_a_row() {
+        let mut streak = Streak::default();
+        assert_eq!(streak.observe(false, true, 2, 3), None);
+        assert_eq!(streak.observe(false, true, 2, 3), None);
+        assert_eq!(streak.observe(true, true, 2, 3), None);
+        assert_eq!(streak.observe(false, true, 2, 3), None);
+        assert_eq!(streak.observe(false, true, 2, 3), None);
+        assert_eq!(streak.observe(false, true, 2, 3), Some(false));
+    }
+
+    #[test]
+    fn flips_up_only_after_rise_successes_in_a_row() {
+        let mut streak = Streak::default();
+        assert_eq!(streak.observe(true, false, 2, 3), None);
+        assert_eq!(streak.observe(false, false, 2, 3), None);
+        assert_eq!(streak.observe(true, false, 2, 3), None);
+        assert_eq!(streak.observe(true, false, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(parse_status_line(b"HTTP/1.1 2x0 OK"), None);
+        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH"), None);
+    }
+
+    #[test]
+    fn a_flapping_backend_does_not_flip() {
+        let mut streak = Streak::default();
+        for i in 0..20 {
+            assert_eq!(streak.observe(i % 2 == 0, true, 2, 2), None);
+        }
+    }
+}

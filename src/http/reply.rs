@@ -1,0 +1,90 @@
+//! The answers lb-mio gives itself when it cannot forward a request. Each is a complete
+//! response that closes the connection, with a short body that names no backend.
+
+/// Why lb-mio answered instead of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Malformed request, or conflicting framing headers.
+    BadRequest,
+    /// The request head did not arrive within the header timeout.
+    RequestTimeout,
+    /// The request head is over the size or header-count limit.
+    HeaderTooLarge,
+    /// A transfer coding other than chunked, or CONNECT.
+    NotImplemented,
+    /// The backend refused, reset, or sent something that is not HTTP, after any retries.
+    BadGateway,
+    /// No backend is up.
+    ServiceUnavailable,
+    /// The backend did not answer in time.
+    GatewayTimeout,
+}
+
+impl Reply {
+    pub fn status(self) -> u16 {
+        match self {
+            Reply::BadRequest => 400,
+            Reply::RequestTimeout => 408,
+            Reply::HeaderTooLarge => 431,
+            Reply::NotImplemented => 501,
+            Reply::BadGateway => 502,
+            Reply::ServiceUnavailable => 503,
+            Reply::GatewayTimeout => 504,
+        }
+    }
+
+    /// The whole response on the wire (a unit test checks each `Content-Length`).
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Reply::BadRequest => b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n",
+            Reply::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n",
+            Reply::HeaderTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nrequest head too large\n",
+            Reply::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot implemented\n",
+            Reply::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n",
+            Reply::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\nno backend is up\n",
+            Reply::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Reply; 7] = [
+        Reply::BadRequest,
+        Reply::RequestTimeout,
+        Reply::HeaderTooLarge,
+        Reply::NotImplemented,
+        Reply::BadGateway,
+        Reply::ServiceUnavailable,
+        Reply::GatewayTimeout,
+    ];
+
+    #[test]
+    fn every_reply_is_a_well_framed_response_with_its_status() {
+        for reply in ALL {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut res = httparse::Response::new(&mut headers);
+            let bytes = reply.bytes();
+            let head_len = match res.parse(bytes).unwrap() {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => panic!("{reply:?} head is incomplete"),
+            };
+            assert_eq!(res.code, Some(reply.status()));
+            let length = res
+                .headers
+                .iter()
+                .find(|h| h.name == "Content-Length")
+                .unwrap();
+            let length: usize = std::str::from_utf8(length.value).unwrap().parse().unwrap();
+            assert_eq!(length, bytes.len() - head_len, "{reply:?} Content-Length");
+        }
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let text = std::str::from_utf8(Reply::ServiceUnavailable.bytes()).unwrap();
+        assert!(text.contains("\r\nRetry-After: 1\r\n"));
+    }
+}

@@ -1,0 +1,18 @@
+//! lb-mio: a thread-per-core HTTP/1.1 load balancer on `mio`.
+//!
+//! The modules follow the data path: a `worker` accepts and runs connections (`conn`) that
+//! parse and frame HTTP (`http`) in pooled buffers (`buffer`), choose a backend (`balance`
+//! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends.
+
+pub mod balance;
+pub mod buffer;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod health;
+pub mod http;
+pub mod pool;
+pub mod server;
+pub mod token;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,122 @@
+//! The `lb-mio` command: run from a config file, check one, or run the built-in demo.
+
+use lb_mio::config::{BackendConf, Config};
+use lb_mio::demo::DemoBackend;
+use lb_mio::server;
+use log::LevelFilter;
+use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: lb-mio CONFIG            run the load balancer
+       lb-mio --check CONFIG    validate CONFIG and exit (0: valid)
+       lb-mio --demo [--listen ADDR]
+                                start three built-in backends and a balancer in front of them
+                                (default ADDR 127.0.0.1:8080)
+       lb-mio --help | --version";
+
+const DEMO_LISTEN: &str = "127.0.0.1:8080";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["--help" | "-h"] => println!("{USAGE}"),
+        ["--version" | "-V"] => println!("lb-mio {}", env!("CARGO_PKG_VERSION")),
+        ["--check", path] => return check(Path::new(path)),
+        ["--demo"] => return demo(DEMO_LISTEN),
+        ["--demo", "--listen", addr] => return demo(addr),
+        [path] if !path.starts_with('-') => return run_file(Path::new(path)),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} backends)",
+                path.display(),
+                config.backends.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn run_file(path: &Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(config) => run(config),
+        Err(e) => fail(e),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(config.log.level);
+    match server::start(config) {
+        Ok(running) => {
+            running.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Three demo backends on loopback ports chosen by the kernel, and the balancer in front.
+fn demo(listen: &str) -> ExitCode {
+    let listen: SocketAddr = match listen.parse() {
+        Ok(addr) => addr,
+        Err(_) => return fail(format!("--listen: expected ip:port, got {listen:?}")),
+    };
+    let mut backends = Vec::new();
+    for i in 1..=3 {
+        let name = format!("backend-{i}");
+        match DemoBackend::spawn(&name, "127.0.0.1:0".parse().expect("valid address")) {
+            Ok(backend) => backends.push(BackendConf {
+                name,
+                addr: backend.addr(),
+                weight: 1,
+            }),
+            Err(e) => return fail(format!("cannot start demo backend {name}: {e}")),
+        }
+    }
+    let mut config = Config::with_backends(backends);
+    config.lb.listen = listen;
+    init_logging(config.log.level);
+    match server::start(config) {
+        Ok(running) => {
+            println!(
+                "lb-mio demo: three backends behind http://{}/",
+                running.addr
+            );
+            println!(
+                "try: curl http://{}/   (each request names the backend that served it)",
+                running.addr
+            );
+            running.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn init_logging(level: LevelFilter) {
+    let config = ConfigBuilder::new()
+        .set_thread_level(LevelFilter::Off)
+        .set_target_level(LevelFilter::Off)
+        .build();
+    // Only fails if a logger is already set, which cannot happen in this program.
+    let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Never);
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("lb-mio: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,135 @@
+//! Starting lb-mio: bind one `SO_REUSEPORT` listener per worker, then start the workers and the
+//! health thread. Everything that can fail at start fails here, before any thread runs.
+
+use crate::balance::{self, Balancer};
+use crate::config::Config;
+use crate::health;
+use crate::pool::{self, Backends};
+use crate::worker::Worker;
+use log::info;
+use mio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What all threads share: the config, the backend pool and the strategy.
+pub struct Shared {
+    pub config: Config,
+    pub backends: Backends,
+    pub balancer: Box<dyn Balancer>,
+}
+
+/// Which step of binding a listener failed, and on which address.
+#[derive(Debug)]
+pub enum BindError {
+    Socket(SocketAddr, io::Error),
+    ReusePort(SocketAddr, io::Error),
+    Bind(SocketAddr, io::Error),
+    Listen(SocketAddr, io::Error),
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            BindError::Socket(a, e) => write!(f, "cannot create a socket for {a}: {e}"),
+            BindError::ReusePort(a, e) => write!(f, "cannot set SO_REUSEPORT for {a}: {e}"),
+            BindError::Bind(a, e) => write!(f, "cannot bind {a}: {e}"),
+            BindError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Pending connections the kernel queues per listener.
+const BACKLOG: i32 = 1024;
+
+/// A non-blocking listener that other sockets can bind to the same address (`SO_REUSEPORT`),
+/// so each worker accepts on its own and the kernel spreads connections over them.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| BindError::Socket(addr, e))?;
+    socket
+        .set_reuse_address(true)
+        .and_then(|()| socket.set_reuse_port(true))
+        .map_err(|e| BindError::ReusePort(addr, e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| BindError::Bind(addr, e))?;
+    socket
+        .listen(BACKLOG)
+        .map_err(|e| BindError::Listen(addr, e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| BindError::Listen(addr, e))?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A started lb-mio: where it listens and its threads.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for the threads; they run until the process ends.
+    pub fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds every listener, then starts the workers and the health thread.
+pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
+    let listeners = bind_all(config.lb.listen, config.lb.workers)?;
+    let addr = listeners[0].local_addr()?;
+    let shared = Arc::new(Shared {
+        backends: pool::from_config(&config.backends),
+        balancer: balance::new(config.lb.strategy),
+        config,
+    });
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker::new(listener, Arc::clone(&shared), seed ^ i as u64)?;
+        threads.push(
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker.run())?,
+        );
+    }
+    threads.push(health::spawn(Arc::clone(&shared))?);
+    info!(
+        "lb-mio listening on {addr}: {} workers, {} strategy, {} backends",
+        shared.config.lb.workers,
+        shared.config.lb.strategy.name(),
+        shared.backends.len()
+    );
+    Ok(Running {
+        addr,
+        shared,
+        threads,
+    })
+}
+
+/// One listener per worker. With port 0 the first bind picks the port and the rest share it.
+fn bind_all(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<TcpListener>, Box<dyn std::error::Error>> {
+    let first = bind(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind(addr)?);
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,71 @@
+//! Typed `mio` tokens: which socket an event is for. A slab index and its side pack into one
+//! `Token`; the listener has a reserved value above every index.
+
+use mio::{event::Event, Token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tok {
+    Listener,
+    /// The client socket of connection `n` (index into the worker's connection slab).
+    Client(usize),
+    /// Upstream socket `n` (index into the worker's upstream slab).
+    Upstream(usize),
+}
+
+const LISTENER: usize = usize::MAX;
+
+impl From<Tok> for Token {
+    fn from(tok: Tok) -> Token {
+        Token(match tok {
+            Tok::Listener => LISTENER,
+            Tok::Client(n) => n << 1,
+            Tok::Upstream(n) => n << 1 | 1,
+        })
+    }
+}
+
+impl From<Token> for Tok {
+    fn from(Token(t): Token) -> Tok {
+        match t {
+            LISTENER => Tok::Listener,
+            t if t & 1 == 0 => Tok::Client(t >> 1),
+            t => Tok::Upstream(t >> 1),
+        }
+    }
+}
+
+/// What the kernel last reported for a socket, kept until a read or write shows it is used up.
+/// Sockets are registered once for both directions; each state acts on the readiness it needs,
+/// so an event that a state cannot use yet is remembered instead of lost (edge-triggered).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Readiness {
+    /// Errors and hang-ups count as both: the next read or write reports them.
+    pub fn update(&mut self, event: &Event) {
+        let broken = event.is_error() || event.is_read_closed() || event.is_write_closed();
+        self.readable |= event.is_readable() || broken;
+        self.writable |= event.is_writable() || broken;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for tok in [
+            Tok::Listener,
+            Tok::Client(0),
+            Tok::Upstream(0),
+            Tok::Client(7),
+            Tok::Upstream(1 << 40),
+        ] {
+            assert_eq!(Tok::from(Token::from(tok)), tok);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A worker's upstream connections: the ones in use by client connections and the idle
+//! keep-alive ones, pooled per backend so most requests skip the TCP handshake.
+
+use crate::token::{Readiness, Tok};
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use slab::Slab;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+
+/// One connection to a backend.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub backend: usize,
+    pub ready: Readiness,
+    /// The client connection using it; `None` while it waits idle in the pool.
+    pub owner: Option<usize>,
+    /// The handshake has completed.
+    pub connected: bool,
+    /// It came from the idle pool (a failure may just mean the backend closed it meanwhile).
+    pub reused: bool,
+}
+
+pub struct Upstreams {
+    slab: Slab<Upstream>,
+    /// Idle connections by backend id, most recently used last.
+    idle: Vec<Vec<usize>>,
+    /// Most idle connections kept per backend.
+    keep: usize,
+}
+
+impl Upstreams {
+    pub fn new(backends: usize, keep: usize) -> Upstreams {
+        Upstreams {
+            slab: Slab::new(),
+            idle: vec![Vec::new(); backends],
+            keep,
+        }
+    }
+
+    pub fn get(&mut self, id: usize) -> &mut Upstream {
+        &mut self.slab[id]
+    }
+
+    /// The connection for an event's token, if it still exists.
+    pub fn try_get(&mut self, id: usize) -> Option<&mut Upstream> {
+        self.slab.get_mut(id)
+    }
+
+    /// An idle connection to `backend`, now owned by connection `owner`.
+    pub fn checkout(&mut self, backend: usize, owner: usize) -> Option<usize> {
+        let id = self.idle[backend].pop()?;
+        let upstream = &mut self.slab[id];
+        upstream.owner = Some(owner);
+        upstream.reused = true;
+        Some(id)
+    }
+
+    /// Starts a non-blocking connect; the first writable event tells how it went.
+    pub fn connect(
+        &mut self,
+        registry: &Registry,
+        backend: usize,
+        addr: SocketAddr,
+        owner: usize,
+    ) -> io::Result<usize> {
+        let mut stream = TcpStream::connect(addr)?;
+        let entry = self.slab.vacant_entry();
+        let id = entry.key();
+        registry.register(
+            &mut stream,
+            Tok::Upstream(id).into(),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Upstream {
+            stream,
+            backend,
+            ready: Readiness::default(),
+            owner: Some(owner),
+            connected: false,
+            reused: false,
+        });
+        Ok(id)
+    }
+
+    /// Gives a connection back: kept for reuse when `reusable` and the pool has room, else closed.
+    pub fn release(&mut self, registry: &Registry, id: usize, reusable: bool) {
+        let backend = self.slab[id].backend;
+        if reusable && self.idle[backend].len() < self.keep {
+            self.slab[id].owner = None;
+            self.idle[backend].push(id);
+        } else {
+            self.close(registry, id);
+        }
+    }
+
+    /// An event on an idle connection: the backend closed it or sent something unasked.
+    /// Either way it can no longer be trusted with a request, unless the event was spurious.
+    pub fn on_idle_event(&mut self, registry: &Registry, id: usize) {
+        let mut probe = [0u8; 1];
+        match self.slab[id].stream.read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => {
+                let backend = self.slab[id].backend;
+                self.idle[backend].retain(|&idle| idle != id);
+                self.close(registry, id);
+            }
+        }
+    }
+
+    pub fn close(&mut self, registry: &Registry, id: usize) {
+        let mut upstream = self.slab.remove(id);
+        // Deregistering can only fail if the socket is already gone from the poll set.
+        let _ = registry.deregister(&mut upstream.stream);
+    }
+}

@@ -1,0 +1,216 @@
+//! One worker thread: its own `mio::Poll`, its own `SO_REUSEPORT` listener, and everything its
+//! connections touch (connection slab, buffer pool, upstream keep-alive pool). Nothing in here
+//! is shared with other workers but the read-mostly backend pool.
+
+use crate::buffer::BufferPool;
+use crate::conn::{Conn, Ctx, Drive};
+use crate::server::Shared;
+use crate::token::Tok;
+use crate::upstream::Upstreams;
+use log::{error, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use slab::Slab;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often deadlines are checked: timeouts fire up to this late.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Free buffers a worker keeps for reuse.
+const POOLED_BUFFERS: usize = 1024;
+
+pub struct Worker {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    upstreams: Upstreams,
+    buffers: BufferPool,
+    shared: Arc<Shared>,
+    rng: SmallRng,
+    /// Connections that hit the per-event work cap and still have work.
+    again: Vec<usize>,
+    /// Accepting is paused until then (out of file descriptors).
+    accept_paused_until: Option<Instant>,
+    /// Accepting stopped at `max_connections`; a closed connection resumes it.
+    at_limit: bool,
+    /// Reused list of connections whose deadline passed.
+    expired: Vec<usize>,
+}
+
+impl Worker {
+    pub fn new(mut listener: TcpListener, shared: Arc<Shared>, seed: u64) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
+        let keep = shared.config.lb.upstream_keepalive;
+        Ok(Worker {
+            poll,
+            listener,
+            conns: Slab::new(),
+            upstreams: Upstreams::new(shared.backends.len(), keep),
+            buffers: BufferPool::new(POOLED_BUFFERS),
+            shared,
+            rng: SmallRng::seed_from_u64(seed),
+            again: Vec::new(),
+            accept_paused_until: None,
+            at_limit: false,
+            expired: Vec::new(),
+        })
+    }
+
+    /// The event loop; runs until the process ends.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = if self.again.is_empty() {
+                TICK
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("worker poll failed: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match Tok::from(event.token()) {
+                    Tok::Listener => self.accept(now),
+                    Tok::Client(id) => {
+                        if let Some(conn) = self.conns.get_mut(id) {
+                            conn.ready.update(event);
+                            self.drive(id, now);
+                        }
+                    }
+                    Tok::Upstream(up) => self.on_upstream_event(up, event, now),
+                }
+            }
+            for id in std::mem::take(&mut self.again) {
+                self.drive(id, now);
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.expire(now);
+            }
+        }
+    }
+
+    fn on_upstream_event(&mut self, up: usize, event: &mio::event::Event, now: Instant) {
+        let Some(upstream) = self.upstreams.try_get(up) else {
+            return;
+        };
+        upstream.ready.update(event);
+        match upstream.owner {
+            Some(id) => self.drive(id, now),
+            None => self.upstreams.on_idle_event(self.poll.registry(), up),
+        }
+    }
+
+    /// Accepts until the queue is empty, the connection limit is reached, or descriptors run out.
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        self.accept_paused_until = None;
+        let max = self.shared.config.limits.max_connections;
+        loop {
+            self.at_limit = self.conns.len() >= max;
+            if self.at_limit {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add_conn(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if out_of_descriptors(&e) => {
+                    warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => warn!("accept: {e}"),
+            }
+        }
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        now: Instant,
+    ) {
+        // Heads and small bodies go out in one write each; Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let token = Tok::Client(entry.key()).into();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("register {peer}: {e}");
+            return;
+        }
+        entry.insert(Conn::new(
+            stream,
+            peer,
+            now + self.shared.config.timeouts.header,
+        ));
+    }
+
+    fn drive(&mut self, id: usize, now: Instant) {
+        self.with_conn(id, now, Conn::drive);
+    }
+
+    /// Runs `step` on connection `id` with the worker's parts it needs, then acts on the outcome.
+    fn with_conn(&mut self, id: usize, now: Instant, step: fn(&mut Conn, &mut Ctx) -> Drive) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            buffers: &mut self.buffers,
+            upstreams: &mut self.upstreams,
+            shared: &self.shared,
+            rng: &mut self.rng,
+            now,
+            id,
+        };
+        match step(conn, &mut ctx) {
+            Drive::Open => {}
+            Drive::Busy => self.again.push(id),
+            Drive::Closed => {
+                let mut conn = self.conns.remove(id);
+                let _ = self.poll.registry().deregister(conn.client());
+                if self.at_limit {
+                    self.accept(now);
+                }
+            }
+        }
+    }
+
+    /// Times out the connections whose deadline passed.
+    fn expire(&mut self, now: Instant) {
+        self.expired.clear();
+        let due = self.conns.iter().filter(|(_, c)| c.deadline <= now);
+        self.expired.extend(due.map(|(id, _)| id));
+        for i in 0..self.expired.len() {
+            self.with_conn(self.expired[i], now, Conn::expire);
+        }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept(now);
+        }
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would fail the same way.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
