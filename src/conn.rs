@@ -151,6 +151,24 @@ struct Exchange {
     client_keep_alive: bool,
     status: u16,
     started: Instant,
+    /// The request line, for the access log (only kept when it is on).
+    line: Option<RequestLine>,
+}
+
+/// The start of a request line, held inline so the access log costs no allocation.
+struct RequestLine {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl RequestLine {
+    fn new(head: &[u8]) -> RequestLine {
+        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let len = line.len().min(96);
+        let mut bytes = [0; 96];
+        bytes[..len].copy_from_slice(&line[..len]);
+        RequestLine { bytes, len }
+    }
 }
 
 /// What a connection borrows from its worker while it runs.
@@ -335,6 +353,7 @@ impl Conn {
                 return Err(Stop::Reply(head_reply(e)));
             }
         };
+        let line = ctx.shared.config.log.access_log.then(|| RequestLine::new(cin.data()));
         cin.consume(request.head_len);
         let lease = self.choose_backend(ctx, Tried::default())?;
         let exchange = Exchange {
@@ -351,6 +370,7 @@ impl Conn {
             client_keep_alive: request.keep_alive,
             status: 0,
             started: ctx.now,
+            line,
             lease,
         };
         self.exchange = Some(exchange);
@@ -682,9 +702,11 @@ impl Conn {
     }
 
     fn log_access(&self, ctx: &Ctx, ex: &Exchange) {
-        if ctx.shared.config.log.access_log {
+        if let Some(line) = &ex.line {
             let ms = ctx.now.duration_since(ex.started).as_secs_f64() * 1000.0;
-            info!(target: "access", "{} {:?} {} {} {ms:.1}ms", self.peer, ex.request.method, ex.status, ex.lease.backend().name);
+            let line = String::from_utf8_lossy(&line.bytes[..line.len]);
+            let backend = &ex.lease.backend().name;
+            info!(target: "access", "{} \"{line}\" {} {backend} {ms:.1}ms", self.peer, ex.status);
         }
     }
 

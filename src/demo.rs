@@ -162,7 +162,8 @@ enum State {
     Closing,
     /// The write side is closed. Input is read and dropped until the client closes too:
     /// closing a socket with unread input resets the connection, and a reset can destroy
-    /// responses the client has not read yet.
+    /// responses the client has not read yet. (With no timers here, a client that never
+    /// closes keeps its slot.)
     Draining,
 }
 
@@ -429,6 +430,7 @@ mod tests {
         let backend = DemoBackend::spawn(NAME, "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(backend.name(), NAME);
         let stream = TcpStream::connect(backend.addr()).unwrap();
+        stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -474,7 +476,8 @@ mod tests {
     }
 
     fn get_body(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, path: &str) -> String {
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
         let (status, _, body) = read_response(reader);
         assert_eq!(status, "http/1.1 200 ok");
         body

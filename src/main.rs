@@ -2,7 +2,10 @@
 
 use lb_mio::config::{BackendConf, Config};
 use lb_mio::demo::DemoBackend;
-use lb_mio::server;
+use lb_mio::server::{self, Running};
+use log::info;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use log::LevelFilter;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use std::net::SocketAddr;
@@ -59,14 +62,7 @@ fn run_file(path: &Path) -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    init_logging(config.log.level);
-    match server::start(config) {
-        Ok(running) => {
-            running.wait();
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    serve(config, |_| {})
 }
 
 /// Three demo backends on loopback ports chosen by the kernel, and the balancer in front.
@@ -79,32 +75,34 @@ fn demo(listen: &str) -> ExitCode {
     for i in 1..=3 {
         let name = format!("backend-{i}");
         match DemoBackend::spawn(&name, "127.0.0.1:0".parse().expect("valid address")) {
-            Ok(backend) => backends.push(BackendConf {
-                name,
-                addr: backend.addr(),
-                weight: 1,
-            }),
+            Ok(backend) => backends.push(BackendConf { name, addr: backend.addr(), weight: 1 }),
             Err(e) => return fail(format!("cannot start demo backend {name}: {e}")),
         }
     }
     let mut config = Config::with_backends(backends);
     config.lb.listen = listen;
+    serve(config, |running| {
+        println!("lb-mio demo: three backends behind http://{}/", running.addr);
+        println!("try: curl http://{}/   (each answer names the backend that served it)", running.addr);
+    })
+}
+
+/// Starts lb-mio and runs until SIGINT or SIGTERM.
+fn serve(config: Config, started: impl FnOnce(&Running)) -> ExitCode {
     init_logging(config.log.level);
-    match server::start(config) {
-        Ok(running) => {
-            println!(
-                "lb-mio demo: three backends behind http://{}/",
-                running.addr
-            );
-            println!(
-                "try: curl http://{}/   (each request names the backend that served it)",
-                running.addr
-            );
-            running.wait();
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+    };
+    let running = match server::start(config) {
+        Ok(running) => running,
+        Err(e) => return fail(e),
+    };
+    started(&running);
+    if let Some(signal) = signals.forever().next() {
+        info!("lb-mio stopping on signal {signal}");
     }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(level: LevelFilter) {

@@ -13,7 +13,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What all threads share: the config, the backend pool and the strategy.
@@ -69,20 +69,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// A started lb-mio: where it listens and its threads.
+/// A started lb-mio: its threads run until the process ends.
 pub struct Running {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Waits for the threads; they run until the process ends.
-    pub fn wait(self) {
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// Binds every listener, then starts the workers and the health thread.
@@ -97,27 +87,18 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let worker = Worker::new(listener, Arc::clone(&shared), seed ^ i as u64)?;
-        threads.push(
-            thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || worker.run())?,
-        );
+        thread::Builder::new().name(format!("worker-{i}")).spawn(move || worker.run())?;
     }
-    threads.push(health::spawn(Arc::clone(&shared))?);
+    health::spawn(Arc::clone(&shared))?;
     info!(
         "lb-mio listening on {addr}: {} workers, {} strategy, {} backends",
         shared.config.lb.workers,
         shared.config.lb.strategy.name(),
         shared.backends.len()
     );
-    Ok(Running {
-        addr,
-        shared,
-        threads,
-    })
+    Ok(Running { addr, shared })
 }
 
 /// One listener per worker. With port 0 the first bind picks the port and the rest share it.
