@@ -55,6 +55,11 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Request and response bytes may flow to and from the backend.
+    fn talks_to_backend(self) -> bool {
+        matches!(self, Phase::Forwarding | Phase::Tunnel)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Idle => "idle",
@@ -137,7 +142,8 @@ struct Exchange {
     req_body: Body,
     response: ResponseState,
     lease: Lease,
-    upstream: usize,
+    /// The backend connection (in the worker's upstream table), once there is one.
+    upstream: Option<usize>,
     tried: Tried,
     retries_left: u32,
     /// While the request can still be replayed, written bytes stay in `uout` and this counts
@@ -247,7 +253,7 @@ impl Conn {
                 self.settle(ctx);
                 return Drive::Open;
             }
-            if matches!(self.phase, Phase::Forwarding | Phase::Tunnel) {
+            if self.phase.talks_to_backend() {
                 self.deadline = ctx.now + self.timeout(ctx);
             }
         }
@@ -360,7 +366,7 @@ impl Conn {
             request,
             req_body: Body::new(request.framing),
             response: ResponseState::Head,
-            upstream: usize::MAX,
+            upstream: None,
             tried: Tried::default(),
             retries_left: ctx.shared.config.lb.retries,
             sent: 0,
@@ -394,33 +400,30 @@ impl Conn {
         let ex = self.exchange.as_mut().expect("connect needs an exchange");
         let backend = ex.lease.id;
         if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
-            ex.upstream = id;
+            ex.upstream = Some(id);
             self.enter(Phase::Forwarding, ctx);
             return Ok(());
         }
         let addr = ex.lease.backend().addr;
         match ctx.upstreams.connect(ctx.registry, backend, addr, ctx.id) {
             Ok(id) => {
-                ex.upstream = id;
+                ex.upstream = Some(id);
                 self.enter(Phase::Connecting, ctx);
                 Ok(())
             }
-            Err(e) => {
-                ex.upstream = usize::MAX;
-                Err(Stop::Upstream(Failure::Connect(e.kind())))
-            }
+            Err(e) => Err(Stop::Upstream(Failure::Connect(e.kind()))),
         }
     }
 
     /// A new backend connection became writable: did the handshake succeed?
     fn check_connected(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let Some(ex) = &self.exchange else {
+        let Some(up) = self.exchange.as_ref().and_then(|ex| ex.upstream) else {
             return Ok(false);
         };
-        if self.phase != Phase::Connecting || !ctx.upstreams.get(ex.upstream).ready.writable {
+        let up = ctx.upstreams.get(up);
+        if self.phase != Phase::Connecting || !up.ready.writable {
             return Ok(false);
         }
-        let up = ctx.upstreams.get(ex.upstream);
         match (up.stream.take_error(), up.stream.peer_addr()) {
             (Ok(None), Ok(_)) => {
                 up.connected = true;
@@ -466,11 +469,11 @@ impl Conn {
             return Ok(false);
         };
         let pending = held(&self.uout).saturating_sub(ex.sent);
-        if !matches!(self.phase, Phase::Forwarding | Phase::Tunnel) || pending == 0 {
+        let Some(up) = ex.upstream.filter(|_| self.phase.talks_to_backend()) else {
             return Ok(false);
-        }
-        let up = ctx.upstreams.get(ex.upstream);
-        if !up.ready.writable {
+        };
+        let up = ctx.upstreams.get(up);
+        if !up.ready.writable || pending == 0 {
             return Ok(false);
         }
         let uout = buf(&mut self.uout, ctx.buffers);
@@ -497,10 +500,10 @@ impl Conn {
         let Some(ex) = &mut self.exchange else {
             return Ok(false);
         };
-        if !matches!(self.phase, Phase::Forwarding | Phase::Tunnel) {
+        let Some(up) = ex.upstream.filter(|_| self.phase.talks_to_backend()) else {
             return Ok(false);
-        }
-        let up = ctx.upstreams.get(ex.upstream);
+        };
+        let up = ctx.upstreams.get(up);
         let uin = buf(&mut self.uin, ctx.buffers);
         if !up.ready.readable || uin.is_full() {
             return Ok(false);
@@ -539,6 +542,9 @@ impl Conn {
     fn on_upstream_eof(&mut self) -> Result<bool, Stop> {
         let ex = self.exchange.as_mut().expect("eof needs an exchange");
         ex.reusable = false;
+        if self.phase == Phase::Tunnel {
+            return Err(Stop::Cut); // the client gets what is left, then the close
+        }
         match &mut ex.response {
             ResponseState::Head if !ex.answered => Err(Stop::Upstream(Failure::Closed)),
             ResponseState::Head => {
@@ -684,7 +690,9 @@ impl Conn {
         let ex = self.exchange.take().expect("checked above");
         let unsent = held(&self.uout) - ex.sent;
         let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
-        ctx.upstreams.release(ctx.registry, ex.upstream, reusable);
+        if let Some(up) = ex.upstream {
+            ctx.upstreams.release(ctx.registry, up, reusable);
+        }
         for slot in [&mut self.uout, &mut self.uin] {
             if let Some(buffer) = slot.take() {
                 ctx.buffers.give(buffer);
@@ -749,15 +757,14 @@ impl Conn {
     /// backend if it can be replayed whole and sending it again is harmless.
     fn retry(&mut self, ctx: &mut Ctx, failure: Failure) -> Result<(), Stop> {
         let ex = self.exchange.as_mut().expect("retry needs an exchange");
-        let reused = ex.upstream != usize::MAX && ctx.upstreams.get(ex.upstream).reused;
+        let reused = ex.upstream.is_some_and(|up| ctx.upstreams.get(up).reused);
         warn!(
             "{}: backend {} failed: {failure}",
             self.peer,
             ex.lease.backend().name
         );
-        if ex.upstream != usize::MAX {
-            ctx.upstreams.close(ctx.registry, ex.upstream);
-            ex.upstream = usize::MAX;
+        if let Some(up) = ex.upstream.take() {
+            ctx.upstreams.close(ctx.registry, up);
         }
         if !reused {
             // A pooled connection the backend closed meanwhile is not the backend's fault.
@@ -807,8 +814,8 @@ impl Conn {
     /// Ends the exchange without a complete response: the backend connection cannot be reused.
     fn drop_exchange(&mut self, ctx: &mut Ctx) {
         if let Some(ex) = self.exchange.take() {
-            if ex.upstream != usize::MAX {
-                ctx.upstreams.close(ctx.registry, ex.upstream);
+            if let Some(up) = ex.upstream {
+                ctx.upstreams.close(ctx.registry, up);
             }
         }
         for slot in [&mut self.cin, &mut self.uout, &mut self.uin] {
