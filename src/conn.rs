@@ -359,7 +359,12 @@ impl Conn {
                 return Err(Stop::Reply(head_reply(e)));
             }
         };
-        let line = ctx.shared.config.log.access_log.then(|| RequestLine::new(cin.data()));
+        let line = ctx
+            .shared
+            .config
+            .log
+            .access_log
+            .then(|| RequestLine::new(cin.data()));
         cin.consume(request.head_len);
         let lease = self.choose_backend(ctx, Tried::default())?;
         let exchange = Exchange {
@@ -612,7 +617,10 @@ impl Conn {
         let response = match response::parse(uin.data(), BUF_SIZE, &ex.request, name, cout) {
             Ok(Some(response)) => response,
             Ok(None) => return Ok(false),
-            Err(HeadError::TooLarge) if before > 0 => return Ok(false), // wait for cout to drain
+            Err(e) if before > 0 && e == HeadError::TooLarge => {
+                cout.truncate(before);
+                return Ok(false); // no room behind earlier responses: wait for cout to drain
+            }
             Err(e) => {
                 cout.truncate(before);
                 warn!(

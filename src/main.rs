@@ -4,9 +4,9 @@ use lb_mio::config::{BackendConf, Config};
 use lb_mio::demo::DemoBackend;
 use lb_mio::server::{self, Running};
 use log::info;
+use log::LevelFilter;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use log::LevelFilter;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -75,15 +75,25 @@ fn demo(listen: &str) -> ExitCode {
     for i in 1..=3 {
         let name = format!("backend-{i}");
         match DemoBackend::spawn(&name, "127.0.0.1:0".parse().expect("valid address")) {
-            Ok(backend) => backends.push(BackendConf { name, addr: backend.addr(), weight: 1 }),
+            Ok(backend) => backends.push(BackendConf {
+                name,
+                addr: backend.addr(),
+                weight: 1,
+            }),
             Err(e) => return fail(format!("cannot start demo backend {name}: {e}")),
         }
     }
     let mut config = Config::with_backends(backends);
     config.lb.listen = listen;
     serve(config, |running| {
-        println!("lb-mio demo: three backends behind http://{}/", running.addr);
-        println!("try: curl http://{}/   (each answer names the backend that served it)", running.addr);
+        println!(
+            "lb-mio demo: three backends behind http://{}/",
+            running.addr
+        );
+        println!(
+            "try: curl http://{}/   (each answer names the backend that served it)",
+            running.addr
+        );
     })
 }
 

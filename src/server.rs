@@ -89,7 +89,9 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
         .map_or(0, |d| d.as_nanos() as u64);
     for (i, listener) in listeners.into_iter().enumerate() {
         let worker = Worker::new(listener, Arc::clone(&shared), seed ^ i as u64)?;
-        thread::Builder::new().name(format!("worker-{i}")).spawn(move || worker.run())?;
+        thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || worker.run())?;
     }
     health::spawn(Arc::clone(&shared))?;
     info!(

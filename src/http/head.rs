@@ -8,6 +8,9 @@ use httparse::Header;
 /// Most headers a `Connection` header may name: more is treated as malformed.
 const MAX_CONNECTION_TOKENS: usize = 16;
 
+/// Headers `Connection` must not name: they frame or route the message for every hop.
+const END_TO_END: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
+
 /// Why a head was refused; each maps to one status (see `reply`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
@@ -74,6 +77,11 @@ impl<'a> HopHeaders<'a> {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else if END_TO_END.iter().any(|h| token.eq_ignore_ascii_case(h)) {
+                // Dropping these would change how the next hop frames the message.
+                return Err(HeadError::Malformed(
+                    "Connection names an end-to-end header",
+                ));
             } else if self.named_len < MAX_CONNECTION_TOKENS {
                 self.named[self.named_len] = token;
                 self.named_len += 1;
@@ -163,6 +171,16 @@ pub fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
+/// The head without the empty lines httparse skips before the start line (RFC 9112 §2.2):
+/// they are not part of the start line and are not forwarded.
+pub fn skip_empty_lines(head: &[u8]) -> &[u8] {
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
+    &head[start..]
+}
+
 /// Where a head's first line ends, CRLF included.
 pub fn first_line_len(head: &[u8]) -> usize {
     head.iter()
@@ -205,5 +223,351 @@ pub fn from_httparse(e: httparse::Error) -> HeadError {
         httparse::Error::Status => HeadError::Malformed("bad status"),
         httparse::Error::Token => HeadError::Malformed("bad token"),
         httparse::Error::Version => HeadError::Malformed("bad version"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::{BufferPool, BUF_SIZE};
+
+    /// What a row expects: a value, no value, or the refusal.
+    type Outcome<T> = Result<Option<T>, HeadError>;
+
+    fn header<'a>(name: &'a str, value: &'a [u8]) -> Header<'a> {
+        Header { name, value }
+    }
+
+    #[test]
+    fn list_items_table() {
+        let rows: &[(&[u8], &[&[u8]])] = &[
+            (b"", &[]),
+            (b" ", &[]),
+            (b",", &[]),
+            (b" , ,\t,", &[]),
+            (b"close", &[b"close"]),
+            (b"  close\t", &[b"close"]),
+            (b"a,b", &[b"a", b"b"]),
+            (b"a, b ,\tc", &[b"a", b"b", b"c"]),
+            (b",a,,b,", &[b"a", b"b"]),
+            (b"a b, c", &[b"a b", b"c"]),
+            (b"Keep-Alive, Upgrade", &[b"Keep-Alive", b"Upgrade"]),
+            (b"x;q=1, y", &[b"x;q=1", b"y"]),
+        ];
+        for &(value, want) in rows {
+            let got: Vec<&[u8]> = list_items(value).collect();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(value));
+        }
+    }
+
+    #[test]
+    fn line_endings_table() {
+        let bare = Err(HeadError::Malformed("bare LF"));
+        let rows: &[(&[u8], Result<(), HeadError>)] = &[
+            (b"", Ok(())),
+            (b"\r\n", Ok(())),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", Ok(())),
+            (b"a\rb", Ok(())), // bare CR is httparse's to refuse
+            (b"\n", bare),
+            (b"\nGET", bare),
+            (b"GET / HTTP/1.1\n", bare),
+            (b"GET / HTTP/1.1\r\nHost: h\n\r\n", bare),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\n", bare),
+            (b"a\r\r\n\n", bare),
+            (b"a\n\r", bare),
+        ];
+        for &(head, want) in rows {
+            assert_eq!(check_line_endings(head), want, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_table() {
+        let bad = Err(HeadError::Malformed("bad Content-Length"));
+        let rows: &[(&[u8], Outcome<u64>)] = &[
+            (b"0", Ok(Some(0))),
+            (b"42", Ok(Some(42))),
+            (b"  42\t", Ok(Some(42))),
+            (b"000", Ok(Some(0))),
+            (b"999999999999999999", Ok(Some(999_999_999_999_999_999))),
+            (b"1000000000000000000", bad),
+            (b"18446744073709551616", bad),
+            (b"", bad),
+            (b" ", bad),
+            (b"+1", bad),
+            (b"-1", bad),
+            (b"1,1", bad),
+            (b"1, 1", bad),
+            (b"1 1", bad),
+            (b"1.5", bad),
+            (b"1e3", bad),
+            (b"0x1", bad),
+            (b"\"1\"", bad),
+            (b"1\x00", bad),
+        ];
+        for &(value, want) in rows {
+            let got =
+                HopHeaders::read(&[header("content-length", value)]).map(|h| h.content_length);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(value));
+        }
+    }
+
+    #[test]
+    fn framing_headers_table() {
+        use HeadError::{Malformed, NotImplemented};
+        let not_chunked = Err(Malformed("Transfer-Encoding does not end in chunked"));
+        let rows: &[(&str, &[Header], Outcome<Framing>)] = &[
+            ("none", &[], Ok(None)),
+            (
+                "unrelated",
+                &[header("Content-Type", b"text/plain")],
+                Ok(None),
+            ),
+            (
+                "length",
+                &[header("Content-Length", b"5")],
+                Ok(Some(Framing::Length(5))),
+            ),
+            (
+                "chunked",
+                &[header("Transfer-Encoding", b"chunked")],
+                Ok(Some(Framing::Chunked)),
+            ),
+            (
+                "Chunked, any case",
+                &[header("TRANSFER-ENCODING", b"ChUnKeD")],
+                Ok(Some(Framing::Chunked)),
+            ),
+            (
+                "duplicate length",
+                &[
+                    header("Content-Length", b"5"),
+                    header("content-length", b"5"),
+                ],
+                Err(Malformed("duplicate Content-Length")),
+            ),
+            (
+                "duplicate TE",
+                &[
+                    header("Transfer-Encoding", b"chunked"),
+                    header("Transfer-Encoding", b"chunked"),
+                ],
+                Err(Malformed("duplicate Transfer-Encoding")),
+            ),
+            (
+                "length and TE",
+                &[
+                    header("Content-Length", b"5"),
+                    header("Transfer-Encoding", b"chunked"),
+                ],
+                Err(Malformed("Content-Length with Transfer-Encoding")),
+            ),
+            (
+                "TE and length",
+                &[
+                    header("Transfer-Encoding", b"chunked"),
+                    header("Content-Length", b"5"),
+                ],
+                Err(Malformed("Content-Length with Transfer-Encoding")),
+            ),
+            ("gzip", &[header("Transfer-Encoding", b"gzip")], not_chunked),
+            (
+                "chunked then gzip",
+                &[header("Transfer-Encoding", b"chunked, gzip")],
+                not_chunked,
+            ),
+            ("empty TE", &[header("Transfer-Encoding", b"")], not_chunked),
+            (
+                "gzip then chunked",
+                &[header("Transfer-Encoding", b"gzip, chunked")],
+                Err(NotImplemented("transfer coding other than chunked")),
+            ),
+            (
+                "chunked with empty items",
+                &[header("Transfer-Encoding", b" ,chunked, ")],
+                Ok(Some(Framing::Chunked)),
+            ),
+        ];
+        for &(name, headers, want) in rows {
+            let got = HopHeaders::read(headers).map(|h| h.framing());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_tokens_table() {
+        // (Connection values, close, keep_alive, upgrade)
+        let rows: &[(&[&[u8]], bool, bool, bool)] = &[
+            (&[], false, false, false),
+            (&[b"close"], true, false, false),
+            (&[b"CLOSE"], true, false, false),
+            (&[b"Keep-Alive"], false, true, false),
+            (&[b"upgrade"], false, false, true),
+            (&[b"keep-alive, Upgrade"], false, true, true),
+            (&[b"keep-alive", b"close"], true, true, false),
+            (&[b"closed, keep-alive-ish"], false, false, false),
+        ];
+        for &(values, close, keep_alive, upgrade) in rows {
+            let headers: Vec<Header> = values.iter().map(|v| header("Connection", v)).collect();
+            let hop = HopHeaders::read(&headers).unwrap();
+            assert_eq!(
+                (hop.close, hop.keep_alive, hop.upgrade),
+                (close, keep_alive, upgrade),
+                "{values:?}"
+            );
+            assert!(!hop.has_upgrade_header);
+        }
+        let hop = HopHeaders::read(&[header("upgrade", b"websocket")]).unwrap();
+        assert!(hop.has_upgrade_header && !hop.upgrade);
+    }
+
+    #[test]
+    fn connection_token_limits() {
+        let sixteen = b"a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p";
+        assert!(HopHeaders::read(&[header("Connection", sixteen)]).is_ok());
+        // close, keep-alive and upgrade do not count against the limit.
+        let with_known = b"a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,close,keep-alive,upgrade";
+        assert!(HopHeaders::read(&[header("Connection", with_known)]).is_ok());
+        let seventeen = b"a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q";
+        assert_eq!(
+            HopHeaders::read(&[header("Connection", seventeen)]).unwrap_err(),
+            HeadError::Malformed("too many Connection tokens")
+        );
+        for named in [
+            &b"Content-Length"[..],
+            b"transfer-encoding",
+            b"HOST",
+            b"close, host",
+        ] {
+            assert_eq!(
+                HopHeaders::read(&[header("Connection", named)]).unwrap_err(),
+                HeadError::Malformed("Connection names an end-to-end header"),
+                "{:?}",
+                String::from_utf8_lossy(named)
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_table() {
+        let headers = [
+            header("Connection", b"close, X-Named"),
+            header("connection", b"x-other"),
+        ];
+        let hop = HopHeaders::read(&headers).unwrap();
+        // (name, keep_upgrade, hop-by-hop)
+        let rows: &[(&str, bool, bool)] = &[
+            ("Connection", false, true),
+            ("CONNECTION", true, true),
+            ("Keep-Alive", false, true),
+            ("keep-alive", true, true),
+            ("Proxy-Connection", false, true),
+            ("TE", false, true),
+            ("te", true, true),
+            ("Upgrade", false, true),
+            ("upgrade", true, false),
+            ("X-Named", false, true),
+            ("x-named", true, true),
+            ("X-OTHER", false, true),
+            ("X-Named-Not", false, false),
+            ("X-Name", false, false),
+            ("close", false, false),
+            ("Transfer-Encoding", false, false),
+            ("Trailer", false, false),
+            ("Content-Length", false, false),
+            ("Host", false, false),
+            ("Proxy-Authorization", false, false),
+            ("Tex", false, false),
+        ];
+        for &(name, keep_upgrade, want) in rows {
+            assert_eq!(
+                hop.is_hop_by_hop(name, keep_upgrade),
+                want,
+                "{name} keep_upgrade={keep_upgrade}"
+            );
+        }
+        let plain = HopHeaders::read(&[]).unwrap();
+        assert!(!plain.is_hop_by_hop("X-Named", false));
+        assert!(plain.is_hop_by_hop("Connection", false));
+    }
+
+    #[test]
+    fn first_line_and_empty_lines() {
+        let rows: &[(&[u8], usize)] = &[
+            (b"", 0),
+            (b"abc", 3),
+            (b"\r\n", 2),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n", 16),
+            (b"a\nb", 2),
+        ];
+        for &(head, len) in rows {
+            assert_eq!(first_line_len(head), len, "{head:?}");
+        }
+        let rows: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"\r\n", b""),
+            (b"\r\n\r\nGET\r\n", b"GET\r\n"),
+            (b"\nGET", b"GET"),
+            (b"GET\r\n\r\n", b"GET\r\n\r\n"),
+        ];
+        for &(head, want) in rows {
+            assert_eq!(skip_empty_lines(head), want, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn header_lines_are_copied_exactly() {
+        let head = b"GET / HTTP/1.1\r\nA:b\r\nX-Sp:   v  w \t\r\nEmpty:\r\nBlank:  \r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut storage);
+        assert!(req.parse(head).unwrap().is_complete());
+        let want: [&[u8]; 4] = [
+            b"A:b\r\n",
+            b"X-Sp:   v  w \t\r\n",
+            b"Empty:\r\n",
+            b"Blank:  \r\n",
+        ];
+        assert_eq!(req.headers.len(), want.len());
+        for (h, want) in req.headers.iter().zip(want) {
+            let mut out = BufferPool::new(0).take();
+            copy_header_line(head, h, &mut out).unwrap();
+            assert_eq!(out.data(), want, "{}", h.name);
+        }
+    }
+
+    #[test]
+    fn writing_needs_room_for_everything() {
+        let mut out = BufferPool::new(0).take();
+        put_header(&mut out, b"X-A", b"1").unwrap();
+        assert_eq!(out.data(), b"X-A: 1\r\n");
+
+        let mut full = BufferPool::new(0).take();
+        full.put(&vec![0; BUF_SIZE - 3]);
+        assert_eq!(put_all(&mut full, b"abc"), Ok(()));
+        assert_eq!(put_all(&mut full, b""), Ok(()));
+        assert_eq!(put_all(&mut full, b"d"), Err(HeadError::TooLarge));
+
+        let mut almost = BufferPool::new(0).take();
+        almost.put(&vec![0; BUF_SIZE - 7]);
+        assert_eq!(
+            put_header(&mut almost, b"X-A", b"1"),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn httparse_errors_map_to_ours() {
+        use httparse::Error as E;
+        assert_eq!(from_httparse(E::TooManyHeaders), HeadError::TooLarge);
+        for e in [
+            E::HeaderName,
+            E::HeaderValue,
+            E::NewLine,
+            E::Status,
+            E::Token,
+            E::Version,
+        ] {
+            assert!(matches!(from_httparse(e), HeadError::Malformed(_)), "{e:?}");
+        }
     }
 }

@@ -83,7 +83,7 @@ pub fn parse(
     out: &mut Buffer,
 ) -> Result<Option<Request>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage[..limits.max_headers]);
+    let mut req = httparse::Request::new(&mut storage[..limits.max_headers.min(MAX_HEADERS)]);
     let head_len = match req.parse(input).map_err(head::from_httparse)? {
         httparse::Status::Partial if input.len() >= limits.max_bytes => {
             return Err(HeadError::TooLarge)
@@ -94,6 +94,7 @@ pub fn parse(
     };
     let head = &input[..head_len];
     head::check_line_endings(head)?;
+    let head = head::skip_empty_lines(head);
     let method_token = req.method.unwrap_or_default();
     if method_token == "CONNECT" {
         return Err(HeadError::NotImplemented("CONNECT"));
@@ -188,4 +189,988 @@ fn write_forwarded_for(
     let len = cursor.position() as usize;
     head::put_all(out, &text[..len])?;
     head::put_all(out, b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::{BufferPool, BUF_SIZE};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 1024,
+        max_headers: 16,
+    };
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+    /// Parses with the given limits and client; returns the result and the forwarded head.
+    fn parse_with(
+        input: &[u8],
+        limits: HeadLimits,
+        client: IpAddr,
+    ) -> (Result<Option<Request>, HeadError>, Vec<u8>) {
+        let mut out = BufferPool::new(0).take();
+        let result = parse(input, limits, client, &mut out);
+        (result, out.data().to_vec())
+    }
+
+    fn run(input: &[u8]) -> (Result<Option<Request>, HeadError>, Vec<u8>) {
+        parse_with(input, LIMITS, CLIENT)
+    }
+
+    fn show(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    /// Where the head of `input` ends (the first blank line after any leading empty lines), as
+    /// the parser should report it.
+    fn head_end(input: &[u8]) -> usize {
+        let start = input
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap();
+        start
+            + input[start..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap()
+            + 4
+    }
+
+    // ---- What the backend gets, byte for byte -------------------------------------------
+
+    const FORWARDED: &[(&str, &[u8], &[u8])] = &[
+        (
+            "minimal GET gets the three X-Forwarded headers",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\
+              X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: example.com\r\n\r\n",
+        ),
+        (
+            "name casing, spacing, trailing blanks, order and duplicates are kept",
+            b"POST /a/b?c=d&e HTTP/1.1\r\nhOsT:example.com\r\nX-Dup: 1\r\n\
+              content-LENGTH:   3  \r\nX-Dup:\t2\t\r\nX-Empty:\r\nX-Blank:   \r\n\
+              X-Dup: 1\r\n\r\nabc",
+            b"POST /a/b?c=d&e HTTP/1.1\r\nhOsT:example.com\r\nX-Dup: 1\r\n\
+              content-LENGTH:   3  \r\nX-Dup:\t2\t\r\nX-Empty:\r\nX-Blank:   \r\n\
+              X-Dup: 1\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: example.com\r\n\r\n",
+        ),
+        (
+            "hop-by-hop headers and the headers Connection names are dropped",
+            b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close, X-Secret\r\n\
+              Keep-Alive: timeout=5\r\nx-secret: s\r\nProxy-Connection: keep-alive\r\n\
+              TE: trailers\r\nUpgrade: websocket\r\nAccept: */*\r\n\
+              X-Secret-Not: kept\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-Secret-Not: kept\r\n\
+              X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: h\r\n\r\n",
+        ),
+        (
+            "client X-Forwarded-For lines are joined and extended, Proto and Host replaced",
+            b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: h:8080\r\n\
+              X-Forwarded-Proto: https\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\
+              X-FORWARDED-HOST: evil\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h:8080\r\n\
+              X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 192.0.2.7\r\n\
+              X-Forwarded-Proto: http\r\nX-Forwarded-Host: h:8080\r\n\r\n",
+        ),
+        (
+            "an upgrade keeps Upgrade and says Connection: upgrade",
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: k==\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k==\r\n\
+              X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: h\r\nConnection: upgrade\r\n\r\n",
+        ),
+        (
+            "HTTP/1.0 without Host: no X-Forwarded-Host, backend asked for keep-alive",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nX-Forwarded-For: 192.0.2.7\r\n\
+              X-Forwarded-Proto: http\r\nConnection: keep-alive\r\n\r\n",
+        ),
+        (
+            "HTTP/1.0 cannot upgrade: Upgrade dropped",
+            b"GET / HTTP/1.0\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n\
+              X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\
+              Connection: keep-alive\r\n\r\n",
+        ),
+        (
+            "chunked request keeps Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\
+              X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: h\r\n\r\n",
+        ),
+        (
+            "obs-text in a value and an absolute-form target pass unchanged",
+            b"GET http://h/p%20q HTTP/1.1\r\nHost: h\r\nX-Latin: caf\xe9\r\n\r\n",
+            b"GET http://h/p%20q HTTP/1.1\r\nHost: h\r\nX-Latin: caf\xe9\r\n\
+              X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\
+              X-Forwarded-Host: h\r\n\r\n",
+        ),
+        (
+            "empty lines before the request line are skipped, not forwarded",
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n\
+              X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n",
+        ),
+    ];
+
+    #[test]
+    fn forwarded_heads_are_exact() {
+        for &(name, input, want) in FORWARDED {
+            let (result, out) = run(input);
+            let request = result
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+                .unwrap_or_else(|| panic!("{name}: partial"));
+            assert_eq!(request.head_len, head_end(input), "{name}: head_len");
+            assert_eq!(show(&out), show(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn client_address_is_written_canonically() {
+        let rows: [(IpAddr, &str); 3] = [
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), "::1"),
+            (IpAddr::V6("2001:db8::17".parse().unwrap()), "2001:db8::17"),
+            (
+                IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()),
+                "10.1.2.3",
+            ),
+        ];
+        for (client, text) in rows {
+            let (result, out) = parse_with(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", LIMITS, client);
+            assert!(matches!(result, Ok(Some(_))), "{client}");
+            let want = format!("\r\nX-Forwarded-For: {text}\r\n");
+            assert!(show(&out).contains(&want), "{client}: {}", show(&out));
+        }
+    }
+
+    // ---- What the proxy decides about the request ---------------------------------------
+
+    /// (name, input, method, http10, framing, keep_alive, upgrade)
+    type Decision = (
+        &'static str,
+        &'static [u8],
+        Method,
+        bool,
+        Framing,
+        bool,
+        bool,
+    );
+
+    const DECISIONS: &[Decision] = &[
+        (
+            "HTTP/1.1 GET is kept alive",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "HTTP/1.1 with Connection: close",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "close wins over keep-alive in one list",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, CLOSE\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "close in a second Connection line",
+            b"GET / HTTP/1.1\r\nConnection: x-a\r\nHost: h\r\nconnection: close\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "HTTP/1.0 closes by default",
+            b"GET / HTTP/1.0\r\n\r\n",
+            Method::Get,
+            true,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "HTTP/1.0 with keep-alive",
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            Method::Get,
+            true,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "HTTP/1.0 with keep-alive and close",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+            Method::Get,
+            true,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "HTTP/1.0 with a Content-Length body",
+            b"POST / HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody",
+            Method::Post,
+            true,
+            Framing::Length(4),
+            false,
+            false,
+        ),
+        (
+            "Content-Length body",
+            b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world",
+            Method::Put,
+            false,
+            Framing::Length(11),
+            true,
+            false,
+        ),
+        (
+            "Content-Length: 0",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            Method::Post,
+            false,
+            Framing::Length(0),
+            true,
+            false,
+        ),
+        (
+            "Content-Length with 18 digits",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 999999999999999999\r\n\r\n",
+            Method::Post,
+            false,
+            Framing::Length(999_999_999_999_999_999),
+            true,
+            false,
+        ),
+        (
+            "Content-Length with leading zeros",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 007\r\n\r\n",
+            Method::Post,
+            false,
+            Framing::Length(7),
+            true,
+            false,
+        ),
+        (
+            "chunked body",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Post,
+            false,
+            Framing::Chunked,
+            true,
+            false,
+        ),
+        (
+            "chunked is case-insensitive and may have blanks and empty items",
+            b"PATCH / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: , CHUNKED ,\r\n\r\n",
+            Method::Patch,
+            false,
+            Framing::Chunked,
+            true,
+            false,
+        ),
+        (
+            "upgrade needs Connection: upgrade and Upgrade",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, upgrade\r\nUpgrade: h2c\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            true,
+        ),
+        (
+            "Upgrade without Connection: upgrade is no upgrade",
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "Connection: upgrade without Upgrade is no upgrade",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "HTTP/1.0 never upgrades",
+            b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            Method::Get,
+            true,
+            Framing::Empty,
+            false,
+            false,
+        ),
+        (
+            "HEAD",
+            b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Head,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "DELETE",
+            b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Delete,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "OPTIONS *",
+            b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Options,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "TRACE",
+            b"TRACE / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Trace,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "methods are case-sensitive",
+            b"get / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Other,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "extension method",
+            b"PROPFIND / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Method::Other,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "an empty Host is a Host",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+        (
+            "exactly 16 Connection tokens",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p\r\n\r\n",
+            Method::Get,
+            false,
+            Framing::Empty,
+            true,
+            false,
+        ),
+    ];
+
+    #[test]
+    fn request_decisions() {
+        for &(name, input, method, http10, framing, keep_alive, upgrade) in DECISIONS {
+            let (result, out) = run(input);
+            let got = result
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+                .unwrap_or_else(|| panic!("{name}: partial"));
+            let want = Request {
+                method,
+                http10,
+                framing,
+                keep_alive,
+                upgrade,
+                head_len: head_end(input),
+            };
+            assert_eq!(got, want, "{name}");
+            assert!(out.ends_with(b"\r\n\r\n"), "{name}: {}", show(&out));
+        }
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        use Method::*;
+        for (method, idempotent) in [
+            (Get, true),
+            (Head, true),
+            (Put, true),
+            (Delete, true),
+            (Options, true),
+            (Trace, true),
+            (Post, false),
+            (Patch, false),
+            (Other, false),
+        ] {
+            assert_eq!(method.is_idempotent(), idempotent, "{method:?}");
+        }
+    }
+
+    // ---- Refused heads ---------------------------------------------------------------------
+
+    const BAD_CL: HeadError = HeadError::Malformed("bad Content-Length");
+    const NOT_CHUNKED: HeadError =
+        HeadError::Malformed("Transfer-Encoding does not end in chunked");
+    const OTHER_CODING: HeadError = HeadError::NotImplemented("transfer coding other than chunked");
+    const CL_AND_TE: HeadError = HeadError::Malformed("Content-Length with Transfer-Encoding");
+    const BARE_LF: HeadError = HeadError::Malformed("bare LF");
+    const BAD_NAME: HeadError = HeadError::Malformed("bad header name");
+    const BAD_VALUE: HeadError = HeadError::Malformed("bad header value");
+    const BAD_TOKEN: HeadError = HeadError::Malformed("bad token");
+    const BAD_VERSION: HeadError = HeadError::Malformed("bad version");
+    const BARE_LF_OR_CR: HeadError = HeadError::Malformed("bad line ending");
+
+    const REFUSED: &[(&str, &[u8], HeadError)] = &[
+        // Content-Length
+        (
+            "duplicate Content-Length, same value",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            HeadError::Malformed("duplicate Content-Length"),
+        ),
+        (
+            "duplicate Content-Length, other casing and value",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\n",
+            HeadError::Malformed("duplicate Content-Length"),
+        ),
+        (
+            "comma-joined Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "signed Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "negative Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "hex Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x10\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "Content-Length with a trailing letter",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5a\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "Content-Length with an inner space",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1 2\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "Content-Length with a decimal point",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1.0\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "empty Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "blank Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length:   \r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "Content-Length with 19 digits",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000000000000000\r\n\r\n",
+            BAD_CL,
+        ),
+        (
+            "Content-Length with non-ASCII digits",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \u{0665}\r\n\r\n".as_bytes(),
+            BAD_CL,
+        ),
+        // Transfer-Encoding
+        (
+            "Content-Length then Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            CL_AND_TE,
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            CL_AND_TE,
+        ),
+        (
+            "Transfer-Encoding not chunked",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "Transfer-Encoding with chunked not last",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "Transfer-Encoding: identity",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "empty Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "Transfer-Encoding of commas only",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: , ,\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "Transfer-Encoding chunked with a suffix",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunkedx\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "Transfer-Encoding chunked with a parameter",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
+            NOT_CHUNKED,
+        ),
+        (
+            "gzip then chunked",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            OTHER_CODING,
+        ),
+        (
+            "chunked twice",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            OTHER_CODING,
+        ),
+        (
+            "two Transfer-Encoding lines",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HeadError::Malformed("duplicate Transfer-Encoding"),
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HeadError::Malformed("Transfer-Encoding in HTTP/1.0"),
+        ),
+        // Line endings and folding
+        (
+            "bare LF after the request line",
+            b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+            BARE_LF,
+        ),
+        (
+            "bare LF after a header",
+            b"GET / HTTP/1.1\r\nHost: h\nX-A: b\r\n\r\n",
+            BARE_LF,
+        ),
+        (
+            "bare LF ending the head",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+            BARE_LF,
+        ),
+        (
+            "bare LFs only",
+            b"GET / HTTP/1.1\nHost: h\n\n",
+            BARE_LF,
+        ),
+        (
+            "bare LF before the request line",
+            b"\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            BARE_LF,
+        ),
+        (
+            "bare CR in a value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\rc\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "bare CR ending a header",
+            b"GET / HTTP/1.1\r\nHost: h\rX-A: b\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "obs-fold with a space",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n c\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "obs-fold with a tab",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\tc\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "whitespace before the first header",
+            b"GET / HTTP/1.1\r\n Host: h\r\n\r\n",
+            BAD_NAME,
+        ),
+        // Control characters and bad names
+        (
+            "NUL in a value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\0c\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "control character in a value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\x01c\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "escape in a value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: \x1b[31m\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "DEL in a value",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\x7fc\r\n\r\n",
+            BAD_VALUE,
+        ),
+        (
+            "control character in a name",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX\x01A: b\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "NUL in a name",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX\0A: b\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "DEL in a name",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX\x7fA: b\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "space before the colon",
+            b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "tab before the colon",
+            b"GET / HTTP/1.1\r\nHost\t: h\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "empty header name",
+            b"GET / HTTP/1.1\r\nHost: h\r\n: b\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "header line without a colon",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-A\r\n\r\n",
+            BAD_NAME,
+        ),
+        (
+            "non-ASCII in a name",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-\xe9: b\r\n\r\n",
+            BAD_NAME,
+        ),
+        // Request line
+        (
+            "two spaces after the method",
+            b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+            BAD_TOKEN,
+        ),
+        (
+            "space in the target",
+            b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+            BAD_VERSION,
+        ),
+        (
+            "control character in the target",
+            b"GET /a\x01b HTTP/1.1\r\nHost: h\r\n\r\n",
+            BAD_TOKEN,
+        ),
+        (
+            "HTTP/2.0",
+            b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+            BAD_VERSION,
+        ),
+        (
+            "HTTP/1.2",
+            b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+            BAD_VERSION,
+        ),
+        (
+            "lower-case version",
+            b"GET / http/1.1\r\nHost: h\r\n\r\n",
+            BAD_VERSION,
+        ),
+        (
+            "HTTP/0.9 request line",
+            b"GET /\r\n\r\n",
+            BAD_TOKEN,
+        ),
+        (
+            "trailing space after the version",
+            b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n",
+            BARE_LF_OR_CR,
+        ),
+        (
+            "a response instead of a request",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            BAD_TOKEN,
+        ),
+        // Host
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
+            HeadError::Malformed("missing Host"),
+        ),
+        (
+            "HTTP/1.1 without any header",
+            b"GET / HTTP/1.1\r\n\r\n",
+            HeadError::Malformed("missing Host"),
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            HeadError::Malformed("duplicate Host"),
+        ),
+        (
+            "two identical Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            HeadError::Malformed("duplicate Host"),
+        ),
+        (
+            "two Host headers in HTTP/1.0",
+            b"GET / HTTP/1.0\r\nHost: a\r\nHOST: b\r\n\r\n",
+            HeadError::Malformed("duplicate Host"),
+        ),
+        // Connection
+        (
+            "17 Connection tokens",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q\r\n\r\n",
+            HeadError::Malformed("too many Connection tokens"),
+        ),
+        (
+            "17 Connection tokens over two lines",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a,b,c,d,e,f,g,h,i\r\n\
+              Connection: j,k,l,m,n,o,p,q\r\n\r\n",
+            HeadError::Malformed("too many Connection tokens"),
+        ),
+        (
+            "Connection naming Content-Length (would hide the body from the backend)",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: Content-Length\r\n\r\nabc",
+            HeadError::Malformed("Connection names an end-to-end header"),
+        ),
+        (
+            "Connection naming Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close, transfer-encoding\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+            HeadError::Malformed("Connection names an end-to-end header"),
+        ),
+        (
+            "Connection naming Host",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: HOST\r\n\r\n",
+            HeadError::Malformed("Connection names an end-to-end header"),
+        ),
+        // Not implemented
+        (
+            "CONNECT",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            HeadError::NotImplemented("CONNECT"),
+        ),
+        (
+            "CONNECT in HTTP/1.0",
+            b"CONNECT example.com:443 HTTP/1.0\r\n\r\n",
+            HeadError::NotImplemented("CONNECT"),
+        ),
+    ];
+
+    #[test]
+    fn refused_heads() {
+        let mut wrong = Vec::new();
+        for &(name, input, want) in REFUSED {
+            let (result, out) = run(input);
+            if result != Err(want) || !out.is_empty() {
+                wrong.push(format!("{name}: got {result:?}, wrote {:?}", show(&out)));
+            }
+        }
+        assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    }
+
+    // ---- Incomplete heads ----------------------------------------------------------------
+
+    const PARTIAL: &[(&str, &[u8])] = &[
+        ("nothing", b""),
+        ("empty lines only", b"\r\n\r\n"),
+        ("a CR", b"\r"),
+        ("part of the method", b"GE"),
+        ("method and space", b"GET "),
+        ("part of the target", b"GET /ind"),
+        ("part of the version", b"GET / HTTP/1."),
+        ("request line without LF", b"GET / HTTP/1.1\r"),
+        ("request line", b"GET / HTTP/1.1\r\n"),
+        ("part of a header name", b"GET / HTTP/1.1\r\nHo"),
+        ("header name and colon", b"GET / HTTP/1.1\r\nHost:"),
+        ("header line", b"GET / HTTP/1.1\r\nHost: h\r\n"),
+        ("last CR", b"GET / HTTP/1.1\r\nHost: h\r\n\r"),
+        (
+            "bad Content-Length but not yet complete",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n",
+        ),
+        (
+            "missing Host but not yet complete",
+            b"GET / HTTP/1.1\r\nX-A: b\r\n",
+        ),
+        (
+            "CONNECT but not yet complete",
+            b"CONNECT h:443 HTTP/1.1\r\n",
+        ),
+    ];
+
+    #[test]
+    fn incomplete_heads_wait() {
+        for &(name, input) in PARTIAL {
+            let (result, out) = run(input);
+            assert_eq!(result, Ok(None), "{name}");
+            assert!(out.is_empty(), "{name}: wrote {}", show(&out));
+        }
+    }
+
+    // ---- Limits -----------------------------------------------------------------------------
+
+    /// A complete request head of exactly `len` bytes (`len` >= 40).
+    fn head_of_len(len: usize) -> Vec<u8> {
+        let fixed = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: \r\n\r\n".len();
+        let mut head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+        head.resize(len - 4, b'p');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert!(len >= fixed);
+        assert_eq!(head.len(), len);
+        head
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = HeadLimits {
+            max_bytes: 100,
+            max_headers: 4,
+        };
+        let at = |input: &[u8]| parse_with(input, limits, CLIENT).0;
+
+        let exact = head_of_len(100);
+        assert!(matches!(at(&exact), Ok(Some(r)) if r.head_len == 100));
+        let mut with_body = exact.clone();
+        with_body.extend_from_slice(&[b'x'; 500]);
+        assert!(
+            matches!(at(&with_body), Ok(Some(r)) if r.head_len == 100),
+            "bytes after the head do not count"
+        );
+        assert_eq!(at(&head_of_len(101)), Err(HeadError::TooLarge));
+        let mut long_body = head_of_len(101);
+        long_body.extend_from_slice(&[b'x'; 500]);
+        assert_eq!(at(&long_body), Err(HeadError::TooLarge));
+
+        // An incomplete head is refused once it reaches the limit, not before.
+        assert_eq!(at(&exact[..99]), Ok(None));
+        let mut open = exact[..96].to_vec();
+        open.resize(100, b'p');
+        assert_eq!(at(&open), Err(HeadError::TooLarge));
+        open.push(b'p');
+        assert_eq!(at(&open), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn header_count_limit() {
+        let limits = HeadLimits {
+            max_bytes: 1024,
+            max_headers: 4,
+        };
+        let four = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        let five = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert!(matches!(parse_with(four, limits, CLIENT).0, Ok(Some(_))));
+        assert_eq!(parse_with(five, limits, CLIENT).0, Err(HeadError::TooLarge));
+        // Even before the head is complete.
+        assert_eq!(
+            parse_with(&five[..five.len() - 2], limits, CLIENT).0,
+            Err(HeadError::TooLarge)
+        );
+        let max = HeadLimits {
+            max_bytes: 8192,
+            max_headers: MAX_HEADERS,
+        };
+        let mut many = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 1..MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse_with(&many, max, CLIENT).0, Ok(Some(_))));
+        let mut too_many = many[..many.len() - 2].to_vec();
+        too_many.extend_from_slice(b"X-last: v\r\n\r\n");
+        assert_eq!(
+            parse_with(&too_many, max, CLIENT).0,
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn forwarded_head_must_fit_in_out() {
+        let input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (result, want) = run(input);
+        assert!(matches!(result, Ok(Some(_))));
+        for room in [0, 1, want.len() - 1] {
+            let mut out = BufferPool::new(0).take();
+            out.put(&vec![b'.'; BUF_SIZE - room]);
+            assert_eq!(
+                parse(input, LIMITS, CLIENT, &mut out),
+                Err(HeadError::TooLarge),
+                "room {room}"
+            );
+        }
+        let mut out = BufferPool::new(0).take();
+        out.put(&vec![b'.'; BUF_SIZE - want.len()]);
+        assert!(matches!(
+            parse(input, LIMITS, CLIENT, &mut out),
+            Ok(Some(_))
+        ));
+        assert!(out.is_full());
+        assert!(out.data().ends_with(&want));
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_at_a_time() {
+        let wire = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc\
+                     GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (first, _) = run(wire);
+        let first = first.unwrap().unwrap();
+        assert_eq!(first.framing, Framing::Length(3));
+        let rest = &wire[first.head_len + 3..];
+        let (second, out) = run(rest);
+        let second = second.unwrap().unwrap();
+        assert_eq!(second.head_len, rest.len());
+        assert!(out.starts_with(b"GET /b HTTP/1.1\r\nHost: h\r\n"));
+    }
 }
