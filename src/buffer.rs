@@ -69,14 +69,29 @@ impl Buffer {
         }
     }
 
-    /// Free space at the back, moving held bytes to the front first when that makes more room.
+    /// Free space in all, at the back or the front.
+    pub fn room(&self) -> usize {
+        BUF_SIZE - self.len()
+    }
+
+    /// Free space at the back, moving held bytes to the front first when the back is full.
     pub fn spare(&mut self) -> &mut [u8] {
-        if self.start > 0 && self.end == BUF_SIZE {
-            self.bytes.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        if self.end == BUF_SIZE {
+            self.compact();
         }
         &mut self.bytes[self.end..]
+    }
+
+    /// How many bytes the next `read_from` can take: a read that fills it may have left more
+    /// in the socket, a shorter one drained it.
+    pub fn spare_len(&mut self) -> usize {
+        self.spare().len()
+    }
+
+    fn compact(&mut self) {
+        self.bytes.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
     }
 
     /// Marks `n` bytes written into `spare()` as held.
@@ -85,9 +100,12 @@ impl Buffer {
         self.end += n;
     }
 
-    /// Appends as much of `bytes` as fits; returns how much did.
+    /// Appends as much of `bytes` as fits (up to `room()`); returns how much did.
     pub fn put(&mut self, bytes: &[u8]) -> usize {
-        let spare = self.spare();
+        if bytes.len() > BUF_SIZE - self.end {
+            self.compact();
+        }
+        let spare = &mut self.bytes[self.end..];
         let n = bytes.len().min(spare.len());
         spare[..n].copy_from_slice(&bytes[..n]);
         self.commit(n);
@@ -162,5 +180,50 @@ impl BufferPool {
             buf.clear();
             self.free.push(buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer_with_gap_at_front() -> Buffer {
+        let mut buf = BufferPool::new(0).take();
+        assert_eq!(buf.put(&[1; BUF_SIZE - 100]), BUF_SIZE - 100);
+        buf.consume(1000); // 1000 free at the front, 100 at the back
+        buf
+    }
+
+    #[test]
+    fn put_uses_the_free_space_at_the_front_too() {
+        let mut buf = buffer_with_gap_at_front();
+        assert_eq!(buf.room(), 1100);
+        assert_eq!(buf.put(&[2; 1100]), 1100);
+        assert!(buf.is_full());
+        assert_eq!(&buf.data()[..BUF_SIZE - 1100], &[1; BUF_SIZE - 1100][..]);
+        assert_eq!(&buf.data()[BUF_SIZE - 1100..], &[2; 1100][..]);
+    }
+
+    #[test]
+    fn put_of_more_than_the_room_takes_what_fits() {
+        let mut buf = buffer_with_gap_at_front();
+        assert_eq!(buf.put(&[2; 5000]), 1100);
+    }
+
+    #[test]
+    fn reads_go_to_the_back_until_it_is_full() {
+        let mut buf = buffer_with_gap_at_front();
+        assert_eq!(buf.spare_len(), 100);
+        let mut src: &[u8] = &[3; 100];
+        assert_eq!(buf.read_from(&mut src).unwrap(), Io::Moved(100));
+        assert_eq!(buf.spare_len(), 1000, "a full back moves the held bytes to the front");
+    }
+
+    #[test]
+    fn emptied_buffer_starts_over() {
+        let mut buf = buffer_with_gap_at_front();
+        buf.consume(buf.len());
+        assert!(buf.is_empty());
+        assert_eq!(buf.spare_len(), BUF_SIZE);
     }
 }

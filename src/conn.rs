@@ -152,6 +152,8 @@ struct Exchange {
     replayable: bool,
     /// Any byte of a response arrived from the backend.
     answered: bool,
+    /// The backend closed its side of the connection.
+    upstream_eof: bool,
     /// The final response allows reusing the upstream connection.
     reusable: bool,
     client_keep_alive: bool,
@@ -282,9 +284,11 @@ impl Conn {
         moved |= self.start_request(ctx)?;
         moved |= self.check_connected(ctx)?;
         moved |= self.forward_request(ctx)?;
+        moved |= self.check_client_eof()?;
         moved |= self.write_upstream(ctx)?;
         moved |= self.read_upstream(ctx)?;
         moved |= self.relay_response(ctx)?;
+        moved |= self.check_upstream_eof()?;
         moved |= self.write_client()?;
         moved |= self.finish_exchange(ctx)?;
         Ok(moved)
@@ -301,12 +305,12 @@ impl Conn {
         if cin.is_full() {
             return Ok(false);
         }
-        let room = BUF_SIZE - cin.len();
+        let room = cin.spare_len();
         match cin.read_from(&mut self.client) {
             Ok(Io::Moved(n)) => {
                 // A short read drained the socket: wait for the next event instead of a
                 // read that would only say WouldBlock.
-                self.ready.readable = n == room;
+                self.ready.after_read(n, room);
                 if self.phase == Phase::Idle {
                     self.enter(Phase::Head, ctx);
                 }
@@ -318,7 +322,7 @@ impl Conn {
             }
             Ok(Io::Closed) => {
                 self.client_eof = true;
-                self.on_client_eof()
+                Ok(true)
             }
             Err(e) => {
                 debug!("{}: client read: {e}", self.peer);
@@ -327,12 +331,21 @@ impl Conn {
         }
     }
 
-    /// The client closed its side. After a whole request that is a half-close and the
-    /// response still goes out; anywhere else the connection is over.
-    fn on_client_eof(&mut self) -> Result<bool, Stop> {
+    /// The client closed its side and everything it sent before has been used. After a whole
+    /// request that is a half-close and the response still goes out; a request cut short, or
+    /// a connection with no request, is over.
+    fn check_client_eof(&self) -> Result<bool, Stop> {
+        if !self.client_eof {
+            return Ok(false);
+        }
+        let drained = held(&self.cin) == 0;
         match (&self.exchange, self.phase) {
-            (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(true),
+            (_, Phase::Closing) => Ok(false),
+            (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(false),
+            (Some(_), Phase::Connecting | Phase::Forwarding) if !drained => Ok(false),
+            (_, Phase::Tunnel) if !drained => Ok(false),
             (_, Phase::Tunnel) => Err(Stop::Cut),
+            // Idle, a head that can no longer complete, or a request body cut short.
             _ => Err(Stop::Close),
         }
     }
@@ -377,6 +390,7 @@ impl Conn {
             sent: 0,
             replayable: true,
             answered: false,
+            upstream_eof: false,
             reusable: false,
             client_keep_alive: request.keep_alive,
             status: 0,
@@ -458,7 +472,7 @@ impl Conn {
         if uout.is_full() && ex.sent > 0 {
             give_up_replay(ex, uout);
         }
-        let room = BUF_SIZE - uout.len();
+        let room = uout.room();
         let input = &cin.data()[..cin.len().min(room)];
         let used = ex.req_body.scan(input).map_err(|e| {
             info!("{}: rejected request body: {e}", self.peer);
@@ -509,14 +523,17 @@ impl Conn {
             return Ok(false);
         };
         let up = ctx.upstreams.get(up);
+        if ex.upstream_eof {
+            return Ok(false);
+        }
         let uin = buf(&mut self.uin, ctx.buffers);
         if !up.ready.readable || uin.is_full() {
             return Ok(false);
         }
-        let room = BUF_SIZE - uin.len();
+        let room = uin.spare_len();
         match uin.read_from(&mut up.stream) {
             Ok(Io::Moved(n)) => {
-                up.ready.readable = n == room;
+                up.ready.after_read(n, room);
                 ex.answered = true;
                 Ok(true)
             }
@@ -526,7 +543,8 @@ impl Conn {
             }
             Ok(Io::Closed) => {
                 up.ready.readable = false;
-                self.on_upstream_eof()
+                ex.upstream_eof = true;
+                Ok(true)
             }
             Err(e) => Err(self.upstream_broke(e)),
         }
@@ -543,19 +561,22 @@ impl Conn {
         }
     }
 
-    /// The backend closed its side: the end of a close-delimited body, or a failure.
-    fn on_upstream_eof(&mut self) -> Result<bool, Stop> {
-        let ex = self.exchange.as_mut().expect("eof needs an exchange");
+    /// The backend closed its side and the response bytes before the close have been relayed
+    /// (as far as they can be): the end of a close-delimited body or a tunnel, or a failure.
+    fn check_upstream_eof(&mut self) -> Result<bool, Stop> {
+        let Some(ex) = self.exchange.as_mut().filter(|ex| ex.upstream_eof) else {
+            return Ok(false);
+        };
         ex.reusable = false;
-        if self.phase == Phase::Tunnel {
-            return Err(Stop::Cut); // the client gets what is left, then the close
-        }
+        let drained = held(&self.uin) == 0;
         match &mut ex.response {
             ResponseState::Head if !ex.answered => Err(Stop::Upstream(Failure::Closed)),
             ResponseState::Head => {
                 warn!("{}: backend closed inside a response head", self.peer);
                 Err(Stop::Reply(Reply::BadGateway))
             }
+            _ if !drained => Ok(false),
+            _ if self.phase == Phase::Tunnel => Err(Stop::Cut),
             ResponseState::Body(body) => {
                 if !body.close() {
                     warn!("{}: backend closed inside a response body", self.peer);
@@ -579,7 +600,7 @@ impl Conn {
             ResponseState::Body(body) => {
                 let uin = buf(&mut self.uin, ctx.buffers);
                 let cout = buf(&mut self.cout, ctx.buffers);
-                let room = BUF_SIZE - cout.len();
+                let room = cout.room();
                 let used = body.scan(&uin.data()[..uin.len().min(room)]).map_err(|e| {
                     warn!("{}: backend sent a bad chunked body: {e}", self.peer);
                     Stop::Cut
@@ -707,7 +728,7 @@ impl Conn {
             }
         }
         self.log_access(ctx, &ex);
-        if !ex.client_keep_alive || self.client_eof {
+        if !ex.client_keep_alive || (self.client_eof && held(&self.cin) == 0) {
             self.enter(Phase::Closing, ctx);
         } else if held(&self.cin) > 0 {
             self.enter(Phase::Head, ctx); // a pipelined request is waiting
@@ -784,6 +805,7 @@ impl Conn {
         }
         ex.retries_left -= 1;
         ex.sent = 0;
+        ex.upstream_eof = false;
         let tried = ex.tried;
         let lease = self
             .choose_backend(ctx, tried)

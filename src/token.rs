@@ -41,12 +41,22 @@ impl From<Token> for Tok {
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer closed its side (or the socket failed): a read will end in EOF or an error,
+    /// however short the reads before it, and no further event will say so.
+    pub read_closed: bool,
 }
 
 impl Readiness {
+    /// After a read of `n` bytes into `room`: a short read means the socket is drained, unless
+    /// the peer's close is still to be read.
+    pub fn after_read(&mut self, n: usize, room: usize) {
+        self.readable = n == room || self.read_closed;
+    }
+
     /// Errors and hang-ups count as both: the next read or write reports them.
     pub fn update(&mut self, event: &Event) {
         let broken = event.is_error() || event.is_read_closed() || event.is_write_closed();
+        self.read_closed |= event.is_read_closed() || event.is_error();
         self.readable |= event.is_readable() || broken;
         self.writable |= event.is_writable() || broken;
     }
