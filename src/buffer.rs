@@ -216,7 +216,11 @@ mod tests {
         assert_eq!(buf.spare_len(), 100);
         let mut src: &[u8] = &[3; 100];
         assert_eq!(buf.read_from(&mut src).unwrap(), Io::Moved(100));
-        assert_eq!(buf.spare_len(), 1000, "a full back moves the held bytes to the front");
+        assert_eq!(
+            buf.spare_len(),
+            1000,
+            "a full back moves the held bytes to the front"
+        );
     }
 
     #[test]
