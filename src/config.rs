@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub struct Lb {
     pub expose_backend: bool,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_keepalive: usize,
+    /// Retries allowed, as a percentage of requests.
+    pub retry_budget: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +76,16 @@ pub struct Health {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Probe statuses that count as healthy.
+    pub status: RangeInclusive<u16>,
+    /// A probe slower than this fails (`None`: off).
+    pub slow: Option<Duration>,
+    /// A backend down this long is taken out of the pool for good (`None`: never).
+    pub remove_after: Option<Duration>,
+    /// Failures in a row on live traffic that mark a backend down at once (0: off).
+    pub max_fails: u32,
+    /// A recovered backend's share ramps up over this long (zero: at once).
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -138,7 +151,8 @@ impl Default for Lb {
             strategy: Strategy::RoundRobin,
             retries: 2,
             expose_backend: false,
-            upstream_keepalive: 32,
+            upstream_keepalive: 256,
+            retry_budget: 20,
         }
     }
 }
@@ -172,6 +186,11 @@ impl Default for Health {
             timeout: Duration::from_millis(1_000),
             rise: 2,
             fall: 3,
+            status: 200..=399,
+            slow: None,
+            remove_after: None,
+            max_fails: 3,
+            slow_start: Duration::ZERO,
         }
     }
 }
@@ -368,6 +387,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "retries" => lb.retries = parse_range(v, 0, 10)?,
         "expose_backend" => lb.expose_backend = parse_bool(v)?,
         "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
+        "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -404,6 +424,11 @@ fn set_health(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "timeout_ms" => h.timeout = parse_ms(v, 1)?,
         "rise" => h.rise = parse_range(v, 1, 100)?,
         "fall" => h.fall = parse_range(v, 1, 100)?,
+        "status" => h.status = parse_status_range(v)?,
+        "slow_ms" => h.slow = parse_ms(v, 0).map(off_if_zero)?,
+        "remove_after_s" => h.remove_after = parse_secs(v).map(off_if_zero)?,
+        "max_fails" => h.max_fails = parse_range(v, 0, 1000)?,
+        "slow_start_s" => h.slow_start = parse_secs(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -444,6 +469,26 @@ where
 
 fn parse_ms(v: &str, min: u64) -> Result<Duration, String> {
     parse_range(v, min, MAX_MS).map(Duration::from_millis)
+}
+
+fn parse_secs(v: &str) -> Result<Duration, String> {
+    parse_range(v, 0, MAX_MS / 1000).map(Duration::from_secs)
+}
+
+fn off_if_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// `200-399`: the statuses a health probe accepts.
+fn parse_status_range(v: &str) -> Result<RangeInclusive<u16>, String> {
+    let bad = || format!("expected a status range like 200-399 (100..=599), got {v:?}");
+    let (lo, hi) = v.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
 }
 
 fn parse_addr(v: &str) -> Result<SocketAddr, String> {
@@ -582,6 +627,7 @@ strategy = least_conn
 retries = 0
 expose_backend = yes
 upstream_keepalive = 0
+retry_budget = 50
 
 [timeouts]
 connect_ms = 1
@@ -600,6 +646,11 @@ interval_ms = 10
 timeout_ms = 5
 rise = 1
 fall = 100
+status = 200-204
+slow_ms = 250
+remove_after_s = 60
+max_fails = 0
+slow_start_s = 30
 
 [admin]
 listen = 127.0.0.1:9900
@@ -620,6 +671,7 @@ s2 = [::1]:9002 weight=1000
                 retries: 0,
                 expose_backend: true,
                 upstream_keepalive: 0,
+                retry_budget: 50,
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),
@@ -638,6 +690,11 @@ s2 = [::1]:9002 weight=1000
                 timeout: Duration::from_millis(5),
                 rise: 1,
                 fall: 100,
+                status: 200..=204,
+                slow: Some(Duration::from_millis(250)),
+                remove_after: Some(Duration::from_secs(60)),
+                max_fails: 0,
+                slow_start: Duration::from_secs(30),
             },
             admin: Admin {
                 listen: Some("127.0.0.1:9900".parse().unwrap()),
@@ -843,6 +900,24 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[lb]\nworkers = 0\n",
                 2,
                 "[lb] workers: expected a number 1..=256 or \"auto\", got \"0\"",
+            ),
+            (
+                "status range reversed",
+                "[health]\nstatus = 399-200\n",
+                2,
+                "[health] status: expected a status range like 200-399",
+            ),
+            (
+                "status range not a range",
+                "[health]\nstatus = 200\n",
+                2,
+                "[health] status: expected a status range like 200-399",
+            ),
+            (
+                "retry budget over 100",
+                "[lb]\nretry_budget = 101\n",
+                2,
+                "[lb] retry_budget: expected a number 0..=100",
             ),
             (
                 "workers not a number",

@@ -11,14 +11,15 @@
 //! did. Backpressure falls out of it: a step only reads into a buffer with room and only moves
 //! bytes into a buffer with room, so a slow side stops the other instead of growing memory.
 
-use crate::balance::Tried;
+use crate::balance::{Pick, Tried};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Kind};
-use crate::pool::Lease;
+use crate::pool::{self, Backend, Lease};
+use crate::retry::RetryBudget;
 use crate::server::Shared;
 use crate::token::Readiness;
 use crate::upstream::Upstreams;
@@ -103,6 +104,8 @@ enum Failure {
     ConnectTimeout,
     Closed,
     Reset(io::ErrorKind),
+    /// No response within `backend_ms`.
+    Timeout,
 }
 
 impl std::fmt::Display for Failure {
@@ -112,6 +115,7 @@ impl std::fmt::Display for Failure {
             Failure::ConnectTimeout => write!(f, "connect timeout"),
             Failure::Closed => write!(f, "closed the connection before responding"),
             Failure::Reset(kind) => write!(f, "{kind} before responding"),
+            Failure::Timeout => write!(f, "no response in time"),
         }
     }
 }
@@ -119,7 +123,7 @@ impl std::fmt::Display for Failure {
 impl Failure {
     fn reply(self) -> Reply {
         match self {
-            Failure::ConnectTimeout => Reply::GatewayTimeout,
+            Failure::ConnectTimeout | Failure::Timeout => Reply::GatewayTimeout,
             _ => Reply::BadGateway,
         }
     }
@@ -186,6 +190,7 @@ pub struct Ctx<'a> {
     pub upstreams: &'a mut Upstreams,
     pub shared: &'a Shared,
     pub rng: &'a mut SmallRng,
+    pub budget: &'a mut RetryBudget,
     pub now: Instant,
     /// This connection's slab index.
     pub id: usize,
@@ -269,7 +274,12 @@ impl Conn {
             Phase::Head => Stop::Reply(Reply::RequestTimeout),
             Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
             Phase::Forwarding if self.waiting_for_client() => Stop::Reply(Reply::RequestTimeout),
-            Phase::Forwarding => Stop::Reply(Reply::GatewayTimeout),
+            Phase::Forwarding => {
+                if let Some(ex) = &self.exchange {
+                    count_failure(ctx, ex.lease.backend(), Failure::Timeout);
+                }
+                Stop::Reply(Reply::GatewayTimeout)
+            }
             Phase::Idle | Phase::Tunnel | Phase::Closing => Stop::Close,
         };
         match self.stop(ctx, stop) {
@@ -379,6 +389,7 @@ impl Conn {
             .access_log
             .then(|| RequestLine::new(cin.data()));
         cin.consume(request.head_len);
+        ctx.budget.on_request();
         let lease = self.choose_backend(ctx, Tried::default())?;
         let exchange = Exchange {
             request,
@@ -405,7 +416,13 @@ impl Conn {
 
     fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried) -> Result<Lease, Stop> {
         let backends = &ctx.shared.backends;
-        match ctx.shared.balancer.pick(backends, avoid, ctx.rng) {
+        let now_ms = pool::clock_ms(ctx.now);
+        let mut pick = Pick {
+            avoid,
+            rng: ctx.rng,
+            now_ms,
+        };
+        match ctx.shared.balancer.pick(backends, &mut pick) {
             Some(id) => Ok(Lease::new(backends, id)),
             None => {
                 warn!("{}: no backend is up", self.peer);
@@ -654,6 +671,7 @@ impl Conn {
             }
         };
         uin.consume(response.head_len);
+        backend.record_success();
         give_up_replay(ex, buf(&mut self.uout, ctx.buffers));
         ex.status = response.status;
         match response.kind {
@@ -798,9 +816,14 @@ impl Conn {
         if !reused {
             // A pooled connection the backend closed meanwhile is not the backend's fault.
             ex.tried.add(ex.lease.id);
+            count_failure(ctx, ex.lease.backend(), failure);
         }
         let harmless = ex.sent == 0 || ex.request.method.is_idempotent();
         if !ex.replayable || !harmless || ex.answered || ex.retries_left == 0 {
+            return Err(Stop::Reply(failure.reply()));
+        }
+        if !ctx.budget.try_retry() {
+            warn!("{}: retry budget spent: not retrying", self.peer);
             return Err(Stop::Reply(failure.reply()));
         }
         ex.retries_left -= 1;
@@ -889,6 +912,18 @@ impl Conn {
             ctx.buffers.give(buffer);
         }
         Drive::Closed
+    }
+}
+
+/// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
+/// row mark it down without waiting for the health checks (which bring it back).
+fn count_failure(ctx: &Ctx, backend: &Backend, failure: Failure) {
+    let max_fails = ctx.shared.config.health.max_fails;
+    if backend.record_failure(max_fails) {
+        warn!(
+            "backend {} is down: {max_fails} failures in a row, the last: {failure}",
+            backend.name
+        );
     }
 }
 

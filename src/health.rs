@@ -1,11 +1,12 @@
 //! The health thread: probes every backend with `GET <path>` on its own connections and flips
-//! each backend's atomic `up` flag after `rise` good or `fall` bad probes in a row. Workers only
-//! read the flag, so they never wait for a probe.
+//! each backend's atomic state after `rise` good or `fall` bad probes in a row. Workers only
+//! read the state (and mark a backend down when live traffic fails on it), so they never wait
+//! for a probe.
 
 use crate::config::Health;
-use crate::pool::Backend;
+use crate::pool::{Backend, State};
 use crate::server::Shared;
-use log::{info, warn};
+use log::{debug, info, warn};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::fmt;
@@ -23,24 +24,15 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
 
 fn run(shared: &Shared) {
     let conf = &shared.config.health;
-    let mut streaks = vec![Streak::default(); shared.backends.len()];
+    let mut trackers = vec![Tracker::default(); shared.backends.len()];
     let mut rng = SmallRng::seed_from_u64(shared.backends.len() as u64);
     loop {
         let started = Instant::now();
-        // One thread per probe, so a black-holed backend delays no other backend's check.
-        let results: Vec<Result<Duration, ProbeError>> = thread::scope(|s| {
-            let probes: Vec<_> = shared
-                .backends
-                .iter()
-                .map(|b| s.spawn(|| probe(b.addr, conf)))
-                .collect();
-            probes
-                .into_iter()
-                .map(|p| p.join().unwrap_or(Err(ProbeError::Panicked)))
-                .collect()
-        });
-        for ((backend, streak), result) in shared.backends.iter().zip(&mut streaks).zip(results) {
-            observe(backend, streak, conf, result);
+        let results = probe_all(&shared.backends, conf);
+        for ((backend, tracker), result) in shared.backends.iter().zip(&mut trackers).zip(results) {
+            if let Some(result) = result {
+                tracker.observe(backend, conf, result, started);
+            }
         }
         // ±10% jitter keeps several balancers from probing a backend in lockstep.
         let jitter = conf.interval.mul_f64(rng.random_range(0.9..1.1));
@@ -48,19 +40,79 @@ fn run(shared: &Shared) {
     }
 }
 
-fn observe(
-    backend: &Backend,
-    streak: &mut Streak,
+/// Probes every backend still in the pool, each on a thread of its own so a black-holed
+/// backend delays no other backend's check. `None` for removed backends.
+fn probe_all(
+    backends: &[Arc<Backend>],
     conf: &Health,
-    result: Result<Duration, ProbeError>,
-) {
-    let ok = result.is_ok();
-    if let Some(up) = streak.observe(ok, backend.is_up(), conf.rise, conf.fall) {
-        backend.set_up(up);
-        match result {
-            Ok(latency) => info!("backend {} is up (probe took {latency:?})", backend.name),
-            Err(why) => warn!("backend {} is down: {why}", backend.name),
+) -> Vec<Option<Result<Duration, ProbeError>>> {
+    thread::scope(|s| {
+        let probes: Vec<_> = backends
+            .iter()
+            .map(|b| (b.state() != State::Removed).then(|| s.spawn(|| probe(b.addr, conf))))
+            .collect();
+        probes
+            .into_iter()
+            .map(|p| p.map(|p| p.join().unwrap_or(Err(ProbeError::Panicked))))
+            .collect()
+    })
+}
+
+/// What the health thread remembers of one backend between rounds.
+#[derive(Debug, Default, Clone)]
+struct Tracker {
+    streak: Streak,
+    /// The state this thread last saw. A change it did not make (a worker marked the backend
+    /// down after failures on live traffic) restarts the streak, so recovery takes `rise`
+    /// good probes from then on.
+    seen: Option<State>,
+    /// Since when the backend has been down, for `remove_after_s`.
+    down_since: Option<Instant>,
+}
+
+impl Tracker {
+    fn observe(
+        &mut self,
+        backend: &Backend,
+        conf: &Health,
+        result: Result<Duration, ProbeError>,
+        now: Instant,
+    ) {
+        let state = backend.state();
+        if self.seen.is_some_and(|seen| seen != state) {
+            self.streak = Streak::default();
         }
+        match &result {
+            Ok(latency) => debug!("probe {}: ok in {latency:?}", backend.name),
+            Err(why) => debug!("probe {}: {why}", backend.name),
+        }
+        if let Some(up) =
+            self.streak
+                .observe(result.is_ok(), state == State::Up, conf.rise, conf.fall)
+        {
+            backend.set_state(if up { State::Up } else { State::Down });
+            match result {
+                Ok(latency) => info!("backend {} is up (probe took {latency:?})", backend.name),
+                Err(why) => warn!("backend {} is down: {why}", backend.name),
+            }
+        }
+        self.down_since = match backend.state() {
+            State::Down => Some(self.down_since.unwrap_or(now)),
+            _ => None,
+        };
+        let expired = self
+            .down_since
+            .zip(conf.remove_after)
+            .is_some_and(|(since, limit)| now - since >= limit);
+        if expired {
+            backend.set_state(State::Removed);
+            warn!(
+                "backend {} removed from the pool: down for {:?}",
+                backend.name,
+                conf.remove_after.unwrap_or_default()
+            );
+        }
+        self.seen = Some(backend.state());
     }
 }
 
@@ -95,6 +147,8 @@ pub enum ProbeError {
     Timeout,
     Io(io::Error),
     Status(u16),
+    /// Answered, but slower than `slow_ms`.
+    Slow(Duration),
     Garbage,
     Panicked,
 }
@@ -106,13 +160,15 @@ impl fmt::Display for ProbeError {
             ProbeError::Timeout => write!(f, "timeout"),
             ProbeError::Io(e) => write!(f, "{e}"),
             ProbeError::Status(code) => write!(f, "status {code}"),
+            ProbeError::Slow(latency) => write!(f, "slow: answered in {latency:?}"),
             ProbeError::Garbage => write!(f, "not an HTTP response"),
             ProbeError::Panicked => write!(f, "probe thread panicked"),
         }
     }
 }
 
-/// One `GET <path>` on a fresh connection; healthy is a 2xx or 3xx status within the timeout.
+/// One `GET <path>` on a fresh connection; healthy is a status in the expected range, within
+/// the timeout (and `slow_ms`, when set).
 pub fn probe(addr: SocketAddr, conf: &Health) -> Result<Duration, ProbeError> {
     let started = Instant::now();
     let mut stream =
@@ -134,9 +190,13 @@ pub fn probe(addr: SocketAddr, conf: &Health) -> Result<Duration, ProbeError> {
     );
     stream.write_all(request.as_bytes()).map_err(io_error)?;
     let status = read_status(&mut stream)?;
-    match status {
-        200..=399 => Ok(started.elapsed()),
-        _ => Err(ProbeError::Status(status)),
+    let latency = started.elapsed();
+    if !conf.status.contains(&status) {
+        return Err(ProbeError::Status(status));
+    }
+    match conf.slow {
+        Some(slow) if latency > slow => Err(ProbeError::Slow(latency)),
+        _ => Ok(latency),
     }
 }
 

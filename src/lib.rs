@@ -12,6 +12,7 @@ pub mod demo;
 pub mod health;
 pub mod http;
 pub mod pool;
+pub mod retry;
 pub mod server;
 pub mod token;
 pub mod upstream;

@@ -3,8 +3,44 @@
 
 use crate::config::BackendConf;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// A backend's health as every thread sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Failing: gets no traffic; the health thread keeps probing it.
+    Down = 0,
+    /// Healthy: takes traffic.
+    Up = 1,
+    /// Down for longer than `remove_after_s`: out of the pool, no longer probed.
+    Removed = 2,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            1 => State::Up,
+            2 => State::Removed,
+            _ => State::Down,
+        }
+    }
+}
+
+/// `up_since` of a backend that has not come back from a failure: no slow start.
+const STEADY: u64 = u64::MAX;
+
+/// Smallest share of a backend in slow start, so its first requests do arrive.
+const MIN_SHARE: f64 = 0.05;
+
+/// Milliseconds since the first call: a clock that fits in an atomic.
+pub fn clock_ms(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    now.saturating_duration_since(epoch).as_millis() as u64
+}
 
 /// One backend server.
 #[derive(Debug)]
@@ -12,8 +48,12 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
-    /// Flipped by the health thread; workers only read it.
-    up: AtomicBool,
+    /// A `State`: set by the health thread, and by workers marking a failing backend down.
+    state: AtomicU8,
+    /// When the backend last came back up (`clock_ms`), for slow start; `STEADY` if never.
+    up_since: AtomicU64,
+    /// Failures in a row on live traffic (passive health).
+    fails: AtomicU32,
     /// Requests in flight on this backend, over all workers (for `least_conn`).
     active: Padded,
 }
@@ -30,18 +70,63 @@ impl Backend {
             name: conf.name.clone(),
             addr: conf.addr,
             weight: conf.weight,
-            up: AtomicBool::new(true),
+            state: AtomicU8::new(State::Up as u8),
+            up_since: AtomicU64::new(STEADY),
+            fails: AtomicU32::new(0),
             active: Padded::default(),
         }
     }
 
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Sets the health flag; returns whether it changed.
-    pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed) != up
+    pub fn is_up(&self) -> bool {
+        self.state() == State::Up
+    }
+
+    /// Sets the state; returns whether it changed. Coming up starts the slow start clock.
+    pub fn set_state(&self, state: State) -> bool {
+        if state == State::Up {
+            self.up_since
+                .store(clock_ms(Instant::now()), Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+        }
+        self.state.swap(state as u8, Ordering::Relaxed) != state as u8
+    }
+
+    /// Counts a failure on live traffic; true when it is the one that marks the backend down.
+    pub fn record_failure(&self, max_fails: u32) -> bool {
+        let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        max_fails > 0
+            && fails >= max_fails
+            && self
+                .state
+                .compare_exchange(
+                    State::Up as u8,
+                    State::Down as u8,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// A response arrived: the failure streak is over (written only when there was one).
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The part of its normal share this backend should get now: ramps from `MIN_SHARE` to 1
+    /// over `slow_start_ms` after it came back up.
+    pub fn share(&self, now_ms: u64, slow_start_ms: u64) -> f64 {
+        let since = self.up_since.load(Ordering::Relaxed);
+        let elapsed = now_ms.saturating_sub(since);
+        if since == STEADY || elapsed >= slow_start_ms {
+            return 1.0;
+        }
+        (elapsed as f64 / slow_start_ms as f64).max(MIN_SHARE)
     }
 
     pub fn active(&self) -> usize {

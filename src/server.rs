@@ -81,7 +81,7 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let addr = listeners[0].local_addr()?;
     let shared = Arc::new(Shared {
         backends: pool::from_config(&config.backends),
-        balancer: balance::new(config.lb.strategy),
+        balancer: balance::new(config.lb.strategy, config.health.slow_start),
         config,
     });
     let seed = SystemTime::now()

@@ -4,6 +4,7 @@
 
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, Ctx, Drive};
+use crate::retry::RetryBudget;
 use crate::server::Shared;
 use crate::token::Tok;
 use crate::upstream::Upstreams;
@@ -34,6 +35,7 @@ pub struct Worker {
     buffers: BufferPool,
     shared: Arc<Shared>,
     rng: SmallRng,
+    budget: RetryBudget,
     /// Connections that hit the per-event work cap and still have work.
     again: Vec<usize>,
     /// Accepting is paused until then (out of file descriptors).
@@ -50,6 +52,7 @@ impl Worker {
         poll.registry()
             .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
         let keep = shared.config.lb.upstream_keepalive;
+        let budget = shared.config.lb.retry_budget;
         Ok(Worker {
             poll,
             listener,
@@ -58,6 +61,7 @@ impl Worker {
             buffers: BufferPool::new(POOLED_BUFFERS),
             shared,
             rng: SmallRng::seed_from_u64(seed),
+            budget: RetryBudget::new(budget),
             again: Vec::new(),
             accept_paused_until: None,
             at_limit: false,
@@ -180,6 +184,7 @@ impl Worker {
             upstreams: &mut self.upstreams,
             shared: &self.shared,
             rng: &mut self.rng,
+            budget: &mut self.budget,
             now,
             id,
         };
