@@ -606,8 +606,18 @@ impl Conn {
         }
     }
 
-    /// Moves response bytes from `uin` to `cout`: the head rewritten, the body as it is.
+    /// Moves response bytes from `uin` to `cout` until nothing more moves (the head rewritten,
+    /// the body as it is): a head and the body bytes behind it leave in one write.
     fn relay_response(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        let mut moved = false;
+        while self.relay_step(ctx)? {
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    /// One move: a head, or body bytes, or stray bytes after a complete response.
+    fn relay_step(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         if self.exchange.is_none() || held(&self.uin) == 0 {
             return Ok(false);
         }

@@ -65,6 +65,8 @@ impl Upstreams {
         owner: usize,
     ) -> io::Result<usize> {
         let mut stream = TcpStream::connect(addr)?;
+        // A head or a body tail goes out in one write; Nagle would hold it back for an ACK.
+        stream.set_nodelay(true)?;
         let entry = self.slab.vacant_entry();
         let id = entry.key();
         registry.register(

@@ -1,0 +1,571 @@
+#!/usr/bin/env bash
+# Load comparison on loopback: direct to one backend vs lb-mio vs nginx vs HAProxy.
+#
+#   benches/load.sh                          # full run: about 11 minutes
+#   DURATION=5s ROUNDS=3 benches/load.sh     # shorter
+#
+# Environment (defaults in brackets):
+#   DURATION  wrk -d per measurement [10s]     ROUNDS   interleaved rounds, medians reported [3]
+#   CONNS     wrk connection counts ["64 256"] MODES    "pinned all" or either one ["pinned all"]
+#   TARGETS   ["direct lb-mio nginx haproxy"]  WARMUP   wrk run per target before round 1 [2s]
+#   PORT_BASE backends on +1..+3, lb-mio +10, nginx +11, haproxy +12 [27000]
+#   SYSCALLS  auto | perf | strace | off: how syscalls are counted [auto: perf if it works]
+#   COUNT_DURATION  length of the separate syscall-counting runs [5s]
+#   LB_UPSTREAM_KEEPALIVE  lb-mio's idle upstream connections per backend per worker [256, its default]
+#   RESULTS   markdown file written [benches/results/load-YYYY-MM-DD.md]
+#   KEEP_TMP  1 keeps the work directory (configs, logs, raw wrk output) [0]
+#
+# Modes:
+#   pinned  balancer on CPU 0 with ONE worker (lb-mio workers=1, nginx worker_processes 1,
+#           haproxy nbthread 1); wrk, the backends and perf on CPU 1.
+#   all     nothing pinned; two workers each.
+# Targets are measured interleaved (round 1: every target, round 2: every target, ...) so the
+# drift of a shared, noisy machine hits them all alike; tables show medians over rounds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR="$ROOT/benches"
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-"64 256"}
+MODES=${MODES:-"pinned all"}
+TARGETS=${TARGETS:-"direct lb-mio nginx haproxy"}
+WARMUP=${WARMUP:-2s}
+PORT_BASE=${PORT_BASE:-27000}
+SYSCALLS=${SYSCALLS:-auto}
+LB_UPSTREAM_KEEPALIVE=${LB_UPSTREAM_KEEPALIVE:-256}
+KEEP_TMP=${KEEP_TMP:-0}
+RESULTS=${RESULTS:-"$BENCH_DIR/results/load-$(date +%F).md"}
+# Syscalls are counted in separate runs of this length (see count_syscalls).
+COUNT_DURATION=${COUNT_DURATION:-5s}
+
+B1=$((PORT_BASE + 1)) B2=$((PORT_BASE + 2)) B3=$((PORT_BASE + 3))
+LB_PORT=$((PORT_BASE + 10)) NGINX_PORT=$((PORT_BASE + 11)) HAPROXY_PORT=$((PORT_BASE + 12))
+LB_BIN="$ROOT/target/release/lb-mio"
+BACKEND_BIN="$ROOT/target/release/examples/backend"
+CLK_TCK=$(getconf CLK_TCK)
+
+WORK=""              # this run's temp directory (configs, logs, raw outputs)
+SERVICE_PIDS=()      # every server started for the current mode, stopped between modes
+HELPER_PIDS=()       # perf / strace / wrk running in the background right now
+CREATED_POLICY_RC=0  # 1 if we created /usr/sbin/policy-rc.d to keep apt from starting services
+declare -A PIDS=()   # target -> space-separated PIDs of its processes (all of them, for CPU)
+declare -A LOGS=()   # target -> its log file (new lines during a run are reported)
+BAL_PIN=() LOAD_PIN=()
+NOTES=()             # odd things seen during the run, printed under the table
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+note() { NOTES+=("$*"); log "note: $*"; }
+
+# "10s" / "2m" / "1h" / "10" -> seconds, for the timeouts that bound every run.
+dur_secs() {
+    local d=$1
+    case $d in
+        *s) echo "${d%s}" ;;
+        *m) echo $((${d%m} * 60)) ;;
+        *h) echo $((${d%h} * 3600)) ;;
+        *) echo "$d" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup: tools, binaries, syscall counting method.
+
+# Installs what is missing via apt-get (root only), without letting apt start nginx/haproxy
+# services: nothing may keep running after this script.
+ensure_tools() {
+    local -A pkg_of=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy [perf]=linux-perf [curl]=curl
+        [ss]=iproute2 [taskset]=util-linux [timeout]=coreutils [strace]=strace [cargo]=-)
+    local missing=() cmd
+    for cmd in "${!pkg_of[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 && continue
+        [ "${pkg_of[$cmd]}" = - ] && die "$cmd not found (install a Rust toolchain)"
+        # strace is only the fallback syscall counter: worth installing, not worth failing for.
+        [ "$cmd" = strace ] && [ "$(id -u)" -ne 0 ] && [ "$SYSCALLS" != strace ] && continue
+        missing+=("${pkg_of[$cmd]}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]} (run as root to install them)"
+    log "installing: ${missing[*]}"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        CREATED_POLICY_RC=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "$CREATED_POLICY_RC" = 1 ]; then rm -f /usr/sbin/policy-rc.d; CREATED_POLICY_RC=0; fi
+}
+
+# Both binaries; the backend example is being worked on, so say clearly if it does not build.
+build() {
+    log "building lb-mio and the backend example (release)"
+    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    (cd "$ROOT" && cargo build --release --quiet --example backend) ||
+        die "cargo build --release --example backend failed (is examples/backend.rs finished?)"
+    [ -x "$LB_BIN" ] && [ -x "$BACKEND_BIN" ] || die "binaries missing after build"
+}
+
+# perf counting the raw_syscalls tracepoint is precise and far cheaper than strace; strace is
+# the fallback where tracepoints are not available (no perf, or not allowed).
+pick_syscall_method() {
+    if [ "$SYSCALLS" = auto ]; then
+        if perf stat -x, -o /dev/null -e raw_syscalls:sys_enter -e syscalls:sys_enter_connect \
+            -- true >/dev/null 2>&1; then
+            SYSCALLS=perf
+        elif command -v strace >/dev/null 2>&1; then
+            SYSCALLS=strace
+        else
+            SYSCALLS=off
+        fi
+    fi
+    case $SYSCALLS in
+        perf) SYSCALL_DESC="\`perf stat -e raw_syscalls:sys_enter -e syscalls:sys_enter_connect -p <PIDs>\` (all the balancer's processes and threads), in a separate ${COUNT_DURATION} wrk run per mode / conns / target after the measured rounds (tracing costs CPU, so no measured run is traced)" ;;
+        strace) SYSCALL_DESC="\`strace -c -f -p <PIDs>\` (all the balancer's processes and threads), in a separate ${COUNT_DURATION} wrk run per mode / conns / target after the measured rounds (strace slows the balancer a lot: those runs' throughput is discarded, and slower service may change how many events each epoll_wait returns)" ;;
+        off) SYSCALL_DESC="not counted (neither perf tracepoints nor strace available)" ;;
+        *) die "SYSCALLS must be auto, perf, strace or off" ;;
+    esac
+    log "syscalls: $SYSCALLS"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Starting and stopping servers. Every server is started here, recorded in SERVICE_PIDS and
+# stopped by PID in stop_services (also from the EXIT trap).
+
+port_free() { [ -z "$(ss -Htln "sport = :$1")" ]; }
+
+check_ports() {
+    local p
+    for p in $B1 $B2 $B3 $LB_PORT $NGINX_PORT $HAPROXY_PORT; do
+        port_free "$p" || die "127.0.0.1:$p is in use (another run?); choose PORT_BASE=..."
+    done
+}
+
+# Waits until http://127.0.0.1:PORT/ answers 200, failing early if the server died.
+wait_http() {
+    local port=$1 pid=$2 name=$3 i
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited at startup (log: ${LOGS[$name]:-?})"
+        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ] &&
+            return 0
+        sleep 0.1
+    done
+    die "$name did not answer on 127.0.0.1:$port within 10 s"
+}
+
+# Fills a template's @NAME@ placeholders.
+render() {
+    local template=$1 out=$2 workers=$3 port=$4
+    sed -e "s|@WORK@|$WORK|g" -e "s|@WORKERS@|$workers|g" -e "s|@THREADS@|$workers|g" \
+        -e "s|@PORT@|$port|g" -e "s|@KEEPALIVE@|$LB_UPSTREAM_KEEPALIVE|g" \
+        -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@B3@|$B3|g" "$template" >"$out"
+}
+
+# One backend process serving the three ports (one thread each), on the load core if pinned.
+start_backends() {
+    LOGS[direct]="$WORK/backend.log"
+    "${LOAD_PIN[@]}" "$BACKEND_BIN" "$B1" "$B2" "$B3" >"${LOGS[direct]}" 2>&1 &
+    local pid=$!
+    SERVICE_PIDS+=("$pid")
+    PIDS[direct]=$pid
+    wait_http "$B1" "$pid" direct
+    wait_http "$B2" "$pid" direct
+    wait_http "$B3" "$pid" direct
+}
+
+start_lb-mio() {
+    local workers=$1 cfg="$WORK/lb-mio.ini"
+    render "$BENCH_DIR/lb-mio.ini.in" "$cfg" "$workers" "$LB_PORT"
+    LOGS[lb-mio]="$WORK/lb-mio.log"
+    "${BAL_PIN[@]}" "$LB_BIN" "$cfg" >>"${LOGS[lb-mio]}" 2>&1 &
+    local pid=$!
+    SERVICE_PIDS+=("$pid")
+    PIDS[lb-mio]=$pid
+    wait_http "$LB_PORT" "$pid" lb-mio
+}
+
+start_nginx() {
+    local workers=$1 cfg="$WORK/nginx.conf" pid i
+    mkdir -p "$WORK/nginx-tmp"
+    render "$BENCH_DIR/nginx.conf.in" "$cfg" "$workers" "$NGINX_PORT"
+    LOGS[nginx]="$WORK/nginx-error.log"
+    touch "${LOGS[nginx]}"
+    # -e: the error log nginx uses before it has read the config (default /var/log/nginx).
+    nginx -t -q -p "$WORK" -e "${LOGS[nginx]}" -c "$cfg" || die "nginx config test failed"
+    "${BAL_PIN[@]}" nginx -p "$WORK" -e "${LOGS[nginx]}" -c "$cfg" -g 'daemon off;' \
+        >>"$WORK/nginx-stdout.log" 2>&1 &
+    pid=$!
+    SERVICE_PIDS+=("$pid")
+    wait_http "$NGINX_PORT" "$pid" nginx
+    # The master and its workers: all of them count for CPU and syscalls.
+    for i in $(seq 50); do
+        PIDS[nginx]="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
+        [ "$(wc -w <<<"${PIDS[nginx]}")" -eq $((workers + 1)) ] && break
+        sleep 0.1
+    done
+    SERVICE_PIDS+=(${PIDS[nginx]#"$pid"})
+}
+
+start_haproxy() {
+    local threads=$1 cfg="$WORK/haproxy.cfg" pid
+    render "$BENCH_DIR/haproxy.cfg.in" "$cfg" "$threads" "$HAPROXY_PORT"
+    LOGS[haproxy]="$WORK/haproxy.log"
+    haproxy -c -q -f "$cfg" || die "haproxy config check failed"
+    # -db: stay in the foreground, one process (no master), so $! is the process to measure.
+    "${BAL_PIN[@]}" haproxy -db -f "$cfg" >>"${LOGS[haproxy]}" 2>&1 &
+    pid=$!
+    SERVICE_PIDS+=("$pid")
+    PIDS[haproxy]=$pid
+    wait_http "$HAPROXY_PORT" "$pid" haproxy
+}
+
+# SIGTERM, then SIGKILL whatever is left after 5 s.
+stop_pids() {
+    local pid i alive
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for i in $(seq 50); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+stop_services() {
+    [ ${#SERVICE_PIDS[@]} -gt 0 ] && stop_pids "${SERVICE_PIDS[@]}"
+    SERVICE_PIDS=()
+    PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    [ ${#HELPER_PIDS[@]} -gt 0 ] && stop_pids "${HELPER_PIDS[@]}"
+    stop_services
+    [ "$CREATED_POLICY_RC" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ -n "$WORK" ]; then
+        if [ "$KEEP_TMP" = 1 ] || [ $rc -ne 0 ]; then
+            log "work directory kept: $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit $rc
+}
+
+# Sets the pinning for a mode and starts the backends and every balancer in TARGETS.
+start_mode() {
+    local mode=$1 workers t
+    case $mode in
+        pinned) BAL_PIN=(taskset -c 0) LOAD_PIN=(taskset -c 1) workers=1 ;;
+        all) BAL_PIN=() LOAD_PIN=() workers=2 ;;
+        *) die "unknown mode $mode (pinned | all)" ;;
+    esac
+    check_ports
+    start_backends
+    for t in $TARGETS; do
+        [ "$t" = direct ] || "start_$t" "$workers"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+
+target_port() {
+    case $1 in
+        direct) echo "$B1" ;; lb-mio) echo "$LB_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+        *) die "unknown target $1" ;;
+    esac
+}
+
+# utime+stime in clock ticks, summed over processes (each /proc/PID/stat covers all threads).
+cpu_ticks() {
+    local pid total=0 t
+    for pid in "$@"; do
+        # Fields after "(comm) ": state is $1, so utime is $12 and stime $13.
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+alive() {
+    local pid
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
+
+lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# wrk's text output -> "rps requests p50_ms p99_ms non2xx socket_errors"
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+            if (v ~ /m$/) return substr(v, 1, length(v) - 1) * 60000
+            return v + 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
+        END { printf "%s %s %s %s %d %d\n", rps + 0, reqs + 0, p50 + 0, p99 + 0, non2xx, sock }
+    '
+}
+
+# Runs wrk against a target in the background-helper bookkeeping, bounded in time.
+run_wrk() {
+    local conns=$1 dur=$2 url=$3 out=$4 limit
+    limit=$(($(dur_secs "$dur") + 30))
+    timeout -k 5 "$limit" "${LOAD_PIN[@]}" wrk --latency -t2 -c"$conns" -d"$dur" "$url" >"$out" 2>&1 ||
+        log "wrk exited non-zero (see $out)"
+}
+
+# One measured run; appends a CSV row to $WORK/runs.csv.
+measure() {
+    local mode=$1 target=$2 conns=$3 round=$4
+    local url tag pids c0 c1 l0 l1 crashed=0
+    url="http://127.0.0.1:$(target_port "$target")/"
+    tag="$mode-$target-c$conns-r$round"
+    read -r -a pids <<<"${PIDS[$target]}"
+    alive "${pids[@]}" || die "$target is not running before $tag (log: ${LOGS[$target]})"
+    l0=$(lines_of "${LOGS[$target]}")
+    c0=$(cpu_ticks "${pids[@]}")
+    run_wrk "$conns" "$DURATION" "$url" "$WORK/wrk-$tag.txt"
+    c1=$(cpu_ticks "${pids[@]}")
+    l1=$(lines_of "${LOGS[$target]}")
+    if ! alive "${pids[@]}"; then
+        crashed=1
+        note "$target died during $tag; last log lines: $(tail -n 3 "${LOGS[$target]}" | tr '\n' '|')"
+    fi
+    read -r rps reqs p50 p99 non2xx sock < <(parse_wrk <"$WORK/wrk-$tag.txt")
+    echo "$mode,$conns,$target,$round,$rps,$reqs,$p50,$p99,$((c1 - c0)),$non2xx,$sock,$((l1 - l0)),$crashed" \
+        >>"$WORK/runs.csv"
+    log "$(printf '%-6s %-7s c=%-3s round %s: %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms  cpu %s ticks' \
+        "$mode" "$target" "$conns" "$round" "$rps" "$p50" "$p99" $((c1 - c0)))"
+    [ "$non2xx$sock" = 00 ] || note "$tag: non-2xx $non2xx, socket errors $sock"
+    # A crashed target is restarted so the other rounds still run; the row is marked.
+    if [ $crashed = 1 ]; then
+        [ "$target" = direct ] && die "the backends died"
+        "start_$target" "$( [ "$mode" = pinned ] && echo 1 || echo 2)"
+    fi
+    sleep 1 # let closed connections and the CPU settle before the next target
+}
+
+# Syscall counting, in separate short runs after the measured ones: even perf's counting of
+# the raw_syscalls tracepoint costs every syscall on the machine something (about +10% CPU per
+# request for lb-mio here), and strace slows its target many times over, so throughput, latency
+# and CPU never come from a run that was being traced.
+count_syscalls() {
+    local mode=$1 target conns out tag p reqs calls conn counter
+    local pids=()
+    for conns in $CONNS; do
+        for target in $TARGETS; do
+            tag="$mode-$target-c$conns-count"
+            out="$WORK/$SYSCALLS-$tag.txt"
+            read -r -a pids <<<"${PIDS[$target]}"
+            alive "${pids[@]}" || { note "$target not running for its syscall count ($tag)"; continue; }
+            if [ "$SYSCALLS" = perf ]; then
+                counter=("${LOAD_PIN[@]}" perf stat -x, -o "$out" -e raw_syscalls:sys_enter
+                    -e syscalls:sys_enter_connect -p "$(tr ' ' , <<<"${pids[*]}")")
+            else
+                counter=("${LOAD_PIN[@]}" strace -c -f -q -o "$out")
+                for p in "${pids[@]}"; do counter+=(-p "$p"); done
+            fi
+            timeout -k 5 $(($(dur_secs "$COUNT_DURATION") + 60)) "${counter[@]}" &
+            HELPER_PIDS=("$!")
+            sleep 1 # let the counter attach to every thread before the load starts
+            run_wrk "$conns" "$COUNT_DURATION" "http://127.0.0.1:$(target_port "$target")/" \
+                "$WORK/wrk-$tag.txt"
+            # timeout passes SIGINT on; perf and strace then detach and write their totals.
+            kill -INT "${HELPER_PIDS[0]}" 2>/dev/null || true
+            wait "${HELPER_PIDS[0]}" 2>/dev/null || true
+            HELPER_PIDS=()
+            reqs=$(parse_wrk <"$WORK/wrk-$tag.txt" | awk '{print $2}')
+            if [ "$SYSCALLS" = perf ]; then
+                calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 + 0 }' "$out")
+                conn=$(awk -F, '$3 == "syscalls:sys_enter_connect" { print $1 + 0 }' "$out")
+            else
+                calls=$(awk '$NF == "total" { print $4 }' "$out")
+                conn=$(awk '$NF == "connect" { print $4 }' "$out")
+            fi
+            echo "$mode,$conns,$target,$reqs,${calls:-0},${conn:-0}" >>"$WORK/counts.csv"
+            log "$(printf '%-6s %-7s c=%-3s syscall count (%s): %s syscalls, %s connects, %s requests' \
+                "$mode" "$target" "$conns" "$SYSCALLS" "${calls:-?}" "${conn:-?}" "$reqs")"
+            sleep 1
+        done
+    done
+}
+
+warm_up() {
+    local t
+    for t in $TARGETS; do
+        run_wrk "${CONNS##* }" "$WARMUP" "http://127.0.0.1:$(target_port "$t")/" "$WORK/warmup-$t.txt"
+    done
+}
+
+run_mode() {
+    local mode=$1 round conns t
+    log "=== mode $mode ==="
+    start_mode "$mode"
+    warm_up
+    for round in $(seq "$ROUNDS"); do
+        for conns in $CONNS; do
+            for t in $TARGETS; do measure "$mode" "$t" "$conns" "$round"; done
+        done
+    done
+    if [ "$SYSCALLS" != off ]; then count_syscalls "$mode"; fi
+    stop_services
+}
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+# runs.csv (+ counts.csv) -> markdown table of medians, one row per mode / conns / target.
+summarize() {
+    local counts_csv="$WORK/counts.csv"
+    [ -f "$counts_csv" ] || counts_csv=/dev/null
+    awk -F, -v tck="$CLK_TCK" -v ccsv="$counts_csv" '
+        function median(list,   n, a, i, j, v) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+            if (n == 0) return ""
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function minmax(list,   n, a, i, lo, hi) {
+            n = split(list, a, " "); lo = hi = a[1] + 0
+            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
+            return sprintf("%.0f–%.0f", lo, hi)
+        }
+        FILENAME == ccsv {  # counts.csv: mode,conns,target,requests,syscalls,connects
+            if ($4 > 0) { ssys[$1 "," $2 "," $3] = $5 / $4; sconn[$1 "," $2 "," $3] = $6 / $4 * 1000 }
+            next
+        }
+        {
+            k = $1 "," $2 "," $3
+            if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+            rps[k] = rps[k] " " $5; p50[k] = p50[k] " " $7; p99[k] = p99[k] " " $8
+            if ($6 > 0) { cpu[k] = cpu[k] " " ($9 / tck) / $6 * 100000; busy[k] = busy[k] " " ($9 / tck) / ($6 / $5) }
+            non2xx[k] += $10; sock[k] += $11; loglines[k] += $12; crash[k] += $13
+        }
+        END {
+            print "| mode | conns | target | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU s / 100k req | CPU cores busy | syscalls / req | upstream connects / 1k req | vs HAProxy req/s | errors (all rounds) |"
+            print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, f, ",")
+                hk = f[1] "," f[2] ",haproxy"
+                r = median(rps[k])
+                ratio = (hk in seen) ? sprintf("%.2f", r / median(rps[hk])) : "–"
+                s = (k in ssys) ? sprintf("%.2f", ssys[k]) : "–"
+                c = (k in sconn) ? sprintf("%.1f", sconn[k]) : "–"
+                err = ""
+                if (non2xx[k]) err = err sprintf("non-2xx %d; ", non2xx[k])
+                if (sock[k]) err = err sprintf("socket errors %d; ", sock[k])
+                if (loglines[k]) err = err sprintf("%d log lines; ", loglines[k])
+                if (crash[k]) err = err sprintf("CRASHED %d×; ", crash[k])
+                if (err == "") err = "none"; else sub(/; $/, "", err)
+                name = f[3] == "direct" ? "direct (backend)¹" : f[3]
+                printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n", \
+                    f[1], f[2], name, r, minmax(rps[k]), median(p50[k]), median(p99[k]), median(cpu[k]), median(busy[k]), s, c, ratio, err
+            }
+        }
+    ' "$counts_csv" "$WORK/runs.csv"
+}
+
+# Called right after the build: the tree may change (other people commit) while the run goes on.
+machine_info() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)"
+    local commit dirty=""
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
+        dirty=" + uncommitted changes in: $(git -C "$ROOT" status --porcelain --untracked-files=no | awk '{print $2}' | tr '\n' ' ')"
+    echo "- lb-mio: commit $commit$dirty (as built at the start of the run)"
+    echo "- $(nginx -v 2>&1)"
+    echo "- $(haproxy -v 2>&1 | head -n 1)"
+    echo "- wrk: $(wrk -v 2>&1 | head -n 1 | sed 's/ Copyright.*//')"
+    echo "- perf: $(perf --version 2>&1 | head -n 1)"
+}
+
+write_results() {
+    local table=$1 elapsed=$2 cmd
+    cmd="DURATION=$DURATION ROUNDS=$ROUNDS CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$TARGETS\" WARMUP=$WARMUP PORT_BASE=$PORT_BASE SYSCALLS=$SYSCALLS COUNT_DURATION=$COUNT_DURATION LB_UPSTREAM_KEEPALIVE=$LB_UPSTREAM_KEEPALIVE benches/load.sh"
+    mkdir -p "$(dirname "$RESULTS")"
+    {
+        echo "# Load comparison, $(date +%F)"
+        echo
+        echo "Started $(date -d "@$START_EPOCH" '+%F %T %Z'); took $((elapsed / 60)) min $((elapsed % 60)) s."
+        echo
+        echo "Command: \`$cmd\`"
+        echo
+        echo "$MACHINE_INFO"
+        echo "- load average (1, 5, 15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo
+        echo "$table"
+        echo
+        echo "How to read it:"
+        echo "- Medians over $ROUNDS interleaved rounds of \`wrk --latency -t2 -cN -d$DURATION\` (GET /, 14-byte body). req/s min–max shows the spread between rounds."
+        echo "- pinned: balancer on CPU 0 with one worker (lb-mio workers = 1, nginx worker_processes 1, HAProxy nbthread 1); wrk, the backends and perf on CPU 1. all: nothing pinned, two workers each."
+        echo "- CPU s / 100k req: utime + stime of all the balancer's processes and threads (from /proc/PID/stat, before and after the run), per 100,000 requests. CPU cores busy: the same CPU time over the run's length (pinned: at most 1; well under 1 means the balancer waited, or lost its core to other load on this shared machine)."
+        echo "- syscalls: $SYSCALL_DESC. upstream connects / 1k req counts connect(2) calls, i.e. new backend connections: near 0 means upstream keep-alive works."
+        echo "- ¹ direct: wrk straight to one backend port; its CPU and syscall columns are the backend process's (no balancer)."
+        echo "- errors: wrk's Non-2xx and socket errors, new lines in the server's own log during the runs, and crashes."
+        echo "- Configs: benches/lb-mio.ini.in, benches/nginx.conf.in, benches/haproxy.cfg.in (round robin, upstream keep-alive, no logging)."
+        if [ ${#NOTES[@]} -gt 0 ]; then
+            echo
+            echo "Notes from the run:"
+            printf -- '- %s\n' "${NOTES[@]}"
+        fi
+        echo
+        echo "<details><summary>Raw runs (CSV)</summary>"
+        echo
+        echo '```'
+        echo "mode,conns,target,round,req_per_s,requests,p50_ms,p99_ms,cpu_ticks(1/$CLK_TCK s),non2xx,socket_errors,log_lines,crashed"
+        cat "$WORK/runs.csv"
+        if [ -f "$WORK/counts.csv" ]; then
+            echo
+            echo "syscall-counting runs ($SYSCALLS): mode,conns,target,requests,syscalls,connects"
+            cat "$WORK/counts.csv"
+        fi
+        echo '```'
+        echo
+        echo "</details>"
+    } >"$RESULTS"
+}
+
+main() {
+    START_EPOCH=$(date +%s)
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    ensure_tools
+    build
+    MACHINE_INFO=$(machine_info)
+    LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    pick_syscall_method
+    WORK=$(mktemp -d /tmp/lb-mio-load.XXXXXX)
+    : >"$WORK/runs.csv"
+    log "work directory $WORK; $ROUNDS rounds x modes ($MODES) x conns ($CONNS) x targets ($TARGETS), $DURATION each"
+    local mode
+    for mode in $MODES; do run_mode "$mode"; done
+    local table elapsed
+    table=$(summarize)
+    elapsed=$(($(date +%s) - START_EPOCH))
+    write_results "$table" "$elapsed"
+    echo
+    echo "$table"
+    echo
+    [ ${#NOTES[@]} -gt 0 ] && printf 'note: %s\n' "${NOTES[@]}"
+    log "wrote $RESULTS (run took $((elapsed / 60)) min $((elapsed % 60)) s)"
+}
+
+# On one line with main: bash reads a script as it runs, so an edit to this file during a run
+# cannot make it execute anything after main returns.
+main "$@"; exit
