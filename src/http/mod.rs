@@ -7,3 +7,5 @@ pub mod head;
 pub mod reply;
 pub mod request;
 pub mod response;
+#[cfg(test)]
+mod testing;

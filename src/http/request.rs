@@ -195,6 +195,7 @@ fn write_forwarded_for(
 mod tests {
     use super::*;
     use crate::buffer::{BufferPool, BUF_SIZE};
+    use crate::http::testing::{head_end, show};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     const LIMITS: HeadLimits = HeadLimits {
@@ -216,25 +217,6 @@ mod tests {
 
     fn run(input: &[u8]) -> (Result<Option<Request>, HeadError>, Vec<u8>) {
         parse_with(input, LIMITS, CLIENT)
-    }
-
-    fn show(bytes: &[u8]) -> String {
-        String::from_utf8_lossy(bytes).into_owned()
-    }
-
-    /// Where the head of `input` ends (the first blank line after any leading empty lines), as
-    /// the parser should report it.
-    fn head_end(input: &[u8]) -> usize {
-        let start = input
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap();
-        start
-            + input[start..]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .unwrap()
-            + 4
     }
 
     // ---- What the backend gets, byte for byte -------------------------------------------

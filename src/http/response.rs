@@ -121,6 +121,7 @@ mod tests {
     use super::*;
     use crate::buffer::{BufferPool, BUF_SIZE};
     use crate::http::request::{self, HeadLimits};
+    use crate::http::testing::{head_end, show};
     use std::net::{IpAddr, Ipv4Addr};
 
     const MAX: usize = 1024;
@@ -146,23 +147,6 @@ mod tests {
         let mut out = BufferPool::new(0).take();
         let result = parse(input, MAX, &request(req), backend, &mut out);
         (result, out.data().to_vec())
-    }
-
-    fn show(bytes: &[u8]) -> String {
-        String::from_utf8_lossy(bytes).into_owned()
-    }
-
-    fn head_end(input: &[u8]) -> usize {
-        let start = input
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap();
-        start
-            + input[start..]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .unwrap()
-            + 4
     }
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
