@@ -20,7 +20,7 @@ use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Kind};
 use crate::pool::{self, Backend, Lease};
 use crate::retry::RetryBudget;
-use crate::server::Shared;
+use crate::shared::Snapshot;
 use crate::token::Readiness;
 use crate::upstream::Upstreams;
 use log::{debug, info, warn};
@@ -188,7 +188,7 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub buffers: &'a mut BufferPool,
     pub upstreams: &'a mut Upstreams,
-    pub shared: &'a Shared,
+    pub snap: &'a Snapshot,
     pub rng: &'a mut SmallRng,
     pub budget: &'a mut RetryBudget,
     pub now: Instant,
@@ -366,7 +366,7 @@ impl Conn {
         if self.phase != Phase::Head || self.exchange.is_some() || held(&self.cin) == 0 {
             return Ok(false);
         }
-        let limits = &ctx.shared.config.limits;
+        let limits = &ctx.snap.config.limits;
         let limits = HeadLimits {
             max_bytes: limits.max_header_bytes,
             max_headers: limits.max_headers,
@@ -383,7 +383,7 @@ impl Conn {
             }
         };
         let line = ctx
-            .shared
+            .snap
             .config
             .log
             .access_log
@@ -397,7 +397,7 @@ impl Conn {
             response: ResponseState::Head,
             upstream: None,
             tried: Tried::default(),
-            retries_left: ctx.shared.config.lb.retries,
+            retries_left: ctx.snap.config.lb.retries,
             sent: 0,
             replayable: true,
             answered: false,
@@ -415,14 +415,14 @@ impl Conn {
     }
 
     fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried) -> Result<Lease, Stop> {
-        let backends = &ctx.shared.backends;
+        let backends = &ctx.snap.backends;
         let now_ms = pool::clock_ms(ctx.now);
         let mut pick = Pick {
             avoid,
             rng: ctx.rng,
             now_ms,
         };
-        match ctx.shared.balancer.pick(backends, &mut pick) {
+        match ctx.snap.balancer.pick(backends, &mut pick) {
             Some(id) => Ok(Lease::new(backends, id)),
             None => {
                 warn!("{}: no backend is up", self.peer);
@@ -656,7 +656,7 @@ impl Conn {
         let cout = buf(&mut self.cout, ctx.buffers);
         let backend = ex.lease.backend();
         let name = ctx
-            .shared
+            .snap
             .config
             .lb
             .expose_backend
@@ -855,7 +855,7 @@ impl Conn {
     }
 
     fn timeout(&self, ctx: &Ctx) -> Duration {
-        let t = &ctx.shared.config.timeouts;
+        let t = &ctx.snap.config.timeouts;
         match self.phase {
             Phase::Idle => t.idle,
             Phase::Head => t.header,
@@ -928,7 +928,7 @@ impl Conn {
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
 /// row mark it down without waiting for the health checks (which bring it back).
 fn count_failure(ctx: &Ctx, backend: &Backend, failure: Failure) {
-    let max_fails = ctx.shared.config.health.max_fails;
+    let max_fails = ctx.snap.config.health.max_fails;
     if backend.record_failure(max_fails) {
         warn!(
             "backend {} is down: {max_fails} failures in a row, the last: {failure}",

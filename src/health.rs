@@ -5,7 +5,7 @@
 
 use crate::config::Health;
 use crate::pool::{Backend, State};
-use crate::server::Shared;
+use crate::shared::Shared;
 use log::{debug, info, warn};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -23,13 +23,16 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
 }
 
 fn run(shared: &Shared) {
-    let conf = &shared.config.health;
-    let mut trackers = vec![Tracker::default(); shared.backends.len()];
-    let mut rng = SmallRng::seed_from_u64(shared.backends.len() as u64);
+    let mut trackers = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(shared.epoch());
     loop {
         let started = Instant::now();
-        let results = probe_all(&shared.backends, conf);
-        for ((backend, tracker), result) in shared.backends.iter().zip(&mut trackers).zip(results) {
+        // A fresh snapshot each round: backends added or settings reloaded take effect here.
+        let snap = shared.load();
+        let conf = &snap.config.health;
+        trackers.resize_with(snap.backends.len(), Tracker::default);
+        let results = probe_all(&snap.backends, conf);
+        for ((backend, tracker), result) in snap.backends.iter().zip(&mut trackers).zip(results) {
             if let Some(result) = result {
                 tracker.observe(backend, conf, result, started);
             }

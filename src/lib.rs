@@ -14,6 +14,7 @@ pub mod http;
 pub mod pool;
 pub mod retry;
 pub mod server;
+pub mod shared;
 pub mod token;
 pub mod upstream;
 pub mod worker;

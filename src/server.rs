@@ -1,10 +1,10 @@
 //! Starting lb-mio: bind one `SO_REUSEPORT` listener per worker, then start the workers and the
 //! health thread. Everything that can fail at start fails here, before any thread runs.
 
-use crate::balance::{self, Balancer};
 use crate::config::Config;
 use crate::health;
-use crate::pool::{self, Backends};
+use crate::pool;
+use crate::shared::{Shared, Snapshot};
 use crate::worker::Worker;
 use log::info;
 use mio::net::TcpListener;
@@ -15,13 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// What all threads share: the config, the backend pool and the strategy.
-pub struct Shared {
-    pub config: Config,
-    pub backends: Backends,
-    pub balancer: Box<dyn Balancer>,
-}
 
 /// Which step of binding a listener failed, and on which address.
 #[derive(Debug)]
@@ -79,11 +72,8 @@ pub struct Running {
 pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let listeners = bind_all(config.lb.listen, config.lb.workers)?;
     let addr = listeners[0].local_addr()?;
-    let shared = Arc::new(Shared {
-        backends: pool::from_config(&config.backends),
-        balancer: balance::new(config.lb.strategy, config.health.slow_start),
-        config,
-    });
+    let backends = pool::from_config(&config.backends);
+    let shared = Arc::new(Shared::new(Snapshot::new(config, backends)));
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -94,11 +84,12 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
             .spawn(move || worker.run())?;
     }
     health::spawn(Arc::clone(&shared))?;
+    let snap = shared.load();
     info!(
         "lb-mio listening on {addr}: {} workers, {} strategy, {} backends",
-        shared.config.lb.workers,
-        shared.config.lb.strategy.name(),
-        shared.backends.len()
+        snap.config.lb.workers,
+        snap.config.lb.strategy.name(),
+        snap.backends.len()
     );
     Ok(Running { addr, shared })
 }

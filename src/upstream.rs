@@ -38,6 +38,12 @@ impl Upstreams {
         }
     }
 
+    /// Makes room for backends added since, and takes the new idle limit.
+    pub fn resize(&mut self, backends: usize, keep: usize) {
+        self.idle.resize_with(backends, Vec::new);
+        self.keep = keep;
+    }
+
     pub fn get(&mut self, id: usize) -> &mut Upstream {
         &mut self.slab[id]
     }

@@ -5,7 +5,7 @@
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, Ctx, Drive};
 use crate::retry::RetryBudget;
-use crate::server::Shared;
+use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
 use crate::upstream::Upstreams;
 use log::{error, warn};
@@ -34,6 +34,9 @@ pub struct Worker {
     upstreams: Upstreams,
     buffers: BufferPool,
     shared: Arc<Shared>,
+    /// The snapshot this worker runs on, and the epoch it was taken at.
+    snap: Arc<Snapshot>,
+    epoch: u64,
     rng: SmallRng,
     budget: RetryBudget,
     /// Connections that hit the per-event work cap and still have work.
@@ -51,15 +54,19 @@ impl Worker {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
-        let keep = shared.config.lb.upstream_keepalive;
-        let budget = shared.config.lb.retry_budget;
+        let epoch = shared.epoch();
+        let snap = shared.load();
+        let keep = snap.config.lb.upstream_keepalive;
+        let budget = snap.config.lb.retry_budget;
         Ok(Worker {
             poll,
             listener,
             conns: Slab::new(),
-            upstreams: Upstreams::new(shared.backends.len(), keep),
+            upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
             shared,
+            snap,
+            epoch,
             rng: SmallRng::seed_from_u64(seed),
             budget: RetryBudget::new(budget),
             again: Vec::new(),
@@ -86,6 +93,7 @@ impl Worker {
                 }
             }
             let now = Instant::now();
+            self.refresh();
             for event in events.iter() {
                 match Tok::from(event.token()) {
                     Tok::Listener => self.accept(now),
@@ -108,6 +116,18 @@ impl Worker {
         }
     }
 
+    /// Takes the new snapshot when a change bumped the epoch: one atomic load per loop turn.
+    fn refresh(&mut self) {
+        let epoch = self.shared.epoch();
+        if epoch != self.epoch {
+            self.snap = self.shared.load();
+            self.epoch = epoch;
+            let lb = &self.snap.config.lb;
+            self.upstreams
+                .resize(self.snap.backends.len(), lb.upstream_keepalive);
+        }
+    }
+
     fn on_upstream_event(&mut self, up: usize, event: &mio::event::Event, now: Instant) {
         let Some(upstream) = self.upstreams.try_get(up) else {
             return;
@@ -125,7 +145,7 @@ impl Worker {
             return;
         }
         self.accept_paused_until = None;
-        let max = self.shared.config.limits.max_connections;
+        let max = self.snap.config.limits.max_connections;
         loop {
             self.at_limit = self.conns.len() >= max;
             if self.at_limit {
@@ -165,7 +185,7 @@ impl Worker {
         entry.insert(Conn::new(
             stream,
             peer,
-            now + self.shared.config.timeouts.header,
+            now + self.snap.config.timeouts.header,
         ));
     }
 
@@ -182,7 +202,7 @@ impl Worker {
             registry: self.poll.registry(),
             buffers: &mut self.buffers,
             upstreams: &mut self.upstreams,
-            shared: &self.shared,
+            snap: &self.snap,
             rng: &mut self.rng,
             budget: &mut self.budget,
             now,

@@ -1,0 +1,67 @@
+//! What every thread shares. Whatever can change while lb-mio runs (the config, the backend
+//! set, the strategy) lives in one immutable `Snapshot`; a change builds a new snapshot and
+//! bumps the epoch. Workers compare the epoch (one atomic load) at each turn of their loop and
+//! take the new snapshot only when it moved, so the request path never takes a lock.
+
+use crate::balance::{self, Balancer};
+use crate::config::Config;
+use crate::pool::Backends;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The running configuration, as one consistent value.
+pub struct Snapshot {
+    pub config: Config,
+    /// Every backend ever added, in order: ids are positions and are never reused, so
+    /// per-worker tables indexed by id stay valid (removed backends stay as `State::Removed`).
+    pub backends: Backends,
+    pub balancer: Box<dyn Balancer>,
+}
+
+impl Snapshot {
+    pub fn new(config: Config, backends: Backends) -> Snapshot {
+        let balancer = balance::new(config.lb.strategy, config.health.slow_start);
+        Snapshot {
+            config,
+            backends,
+            balancer,
+        }
+    }
+}
+
+pub struct Shared {
+    current: RwLock<Arc<Snapshot>>,
+    epoch: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            current: RwLock::new(Arc::new(snapshot)),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The current snapshot (takes a read lock: not for the request path).
+    pub fn load(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read())
+    }
+
+    /// Bumped by every change.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Replaces the snapshot with what `change` builds from the current one. Changes are
+    /// serialised by the write lock, so two of them never build on the same old snapshot.
+    pub fn update<E>(
+        &self,
+        change: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<(), E> {
+        let mut current = self.current.write();
+        *current = Arc::new(change(&current)?);
+        self.epoch.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+}
