@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn round_robin_skips_down_backends() {
         let pool = backends(3);
-        pool[1].set_state(State::Down);
+        pool[1].transition(State::Up, State::Down);
         assert_eq!(picks(&*round_robin(), &pool, 4), [0, 2, 2, 0]);
     }
 
@@ -193,8 +193,8 @@ mod tests {
     #[test]
     fn no_backend_when_all_are_down_or_removed() {
         let pool = backends(2);
-        pool[0].set_state(State::Down);
-        pool[1].set_state(State::Removed);
+        pool[0].transition(State::Up, State::Down);
+        pool[1].transition(State::Up, State::Removed);
         assert_eq!(pick_once(&*round_robin(), &pool, Tried::default()), None);
         assert_eq!(pick_once(&*least_conn(), &pool, Tried::default()), None);
     }
@@ -223,8 +223,8 @@ mod tests {
 
     /// Backend 0 came back up `elapsed_ms` ago; returns `now_ms` for picks.
     fn recovered(pool: &Backends, elapsed_ms: u64) -> u64 {
-        pool[0].set_state(State::Down);
-        pool[0].set_state(State::Up);
+        pool[0].transition(State::Up, State::Down);
+        pool[0].transition(State::Down, State::Up);
         pool::clock_ms(Instant::now()) + elapsed_ms
     }
 

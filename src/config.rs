@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::pool::MAX_BACKENDS;
+
 const MAX_WORKERS: usize = 256;
 const MAX_MS: u64 = 3_600_000;
 
@@ -92,6 +94,8 @@ pub struct Health {
 pub struct Admin {
     /// `None` when the admin listener is off.
     pub listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires; without one it answers loopback clients only.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +345,13 @@ impl<'a> Parser<'a> {
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
         }
+        let admin = &self.config.admin;
+        if admin.listen.is_some_and(|a| !a.ip().is_loopback()) && admin.token.is_none() {
+            // The admin API changes the pool: off loopback it must ask who is calling.
+            let line = self.keys.get(&("admin", "listen")).copied().unwrap_or(0);
+            let message = "a non-loopback address needs [admin] token".to_string();
+            return Err(self.error(line, "[admin] listen".to_string(), message));
+        }
         Ok(self.config)
     }
 }
@@ -437,6 +448,7 @@ fn set_health(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
 fn set_admin(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
     match key {
         "listen" => c.admin.listen = parse_optional_addr(v)?,
+        "token" => c.admin.token = Some(parse_token(v)?),
         _ => return unknown_key(),
     }
     Ok(())
@@ -453,6 +465,9 @@ fn set_log(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
 
 /// In `[backends]` the key is the backend name.
 fn set_backend(c: &mut Config, name: &str, v: &str) -> Result<(), String> {
+    if c.backends.len() == MAX_BACKENDS {
+        return Err(format!("at most {MAX_BACKENDS} backends"));
+    }
     c.backends.push(parse_backend(name, v)?);
     Ok(())
 }
@@ -469,6 +484,14 @@ where
 
 fn parse_ms(v: &str, min: u64) -> Result<Duration, String> {
     parse_range(v, min, MAX_MS).map(Duration::from_millis)
+}
+
+/// A bearer token: 16 or more visible ASCII characters, so it fits a header unquoted.
+fn parse_token(v: &str) -> Result<String, String> {
+    if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("expected 16 or more visible ASCII characters".to_string());
+    }
+    Ok(v.to_string())
 }
 
 fn parse_secs(v: &str) -> Result<Duration, String> {
@@ -698,6 +721,7 @@ s2 = [::1]:9002 weight=1000
             },
             admin: Admin {
                 listen: Some("127.0.0.1:9900".parse().unwrap()),
+                token: None,
             },
             log: Log {
                 level: LevelFilter::Trace,
@@ -1002,6 +1026,12 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[lb\n",
                 1,
                 "expected \"key = value\" or \"[section]\", got \"[lb\"",
+            ),
+            (
+                "admin off loopback without a token",
+                "[admin]\nlisten = 0.0.0.0:9900\n[backends]\na = 127.0.0.1:1\n",
+                2,
+                "[admin] listen: a non-loopback address needs [admin] token",
             ),
             (
                 "empty backends section",

@@ -18,7 +18,8 @@ use crate::http::head::HeadError;
 use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Kind};
-use crate::pool::{self, Backend, Lease};
+use crate::metrics::WorkerMetrics;
+use crate::pool::{self, Lease};
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
 use crate::token::Readiness;
@@ -191,6 +192,7 @@ pub struct Ctx<'a> {
     pub snap: &'a Snapshot,
     pub rng: &'a mut SmallRng,
     pub budget: &'a mut RetryBudget,
+    pub metrics: &'a WorkerMetrics,
     pub now: Instant,
     /// This connection's slab index.
     pub id: usize,
@@ -276,7 +278,7 @@ impl Conn {
             Phase::Forwarding if self.waiting_for_client() => Stop::Reply(Reply::RequestTimeout),
             Phase::Forwarding => {
                 if let Some(ex) = &self.exchange {
-                    count_failure(ctx, ex.lease.backend(), Failure::Timeout);
+                    count_failure(ctx, &ex.lease, Failure::Timeout);
                 }
                 Stop::Reply(Reply::GatewayTimeout)
             }
@@ -299,7 +301,7 @@ impl Conn {
         moved |= self.read_upstream(ctx)?;
         moved |= self.relay_response(ctx)?;
         moved |= self.check_upstream_eof()?;
-        moved |= self.write_client()?;
+        moved |= self.write_client(ctx)?;
         moved |= self.finish_exchange(ctx)?;
         Ok(moved)
     }
@@ -318,6 +320,7 @@ impl Conn {
         let room = cin.spare_len();
         match cin.read_from(&mut self.client) {
             Ok(Io::Moved(n)) => {
+                ctx.metrics.bytes(n as u64, 0);
                 // A short read drained the socket: wait for the next event instead of a
                 // read that would only say WouldBlock.
                 self.ready.after_read(n, room);
@@ -436,6 +439,7 @@ impl Conn {
         let ex = self.exchange.as_mut().expect("connect needs an exchange");
         let backend = ex.lease.id;
         if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
+            ctx.metrics.upstream(true);
             ex.upstream = Some(id);
             self.enter(Phase::Forwarding, ctx);
             return Ok(());
@@ -443,6 +447,7 @@ impl Conn {
         let addr = ex.lease.backend().addr;
         match ctx.upstreams.connect(ctx.registry, backend, addr, ctx.id) {
             Ok(id) => {
+                ctx.metrics.upstream(false);
                 ex.upstream = Some(id);
                 self.enter(Phase::Connecting, ctx);
                 Ok(())
@@ -687,6 +692,8 @@ impl Conn {
         match response.kind {
             Kind::Interim => {}
             Kind::Switch => {
+                ctx.metrics
+                    .response(ex.lease.id, response.status, ctx.now - ex.started);
                 ex.req_body = Body::new(Framing::UntilClose);
                 ex.response = ResponseState::Body(Body::new(Framing::UntilClose));
                 self.enter(Phase::Tunnel, ctx);
@@ -705,7 +712,7 @@ impl Conn {
         Ok(true)
     }
 
-    fn write_client(&mut self) -> Result<bool, Stop> {
+    fn write_client(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         let Some(cout) = self.cout.as_mut().filter(|b| !b.is_empty()) else {
             return Ok(false);
         };
@@ -715,6 +722,7 @@ impl Conn {
         let pending = cout.len();
         match cout.write_to(0, &mut self.client) {
             Ok(Io::Moved(n)) => {
+                ctx.metrics.bytes(0, n as u64);
                 self.ready.writable = n == pending;
                 cout.consume(n);
                 Ok(true)
@@ -755,6 +763,8 @@ impl Conn {
                 ctx.buffers.give(buffer);
             }
         }
+        ctx.metrics
+            .response(ex.lease.id, ex.status, ctx.now - ex.started);
         self.log_access(ctx, &ex);
         if !ex.client_keep_alive || (self.client_eof && held(&self.cin) == 0) {
             self.enter(Phase::Closing, ctx);
@@ -792,6 +802,7 @@ impl Conn {
                 Drive::Closed
             }
             Stop::Reply(reply) => {
+                ctx.metrics.reply(reply);
                 self.enter(Phase::Closing, ctx);
                 buf(&mut self.cout, ctx.buffers).put(reply.bytes());
                 Drive::Open
@@ -826,7 +837,7 @@ impl Conn {
         if !reused {
             // A pooled connection the backend closed meanwhile is not the backend's fault.
             ex.tried.add(ex.lease.id);
-            count_failure(ctx, ex.lease.backend(), failure);
+            count_failure(ctx, &ex.lease, failure);
         }
         let harmless = ex.sent == 0 || ex.request.method.is_idempotent();
         if !ex.replayable || !harmless || ex.answered || ex.retries_left == 0 {
@@ -837,6 +848,7 @@ impl Conn {
             return Err(Stop::Reply(failure.reply()));
         }
         ex.retries_left -= 1;
+        ctx.metrics.retry();
         ex.sent = 0;
         ex.upstream_eof = false;
         let tried = ex.tried;
@@ -927,7 +939,9 @@ impl Conn {
 
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
 /// row mark it down without waiting for the health checks (which bring it back).
-fn count_failure(ctx: &Ctx, backend: &Backend, failure: Failure) {
+fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
+    ctx.metrics.backend_error(lease.id);
+    let backend = lease.backend();
     let max_fails = ctx.snap.config.health.max_fails;
     if backend.record_failure(max_fails) {
         warn!(

@@ -4,9 +4,9 @@
 //! for a probe.
 
 use crate::config::Health;
-use crate::pool::{Backend, State};
+use crate::pool::{Backend, ProbeReport, State};
 use crate::shared::Shared;
-use log::{debug, info, warn};
+use log::{info, warn};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::fmt;
@@ -36,6 +36,10 @@ fn run(shared: &Shared) {
             if let Some(result) = result {
                 tracker.observe(backend, conf, result, started);
             }
+            if backend.drained_for_removal() && backend.transition(State::Draining, State::Removed)
+            {
+                info!("backend {} removed from the pool: drained", backend.name);
+            }
         }
         // ±10% jitter keeps several balancers from probing a backend in lockstep.
         let jitter = conf.interval.mul_f64(rng.random_range(0.9..1.1));
@@ -43,8 +47,8 @@ fn run(shared: &Shared) {
     }
 }
 
-/// Probes every backend still in the pool, each on a thread of its own so a black-holed
-/// backend delays no other backend's check. `None` for removed backends.
+/// Probes every backend that is up or down, each on a thread of its own so a black-holed
+/// backend delays no other backend's check. `None` for draining and removed backends.
 fn probe_all(
     backends: &[Arc<Backend>],
     conf: &Health,
@@ -52,7 +56,10 @@ fn probe_all(
     thread::scope(|s| {
         let probes: Vec<_> = backends
             .iter()
-            .map(|b| (b.state() != State::Removed).then(|| s.spawn(|| probe(b.addr, conf))))
+            .map(|b| {
+                let probed = matches!(b.state(), State::Up | State::Down);
+                probed.then(|| s.spawn(|| probe(b.addr, conf)))
+            })
             .collect();
         probes
             .into_iter()
@@ -85,15 +92,30 @@ impl Tracker {
         if self.seen.is_some_and(|seen| seen != state) {
             self.streak = Streak::default();
         }
-        match &result {
-            Ok(latency) => debug!("probe {}: ok in {latency:?}", backend.name),
-            Err(why) => debug!("probe {}: {why}", backend.name),
-        }
+        backend.set_last_probe(match &result {
+            Ok(latency) => ProbeReport {
+                ok: true,
+                latency: *latency,
+                reason: String::new(),
+            },
+            Err(why) => ProbeReport {
+                ok: false,
+                latency: now.elapsed(),
+                reason: why.to_string(),
+            },
+        });
         if let Some(up) =
             self.streak
                 .observe(result.is_ok(), state == State::Up, conf.rise, conf.fall)
         {
-            backend.set_state(if up { State::Up } else { State::Down });
+            let (from, to) = if up {
+                (State::Down, State::Up)
+            } else {
+                (State::Up, State::Down)
+            };
+            if !backend.transition(from, to) {
+                return; // drained meanwhile: the drain wins
+            }
             match result {
                 Ok(latency) => info!("backend {} is up (probe took {latency:?})", backend.name),
                 Err(why) => warn!("backend {} is down: {why}", backend.name),
@@ -107,8 +129,7 @@ impl Tracker {
             .down_since
             .zip(conf.remove_after)
             .is_some_and(|(since, limit)| now - since >= limit);
-        if expired {
-            backend.set_state(State::Removed);
+        if expired && backend.transition(State::Down, State::Removed) {
             warn!(
                 "backend {} removed from the pool: down for {:?}",
                 backend.name,

@@ -4,6 +4,7 @@
 //! parse and frame HTTP (`http`) in pooled buffers (`buffer`), choose a backend (`balance`
 //! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends.
 
+pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod conn;
 pub mod demo;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod retry;
 pub mod server;

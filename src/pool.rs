@@ -2,8 +2,9 @@
 //! atomics, so workers pick and count without a lock.
 
 use crate::config::BackendConf;
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -15,8 +16,11 @@ pub enum State {
     Down = 0,
     /// Healthy: takes traffic.
     Up = 1,
-    /// Down for longer than `remove_after_s`: out of the pool, no longer probed.
+    /// Out of the pool for good (down longer than `remove_after_s`, or deleted through the
+    /// admin API): no traffic, no probes.
     Removed = 2,
+    /// Taking no new requests while those in flight finish (admin API drain or delete).
+    Draining = 3,
 }
 
 impl State {
@@ -24,10 +28,33 @@ impl State {
         match v {
             1 => State::Up,
             2 => State::Removed,
+            3 => State::Draining,
             _ => State::Down,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Down => "down",
+            State::Up => "up",
+            State::Removed => "removed",
+            State::Draining => "draining",
+        }
+    }
 }
+
+/// The last health probe of a backend, for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    pub ok: bool,
+    pub latency: std::time::Duration,
+    /// Why it failed; empty when it passed.
+    pub reason: String,
+}
+
+/// Most backends over the life of the process (ids are never reused): per-worker counters are
+/// fixed arrays of this size, and a retry's set of tried backends is a 64-bit mask.
+pub const MAX_BACKENDS: usize = 64;
 
 /// `up_since` of a backend that has not come back from a failure: no slow start.
 const STEADY: u64 = u64::MAX;
@@ -47,13 +74,20 @@ pub fn clock_ms(now: Instant) -> u64 {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// Changed live through the admin API.
+    weight: AtomicU32,
+    /// Deleted through the admin API: removed once drained.
+    removing: AtomicBool,
+    /// Written by the health thread after each probe, read by the admin API.
+    last_probe: Mutex<Option<ProbeReport>>,
     /// A `State`: set by the health thread, and by workers marking a failing backend down.
     state: AtomicU8,
     /// When the backend last came back up (`clock_ms`), for slow start; `STEADY` if never.
     up_since: AtomicU64,
     /// Failures in a row on live traffic (passive health).
     fails: AtomicU32,
+    /// State changes so far, for `/metrics`.
+    transitions: AtomicU64,
     /// Requests in flight on this backend, over all workers (for `least_conn`).
     active: Padded,
 }
@@ -69,12 +103,44 @@ impl Backend {
         Backend {
             name: conf.name.clone(),
             addr: conf.addr,
-            weight: conf.weight,
+            weight: AtomicU32::new(conf.weight),
+            removing: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
             state: AtomicU8::new(State::Up as u8),
             up_since: AtomicU64::new(STEADY),
             fails: AtomicU32::new(0),
+            transitions: AtomicU64::new(0),
             active: Padded::default(),
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// Stops new requests; with `remove`, the health thread removes it once idle.
+    pub fn drain(&self, remove: bool) {
+        self.removing.fetch_or(remove, Ordering::Relaxed);
+        self.state.store(State::Draining as u8, Ordering::Relaxed);
+    }
+
+    /// A deleted backend whose last request finished: it can leave the pool.
+    pub fn drained_for_removal(&self) -> bool {
+        self.state() == State::Draining
+            && self.removing.load(Ordering::Relaxed)
+            && self.active() == 0
+    }
+
+    pub fn last_probe(&self) -> Option<ProbeReport> {
+        self.last_probe.lock().clone()
+    }
+
+    pub fn set_last_probe(&self, report: ProbeReport) {
+        *self.last_probe.lock() = Some(report);
     }
 
     pub fn state(&self) -> State {
@@ -85,30 +151,34 @@ impl Backend {
         self.state() == State::Up
     }
 
-    /// Sets the state; returns whether it changed. Coming up starts the slow start clock.
-    pub fn set_state(&self, state: State) -> bool {
-        if state == State::Up {
+    /// Moves the backend from `from` to `to`, unless another thread changed its state first
+    /// (a drain never gets undone by a probe that was already under way). Coming up starts
+    /// the slow start clock and ends any failure streak.
+    pub fn transition(&self, from: State, to: State) -> bool {
+        if to == State::Up {
             self.up_since
                 .store(clock_ms(Instant::now()), Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
         }
-        self.state.swap(state as u8, Ordering::Relaxed) != state as u8
+        let (from, to) = (from as u8, to as u8);
+        let moved = self
+            .state
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if moved {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
     }
 
     /// Counts a failure on live traffic; true when it is the one that marks the backend down.
     pub fn record_failure(&self, max_fails: u32) -> bool {
         let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        max_fails > 0
-            && fails >= max_fails
-            && self
-                .state
-                .compare_exchange(
-                    State::Up as u8,
-                    State::Down as u8,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+        max_fails > 0 && fails >= max_fails && self.transition(State::Up, State::Down)
     }
 
     /// A response arrived: the failure streak is over (written only when there was one).

@@ -1,6 +1,7 @@
 //! Starting lb-mio: bind one `SO_REUSEPORT` listener per worker, then start the workers and the
 //! health thread. Everything that can fail at start fails here, before any thread runs.
 
+use crate::admin;
 use crate::config::Config;
 use crate::health;
 use crate::pool;
@@ -73,17 +74,25 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let listeners = bind_all(config.lb.listen, config.lb.workers)?;
     let addr = listeners[0].local_addr()?;
     let backends = pool::from_config(&config.backends);
-    let shared = Arc::new(Shared::new(Snapshot::new(config, backends)));
+    let workers = config.lb.workers;
+    let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let worker = Worker::new(listener, Arc::clone(&shared), seed ^ i as u64)?;
+        let metrics = Arc::clone(&shared.metrics[i]);
+        let worker = Worker::new(listener, Arc::clone(&shared), metrics, seed ^ i as u64)?;
         thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || worker.run())?;
     }
     health::spawn(Arc::clone(&shared))?;
+    let admin = shared.load().config.admin.clone();
+    if let Some(listen) = admin.listen {
+        let bound = admin::spawn(Arc::clone(&shared), listen, admin.token)
+            .map_err(|e| format!("cannot start the admin listener on {listen}: {e}"))?;
+        info!("admin API listening on http://{bound}/");
+    }
     let snap = shared.load();
     info!(
         "lb-mio listening on {addr}: {} workers, {} strategy, {} backends",

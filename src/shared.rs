@@ -5,6 +5,7 @@
 
 use crate::balance::{self, Balancer};
 use crate::config::Config;
+use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::pool::Backends;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,14 +34,23 @@ impl Snapshot {
 pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     epoch: AtomicU64,
+    /// One set of counters per worker, by worker index.
+    pub metrics: Vec<Arc<WorkerMetrics>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(snapshot: Snapshot, workers: usize) -> Shared {
         Shared {
             current: RwLock::new(Arc::new(snapshot)),
             epoch: AtomicU64::new(0),
+            metrics: (0..workers).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// Every worker's counters summed, for the current backends.
+    pub fn totals(&self) -> Totals {
+        let workers: Vec<&WorkerMetrics> = self.metrics.iter().map(|m| &**m).collect();
+        metrics::totals(&workers, self.load().backends.len())
     }
 
     /// The current snapshot (takes a read lock: not for the request path).

@@ -4,6 +4,7 @@
 
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, Ctx, Drive};
+use crate::metrics::WorkerMetrics;
 use crate::retry::RetryBudget;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
@@ -39,6 +40,7 @@ pub struct Worker {
     epoch: u64,
     rng: SmallRng,
     budget: RetryBudget,
+    metrics: Arc<WorkerMetrics>,
     /// Connections that hit the per-event work cap and still have work.
     again: Vec<usize>,
     /// Accepting is paused until then (out of file descriptors).
@@ -50,7 +52,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(mut listener: TcpListener, shared: Arc<Shared>, seed: u64) -> io::Result<Worker> {
+    pub fn new(
+        mut listener: TcpListener,
+        shared: Arc<Shared>,
+        metrics: Arc<WorkerMetrics>,
+        seed: u64,
+    ) -> io::Result<Worker> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
@@ -69,6 +76,7 @@ impl Worker {
             epoch,
             rng: SmallRng::seed_from_u64(seed),
             budget: RetryBudget::new(budget),
+            metrics,
             again: Vec::new(),
             accept_paused_until: None,
             at_limit: false,
@@ -187,6 +195,7 @@ impl Worker {
             peer,
             now + self.snap.config.timeouts.header,
         ));
+        self.metrics.set_connections(self.conns.len());
     }
 
     fn drive(&mut self, id: usize, now: Instant) {
@@ -205,6 +214,7 @@ impl Worker {
             snap: &self.snap,
             rng: &mut self.rng,
             budget: &mut self.budget,
+            metrics: &self.metrics,
             now,
             id,
         };
@@ -213,6 +223,7 @@ impl Worker {
             Drive::Busy => self.again.push(id),
             Drive::Closed => {
                 let mut conn = self.conns.remove(id);
+                self.metrics.set_connections(self.conns.len());
                 let _ = self.poll.registry().deregister(conn.client());
                 if self.at_limit {
                     self.accept(now);

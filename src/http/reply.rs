@@ -33,6 +33,19 @@ impl Reply {
         }
     }
 
+    /// A label for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reply::BadRequest => "bad_request",
+            Reply::RequestTimeout => "request_timeout",
+            Reply::HeaderTooLarge => "header_too_large",
+            Reply::NotImplemented => "not_implemented",
+            Reply::BadGateway => "bad_gateway",
+            Reply::ServiceUnavailable => "no_backend",
+            Reply::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
     /// The whole response on the wire (a unit test checks each `Content-Length`).
     pub fn bytes(self) -> &'static [u8] {
         match self {

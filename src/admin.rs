@@ -1,0 +1,381 @@
+//! The admin listener, on a thread of its own, off the workers' path: a JSON API to list, add,
+//! drain, reweight and remove backends, `/metrics` in Prometheus text format, and the status
+//! page. One request per connection, answered and closed: it serves operators, not traffic.
+
+use crate::config::BackendConf;
+use crate::metrics;
+use crate::pool::{Backend, State, MAX_BACKENDS};
+use crate::shared::{Shared, Snapshot};
+use log::{info, warn};
+use serde_json::{json, Value};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Longest admin request (head and body) accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// How long a client may take to send its request or read the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
+pub fn spawn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    token: Option<String>,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    thread::Builder::new().name("admin".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Err(e) = serve(&shared, stream, token.as_deref()) {
+                warn!("admin: {e}");
+            }
+        }
+    })?;
+    Ok(addr)
+}
+
+/// An admin request, read whole.
+struct Request {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+/// An admin answer.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Answer {
+    fn json(status: u16, value: Value) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body: value.to_string() + "\n",
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Answer {
+        Answer::json(status, json!({ "error": message.into() }))
+    }
+}
+
+fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    let answer = match read_request(&mut stream) {
+        Ok(request) => match check_access(&request, peer, token) {
+            Ok(()) => route(shared, &request),
+            Err(answer) => answer,
+        },
+        Err(message) => Answer::error(400, message),
+    };
+    let reason = reason(answer.status);
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        answer.status,
+        answer.content_type,
+        answer.body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(answer.body.as_bytes())
+}
+
+/// With a token, every request must carry it; without one, only loopback clients are served.
+fn check_access(request: &Request, peer: SocketAddr, token: Option<&str>) -> Result<(), Answer> {
+    match token {
+        Some(token) => {
+            let given = request
+                .authorization
+                .as_deref()
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given == Some(token) {
+                Ok(())
+            } else {
+                Err(Answer::error(401, "a valid bearer token is required"))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(Answer::error(
+            403,
+            "loopback clients only (no [admin] token is set)",
+        )),
+    }
+}
+
+fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(head_len) =
+            req.parse(&buf).map_err(|e| format!("bad request: {e}"))?
+        {
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let length: usize = header("content-length")
+                .map_or(Ok(0), |v| v.trim().parse())
+                .map_err(|_| "bad Content-Length")?;
+            if head_len + length > MAX_REQUEST {
+                return Err("request too large".into());
+            }
+            let request = Request {
+                method: req.method.unwrap_or_default().to_string(),
+                path: req.path.unwrap_or_default().to_string(),
+                authorization: header("authorization"),
+                body: Vec::new(),
+            };
+            return read_body(stream, buf, head_len, length, request);
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Err("request too large".into());
+        }
+        let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed mid-request".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn read_body(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    head_len: usize,
+    length: usize,
+    mut request: Request,
+) -> Result<Request, String> {
+    buf.drain(..head_len);
+    let mut rest = vec![0u8; length.saturating_sub(buf.len())];
+    stream
+        .read_exact(&mut rest)
+        .map_err(|e| format!("read body: {e}"))?;
+    buf.extend_from_slice(&rest);
+    buf.truncate(length);
+    request.body = buf;
+    Ok(request)
+}
+
+fn route(shared: &Shared, request: &Request) -> Answer {
+    let path = request.path.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method.as_str(), parts.as_slice()) {
+        ("GET", [""]) => Answer {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: STATUS_PAGE.to_string(),
+        },
+        ("GET", ["metrics"]) => {
+            let snap = shared.load();
+            let body = metrics::render(&shared.totals(), &snap.backends);
+            Answer {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body,
+            }
+        }
+        ("GET", ["api", "backends"]) => Answer::json(200, list_backends(shared)),
+        ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
+        ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
+            b.drain(false);
+            info!("backend {} draining (admin API)", b.name);
+            Answer::json(200, json!({ "name": b.name, "state": b.state().name() }))
+        }),
+        ("DELETE", ["api", "backends", name]) => with_backend(shared, name, |b| {
+            b.drain(true);
+            info!("backend {} draining, then removed (admin API)", b.name);
+            Answer::json(202, json!({ "name": b.name, "state": b.state().name() }))
+        }),
+        ("PUT", ["api", "backends", name]) => {
+            with_backend(shared, name, |b| set_weight(b, &request.body))
+        }
+        (_, ["", ..] | ["metrics"] | ["api", "backends", ..]) => {
+            Answer::error(405, "method not allowed")
+        }
+        _ => Answer::error(404, "not found"),
+    }
+}
+
+/// Every backend still in the pool, with its counters summed over workers.
+fn list_backends(shared: &Shared) -> Value {
+    let snap = shared.load();
+    let totals = shared.totals();
+    let backends: Vec<Value> = snap
+        .backends
+        .iter()
+        .zip(&totals.backends)
+        .filter(|(b, _)| b.state() != State::Removed)
+        .map(|(b, t)| {
+            let probe = b.last_probe().map(|p| {
+                json!({ "ok": p.ok, "latency_ms": p.latency.as_secs_f64() * 1000.0, "reason": p.reason })
+            });
+            json!({
+                "name": b.name,
+                "address": b.addr.to_string(),
+                "weight": b.weight(),
+                "state": b.state().name(),
+                "active": b.active(),
+                "requests": t.requests(),
+                "errors": t.errors + t.responses[4],
+                "last_probe": probe,
+            })
+        })
+        .collect();
+    let latency = &totals.latency;
+    json!({
+        "backends": backends,
+        "totals": {
+            "requests": latency.count(),
+            "errors": totals.backends.iter().map(|t| t.errors + t.responses[4]).sum::<u64>(),
+            "rejected": totals.replies.iter().map(|(_, n)| n).sum::<u64>(),
+            "latency_buckets": latency.counts,
+            "latency_bounds": metrics::BUCKETS,
+            "connections": totals.connections,
+        }
+    })
+}
+
+fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answer) -> Answer {
+    let snap = shared.load();
+    match snap
+        .backends
+        .iter()
+        .find(|b| b.name == name && b.state() != State::Removed)
+    {
+        Some(backend) => act(backend),
+        None => Answer::error(404, format!("no backend named {name:?}")),
+    }
+}
+
+fn set_weight(backend: &Backend, body: &[u8]) -> Answer {
+    let weight = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("weight").and_then(Value::as_u64));
+    match weight {
+        Some(w @ 1..=1000) => {
+            backend.set_weight(w as u32);
+            info!("backend {} weight is now {w} (admin API)", backend.name);
+            Answer::json(200, json!({ "name": backend.name, "weight": w }))
+        }
+        _ => Answer::error(400, r#"expected {"weight": 1..1000}"#),
+    }
+}
+
+/// `{"address": "ip:port", "weight": N, "name": "..."}`: the new backend starts down and takes
+/// traffic once its health checks pass.
+fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
+    let conf = match parse_new_backend(body) {
+        Ok(conf) => conf,
+        Err(message) => return Answer::error(400, message),
+    };
+    let added = shared.update(|snap| {
+        let live = |name: &str| {
+            snap.backends
+                .iter()
+                .any(|b| b.name == name && b.state() != State::Removed)
+        };
+        let name = match &conf.name {
+            name if !name.is_empty() => name.clone(),
+            _ => (snap.backends.len() + 1..)
+                .map(|n| format!("api-{n}"))
+                .find(|n| !live(n))
+                .unwrap_or_default(),
+        };
+        if live(&name) {
+            return Err(Answer::error(
+                409,
+                format!("a backend named {name:?} exists"),
+            ));
+        }
+        if snap.backends.len() >= MAX_BACKENDS {
+            return Err(Answer::error(
+                409,
+                format!("at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"),
+            ));
+        }
+        let backend = Backend::new(&BackendConf {
+            name,
+            ..conf.clone()
+        });
+        backend.transition(State::Up, State::Down);
+        let mut backends = snap.backends.to_vec();
+        backends.push(Arc::new(backend));
+        Ok(Snapshot::new(snap.config.clone(), backends.into()))
+    });
+    match added {
+        Ok(()) => {
+            let snap = shared.load();
+            let backend = snap.backends.last().expect("just added");
+            info!(
+                "backend {} at {} added (admin API); down until its health checks pass",
+                backend.name, backend.addr
+            );
+            Answer::json(
+                201,
+                json!({ "name": backend.name, "address": backend.addr.to_string(), "weight": backend.weight(), "state": backend.state().name() }),
+            )
+        }
+        Err(answer) => answer,
+    }
+}
+
+fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+    let address = value
+        .get("address")
+        .and_then(Value::as_str)
+        .ok_or("\"address\" (\"ip:port\") is required")?;
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|_| format!("bad address {address:?}: expected ip:port"))?;
+    let weight = match value.get("weight") {
+        None => 1,
+        Some(w) => w
+            .as_u64()
+            .filter(|w| (1..=1000).contains(w))
+            .ok_or("\"weight\" must be 1..1000")? as u32,
+    };
+    let name = match value.get("name") {
+        None => String::new(),
+        Some(n) => {
+            let n = n.as_str().ok_or("\"name\" must be a string")?;
+            let valid = (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !valid {
+                return Err(format!("bad name {n:?}: 1-64 of A-Z a-z 0-9 _ . -"));
+            }
+            n.to_string()
+        }
+    };
+    Ok(BackendConf { name, addr, weight })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Conflict",
+    }
+}

@@ -1,0 +1,434 @@
+//! Counters and latency histograms. Each worker owns one `WorkerMetrics` and is the only thread
+//! that writes it, so the request path never writes a cache line another thread writes; the
+//! admin thread sums all workers' counters when it is asked for them.
+
+use crate::http::reply::Reply;
+use crate::pool::{Backend, State, MAX_BACKENDS};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds (Prometheus `le` labels).
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram: a count per bucket (the last one unbounded) and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        bump(&self.counts[bucket], 1);
+        bump(&self.sum_micros, took.as_micros() as u64);
+    }
+
+    /// Adds this histogram's counts into `into` (per bucket, not cumulative) and its sum.
+    fn add_to(&self, into: &mut Latency) {
+        for (total, count) in into.counts.iter_mut().zip(&self.counts) {
+            *total += count.load(Ordering::Relaxed);
+        }
+        into.sum_micros += self.sum_micros.load(Ordering::Relaxed);
+    }
+}
+
+/// A single writer adds with a plain load and store: no locked instruction on the hot path.
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+}
+
+/// What one worker counts for one backend.
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    /// Responses by status class: 1xx (switching only), 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 5],
+    /// Requests that failed on this backend (refused, reset, timed out, garbage).
+    errors: AtomicU64,
+    latency: Histogram,
+}
+
+/// Why lb-mio answered a request itself, by `Reply`.
+const REPLIES: [Reply; 7] = [
+    Reply::BadRequest,
+    Reply::RequestTimeout,
+    Reply::HeaderTooLarge,
+    Reply::NotImplemented,
+    Reply::BadGateway,
+    Reply::ServiceUnavailable,
+    Reply::GatewayTimeout,
+];
+
+/// One worker's counters, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct WorkerMetrics {
+    backends: [BackendMetrics; MAX_BACKENDS],
+    latency: Histogram,
+    replies: [AtomicU64; REPLIES.len()],
+    retries: AtomicU64,
+    upstream_opened: AtomicU64,
+    upstream_reused: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> WorkerMetrics {
+        WorkerMetrics {
+            backends: std::array::from_fn(|_| BackendMetrics::default()),
+            latency: Histogram::default(),
+            replies: Default::default(),
+            retries: AtomicU64::default(),
+            upstream_opened: AtomicU64::default(),
+            upstream_reused: AtomicU64::default(),
+            bytes_in: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
+            connections: AtomicU64::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// A response from `backend` ended after `took`.
+    pub fn response(&self, backend: usize, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let counters = &self.backends[backend];
+        bump(&counters.responses[class], 1);
+        counters.latency.observe(took);
+        self.latency.observe(took);
+    }
+
+    pub fn backend_error(&self, backend: usize) {
+        bump(&self.backends[backend].errors, 1);
+    }
+
+    pub fn reply(&self, reply: Reply) {
+        let index = REPLIES.iter().position(|&r| r == reply).unwrap_or(0);
+        bump(&self.replies[index], 1);
+    }
+
+    pub fn retry(&self) {
+        bump(&self.retries, 1);
+    }
+
+    pub fn upstream(&self, reused: bool) {
+        bump(
+            if reused {
+                &self.upstream_reused
+            } else {
+                &self.upstream_opened
+            },
+            1,
+        );
+    }
+
+    pub fn bytes(&self, from_clients: u64, to_clients: u64) {
+        bump(&self.bytes_in, from_clients);
+        bump(&self.bytes_out, to_clients);
+    }
+
+    /// The worker's count of open client connections (a gauge).
+    pub fn set_connections(&self, open: usize) {
+        self.connections.store(open as u64, Ordering::Relaxed);
+    }
+}
+
+/// Latency summed over workers: counts per bucket (not cumulative) and the sum.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Latency {
+    pub counts: [u64; BUCKETS.len() + 1],
+    pub sum_micros: u64,
+}
+
+impl Latency {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// One backend's counters summed over workers.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BackendTotals {
+    pub responses: [u64; 5],
+    pub errors: u64,
+    pub latency: Latency,
+}
+
+impl BackendTotals {
+    pub fn requests(&self) -> u64 {
+        self.responses.iter().sum::<u64>() + self.errors
+    }
+}
+
+/// Everything summed over workers, as a scrape sees it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Totals {
+    pub backends: Vec<BackendTotals>,
+    pub latency: Latency,
+    pub replies: Vec<(Reply, u64)>,
+    pub retries: u64,
+    pub upstream_opened: u64,
+    pub upstream_reused: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections: u64,
+}
+
+/// Sums the counters of `workers` for the first `backends` backend ids.
+pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
+    let mut t = Totals {
+        backends: vec![BackendTotals::default(); backends],
+        replies: REPLIES.iter().map(|&r| (r, 0)).collect(),
+        ..Totals::default()
+    };
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for w in workers {
+        for (total, counters) in t.backends.iter_mut().zip(&w.backends) {
+            for (sum, class) in total.responses.iter_mut().zip(&counters.responses) {
+                *sum += load(class);
+            }
+            total.errors += load(&counters.errors);
+            counters.latency.add_to(&mut total.latency);
+        }
+        w.latency.add_to(&mut t.latency);
+        for ((_, sum), count) in t.replies.iter_mut().zip(&w.replies) {
+            *sum += load(count);
+        }
+        t.retries += load(&w.retries);
+        t.upstream_opened += load(&w.upstream_opened);
+        t.upstream_reused += load(&w.upstream_reused);
+        t.bytes_in += load(&w.bytes_in);
+        t.bytes_out += load(&w.bytes_out);
+        t.connections += load(&w.connections);
+    }
+    t
+}
+
+/// The Prometheus text exposition of `totals` for `backends`.
+pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let named = || {
+        backends
+            .iter()
+            .zip(&totals.backends)
+            .filter(|(b, _)| b.state() != State::Removed)
+    };
+    header(
+        &mut out,
+        "lbmio_responses_total",
+        "counter",
+        "Responses relayed from backends, by status class.",
+    );
+    for (b, t) in named() {
+        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(t.responses) {
+            line(
+                &mut out,
+                "lbmio_responses_total",
+                &format!("backend=\"{}\",class=\"{class}\"", b.name),
+                n,
+            );
+        }
+    }
+    header(
+        &mut out,
+        "lbmio_backend_failures_total",
+        "counter",
+        "Requests that failed on a backend (refused, reset, timed out).",
+    );
+    for (b, t) in named() {
+        line(
+            &mut out,
+            "lbmio_backend_failures_total",
+            &format!("backend=\"{}\"", b.name),
+            t.errors,
+        );
+    }
+    header(
+        &mut out,
+        "lbmio_backend_up",
+        "gauge",
+        "1 when the backend takes traffic.",
+    );
+    for (b, _) in named() {
+        line(
+            &mut out,
+            "lbmio_backend_up",
+            &format!("backend=\"{}\"", b.name),
+            u64::from(b.is_up()),
+        );
+    }
+    header(
+        &mut out,
+        "lbmio_health_transitions_total",
+        "counter",
+        "Backend state changes.",
+    );
+    for (b, _) in named() {
+        line(
+            &mut out,
+            "lbmio_health_transitions_total",
+            &format!("backend=\"{}\"", b.name),
+            b.transitions(),
+        );
+    }
+    header(
+        &mut out,
+        "lbmio_request_duration_seconds",
+        "histogram",
+        "Time from request head to response end.",
+    );
+    histogram(
+        &mut out,
+        "lbmio_request_duration_seconds",
+        "",
+        &totals.latency,
+    );
+    header(
+        &mut out,
+        "lbmio_backend_request_duration_seconds",
+        "histogram",
+        "The same, by backend.",
+    );
+    for (b, t) in named() {
+        histogram(
+            &mut out,
+            "lbmio_backend_request_duration_seconds",
+            &format!("backend=\"{}\",", b.name),
+            &t.latency,
+        );
+    }
+    header(
+        &mut out,
+        "lbmio_rejected_total",
+        "counter",
+        "Requests lb-mio answered itself, by reason.",
+    );
+    for (reply, n) in &totals.replies {
+        let labels = format!("reason=\"{}\",status=\"{}\"", reply.name(), reply.status());
+        line(&mut out, "lbmio_rejected_total", &labels, *n);
+    }
+    header(
+        &mut out,
+        "lbmio_retries_total",
+        "counter",
+        "Requests sent again to another backend.",
+    );
+    line(&mut out, "lbmio_retries_total", "", totals.retries);
+    header(
+        &mut out,
+        "lbmio_upstream_connections_total",
+        "counter",
+        "Backend connections opened, and reused from the keep-alive pool.",
+    );
+    line(
+        &mut out,
+        "lbmio_upstream_connections_total",
+        "kind=\"opened\"",
+        totals.upstream_opened,
+    );
+    line(
+        &mut out,
+        "lbmio_upstream_connections_total",
+        "kind=\"reused\"",
+        totals.upstream_reused,
+    );
+    header(
+        &mut out,
+        "lbmio_client_bytes_total",
+        "counter",
+        "Bytes read from and written to clients.",
+    );
+    line(
+        &mut out,
+        "lbmio_client_bytes_total",
+        "direction=\"in\"",
+        totals.bytes_in,
+    );
+    line(
+        &mut out,
+        "lbmio_client_bytes_total",
+        "direction=\"out\"",
+        totals.bytes_out,
+    );
+    header(
+        &mut out,
+        "lbmio_client_connections",
+        "gauge",
+        "Open client connections.",
+    );
+    line(&mut out, "lbmio_client_connections", "", totals.connections);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn line(out: &mut String, name: &str, labels: &str, value: u64) {
+    let _ = match labels {
+        "" => writeln!(out, "{name} {value}"),
+        _ => writeln!(out, "{name}{{{labels}}} {value}"),
+    };
+}
+
+/// Cumulative `_bucket` lines, `_sum` and `_count`; `labels` ends in a comma when not empty.
+fn histogram(out: &mut String, name: &str, labels: &str, latency: &Latency) {
+    let mut cumulative = 0;
+    for (i, count) in latency.counts.iter().enumerate() {
+        cumulative += count;
+        let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+    }
+    let bare = labels.trim_end_matches(',');
+    let braces = if bare.is_empty() {
+        String::new()
+    } else {
+        format!("{{{bare}}}")
+    };
+    let _ = writeln!(
+        out,
+        "{name}_sum{braces} {}",
+        latency.sum_micros as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{braces} {}", latency.count());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_every_worker() {
+        let (a, b) = (WorkerMetrics::default(), WorkerMetrics::default());
+        a.response(0, 200, Duration::from_micros(300));
+        b.response(0, 503, Duration::from_millis(2));
+        b.response(1, 204, Duration::from_secs(20));
+        a.backend_error(1);
+        a.reply(Reply::ServiceUnavailable);
+        b.retry();
+        let t = totals(&[&a, &b], 2);
+        assert_eq!(t.backends[0].responses, [0, 1, 0, 0, 1]);
+        assert_eq!(t.backends[1].requests(), 2);
+        assert_eq!(t.latency.count(), 3);
+        assert_eq!(t.latency.counts[0], 1, "300 µs is in the first bucket");
+        assert_eq!(t.latency.counts[3], 1, "2 ms is in the 5 ms bucket");
+        assert_eq!(
+            t.latency.counts[BUCKETS.len()],
+            1,
+            "20 s is past the last bound"
+        );
+        assert_eq!(t.latency.sum_micros, 300 + 2_000 + 20_000_000);
+        assert!(t.replies.contains(&(Reply::ServiceUnavailable, 1)));
+        assert_eq!(t.retries, 1);
+    }
+}
