@@ -43,6 +43,8 @@ pub struct Lb {
     pub upstream_keepalive: usize,
     /// Retries allowed, as a percentage of requests.
     pub retry_budget: u32,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,6 +159,7 @@ impl Default for Lb {
             expose_backend: false,
             upstream_keepalive: 256,
             retry_budget: 20,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -399,6 +402,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "expose_backend" => lb.expose_backend = parse_bool(v)?,
         "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
         "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
+        "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -695,6 +699,7 @@ s2 = [::1]:9002 weight=1000
                 expose_backend: true,
                 upstream_keepalive: 0,
                 retry_budget: 50,
+                drain_timeout: Duration::from_secs(10),
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),

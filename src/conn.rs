@@ -193,6 +193,8 @@ pub struct Ctx<'a> {
     pub rng: &'a mut SmallRng,
     pub budget: &'a mut RetryBudget,
     pub metrics: &'a WorkerMetrics,
+    /// The worker is draining: no connection is kept alive after its response.
+    pub stopping: bool,
     pub now: Instant,
     /// This connection's slab index.
     pub id: usize,
@@ -239,6 +241,11 @@ impl Conn {
             shut_down: false,
             deadline,
         }
+    }
+
+    /// Waiting between requests with nothing in flight or buffered.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
     }
 
     pub fn client(&mut self) -> &mut TcpStream {
@@ -667,7 +674,12 @@ impl Conn {
             .expose_backend
             .then_some(backend.name.as_str());
         let before = cout.len();
-        let response = match response::parse(uin.data(), BUF_SIZE, &ex.request, name, cout) {
+        // A stopping worker closes each connection after its response, and says so in it.
+        let request = Request {
+            keep_alive: ex.request.keep_alive && !ctx.stopping,
+            ..ex.request
+        };
+        let response = match response::parse(uin.data(), BUF_SIZE, &request, name, cout) {
             Ok(Some(response)) => response,
             Ok(None) => return Ok(false),
             Err(e) if before > 0 && e == HeadError::TooLarge => {
@@ -766,7 +778,7 @@ impl Conn {
         ctx.metrics
             .response(ex.lease.id, ex.status, ctx.now - ex.started);
         self.log_access(ctx, &ex);
-        if !ex.client_keep_alive || (self.client_eof && held(&self.cin) == 0) {
+        if !ex.client_keep_alive || ctx.stopping || (self.client_eof && held(&self.cin) == 0) {
             self.enter(Phase::Closing, ctx);
         } else if held(&self.cin) > 0 {
             self.enter(Phase::Head, ctx); // a pipelined request is waiting
@@ -928,7 +940,7 @@ impl Conn {
     }
 
     /// Releases everything; the worker then deregisters the socket and frees the slot.
-    fn close(&mut self, ctx: &mut Ctx) -> Drive {
+    pub fn close(&mut self, ctx: &mut Ctx) -> Drive {
         self.drop_exchange(ctx);
         if let Some(buffer) = self.cout.take() {
             ctx.buffers.give(buffer);

@@ -2,10 +2,11 @@
 
 use lb_mio::config::{BackendConf, Config};
 use lb_mio::demo::DemoBackend;
+use lb_mio::reload;
 use lb_mio::server::{self, Running};
-use log::info;
 use log::LevelFilter;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use std::net::SocketAddr;
@@ -56,13 +57,9 @@ fn check(path: &Path) -> ExitCode {
 
 fn run_file(path: &Path) -> ExitCode {
     match Config::from_file(path) {
-        Ok(config) => run(config),
+        Ok(config) => serve(config, Some(path), |_| {}),
         Err(e) => fail(e),
     }
-}
-
-fn run(config: Config) -> ExitCode {
-    serve(config, |_| {})
 }
 
 /// Three demo backends on loopback ports chosen by the kernel, and the balancer in front.
@@ -85,7 +82,7 @@ fn demo(listen: &str) -> ExitCode {
     }
     let mut config = Config::with_backends(backends);
     config.lb.listen = listen;
-    serve(config, |running| {
+    serve(config, None, |running| {
         println!(
             "lb-mio demo: three backends behind http://{}/",
             running.addr
@@ -97,10 +94,10 @@ fn demo(listen: &str) -> ExitCode {
     })
 }
 
-/// Starts lb-mio and runs until SIGINT or SIGTERM.
-fn serve(config: Config, started: impl FnOnce(&Running)) -> ExitCode {
+/// Starts lb-mio, reloads `path` on SIGHUP, and on SIGINT or SIGTERM drains and stops.
+fn serve(config: Config, path: Option<&Path>, started: impl FnOnce(&Running)) -> ExitCode {
     init_logging(config.log.level);
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGHUP, SIGINT, SIGTERM]) {
         Ok(signals) => signals,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
@@ -109,10 +106,33 @@ fn serve(config: Config, started: impl FnOnce(&Running)) -> ExitCode {
         Err(e) => return fail(e),
     };
     started(&running);
-    if let Some(signal) = signals.forever().next() {
-        info!("lb-mio stopping on signal {signal}");
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload(&running, path);
+            continue;
+        }
+        let drain = running.shared.load().config.lb.drain_timeout;
+        info!("lb-mio stopping on signal {signal}: draining for up to {drain:?}");
+        running.stop();
+        info!("lb-mio stopped");
+        break;
     }
     ExitCode::SUCCESS
+}
+
+/// Re-reads the config file; a file that does not validate leaves the running config as it is.
+fn reload(running: &Running, path: Option<&Path>) {
+    let Some(path) = path else {
+        warn!("SIGHUP: the demo has no config file to reload");
+        return;
+    };
+    let applied = Config::from_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| running.shared.update(|snap| reload::apply(snap, config)));
+    match applied {
+        Ok(()) => info!("reloaded {}", path.display()),
+        Err(e) => error!("reload failed, the running config stays: {e}"),
+    }
 }
 
 fn init_logging(level: LevelFilter) {

@@ -128,6 +128,11 @@ impl Backend {
         self.state.store(State::Draining as u8, Ordering::Relaxed);
     }
 
+    /// Deleted (admin API) or gone from the config (reload): it leaves once drained.
+    pub fn removing(&self) -> bool {
+        self.removing.load(Ordering::Relaxed)
+    }
+
     /// A deleted backend whose last request finished: it can leave the pool.
     pub fn drained_for_removal(&self) -> bool {
         self.state() == State::Draining

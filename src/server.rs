@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::health;
 use crate::pool;
 use crate::shared::{Shared, Snapshot};
-use crate::worker::Worker;
+use crate::worker::{Handle, Msg, Worker};
 use log::info;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -14,8 +14,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::thread::{self, JoinHandle};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Which step of binding a listener failed, and on which address.
 #[derive(Debug)]
@@ -67,6 +67,22 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 pub struct Running {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
+    workers: Vec<(Handle, JoinHandle<()>)>,
+}
+
+impl Running {
+    /// Graceful stop: every worker stops accepting and closes its idle connections; requests
+    /// in flight finish, up to `drain_timeout_s`. Returns once every worker is done.
+    pub fn stop(self) {
+        let drain = self.shared.load().config.lb.drain_timeout;
+        let deadline = Instant::now() + drain;
+        for (handle, _) in &self.workers {
+            handle.send(Msg::Stop { deadline });
+        }
+        for (_, thread) in self.workers {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Binds every listener, then starts the workers and the health thread.
@@ -79,12 +95,15 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
+    let mut workers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let metrics = Arc::clone(&shared.metrics[i]);
-        let worker = Worker::new(listener, Arc::clone(&shared), metrics, seed ^ i as u64)?;
-        thread::Builder::new()
+        let (worker, handle) =
+            Worker::new(listener, Arc::clone(&shared), metrics, seed ^ i as u64)?;
+        let thread = thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || worker.run())?;
+        workers.push((handle, thread));
     }
     health::spawn(Arc::clone(&shared))?;
     let admin = shared.load().config.admin.clone();
@@ -100,7 +119,11 @@ pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
         snap.config.lb.strategy.name(),
         snap.backends.len()
     );
-    Ok(Running { addr, shared })
+    Ok(Running {
+        addr,
+        shared,
+        workers,
+    })
 }
 
 /// One listener per worker. With port 0 the first bind picks the port and the rest share it.

@@ -1,11 +1,13 @@
 //! Typed `mio` tokens: which socket an event is for. A slab index and its side pack into one
-//! `Token`; the listener has a reserved value above every index.
+//! `Token`; the listener and the waker have reserved values above every index.
 
 use mio::{event::Event, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
     Listener,
+    /// The main thread has a message for this worker.
+    Waker,
     /// The client socket of connection `n` (index into the worker's connection slab).
     Client(usize),
     /// Upstream socket `n` (index into the worker's upstream slab).
@@ -13,11 +15,13 @@ pub enum Tok {
 }
 
 const LISTENER: usize = usize::MAX;
+const WAKER: usize = usize::MAX - 1;
 
 impl From<Tok> for Token {
     fn from(tok: Tok) -> Token {
         Token(match tok {
             Tok::Listener => LISTENER,
+            Tok::Waker => WAKER,
             Tok::Client(n) => n << 1,
             Tok::Upstream(n) => n << 1 | 1,
         })
@@ -28,6 +32,7 @@ impl From<Token> for Tok {
     fn from(Token(t): Token) -> Tok {
         match t {
             LISTENER => Tok::Listener,
+            WAKER => Tok::Waker,
             t if t & 1 == 0 => Tok::Client(t >> 1),
             t => Tok::Upstream(t >> 1),
         }
@@ -70,6 +75,7 @@ mod tests {
     fn tokens_round_trip() {
         for tok in [
             Tok::Listener,
+            Tok::Waker,
             Tok::Client(0),
             Tok::Upstream(0),
             Tok::Client(7),

@@ -9,9 +9,10 @@ use crate::retry::RetryBudget;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
 use crate::upstream::Upstreams;
-use log::{error, warn};
+use crossbeam_channel::{Receiver, Sender};
+use log::{error, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll};
+use mio::{Events, Interest, Poll, Waker};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use slab::Slab;
@@ -28,9 +29,36 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Free buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 1024;
 
+/// What the main thread tells a worker.
+#[derive(Debug, Clone, Copy)]
+pub enum Msg {
+    /// Stop accepting, close idle connections, let requests in flight finish until `deadline`.
+    Stop { deadline: Instant },
+}
+
+/// The main thread's end of a worker: a message goes down the channel and the waker makes
+/// the worker's `poll` return to read it.
+pub struct Handle {
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+}
+
+impl Handle {
+    pub fn send(&self, msg: Msg) {
+        // A worker that already exited has nothing left to stop.
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
 pub struct Worker {
     poll: Poll,
-    listener: TcpListener,
+    /// `None` once the worker stopped accepting.
+    listener: Option<TcpListener>,
+    rx: Receiver<Msg>,
+    /// Set when told to stop: the drain deadline.
+    stopping: Option<Instant>,
     conns: Slab<Conn>,
     upstreams: Upstreams,
     buffers: BufferPool,
@@ -57,17 +85,21 @@ impl Worker {
         shared: Arc<Shared>,
         metrics: Arc<WorkerMetrics>,
         seed: u64,
-    ) -> io::Result<Worker> {
+    ) -> io::Result<(Worker, Handle)> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), Tok::Waker.into())?);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let epoch = shared.epoch();
         let snap = shared.load();
         let keep = snap.config.lb.upstream_keepalive;
         let budget = snap.config.lb.retry_budget;
-        Ok(Worker {
+        let worker = Worker {
             poll,
-            listener,
+            listener: Some(listener),
+            rx,
+            stopping: None,
             conns: Slab::new(),
             upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
@@ -81,10 +113,11 @@ impl Worker {
             accept_paused_until: None,
             at_limit: false,
             expired: Vec::new(),
-        })
+        };
+        Ok((worker, Handle { tx, waker }))
     }
 
-    /// The event loop; runs until the process ends.
+    /// The event loop; runs until told to stop and drained.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
@@ -105,6 +138,7 @@ impl Worker {
             for event in events.iter() {
                 match Tok::from(event.token()) {
                     Tok::Listener => self.accept(now),
+                    Tok::Waker => self.on_messages(now),
                     Tok::Client(id) => {
                         if let Some(conn) = self.conns.get_mut(id) {
                             conn.ready.update(event);
@@ -121,6 +155,39 @@ impl Worker {
                 next_tick = now + TICK;
                 self.expire(now);
             }
+            if self
+                .stopping
+                .is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
+            {
+                info!("worker stopped with {} connections open", self.conns.len());
+                return;
+            }
+        }
+    }
+
+    fn on_messages(&mut self, now: Instant) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Stop { deadline } => self.stop(deadline, now),
+            }
+        }
+    }
+
+    /// Stops accepting and closes the connections waiting idle between requests; the others
+    /// finish their request and close after its response.
+    fn stop(&mut self, deadline: Instant, now: Instant) {
+        self.stopping = Some(deadline);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .map(|(id, _)| id)
+            .collect();
+        for id in idle {
+            self.with_conn(id, now, Conn::close);
         }
     }
 
@@ -156,10 +223,10 @@ impl Worker {
         let max = self.snap.config.limits.max_connections;
         loop {
             self.at_limit = self.conns.len() >= max;
-            if self.at_limit {
+            let Some(listener) = self.listener.as_ref().filter(|_| !self.at_limit) else {
                 return;
-            }
-            match self.listener.accept() {
+            };
+            match listener.accept() {
                 Ok((stream, peer)) => self.add_conn(stream, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if out_of_descriptors(&e) => {
@@ -214,6 +281,7 @@ impl Worker {
             snap: &self.snap,
             rng: &mut self.rng,
             budget: &mut self.budget,
+            stopping: self.stopping.is_some(),
             metrics: &self.metrics,
             now,
             id,

@@ -1,0 +1,147 @@
+//! SIGHUP: a new config.ini becomes a new snapshot. Backends that stay (same name and address)
+//! keep their record, so their health, counters and connections in flight carry on; new ones
+//! start down until their health checks pass; those gone from the file drain, then leave.
+
+use crate::config::Config;
+use crate::pool::{Backend, State, MAX_BACKENDS};
+use crate::shared::Snapshot;
+use log::{info, warn};
+use std::sync::Arc;
+
+/// The snapshot `new` makes of `old`. What a running lb-mio cannot change (its listen address,
+/// its worker count, the admin listener) is kept from the old config, with a warning.
+pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
+    keep_restart_only_settings(&old.config, &mut new);
+    let mut backends = old.backends.to_vec();
+    let live = |b: &&Arc<Backend>| !matches!(b.state(), State::Removed) && !b.removing();
+    for conf in &new.backends {
+        match old
+            .backends
+            .iter()
+            .filter(live)
+            .find(|b| b.name == conf.name && b.addr == conf.addr)
+        {
+            Some(kept) => kept.set_weight(conf.weight),
+            None => {
+                if backends.len() >= MAX_BACKENDS {
+                    return Err(format!(
+                        "at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"
+                    ));
+                }
+                let backend = Backend::new(conf);
+                backend.transition(State::Up, State::Down);
+                info!(
+                    "reload: backend {} at {} added; down until its health checks pass",
+                    conf.name, conf.addr
+                );
+                backends.push(Arc::new(backend));
+            }
+        }
+    }
+    for gone in old.backends.iter().filter(live) {
+        if !new
+            .backends
+            .iter()
+            .any(|c| c.name == gone.name && c.addr == gone.addr)
+        {
+            info!(
+                "reload: backend {} at {} is gone from the config: draining",
+                gone.name, gone.addr
+            );
+            gone.drain(true);
+        }
+    }
+    Ok(Snapshot::new(new, backends.into()))
+}
+
+fn keep_restart_only_settings(old: &Config, new: &mut Config) {
+    if new.lb.listen != old.lb.listen || new.lb.workers != old.lb.workers {
+        warn!("reload: [lb] listen and workers take effect at the next start");
+        (new.lb.listen, new.lb.workers) = (old.lb.listen, old.lb.workers);
+    }
+    if new.admin != old.admin {
+        warn!("reload: [admin] takes effect at the next start");
+        new.admin = old.admin.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConf;
+    use crate::pool;
+
+    fn config(backends: &[(&str, &str, u32)]) -> Config {
+        Config::with_backends(
+            backends
+                .iter()
+                .map(|&(name, addr, weight)| BackendConf {
+                    name: name.into(),
+                    addr: addr.parse().unwrap(),
+                    weight,
+                })
+                .collect(),
+        )
+    }
+
+    fn snapshot(backends: &[(&str, &str, u32)]) -> Snapshot {
+        let config = config(backends);
+        let pool = pool::from_config(&config.backends);
+        Snapshot::new(config, pool)
+    }
+
+    #[test]
+    fn kept_backends_keep_their_record_and_take_the_new_weight() {
+        let old = snapshot(&[("a", "127.0.0.1:1", 1), ("b", "127.0.0.1:2", 1)]);
+        let new = apply(
+            &old,
+            config(&[("a", "127.0.0.1:1", 5), ("b", "127.0.0.1:2", 1)]),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&old.backends[0], &new.backends[0]));
+        assert_eq!(new.backends[0].weight(), 5);
+        assert_eq!(new.backends.len(), 2);
+    }
+
+    #[test]
+    fn new_backends_start_down_and_missing_ones_drain() {
+        let old = snapshot(&[("a", "127.0.0.1:1", 1), ("b", "127.0.0.1:2", 1)]);
+        let new = apply(
+            &old,
+            config(&[("a", "127.0.0.1:1", 1), ("c", "127.0.0.1:3", 1)]),
+        )
+        .unwrap();
+        assert_eq!(
+            new.backends.len(),
+            3,
+            "ids are never reused: b stays as a tombstone"
+        );
+        assert_eq!(new.backends[1].state(), State::Draining);
+        assert!(new.backends[1].drained_for_removal());
+        assert_eq!(
+            (new.backends[2].name.as_str(), new.backends[2].state()),
+            ("c", State::Down)
+        );
+    }
+
+    #[test]
+    fn a_moved_backend_is_replaced() {
+        let old = snapshot(&[("a", "127.0.0.1:1", 1)]);
+        let new = apply(&old, config(&[("a", "127.0.0.1:9", 1)])).unwrap();
+        assert_eq!(new.backends[0].state(), State::Draining);
+        assert_eq!(new.backends[1].addr, "127.0.0.1:9".parse().unwrap());
+    }
+
+    #[test]
+    fn listen_and_workers_wait_for_a_restart() {
+        let old = snapshot(&[("a", "127.0.0.1:1", 1)]);
+        let mut changed = config(&[("a", "127.0.0.1:1", 1)]);
+        changed.lb.listen = "127.0.0.1:1234".parse().unwrap();
+        changed.lb.workers = old.config.lb.workers + 1;
+        changed.lb.retries = 7;
+        let new = apply(&old, changed).unwrap();
+        assert_eq!(new.config.lb.listen, old.config.lb.listen);
+        assert_eq!(new.config.lb.workers, old.config.lb.workers);
+        assert_eq!(new.config.lb.retries, 7, "everything else applies");
+    }
+}
