@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(t.backends[1].requests(), 2);
         assert_eq!(t.latency.count(), 3);
         assert_eq!(t.latency.counts[0], 1, "300 µs is in the first bucket");
-        assert_eq!(t.latency.counts[3], 1, "2 ms is in the 5 ms bucket");
+        assert_eq!(t.latency.counts[2], 1, "2 ms is in the 2.5 ms bucket");
         assert_eq!(
             t.latency.counts[BUCKETS.len()],
             1,
