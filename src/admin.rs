@@ -6,6 +6,7 @@ use crate::config::BackendConf;
 use crate::metrics;
 use crate::pool::{Backend, State, MAX_BACKENDS};
 use crate::shared::{Shared, Snapshot};
+use crate::state_file;
 use log::{info, warn};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
@@ -172,6 +173,14 @@ fn read_body(
 }
 
 fn route(shared: &Shared, request: &Request) -> Answer {
+    let answer = answer(shared, request);
+    if request.method != "GET" && answer.status < 300 {
+        state_file::persist(&shared.load());
+    }
+    answer
+}
+
+fn answer(shared: &Shared, request: &Request) -> Answer {
     let path = request.path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), parts.as_slice()) {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -98,6 +98,8 @@ pub struct Admin {
     pub listen: Option<SocketAddr>,
     /// Bearer token the admin API requires; without one it answers loopback clients only.
     pub token: Option<String>,
+    /// Where backend changes made through the admin API are kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -453,6 +455,7 @@ fn set_admin(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
     match key {
         "listen" => c.admin.listen = parse_optional_addr(v)?,
         "token" => c.admin.token = Some(parse_token(v)?),
+        "state_file" => c.admin.state_file = Some(PathBuf::from(v)),
         _ => return unknown_key(),
     }
     Ok(())
@@ -727,6 +730,7 @@ s2 = [::1]:9002 weight=1000
             admin: Admin {
                 listen: Some("127.0.0.1:9900".parse().unwrap()),
                 token: None,
+                state_file: None,
             },
             log: Log {
                 level: LevelFilter::Trace,

@@ -18,6 +18,7 @@ pub mod reload;
 pub mod retry;
 pub mod server;
 pub mod shared;
+pub mod state_file;
 pub mod token;
 pub mod upstream;
 pub mod worker;

@@ -2,8 +2,8 @@
 
 use lb_mio::config::{BackendConf, Config};
 use lb_mio::demo::DemoBackend;
-use lb_mio::reload;
 use lb_mio::server::{self, Running};
+use lb_mio::{reload, state_file};
 use log::LevelFilter;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -130,7 +130,10 @@ fn reload(running: &Running, path: Option<&Path>) {
         .map_err(|e| e.to_string())
         .and_then(|config| running.shared.update(|snap| reload::apply(snap, config)));
     match applied {
-        Ok(()) => info!("reloaded {}", path.display()),
+        Ok(()) => {
+            info!("reloaded {}", path.display());
+            state_file::persist(&running.shared.load());
+        }
         Err(e) => error!("reload failed, the running config stays: {e}"),
     }
 }

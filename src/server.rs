@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::health;
 use crate::pool;
 use crate::shared::{Shared, Snapshot};
+use crate::state_file;
 use crate::worker::{Handle, Msg, Worker};
 use log::info;
 use mio::net::TcpListener;
@@ -86,7 +87,17 @@ impl Running {
 }
 
 /// Binds every listener, then starts the workers and the health thread.
-pub fn start(config: Config) -> Result<Running, Box<dyn std::error::Error>> {
+pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> {
+    if let Some(path) = &config.admin.state_file {
+        if let Some(backends) = state_file::load(path)? {
+            info!(
+                "{} backends from the state file {}",
+                backends.len(),
+                path.display()
+            );
+            config.backends = backends;
+        }
+    }
     let listeners = bind_all(config.lb.listen, config.lb.workers)?;
     let addr = listeners[0].local_addr()?;
     let backends = pool::from_config(&config.backends);

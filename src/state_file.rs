@@ -1,0 +1,124 @@
+//! The optional state file: backend changes made through the admin API survive a restart.
+//! After each change the live backends are written to a temp file that is then renamed over
+//! the state file, so a crash never leaves half a file; at start, a state file that exists
+//! replaces the config's `[backends]`.
+
+use crate::config::BackendConf;
+use crate::pool::{Backend, State};
+use crate::shared::Snapshot;
+use log::warn;
+use serde_json::{json, Value};
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Saves the snapshot's backends when a state file is configured; a failure is logged (the
+/// change itself stands).
+pub fn persist(snap: &Snapshot) {
+    if let Some(path) = &snap.config.admin.state_file {
+        if let Err(e) = save(path, &snap.backends) {
+            warn!("state file {}: {e}", path.display());
+        }
+    }
+}
+
+/// Writes the backends still in the pool (not removed, not being removed).
+pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
+    let kept: Vec<Value> = backends
+        .iter()
+        .filter(|b| b.state() != State::Removed && !b.removing())
+        .map(|b| json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight() }))
+        .collect();
+    let text = json!({ "backends": kept }).to_string() + "\n";
+    let temp = path.with_extension("tmp");
+    fs::write(&temp, text)?;
+    fs::rename(&temp, path)
+}
+
+/// The backends a state file holds; `Ok(None)` when there is no state file yet.
+pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+    };
+    let bad = |why: &str| format!("{}: {why}", path.display());
+    let value: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+    let list = value
+        .get("backends")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no \"backends\" list"))?;
+    list.iter()
+        .map(|b| {
+            let field = |key: &str| {
+                b.get(key)
+                    .ok_or_else(|| bad(&format!("a backend without {key:?}")))
+            };
+            let name = field("name")?
+                .as_str()
+                .ok_or_else(|| bad("bad name"))?
+                .to_string();
+            let addr = field("address")?
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| bad("bad address"))?;
+            let weight = field("weight")?
+                .as_u64()
+                .and_then(|w| u32::try_from(w).ok())
+                .ok_or_else(|| bad("bad weight"))?;
+            Ok(BackendConf { name, addr, weight })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool;
+
+    #[test]
+    fn saved_backends_load_back_without_the_removed_ones() {
+        let dir = std::env::temp_dir().join(format!("lb-mio-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let confs: Vec<BackendConf> = ["127.0.0.1:1", "127.0.0.1:2", "[::1]:3"]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| BackendConf {
+                name: format!("s{i}"),
+                addr: a.parse().unwrap(),
+                weight: i as u32 + 1,
+            })
+            .collect();
+        let backends = pool::from_config(&confs);
+        backends[1].drain(true);
+        save(&path, &backends).unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "the temp file was renamed"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_state_file_is_not_an_error() {
+        assert_eq!(load(Path::new("/nonexistent/lb-mio/state.json")), Ok(None));
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_an_error_naming_it() {
+        let path =
+            std::env::temp_dir().join(format!("lb-mio-bad-state-{}.json", std::process::id()));
+        fs::write(&path, "{\"backends\": [{\"name\": \"a\"}]}").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("address"),
+            "{err}"
+        );
+        fs::remove_file(&path).unwrap();
+    }
+}
