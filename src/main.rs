@@ -82,6 +82,8 @@ fn demo(listen: &str) -> ExitCode {
     }
     let mut config = Config::with_backends(backends);
     config.lb.listen = listen;
+    // The status page on a port of the kernel's choosing, so the demo never collides.
+    config.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     serve(config, None, |running| {
         println!(
             "lb-mio demo: three backends behind http://{}/",
@@ -91,6 +93,9 @@ fn demo(listen: &str) -> ExitCode {
             "try: curl http://{}/   (each answer names the backend that served it)",
             running.addr
         );
+        if let Some(admin) = running.admin_addr {
+            println!("status page: http://{admin}/   (admin API: http://{admin}/api/backends)");
+        }
     })
 }
 

@@ -67,6 +67,8 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// A started lb-mio: its threads run until the process ends.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the admin listener listens, when it is on.
+    pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     workers: Vec<(Handle, JoinHandle<()>)>,
 }
@@ -118,10 +120,12 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     }
     health::spawn(Arc::clone(&shared))?;
     let admin = shared.load().config.admin.clone();
+    let mut admin_addr = None;
     if let Some(listen) = admin.listen {
         let bound = admin::spawn(Arc::clone(&shared), listen, admin.token)
             .map_err(|e| format!("cannot start the admin listener on {listen}: {e}"))?;
         info!("admin API listening on http://{bound}/");
+        admin_addr = Some(bound);
     }
     let snap = shared.load();
     info!(
@@ -132,6 +136,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     );
     Ok(Running {
         addr,
+        admin_addr,
         shared,
         workers,
     })
