@@ -56,24 +56,13 @@ pub struct BackendMetrics {
     latency: Histogram,
 }
 
-/// Why lb-mio answered a request itself, by `Reply`.
-const REPLIES: [Reply; 7] = [
-    Reply::BadRequest,
-    Reply::RequestTimeout,
-    Reply::HeaderTooLarge,
-    Reply::NotImplemented,
-    Reply::BadGateway,
-    Reply::ServiceUnavailable,
-    Reply::GatewayTimeout,
-];
-
 /// One worker's counters, on cache lines of their own.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct WorkerMetrics {
     backends: [BackendMetrics; MAX_BACKENDS],
     latency: Histogram,
-    replies: [AtomicU64; REPLIES.len()],
+    replies: [AtomicU64; Reply::ALL.len()],
     retries: AtomicU64,
     upstream_opened: AtomicU64,
     upstream_reused: AtomicU64,
@@ -113,7 +102,7 @@ impl WorkerMetrics {
     }
 
     pub fn reply(&self, reply: Reply) {
-        let index = REPLIES.iter().position(|&r| r == reply).unwrap_or(0);
+        let index = Reply::ALL.iter().position(|&r| r == reply).unwrap_or(0);
         bump(&self.replies[index], 1);
     }
 
@@ -188,7 +177,7 @@ pub struct Totals {
 pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
     let mut t = Totals {
         backends: vec![BackendTotals::default(); backends],
-        replies: REPLIES.iter().map(|&r| (r, 0)).collect(),
+        replies: Reply::ALL.iter().map(|&r| (r, 0)).collect(),
         ..Totals::default()
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);

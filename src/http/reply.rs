@@ -21,6 +21,17 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// Every reply, in a fixed order (metrics count them by position).
+    pub const ALL: [Reply; 7] = [
+        Reply::BadRequest,
+        Reply::RequestTimeout,
+        Reply::HeaderTooLarge,
+        Reply::NotImplemented,
+        Reply::BadGateway,
+        Reply::ServiceUnavailable,
+        Reply::GatewayTimeout,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
             Reply::BadRequest => 400,
@@ -64,19 +75,9 @@ impl Reply {
 mod tests {
     use super::*;
 
-    const ALL: [Reply; 7] = [
-        Reply::BadRequest,
-        Reply::RequestTimeout,
-        Reply::HeaderTooLarge,
-        Reply::NotImplemented,
-        Reply::BadGateway,
-        Reply::ServiceUnavailable,
-        Reply::GatewayTimeout,
-    ];
-
     #[test]
     fn every_reply_is_a_well_framed_response_with_its_status() {
-        for reply in ALL {
+        for reply in Reply::ALL {
             let mut headers = [httparse::EMPTY_HEADER; 8];
             let mut res = httparse::Response::new(&mut headers);
             let bytes = reply.bytes();
