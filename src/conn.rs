@@ -836,33 +836,43 @@ impl Conn {
     /// A backend connection failed before any response byte. The request goes to another
     /// backend if it can be replayed whole and sending it again is harmless.
     fn retry(&mut self, ctx: &mut Ctx, failure: Failure) -> Result<(), Stop> {
+        let peer = self.peer;
         let ex = self.exchange.as_mut().expect("retry needs an exchange");
         let reused = ex.upstream.is_some_and(|up| ctx.upstreams.get(up).reused);
+        let backend = ex.lease.id;
         warn!(
-            "{}: backend {} failed: {failure}",
-            self.peer,
+            "{peer}: backend {} failed: {failure}",
             ex.lease.backend().name
         );
         if let Some(up) = ex.upstream.take() {
             ctx.upstreams.close(ctx.registry, up);
         }
-        if !reused {
-            // A pooled connection the backend closed meanwhile is not the backend's fault.
-            ex.tried.add(ex.lease.id);
-            count_failure(ctx, &ex.lease, failure);
+        if let Some(why) = not_replayable(ex) {
+            warn!("{peer}: not retried: {why}");
+            return Err(Stop::Reply(failure.reply()));
         }
-        let harmless = ex.sent == 0 || ex.request.method.is_idempotent();
-        if !ex.replayable || !harmless || ex.answered || ex.retries_left == 0 {
+        ex.sent = 0;
+        ex.upstream_eof = false;
+        if reused {
+            // A pooled connection that fails is either one the backend closed while idle or
+            // the sign of a backend that died; a fresh connection to the same backend tells
+            // which. Its other idle connections are as suspect, so they go too. This attempt
+            // costs no retry: the backend has not failed yet.
+            ctx.upstreams.close_idle(ctx.registry, backend);
+            return self.connect(ctx);
+        }
+        ex.tried.add(backend);
+        count_failure(ctx, &ex.lease, failure);
+        if ex.retries_left == 0 {
+            warn!("{peer}: not retried: no retries left");
             return Err(Stop::Reply(failure.reply()));
         }
         if !ctx.budget.try_retry() {
-            warn!("{}: retry budget spent: not retrying", self.peer);
+            warn!("{peer}: not retried: the retry budget is spent");
             return Err(Stop::Reply(failure.reply()));
         }
         ex.retries_left -= 1;
         ctx.metrics.retry();
-        ex.sent = 0;
-        ex.upstream_eof = false;
         let tried = ex.tried;
         let lease = self
             .choose_backend(ctx, tried)
@@ -960,6 +970,20 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
             "backend {} is down: {max_fails} failures in a row, the last: {failure}",
             backend.name
         );
+    }
+}
+
+/// Why a failed request cannot go to a backend again, if it cannot: sending it twice could do
+/// harm, or part of it is gone from the buffer, or part of a response arrived.
+fn not_replayable(ex: &Exchange) -> Option<&'static str> {
+    if ex.answered {
+        Some("part of a response arrived")
+    } else if !ex.replayable {
+        Some("the request is larger than the replay buffer")
+    } else if ex.sent > 0 && !ex.request.method.is_idempotent() {
+        Some("it was sent and its method is not idempotent")
+    } else {
+        None
     }
 }
 

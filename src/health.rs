@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
@@ -24,7 +24,11 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
 
 fn run(shared: &Shared) {
     let mut trackers = Vec::new();
-    let mut rng = SmallRng::seed_from_u64(shared.epoch());
+    // Seeded from the clock: balancers started alike must not share a probe schedule.
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = SmallRng::seed_from_u64(seed);
     loop {
         let started = Instant::now();
         // A fresh snapshot each round: backends added or settings reloaded take effect here.

@@ -116,6 +116,13 @@ impl Upstreams {
         }
     }
 
+    /// Closes every idle connection to `backend`.
+    pub fn close_idle(&mut self, registry: &Registry, backend: usize) {
+        for id in std::mem::take(&mut self.idle[backend]) {
+            self.close(registry, id);
+        }
+    }
+
     pub fn close(&mut self, registry: &Registry, id: usize) {
         let mut upstream = self.slab.remove(id);
         // Deregistering can only fail if the socket is already gone from the poll set.
