@@ -39,24 +39,13 @@ RESULTS=${RESULTS:-"$BENCH_DIR/results/load-$(date +%F).md"}
 # Syscalls are counted in separate runs of this length (see count_syscalls).
 COUNT_DURATION=${COUNT_DURATION:-5s}
 
-B1=$((PORT_BASE + 1)) B2=$((PORT_BASE + 2)) B3=$((PORT_BASE + 3))
-LB_PORT=$((PORT_BASE + 10)) NGINX_PORT=$((PORT_BASE + 11)) HAPROXY_PORT=$((PORT_BASE + 12))
-LB_BIN="$ROOT/target/release/lb-mio"
-BACKEND_BIN="$ROOT/target/release/examples/backend"
+# Ports (B[1..3], LB_PORT, ...), binaries, WORK, SERVICE_PIDS, HELPER_PIDS, LOGS (new lines
+# during a run are reported), NOTES, and the helpers shared with failover.sh.
+. "$(dirname "$0")/common.sh"
+
 CLK_TCK=$(getconf CLK_TCK)
-
-WORK=""              # this run's temp directory (configs, logs, raw outputs)
-SERVICE_PIDS=()      # every server started for the current mode, stopped between modes
-HELPER_PIDS=()       # perf / strace / wrk running in the background right now
-CREATED_POLICY_RC=0  # 1 if we created /usr/sbin/policy-rc.d to keep apt from starting services
 declare -A PIDS=()   # target -> space-separated PIDs of its processes (all of them, for CPU)
-declare -A LOGS=()   # target -> its log file (new lines during a run are reported)
 BAL_PIN=() LOAD_PIN=()
-NOTES=()             # odd things seen during the run, printed under the table
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-note() { NOTES+=("$*"); log "note: $*"; }
 
 # "10s" / "2m" / "1h" / "10" -> seconds, for the timeouts that bound every run.
 dur_secs() {
@@ -72,39 +61,12 @@ dur_secs() {
 # ---------------------------------------------------------------------------------------------
 # Setup: tools, binaries, syscall counting method.
 
-# Installs what is missing via apt-get (root only), without letting apt start nginx/haproxy
-# services: nothing may keep running after this script.
-ensure_tools() {
-    local -A pkg_of=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy [perf]=linux-perf [curl]=curl
-        [ss]=iproute2 [taskset]=util-linux [timeout]=coreutils [strace]=strace [cargo]=-)
-    local missing=() cmd
-    for cmd in "${!pkg_of[@]}"; do
-        command -v "$cmd" >/dev/null 2>&1 && continue
-        [ "${pkg_of[$cmd]}" = - ] && die "$cmd not found (install a Rust toolchain)"
-        # strace is only the fallback syscall counter: worth installing, not worth failing for.
-        [ "$cmd" = strace ] && [ "$(id -u)" -ne 0 ] && [ "$SYSCALLS" != strace ] && continue
-        missing+=("${pkg_of[$cmd]}")
-    done
-    [ ${#missing[@]} -eq 0 ] && return
-    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]} (run as root to install them)"
-    log "installing: ${missing[*]}"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        CREATED_POLICY_RC=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    if [ "$CREATED_POLICY_RC" = 1 ]; then rm -f /usr/sbin/policy-rc.d; CREATED_POLICY_RC=0; fi
-}
-
-# Both binaries; the backend example is being worked on, so say clearly if it does not build.
-build() {
-    log "building lb-mio and the backend example (release)"
-    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-    (cd "$ROOT" && cargo build --release --quiet --example backend) ||
-        die "cargo build --release --example backend failed (is examples/backend.rs finished?)"
-    [ -x "$LB_BIN" ] && [ -x "$BACKEND_BIN" ] || die "binaries missing after build"
+# strace is only the fallback syscall counter: worth installing, not worth failing for.
+ensure_load_tools() {
+    local strace=strace?
+    [ "$SYSCALLS" = strace ] && strace=strace
+    ensure_tools wrk=wrk nginx=nginx haproxy=haproxy perf=linux-perf curl=curl ss=iproute2 \
+        taskset=util-linux timeout=coreutils "strace=$strace" cargo=-
 }
 
 # perf counting the raw_syscalls tracepoint is precise and far cheaper than strace; strace is
@@ -130,53 +92,23 @@ pick_syscall_method() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Starting and stopping servers. Every server is started here, recorded in SERVICE_PIDS and
-# stopped by PID in stop_services (also from the EXIT trap).
-
-port_free() { [ -z "$(ss -Htln "sport = :$1")" ]; }
-
-check_ports() {
-    local p
-    for p in $B1 $B2 $B3 $LB_PORT $NGINX_PORT $HAPROXY_PORT; do
-        port_free "$p" || die "127.0.0.1:$p is in use (another run?); choose PORT_BASE=..."
-    done
-}
-
-# Waits until http://127.0.0.1:PORT/ answers 200, failing early if the server died.
-wait_http() {
-    local port=$1 pid=$2 name=$3 i
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited at startup (log: ${LOGS[$name]:-?})"
-        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ] &&
-            return 0
-        sleep 0.1
-    done
-    die "$name did not answer on 127.0.0.1:$port within 10 s"
-}
-
-# Fills a template's @NAME@ placeholders.
-render() {
-    local template=$1 out=$2 workers=$3 port=$4
-    sed -e "s|@WORK@|$WORK|g" -e "s|@WORKERS@|$workers|g" -e "s|@THREADS@|$workers|g" \
-        -e "s|@PORT@|$port|g" -e "s|@KEEPALIVE@|$LB_UPSTREAM_KEEPALIVE|g" \
-        -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@B3@|$B3|g" "$template" >"$out"
-}
+# Starting and stopping servers (see common.sh).
 
 # One backend process serving the three ports (one thread each), on the load core if pinned.
 start_backends() {
     LOGS[direct]="$WORK/backend.log"
-    "${LOAD_PIN[@]}" "$BACKEND_BIN" "$B1" "$B2" "$B3" >"${LOGS[direct]}" 2>&1 &
+    "${LOAD_PIN[@]}" "$BACKEND_BIN" "${B[1]}" "${B[2]}" "${B[3]}" >"${LOGS[direct]}" 2>&1 &
     local pid=$!
     SERVICE_PIDS+=("$pid")
     PIDS[direct]=$pid
-    wait_http "$B1" "$pid" direct
-    wait_http "$B2" "$pid" direct
-    wait_http "$B3" "$pid" direct
+    wait_http "${B[1]}" "$pid" direct
+    wait_http "${B[2]}" "$pid" direct
+    wait_http "${B[3]}" "$pid" direct
 }
 
 start_lb-mio() {
     local workers=$1 cfg="$WORK/lb-mio.ini"
-    render "$BENCH_DIR/lb-mio.ini.in" "$cfg" "$workers" "$LB_PORT"
+    render "$BENCH_DIR/lb-mio.ini.in" "$cfg" "$LB_PORT" "$workers" KEEPALIVE="$LB_UPSTREAM_KEEPALIVE"
     LOGS[lb-mio]="$WORK/lb-mio.log"
     "${BAL_PIN[@]}" "$LB_BIN" "$cfg" >>"${LOGS[lb-mio]}" 2>&1 &
     local pid=$!
@@ -188,7 +120,7 @@ start_lb-mio() {
 start_nginx() {
     local workers=$1 cfg="$WORK/nginx.conf" pid i
     mkdir -p "$WORK/nginx-tmp"
-    render "$BENCH_DIR/nginx.conf.in" "$cfg" "$workers" "$NGINX_PORT"
+    render "$BENCH_DIR/nginx.conf.in" "$cfg" "$NGINX_PORT" "$workers"
     LOGS[nginx]="$WORK/nginx-error.log"
     touch "${LOGS[nginx]}"
     # -e: the error log nginx uses before it has read the config (default /var/log/nginx).
@@ -209,7 +141,7 @@ start_nginx() {
 
 start_haproxy() {
     local threads=$1 cfg="$WORK/haproxy.cfg" pid
-    render "$BENCH_DIR/haproxy.cfg.in" "$cfg" "$threads" "$HAPROXY_PORT"
+    render "$BENCH_DIR/haproxy.cfg.in" "$cfg" "$HAPROXY_PORT" "$threads"
     LOGS[haproxy]="$WORK/haproxy.log"
     haproxy -c -q -f "$cfg" || die "haproxy config check failed"
     # -db: stay in the foreground, one process (no master), so $! is the process to measure.
@@ -220,40 +152,10 @@ start_haproxy() {
     wait_http "$HAPROXY_PORT" "$pid" haproxy
 }
 
-# SIGTERM, then SIGKILL whatever is left after 5 s.
-stop_pids() {
-    local pid i alive
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for i in $(seq 50); do
-        alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
-
 stop_services() {
     [ ${#SERVICE_PIDS[@]} -gt 0 ] && stop_pids "${SERVICE_PIDS[@]}"
     SERVICE_PIDS=()
     PIDS=()
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    [ ${#HELPER_PIDS[@]} -gt 0 ] && stop_pids "${HELPER_PIDS[@]}"
-    stop_services
-    [ "$CREATED_POLICY_RC" = 1 ] && rm -f /usr/sbin/policy-rc.d
-    if [ -n "$WORK" ]; then
-        if [ "$KEEP_TMP" = 1 ] || [ $rc -ne 0 ]; then
-            log "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit $rc
 }
 
 # Sets the pinning for a mode and starts the backends and every balancer in TARGETS.
@@ -264,7 +166,7 @@ start_mode() {
         all) BAL_PIN=() LOAD_PIN=() workers=2 ;;
         *) die "unknown mode $mode (pinned | all)" ;;
     esac
-    check_ports
+    check_ports "${B[1]}" "${B[2]}" "${B[3]}" "$LB_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
     start_backends
     for t in $TARGETS; do
         [ "$t" = direct ] || "start_$t" "$workers"
@@ -273,14 +175,6 @@ start_mode() {
 
 # ---------------------------------------------------------------------------------------------
 # Measuring.
-
-target_port() {
-    case $1 in
-        direct) echo "$B1" ;; lb-mio) echo "$LB_PORT" ;;
-        nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
-        *) die "unknown target $1" ;;
-    esac
-}
 
 # utime+stime in clock ticks, summed over processes (each /proc/PID/stat covers all threads).
 cpu_ticks() {
@@ -479,18 +373,8 @@ summarize() {
     ' "$counts_csv" "$WORK/runs.csv"
 }
 
-# Called right after the build: the tree may change (other people commit) while the run goes on.
 machine_info() {
-    local cpu
-    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)"
-    local commit dirty=""
-    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
-        dirty=" + uncommitted changes in: $(git -C "$ROOT" status --porcelain --untracked-files=no | awk '{print $2}' | tr '\n' ' ')"
-    echo "- lb-mio: commit $commit$dirty (as built at the start of the run)"
-    echo "- $(nginx -v 2>&1)"
-    echo "- $(haproxy -v 2>&1 | head -n 1)"
+    machine_lines "" ""
     echo "- wrk: $(wrk -v 2>&1 | head -n 1 | sed 's/ Copyright.*//')"
     echo "- perf: $(perf --version 2>&1 | head -n 1)"
 }
@@ -502,12 +386,7 @@ write_results() {
     {
         echo "# Load comparison, $(date +%F)"
         echo
-        echo "Started $(date -d "@$START_EPOCH" '+%F %T %Z'); took $((elapsed / 60)) min $((elapsed % 60)) s."
-        echo
-        echo "Command: \`$cmd\`"
-        echo
-        echo "$MACHINE_INFO"
-        echo "- load average (1, 5, 15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        run_header "$cmd" "$elapsed"
         echo
         echo "$table"
         echo
@@ -542,15 +421,11 @@ write_results() {
 }
 
 main() {
-    START_EPOCH=$(date +%s)
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
-    ensure_tools
-    build
-    MACHINE_INFO=$(machine_info)
-    LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    begin_run
+    ensure_load_tools
+    build backend
     pick_syscall_method
-    WORK=$(mktemp -d /tmp/lb-mio-load.XXXXXX)
+    prepare_run load
     : >"$WORK/runs.csv"
     log "work directory $WORK; $ROUNDS rounds x modes ($MODES) x conns ($CONNS) x targets ($TARGETS), $DURATION each"
     local mode
@@ -559,10 +434,7 @@ main() {
     table=$(summarize)
     elapsed=$(($(date +%s) - START_EPOCH))
     write_results "$table" "$elapsed"
-    echo
-    echo "$table"
-    echo
-    [ ${#NOTES[@]} -gt 0 ] && printf 'note: %s\n' "${NOTES[@]}"
+    print_summary "$table"
     log "wrote $RESULTS (run took $((elapsed / 60)) min $((elapsed % 60)) s)"
 }
 
