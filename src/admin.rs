@@ -2,7 +2,7 @@
 //! drain, reweight and remove backends, `/metrics` in Prometheus text format, and the status
 //! page. One request per connection, answered and closed: it serves operators, not traffic.
 
-use crate::config::BackendConf;
+use crate::config::{self, BackendConf};
 use crate::metrics;
 use crate::pool::{Backend, State, MAX_BACKENDS};
 use crate::shared::{Shared, Snapshot};
@@ -11,15 +11,22 @@ use log::{info, warn};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest admin request (head and body) accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// How long a client may take to send its request or read the answer.
+/// How long a client may take to send its whole request, and to read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Admin requests served at once; more are dropped.
+const MAX_OPEN: usize = 16;
+
+/// How long accepting pauses after it failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const STATUS_PAGE: &str = include_str!("status.html");
 
@@ -31,14 +38,58 @@ pub fn spawn(
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
-    thread::Builder::new().name("admin".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            if let Err(e) = serve(&shared, stream, token.as_deref()) {
-                warn!("admin: {e}");
+    let token: Arc<Option<String>> = Arc::new(token);
+    let open = Arc::new(AtomicUsize::new(0));
+    thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: accepting again at once would fail the same way.
+                    warn!("admin: accept: {e}");
+                    thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            // Each request on a thread of its own, so a slow client delays nobody else.
+            if open.fetch_add(1, Ordering::Relaxed) >= MAX_OPEN {
+                open.fetch_sub(1, Ordering::Relaxed);
+                continue; // dropped: too many admin requests at once
             }
-        }
-    })?;
+            let (shared, token, open) =
+                (Arc::clone(&shared), Arc::clone(&token), Arc::clone(&open));
+            let spawned = thread::Builder::new()
+                .name("admin-request".into())
+                .spawn(move || {
+                    if let Err(e) = serve(&shared, stream, token.as_deref()) {
+                        warn!("admin: {e}");
+                    }
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            if let Err(e) = spawned {
+                warn!("admin: cannot start a thread: {e}");
+            }
+        })?;
     Ok(addr)
+}
+
+/// Reads that share one deadline: a client must send its whole request in time, however it
+/// spaces its bytes.
+struct Timed<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// An admin request, read whole.
@@ -71,10 +122,13 @@ impl Answer {
 }
 
 fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let peer = stream.peer_addr()?;
-    let answer = match read_request(&mut stream) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let answer = match read_request(&mut Timed {
+        stream: &mut stream,
+        deadline,
+    }) {
         Ok(request) => match check_access(&request, peer, token) {
             Ok(()) => route(shared, &request),
             Err(answer) => answer,
@@ -100,7 +154,7 @@ fn check_access(request: &Request, peer: SocketAddr, token: Option<&str>) -> Res
                 .authorization
                 .as_deref()
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if given == Some(token) {
+            if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
                 Ok(())
             } else {
                 Err(Answer::error(401, "a valid bearer token is required"))
@@ -114,7 +168,7 @@ fn check_access(request: &Request, peer: SocketAddr, token: Option<&str>) -> Res
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
+fn read_request(stream: &mut Timed) -> Result<Request, String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -155,7 +209,7 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
 }
 
 fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Timed,
     mut buf: Vec<u8>,
     head_len: usize,
     length: usize,
@@ -317,11 +371,13 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 format!("at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"),
             ));
         }
-        let backend = Backend::new(&BackendConf {
-            name,
-            ..conf.clone()
-        });
-        backend.transition(State::Up, State::Down);
+        let backend = Backend::new(
+            &BackendConf {
+                name,
+                ..conf.clone()
+            },
+            State::Down,
+        );
         let mut backends = snap.backends.to_vec();
         backends.push(Arc::new(backend));
         Ok(Snapshot::new(snap.config.clone(), backends.into()))
@@ -349,9 +405,7 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
         .get("address")
         .and_then(Value::as_str)
         .ok_or("\"address\" (\"ip:port\") is required")?;
-    let addr: SocketAddr = address
-        .parse()
-        .map_err(|_| format!("bad address {address:?}: expected ip:port"))?;
+    let addr = config::parse_backend_addr(address)?;
     let weight = match value.get("weight") {
         None => 1,
         Some(w) => w
@@ -363,16 +417,16 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
         None => String::new(),
         Some(n) => {
             let n = n.as_str().ok_or("\"name\" must be a string")?;
-            let valid = (1..=64).contains(&n.len())
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !valid {
-                return Err(format!("bad name {n:?}: 1-64 of A-Z a-z 0-9 _ . -"));
-            }
+            config::check_backend_name(n)?;
             n.to_string()
         }
     };
     Ok(BackendConf { name, addr, weight })
+}
+
+/// Compares in time that depends on the length only, so timing tells nothing of the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn reason(status: u16) -> &'static str {
@@ -385,6 +439,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
-        _ => "Conflict",
+        409 => "Conflict",
+        _ => "",
     }
 }

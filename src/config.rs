@@ -599,7 +599,7 @@ fn parse_path(v: &str) -> Result<String, String> {
 fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
     check_backend_name(name)?;
     let mut words = v.split_whitespace();
-    let addr = parse_addr(words.next().unwrap_or(""))?;
+    let addr = parse_backend_addr(words.next().unwrap_or(""))?;
     let weight = words.next().map_or(Ok(1), parse_weight)?;
     if let Some(extra) = words.next() {
         return Err(format!("unexpected {extra:?} after the weight"));
@@ -620,7 +620,16 @@ fn parse_weight(word: &str) -> Result<u32, String> {
     parse_range(n, 1, 1000).map_err(|_| format!("expected weight=1..=1000, got {word:?}"))
 }
 
-fn check_backend_name(name: &str) -> Result<(), String> {
+/// A backend address: a literal `ip:port` that can be connected to (not port 0, not 0.0.0.0).
+pub fn parse_backend_addr(v: &str) -> Result<SocketAddr, String> {
+    let addr = parse_addr(v)?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!("{v:?} cannot be connected to"));
+    }
+    Ok(addr)
+}
+
+pub fn check_backend_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if (1..=64).contains(&name.len()) && name.chars().all(ok_char) {
         Ok(())

@@ -99,14 +99,16 @@ pub struct Backend {
 struct Padded(AtomicUsize);
 
 impl Backend {
-    pub fn new(conf: &BackendConf) -> Backend {
+    /// A backend that starts in `state` (`Up` at start-up; `Down` when added at run time, so it
+    /// takes traffic only once its health checks pass).
+    pub fn new(conf: &BackendConf, state: State) -> Backend {
         Backend {
             name: conf.name.clone(),
             addr: conf.addr,
             weight: AtomicU32::new(conf.weight),
             removing: AtomicBool::new(false),
             last_probe: Mutex::new(None),
-            state: AtomicU8::new(State::Up as u8),
+            state: AtomicU8::new(state as u8),
             up_since: AtomicU64::new(STEADY),
             fails: AtomicU32::new(0),
             transitions: AtomicU64::new(0),
@@ -213,7 +215,10 @@ impl Backend {
 pub type Backends = Arc<[Arc<Backend>]>;
 
 pub fn from_config(confs: &[BackendConf]) -> Backends {
-    confs.iter().map(|c| Arc::new(Backend::new(c))).collect()
+    confs
+        .iter()
+        .map(|c| Arc::new(Backend::new(c, State::Up)))
+        .collect()
 }
 
 /// A request in flight on a backend: counted while the lease lives, so no path that ends a

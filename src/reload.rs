@@ -28,8 +28,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
                         "at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"
                     ));
                 }
-                let backend = Backend::new(conf);
-                backend.transition(State::Up, State::Down);
+                let backend = Backend::new(conf, State::Down);
                 info!(
                     "reload: backend {} at {} added; down until its health checks pass",
                     conf.name, conf.addr
