@@ -212,6 +212,8 @@ pub struct Conn {
     exchange: Option<Exchange>,
     client_eof: bool,
     shut_down: bool,
+    /// At least one exchange finished on this connection.
+    served: bool,
     pub deadline: Instant,
 }
 
@@ -239,13 +241,15 @@ impl Conn {
             exchange: None,
             client_eof: false,
             shut_down: false,
+            served: false,
             deadline,
         }
     }
 
-    /// Waiting between requests with nothing in flight or buffered.
+    /// Kept alive after a response, waiting for a next request, with nothing buffered. (A new
+    /// connection that has not sent its first request yet is not idle: one is on its way.)
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
+        self.served && self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
     }
 
     pub fn client(&mut self) -> &mut TcpStream {
@@ -765,6 +769,7 @@ impl Conn {
             return Err(Stop::Cut);
         }
         let ex = self.exchange.take().expect("checked above");
+        self.served = true;
         let unsent = held(&self.uout) - ex.sent;
         let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
         if let Some(up) = ex.upstream {

@@ -187,7 +187,15 @@ impl Worker {
             .map(|(id, _)| id)
             .collect();
         for id in idle {
-            self.with_conn(id, now, Conn::close);
+            // A request that arrived but was not read yet is served (its response closes the
+            // connection); only a connection with nothing to read is closed now.
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.ready.readable = true;
+            }
+            self.drive(id, now);
+            if self.conns.get(id).is_some_and(Conn::is_idle) {
+                self.with_conn(id, now, Conn::close);
+            }
         }
     }
 
