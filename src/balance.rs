@@ -20,6 +20,10 @@ impl Tried {
         }
     }
 
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     pub fn has(self, id: usize) -> bool {
         id < 64 && self.0 & (1 << id) != 0
     }
@@ -63,8 +67,14 @@ pub struct RoundRobin {
 impl Balancer for RoundRobin {
     fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
         let n = backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A retry looks from the next turn without taking it: it must not shift the rotation
+        // (with a dead backend, every request would meet it first).
         let avoid = pick.avoid;
+        let start = if avoid.is_empty() {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
         let mut turn = (0..n)
             .map(|i| start.wrapping_add(i) % n)
             .filter(|&id| eligible(backends, avoid, id));
@@ -188,6 +198,33 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(pick_once(&*balancer, &pool, tried), Some(2));
         }
+    }
+
+    #[test]
+    fn a_retry_does_not_take_a_turn() {
+        let pool = backends(3);
+        let balancer = round_robin();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut pick = |avoid| {
+            balancer.pick(
+                &pool,
+                &mut Pick {
+                    avoid,
+                    rng: &mut rng,
+                    now_ms: 0,
+                },
+            )
+        };
+        assert_eq!(pick(Tried::default()), Some(0));
+        let mut tried = Tried::default();
+        tried.add(0);
+        assert_eq!(pick(tried), Some(1), "the retry goes to the next backend");
+        assert_eq!(
+            pick(Tried::default()),
+            Some(1),
+            "and the next request still has its turn"
+        );
+        assert_eq!(pick(Tried::default()), Some(2));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The health thread: probes every backend with `GET <path>` on its own connections and flips
-//! each backend's atomic state after `rise` good or `fall` bad probes in a row. Workers only
+//! Health checks: a prober thread per backend sends `GET <path>` on its own connections and
+//! flips the backend's atomic state after `rise` good or `fall` bad probes in a row. Workers only
 //! read the state (and mark a backend down when live traffic fails on it), so they never wait
 //! for a probe.
 
@@ -16,63 +16,66 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How often the health thread looks for new backends and for drained ones to remove.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+
 pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("health".into())
-        .spawn(move || run(&shared))
+        .spawn(move || supervise(&shared))
 }
 
-fn run(shared: &Shared) {
-    let mut trackers = Vec::new();
-    // Seeded from the clock: balancers started alike must not share a probe schedule.
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = SmallRng::seed_from_u64(seed);
+/// Gives every backend a prober thread of its own, so a slow or black-holed backend delays no
+/// other backend's checks, and removes deleted backends once their last request finished.
+fn supervise(shared: &Arc<Shared>) {
+    let mut probed = 0; // backends get ids in order and keep them, so a count says who has one
     loop {
-        let started = Instant::now();
-        // A fresh snapshot each round: backends added or settings reloaded take effect here.
         let snap = shared.load();
-        let conf = &snap.config.health;
-        trackers.resize_with(snap.backends.len(), Tracker::default);
-        let results = probe_all(&snap.backends, conf);
-        for ((backend, tracker), result) in snap.backends.iter().zip(&mut trackers).zip(results) {
-            if let Some(result) = result {
-                tracker.observe(backend, conf, result, started);
-            }
-            if backend.drained_for_removal() && backend.transition(State::Draining, State::Removed)
+        for backend in &snap.backends[probed..] {
+            let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
+            let name = format!("probe-{}", backend.name);
+            if let Err(e) = thread::Builder::new()
+                .name(name)
+                .spawn(move || probe_loop(&shared, &backend))
             {
+                warn!("cannot start a health prober: {e}");
+            }
+        }
+        probed = snap.backends.len();
+        for backend in snap.backends.iter().filter(|b| b.drained_for_removal()) {
+            if backend.transition(State::Draining, State::Removed) {
                 info!("backend {} removed from the pool: drained", backend.name);
             }
         }
-        // ±10% jitter keeps several balancers from probing a backend in lockstep.
-        let jitter = conf.interval.mul_f64(rng.random_range(0.9..1.1));
-        thread::sleep(jitter.saturating_sub(started.elapsed()));
+        thread::sleep(SUPERVISE_EVERY);
     }
 }
 
-/// Probes every backend that is up or down, each on a thread of its own so a black-holed
-/// backend delays no other backend's check. `None` for draining and removed backends.
-fn probe_all(
-    backends: &[Arc<Backend>],
-    conf: &Health,
-) -> Vec<Option<Result<Duration, ProbeError>>> {
-    thread::scope(|s| {
-        let probes: Vec<_> = backends
-            .iter()
-            .map(|b| {
-                let probed = matches!(b.state(), State::Up | State::Down);
-                probed.then(|| s.spawn(|| probe(b.addr, conf)))
-            })
-            .collect();
-        probes
-            .into_iter()
-            .map(|p| p.map(|p| p.join().unwrap_or(Err(ProbeError::Panicked))))
-            .collect()
-    })
+/// Probes one backend every interval (±10% jitter, so balancers started alike do not probe in
+/// lockstep) while it is up or down, with the health settings of the moment; ends when the
+/// backend leaves the pool.
+fn probe_loop(shared: &Shared, backend: &Backend) {
+    let mut tracker = Tracker::default();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = SmallRng::seed_from_u64(seed ^ backend.addr.port() as u64);
+    loop {
+        let started = Instant::now();
+        let conf = shared.load().config.health.clone();
+        match backend.state() {
+            State::Removed => return,
+            State::Up | State::Down => {
+                tracker.observe(backend, &conf, probe(backend.addr, &conf), started)
+            }
+            State::Draining => {}
+        }
+        let pause = conf.interval.mul_f64(rng.random_range(0.9..1.1));
+        thread::sleep(pause.saturating_sub(started.elapsed()));
+    }
 }
 
-/// What the health thread remembers of one backend between rounds.
+/// What a prober remembers of its backend between probes.
 #[derive(Debug, Default, Clone)]
 struct Tracker {
     streak: Streak,
