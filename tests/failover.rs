@@ -161,11 +161,7 @@ fn sync_log(lb: &Lb) {
     let mut stream = connect(lb.addr);
     send(&mut stream, "GET /sync HTTP/1.1\r\n\r\n");
     let _ = try_read_to_close(&mut stream);
-    assert!(
-        lb.wait_for_log_count("rejected request", before + 1, WAIT),
-        "no log line for the rejected request:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log_count("rejected request", before + 1, WAIT);
 }
 
 /// One `GET path` on a new connection: the status and body, or what went wrong.
@@ -342,11 +338,7 @@ fn a_backend_killed_mid_stream_costs_the_clients_nothing() {
         .filter(|l| l.contains("before responding"))
         .count();
     assert!(cut > 0, "no request was cut off:\n{}", lb.log_text());
-    assert!(
-        lb.wait_for_log("backend doomed is down", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend doomed is down", WAIT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,11 +406,7 @@ fn a_backend_that_never_answers_gives_bounded_504s_then_is_marked_down() {
         }
         statuses.insert(path, resp.status);
     }
-    assert!(
-        lb.wait_for_log("backend hole is down: 3 failures in a row", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend hole is down: 3 failures in a row", WAIT);
     let at_ok: Vec<String> = ok.requests().into_iter().map(|r| r.target).collect();
     // Every request is at one backend or the other (the hole records as it reads).
     assert!(wait_until(WAIT, || {
@@ -678,7 +666,7 @@ fn all_down_gives_a_fast_503_and_a_recovered_backend_gets_traffic_after_rise_pro
     ));
     for name in ["a", "b"] {
         let line = format!("backend {name} is down: status 500");
-        assert!(lb.wait_for_log(&line, WAIT), "{}", lb.log_text());
+        lb.expect_log(&line, WAIT);
     }
     // The slowest of 10 answers, from sending the request to the end of the 503. Slack for a
     // loaded machine: up to three batches of 10, one of which must be all under 50 ms (an
@@ -739,11 +727,7 @@ fn all_down_gives_a_fast_503_and_a_recovered_backend_gets_traffic_after_rise_pro
         took <= latest,
         "back only after {took:?} (limit {latest:?})"
     );
-    assert!(
-        lb.wait_for_log("backend a is up", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend a is up", WAIT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,17 +833,9 @@ fn slow_start_ramps_a_recovered_backend_up() {
             "[health]\ninterval_ms = 50\n{PROBE_TIMEOUT}\nrise = 1\nfall = 1\nslow_start_s = 2\n"
         ),
     ));
-    assert!(
-        lb.wait_for_log("backend fresh is down", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend fresh is down", WAIT);
     fresh.set_healthy(true);
-    assert!(
-        lb.wait_for_log("backend fresh is up", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend fresh is up", WAIT);
     let up_at = Instant::now();
     let mut stream = connect(lb.addr);
     // The first 0.5 s (thousands of requests on an idle machine).
@@ -910,13 +886,9 @@ fn refused_connections_mark_a_backend_down_after_max_fails_and_it_gets_no_more_a
             lb.log_text()
         );
     }
-    assert!(
-        lb.wait_for_log(
-            "backend dead is down: 4 failures in a row, the last: connect",
-            WAIT
-        ),
-        "{}",
-        lb.log_text()
+    lb.expect_log(
+        "backend dead is down: 4 failures in a row, the last: connect",
+        WAIT,
     );
     sync_log(&lb);
     let attempts = lines_with(&lb, "backend dead failed");
@@ -977,11 +949,7 @@ fn a_health_answer_outside_the_status_range_fails_the_probe() {
         &[("moved", moved.addr)],
         &format!("[health]\npath = /default\n{health}"),
     ));
-    assert!(
-        strict.wait_for_log("backend moved is down: status 301", WAIT),
-        "{}",
-        strict.log_text()
-    );
+    strict.expect_log("backend moved is down: status 301", WAIT);
     assert_eq!(get(strict.addr, "/").status, 503);
     // Five more 301s for the default balancer (with fall = 1 any one would mark it down).
     let seen = count_path(&moved, "/default");
@@ -997,11 +965,7 @@ fn a_health_answer_outside_the_status_range_fails_the_probe() {
 
     // The top of the range is in it.
     status.store(204, Ordering::SeqCst);
-    assert!(
-        strict.wait_for_log("backend moved is up", WAIT),
-        "{}",
-        strict.log_text()
-    );
+    strict.expect_log("backend moved is up", WAIT);
     assert_eq!(get(strict.addr, "/").status, 200);
 }
 
@@ -1021,11 +985,7 @@ fn a_slow_health_answer_fails_the_probe_when_slow_ms_is_set() {
         &backends,
         &format!("[health]\npath = /off\nslow_ms = 0\n{health}"),
     ));
-    assert!(
-        lb.wait_for_log("backend slowpoke is down: slow", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend slowpoke is down: slow", WAIT);
     // Three slow answers for `off`: the third is sent after the second was acted on.
     assert!(wait_until(WAIT, || count_path(&slowpoke, "/off") >= 3));
     sync_log(&lb);
@@ -1052,17 +1012,9 @@ fn a_backend_down_for_remove_after_s_is_removed_for_good() {
             "[health]\ninterval_ms = 50\n{PROBE_TIMEOUT}\nrise = 1\nfall = 1\nremove_after_s = 1\n"
         ),
     ));
-    assert!(
-        lb.wait_for_log("backend gone is down", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend gone is down", WAIT);
     let down_at = Instant::now();
-    assert!(
-        lb.wait_for_log("backend gone removed from the pool", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend gone removed from the pool", WAIT);
     let took = down_at.elapsed();
     assert!(took >= Duration::from_millis(850), "removed after {took:?}");
 
@@ -1106,7 +1058,7 @@ fn a_zero_retry_budget_lets_refused_connections_through_as_502() {
         statuses.iter().all(|&s| s == 200 || s == 502),
         "{statuses:?}"
     );
-    assert!(lb.wait_for_log("retry budget", WAIT), "{}", lb.log_text());
+    lb.expect_log("retry budget", WAIT);
 }
 
 /// The control: the default budget retries them all.
@@ -1179,18 +1131,10 @@ fn a_black_holed_backend_does_not_slow_the_other_backends_health_checks() {
         &[("a", a.addr), ("hole", hole.addr)],
         "[health]\ninterval_ms = 50\ntimeout_ms = 3000\nrise = 2\nfall = 1\n",
     ));
-    assert!(
-        lb.wait_for_log("backend a is down", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend a is down", WAIT);
     a.set_healthy(true);
     let back = Instant::now();
-    assert!(
-        lb.wait_for_log("backend a is up", Duration::from_secs(8)),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend a is up", Duration::from_secs(8));
     // rise x interval (+10% jitter) plus one interval, with 1.5 s of slack for a loaded
     // machine: still well under the 3 s that waiting for the black hole's probe would take.
     let took = back.elapsed();

@@ -5,11 +5,11 @@
 mod support;
 
 use socket2::{Domain, SockRef, Socket, Type};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -64,11 +64,7 @@ fn every_backend_refusing_gives_502_after_trying_each() {
     assert_names_no_backend(&resp, &[("dead1", d1), ("dead2", d2)]);
     for name in ["dead1", "dead2"] {
         let line = format!("backend {name} failed");
-        assert!(
-            lb.wait_for_log(&line, WAIT),
-            "no {line:?}:\n{}",
-            lb.log_text()
-        );
+        lb.expect_log(&line, WAIT);
     }
 }
 
@@ -80,11 +76,7 @@ fn all_backends_marked_down_gives_503_with_retry_after_and_recovers() {
         &[("sick", backend.addr)],
         "[health]\ninterval_ms = 20\ntimeout_ms = 500\nrise = 1\nfall = 1\n",
     ));
-    assert!(
-        lb.wait_for_log("backend sick is down", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend sick is down", WAIT);
     let resp = get(lb.addr, "/");
     assert_eq!(resp.status, 503, "{}", resp.head_str());
     let retry_after: u64 = resp
@@ -95,18 +87,10 @@ fn all_backends_marked_down_gives_503_with_retry_after_and_recovers() {
     assert!(retry_after >= 1);
     assert_names_no_backend(&resp, &[("sick", backend.addr)]);
     assert_eq!(backend.request_count(), 0, "a down backend got a request");
-    assert!(
-        lb.wait_for_log("no backend is up", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("no backend is up", WAIT);
 
     backend.set_healthy(true);
-    assert!(
-        lb.wait_for_log("backend sick is up", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend sick is up", WAIT);
     let resp = get(lb.addr, "/");
     assert_eq!(resp.status, 200, "{}", resp.head_str());
     assert_eq!(resp.body_str(), "sick");
@@ -127,11 +111,7 @@ fn a_refusing_backend_is_skipped_when_retries_allow() {
     }
     assert_eq!(live.request_count(), 8);
     // Round robin sent half of them to the dead backend first.
-    assert!(
-        lb.wait_for_log("backend dead failed", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend dead failed", WAIT);
 }
 
 #[test]
@@ -399,11 +379,7 @@ fn a_hanging_connect_gives_504_after_connect_ms() {
     assert_eq!(resp.status, 504, "{}", resp.head_str());
     assert!(took >= Duration::from_millis(250), "too early: {took:?}");
     assert!(took < Duration::from_millis(2500), "too late: {took:?}");
-    assert!(
-        lb.wait_for_log("connect timeout", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("connect timeout", WAIT);
 }
 
 #[test]
@@ -420,11 +396,7 @@ fn a_hanging_connect_is_retried_on_another_backend() {
         assert_eq!(resp.status, 200, "{}", resp.head_str());
         assert_eq!(resp.body_str(), "live");
     }
-    assert!(
-        lb.wait_for_log("connect timeout", WAIT),
-        "{}",
-        lb.log_text()
-    );
+    lb.expect_log("connect timeout", WAIT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,6 +490,21 @@ fn closed_within(stream: &mut TcpStream, limit: Duration, lb: &Lb) -> Duration {
 /// `header_ms` or `backend_ms` (and gets no 408 it can no longer use), and its backend
 /// connection with it. Repeated, because the data and the FIN arrive in one readiness event
 /// only some of the time.
+/// Waits (≤3 s) for lb-mio to close `stream` on a 300 ms timeout and checks when it did.
+#[track_caller]
+fn assert_closed_after_300ms(stream: &mut TcpStream, lb: &Lb) {
+    let took = closed_within(stream, Duration::from_secs(3), lb);
+    // lb-mio's clock for this may start a little before ours: half the timeout is the bound.
+    assert!(
+        took >= Duration::from_millis(150),
+        "closed too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2000),
+        "closed too late: {took:?}"
+    );
+}
+
 #[test]
 fn a_client_closing_right_after_sending_is_let_go_at_once() {
     let backend = Backend::named("b");
@@ -558,16 +545,7 @@ fn an_idle_keep_alive_connection_is_closed_after_idle_ms() {
     ));
     let mut stream = connect(lb.addr);
     assert_eq!(get_on(&mut stream, "/").status, 200);
-    let took = closed_within(&mut stream, Duration::from_secs(3), &lb);
-    // lb-mio's clock for this may start a little before ours: half the timeout is the bound.
-    assert!(
-        took >= Duration::from_millis(150),
-        "closed too early: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(2000),
-        "closed too late: {took:?}"
-    );
+    assert_closed_after_300ms(&mut stream, &lb);
 }
 
 #[test]
@@ -593,16 +571,7 @@ fn a_connection_that_never_sends_is_closed_after_header_ms() {
         &format!("[timeouts]\nheader_ms = 300\nidle_ms = 5000\n{NO_HEALTH}"),
     ));
     let mut stream = connect(lb.addr);
-    let took = closed_within(&mut stream, Duration::from_secs(3), &lb);
-    // lb-mio's clock for this may start a little before ours: half the timeout is the bound.
-    assert!(
-        took >= Duration::from_millis(150),
-        "closed too early: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(2000),
-        "closed too late: {took:?}"
-    );
+    assert_closed_after_300ms(&mut stream, &lb);
     assert_eq!(get(lb.addr, "/").status, 200);
 }
 
@@ -645,69 +614,15 @@ fn max_connections_holds_the_next_connection_until_one_closes() {
 }
 
 /// lb-mio started as `sh -c "ulimit -n N; exec lb-mio CONFIG"`, killed on drop.
-struct LimitedLb {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    _config: TempFile,
-}
-
-impl LimitedLb {
-    fn start(fds: u32, ini: &str) -> LimitedLb {
-        let config = TempFile::new(".ini", ini.as_bytes());
-        let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
-        let mut child = Command::new("sh")
-            .args(["-c", &script, BIN, config.path_str()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut lb = LimitedLb {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-            _config: config,
-        };
-        let listening = wait_until(START_TIMEOUT, || {
-            let log = lb.log.lock().unwrap();
-            let found = log.iter().find_map(|l| {
-                let rest = &l[l.find("lb-mio listening on ")? + 20..];
-                rest.split_whitespace()
-                    .next()?
-                    .trim_end_matches(':')
-                    .parse()
-                    .ok()
-            });
-            found.map(|addr| lb.addr = addr).is_some()
-        });
-        assert!(listening, "lb-mio did not start:\n{}", lb.log_text());
-        lb
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for LimitedLb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+#[track_caller]
+fn start_limited(fds: u32, ini: &str) -> Lb {
+    let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
+    Lb::try_start_as(ini, |config| {
+        let mut command = Command::new("sh");
+        command.args(["-c", &script, BIN]).arg(config);
+        command
+    })
+    .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"))
 }
 
 /// User plus system CPU time of a process so far, from `/proc/PID/stat`.
@@ -741,7 +656,7 @@ fn try_get(addr: SocketAddr) -> Option<u16> {
 #[test]
 fn out_of_file_descriptors_lb_mio_backs_off_without_spinning_and_recovers() {
     let backend = Backend::named("b");
-    let lb = LimitedLb::start(
+    let lb = start_limited(
         64,
         &ini(
             &[("b", backend.addr)],

@@ -166,11 +166,7 @@ fn reload_adds_a_backend_that_takes_traffic_once_its_health_checks_pass() {
 
     let hup = Instant::now();
     reload_ok(&lb, &ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
-    assert!(
-        lb.wait_for_log(&format!("backend b at {} added", b.addr), WAIT),
-        "log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log(&format!("backend b at {} added", b.addr), WAIT);
 
     // Health checks bring b up after RISE probes, one interval apart: a few hundred ms.
     let bound = Duration::from_millis(RISE * INTERVAL_MS + INTERVAL_MS) + Duration::from_secs(2);
@@ -191,11 +187,7 @@ fn reload_adds_a_backend_that_takes_traffic_once_its_health_checks_pass() {
         "b took traffic after only {probes} health probes (rise = {RISE}): it did not start down"
     );
     // The state flips before the line is written: the line may trail b's first request.
-    assert!(
-        lb.wait_for_log("backend b is up", WAIT),
-        "log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend b is up", WAIT);
     eprintln!(
         "b took traffic {:?} after SIGHUP, after {probes} probes",
         hup.elapsed()
@@ -224,7 +216,7 @@ fn reload_removes_a_backend_after_its_request_in_flight_finishes() {
         "backend {} at {} is gone from the config: draining",
         busy.name, busy.addr
     );
-    assert!(lb.wait_for_log(&draining, WAIT), "log:\n{}", lb.log_text());
+    lb.expect_log(&draining, WAIT);
 
     // While its request is in flight, the removed backend takes no new one.
     for i in 0..6 {
@@ -247,7 +239,7 @@ fn reload_removes_a_backend_after_its_request_in_flight_finishes() {
     let resp = slow.join().unwrap().expect("the request in flight failed");
     assert_eq!(served_by(&resp), busy.name, "the request in flight");
     let removed = format!("backend {} removed from the pool: drained", busy.name);
-    assert!(lb.wait_for_log(&removed, WAIT), "log:\n{}", lb.log_text());
+    lb.expect_log(&removed, WAIT);
 
     for i in 0..6 {
         assert_eq!(served_by(&get(lb.addr, &format!("/after/{i}"))), other.name);
@@ -291,11 +283,8 @@ fn a_broken_config_is_refused_with_its_line_and_the_old_one_keeps_running() {
     reload_ok(&lb, &fixed);
     let b_gone = format!("backend b at {} is gone from the config: draining", b.addr);
     let c_added = format!("backend c at {} added", c.addr);
-    assert!(
-        lb.wait_for_log(&b_gone, WAIT) && lb.wait_for_log(&c_added, WAIT),
-        "log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log(&b_gone, WAIT);
+    lb.expect_log(&c_added, WAIT);
     assert!(
         wait_until(WAIT, || served_by(&get(lb.addr, "/fixed")) == "c"),
         "c got no traffic after the fixed reload; log:\n{}",
@@ -365,11 +354,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
         "reload: [lb] listen and workers take effect at the next start",
         "reload: [admin] takes effect at the next start",
     ] {
-        assert!(
-            lb.wait_for_log(warning, WAIT),
-            "no {warning:?}; log:\n{}",
-            lb.log_text()
-        );
+        lb.expect_log(warning, WAIT);
     }
 
     // Still on the old address (the kept connection and new ones), nothing on the new ones;
@@ -469,7 +454,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
         )
     });
     assert!(status.success(), "exit: {status}; log:\n{}", lb.log_text());
-    assert!(lb.wait_for_log("lb-mio stopped", WAIT));
+    lb.expect_log("lb-mio stopped", WAIT);
     eprintln!(
         "idle connections closed {closed_idle:?} after SIGTERM, exit after {:?}",
         term.elapsed()

@@ -107,22 +107,14 @@ fn a_backend_failing_health_checks_gets_no_traffic_and_returns_when_healthy() {
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
 
     b.set_healthy(false);
-    assert!(
-        lb.wait_for_log("backend b is down", WAIT),
-        "b never marked down; log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend b is down", WAIT);
     for i in 0..10 {
         assert_eq!(body_of(&get(lb.addr, &format!("/down/{i}"))), "a");
     }
     assert_eq!(b.request_count(), 0, "a backend marked down got traffic");
 
     b.set_healthy(true);
-    assert!(
-        lb.wait_for_log("backend b is up", WAIT),
-        "b never came back; log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log("backend b is up", WAIT);
     let mut served = HashMap::new();
     for i in 0..10 {
         *served
@@ -985,11 +977,7 @@ fn log_barrier(lb: &Lb) {
     let before = lb.count_log("rejected request");
     let resp = request(lb.addr, "NOT HTTP\r\n\r\n");
     assert_eq!(resp.status, 400);
-    assert!(
-        lb.wait_for_log_count("rejected request", before + 1, WAIT),
-        "no 'rejected request' log line; log:\n{}",
-        lb.log_text()
-    );
+    lb.expect_log_count("rejected request", before + 1, WAIT);
 }
 
 /// Three GETs on one connection; returns the client's address as lb-mio sees it.

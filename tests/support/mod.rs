@@ -274,9 +274,18 @@ impl Lb {
 
     /// Like `start`, but a process that exits (or never listens) is an `Err` holding its stderr.
     pub fn try_start(ini: &str) -> Result<Lb, String> {
+        Lb::try_start_as(ini, |config| {
+            let mut command = Command::new(BIN);
+            command.arg(config);
+            command
+        })
+    }
+
+    /// Like `try_start`, but runs the command `command` makes of the config file's path: one
+    /// that ends up as (or `exec`s) `lb-mio CONFIG`.
+    pub fn try_start_as(ini: &str, command: impl FnOnce(&Path) -> Command) -> Result<Lb, String> {
         let config = TempFile::new(".ini", ini.as_bytes());
-        let mut child = Command::new(BIN)
-            .arg(config.path())
+        let mut child = command(config.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -374,6 +383,30 @@ impl Lb {
             // Bounded slices, so a process that dies (no more notifications) cannot stall us.
             let slice = (deadline - now).min(Duration::from_millis(50));
             guard = cv.wait_timeout(guard, slice).unwrap().0;
+        }
+    }
+
+    /// Waits (≤`within`) until some stderr line contains `needle`; panics, showing the log, if
+    /// none does.
+    #[track_caller]
+    pub fn expect_log(&self, needle: &str, within: Duration) {
+        if !self.wait_for_log(needle, within) {
+            panic!(
+                "no log line with {needle:?} within {within:?}; log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    /// Waits (≤`within`) until at least `count` stderr lines contain `needle`; panics, showing
+    /// the log, if they do not.
+    #[track_caller]
+    pub fn expect_log_count(&self, needle: &str, count: usize, within: Duration) {
+        if !self.wait_for_log_count(needle, count, within) {
+            panic!(
+                "fewer than {count} log lines with {needle:?} within {within:?}; log:\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -480,19 +513,12 @@ pub struct Request {
 impl Request {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 
     /// Every value of headers with this name (case-insensitive), in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_all(&self.headers, name)
     }
 
     pub fn has_header(&self, name: &str) -> bool {
@@ -1009,6 +1035,14 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+fn header_all<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
     headers
         .iter()
@@ -1247,11 +1281,7 @@ impl Resp {
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_all(&self.headers, name)
     }
 
     pub fn has_header(&self, name: &str) -> bool {
