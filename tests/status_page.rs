@@ -2,7 +2,9 @@
 //! traffic flows, runs its polling script, and dumps the DOM; the table must list both
 //! backends and every chart must have drawn samples.
 //!
-//! Needs Debian's `chromium` (`.ci/run` installs it). Without it the test fails, saying so.
+//! Needs Debian's `chromium`. Run as root (as on this project's machines and in CI), the test
+//! installs it with apt-get when it is missing, so `cargo test` works on a fresh machine;
+//! otherwise it fails, saying how to install it.
 
 mod support;
 
@@ -19,15 +21,44 @@ use support::*;
 /// Chromium gets this long before it is killed and the test fails (it takes about a second).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where Chromium is: `$CHROMIUM`, else `chromium` on the `PATH`.
+/// `chromium` on the `PATH`, if it is there.
+fn chromium_on_path() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("chromium"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// As root, installs Debian's `chromium` (a fresh machine has none).
+fn install_chromium() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+    if !root {
+        return;
+    }
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "chromium"],
+    ] {
+        let _ = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Where Chromium is: `$CHROMIUM`, else `chromium` on the `PATH` (installed first if need be).
 fn chromium() -> PathBuf {
     if let Some(path) = std::env::var_os("CHROMIUM") {
         return PathBuf::from(path);
     }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("chromium"))
-            .find(|p| p.is_file())
+    let found = chromium_on_path().or_else(|| {
+        install_chromium();
+        chromium_on_path()
     });
     found.unwrap_or_else(|| {
         panic!(
