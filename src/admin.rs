@@ -9,6 +9,7 @@ use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use log::{info, warn};
 use serde_json::{json, Value};
+use std::convert::Infallible;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -265,7 +266,20 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
             Answer::json(202, json!({ "name": b.name, "state": b.state().name() }))
         }),
         ("PUT", ["api", "backends", name]) => {
-            with_backend(shared, name, |b| set_weight(b, &request.body))
+            let answer = with_backend(shared, name, |b| set_weight(b, &request.body));
+            if answer.status == 200 {
+                // Weighted round robin's schedule is built from the weights: build it anew.
+                let rebuilt = shared.update(|snap| {
+                    Ok::<_, Infallible>(Snapshot::new(
+                        snap.config.clone(),
+                        Arc::clone(&snap.backends),
+                    ))
+                });
+                if let Err(never) = rebuilt {
+                    match never {}
+                }
+            }
+            answer
         }
         (_, ["", ..] | ["metrics"] | ["api", "backends", ..]) => {
             Answer::error(405, "method not allowed")

@@ -43,14 +43,40 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize>;
 }
 
-pub fn new(strategy: Strategy, slow_start: Duration) -> Box<dyn Balancer> {
+/// The strategy's balancer for `backends` (weights are read here: a weight change builds a new
+/// balancer, as every change to the pool does).
+pub fn new(
+    strategy: Strategy,
+    slow_start: Duration,
+    backends: &[Arc<Backend>],
+) -> Box<dyn Balancer> {
     let slow_start_ms = slow_start.as_millis() as u64;
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
     match strategy {
-        Strategy::RoundRobin => Box::new(RoundRobin {
-            next: AtomicUsize::new(0),
+        Strategy::RoundRobin => Box::new(RoundRobin::new(
+            (0..backends.len()).collect(),
+            slow_start_ms,
+        )),
+        Strategy::WeightedRoundRobin => {
+            Box::new(RoundRobin::new(smooth_schedule(&weights), slow_start_ms))
+        }
+        Strategy::LeastConn => Box::new(LeastConn {
+            weighted: false,
             slow_start_ms,
         }),
-        Strategy::LeastConn => Box::new(LeastConn { slow_start_ms }),
+        Strategy::WeightedLeastConn => Box::new(LeastConn {
+            weighted: true,
+            slow_start_ms,
+        }),
+        Strategy::Random => Box::new(Random {
+            weighted: false,
+            slow_start_ms,
+        }),
+        Strategy::WeightedRandom => Box::new(Random {
+            weighted: true,
+            slow_start_ms,
+        }),
+        Strategy::P2c => Box::new(P2c { slow_start_ms }),
     }
 }
 
@@ -58,15 +84,62 @@ fn eligible(backends: &[Arc<Backend>], avoid: Tried, id: usize) -> bool {
     backends[id].is_up() && !avoid.has(id)
 }
 
-/// Each request goes to the next backend in turn: one counter shared by all workers.
+/// How much traffic a backend should take relative to the others: its slow-start share, times
+/// its weight for the weighted strategies.
+fn capacity(backend: &Backend, pick: &Pick, slow_start_ms: u64, weighted: bool) -> f64 {
+    let weight = if weighted {
+        f64::from(backend.weight())
+    } else {
+        1.0
+    };
+    backend.share(pick.now_ms, slow_start_ms) * weight
+}
+
+/// The order in which nginx's smooth weighted round robin visits backends: each step every
+/// backend gains its weight, the richest is chosen and pays the total. Weights 5, 1, 1 give
+/// a a b a c a a — spread out, not a a a a a b c.
+pub fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let (best, _) = current
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, i64::MIN),
+                    |best, (id, &c)| if c > best.1 { (id, c) } else { best },
+                );
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+/// Backends take turns in a fixed schedule (each once for `round_robin`, the smooth weighted
+/// order for `weighted_round_robin`) walked by one counter shared by all workers.
 pub struct RoundRobin {
+    schedule: Vec<usize>,
     next: AtomicUsize,
     slow_start_ms: u64,
 }
 
+impl RoundRobin {
+    fn new(schedule: Vec<usize>, slow_start_ms: u64) -> RoundRobin {
+        RoundRobin {
+            schedule,
+            next: AtomicUsize::new(0),
+            slow_start_ms,
+        }
+    }
+}
+
 impl Balancer for RoundRobin {
     fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
-        let n = backends.len();
+        let n = self.schedule.len();
         // A retry looks from the next turn without taking it: it must not shift the rotation
         // (with a dead backend, every request would meet it first).
         let avoid = pick.avoid;
@@ -75,25 +148,33 @@ impl Balancer for RoundRobin {
         } else {
             self.next.load(Ordering::Relaxed)
         };
-        let mut turn = (0..n)
-            .map(|i| start.wrapping_add(i) % n)
-            .filter(|&id| eligible(backends, avoid, id));
-        let first = turn.next()?;
+        let id = *self.schedule.get(start % n.max(1))?;
         // A backend in slow start takes its turn only with the odds of its current share.
-        let mut ramped = |id: usize| {
+        let ramped = |pick: &mut Pick| {
             let share = backends[id].share(pick.now_ms, self.slow_start_ms);
             share >= 1.0 || pick.rng.random::<f64>() < share
         };
-        std::iter::once(first)
-            .chain(turn)
-            .find(|&id| ramped(id))
-            .or(Some(first))
+        let usable = id < backends.len() && eligible(backends, avoid, id);
+        if usable && ramped(pick) {
+            return Some(id);
+        }
+        // A turn that cannot be taken goes to one of the others drawn by weight, so they share
+        // it as their weights say (walking on in the schedule would favour whoever is next).
+        let mut others = Pick {
+            avoid,
+            rng: &mut *pick.rng,
+            now_ms: pick.now_ms,
+        };
+        others.avoid.add(id);
+        weighted_draw(backends, &mut others, self.slow_start_ms, true).or(usable.then_some(id))
     }
 }
 
-/// The backend with the fewest requests in flight (scaled by its slow-start share); ties are
-/// broken at random so workers that read the same counters do not all pile onto one backend.
+/// The backend with the fewest requests in flight for its capacity (active ÷ weight for
+/// `weighted_least_conn`); ties are broken at random so workers that read the same counters
+/// do not all pile onto one backend.
 pub struct LeastConn {
+    weighted: bool,
     slow_start_ms: u64,
 }
 
@@ -104,8 +185,8 @@ impl Balancer for LeastConn {
         let mut ties = 0;
         for id in (0..backends.len()).filter(|&id| eligible(backends, pick.avoid, id)) {
             let backend = &backends[id];
-            let load =
-                (backend.active() + 1) as f64 / backend.share(pick.now_ms, self.slow_start_ms);
+            let load = (backend.active() + 1) as f64
+                / capacity(backend, pick, self.slow_start_ms, self.weighted);
             if load < best_load {
                 (best, best_load, ties) = (Some(id), load, 1);
             } else if load == best_load {
@@ -117,6 +198,73 @@ impl Balancer for LeastConn {
             }
         }
         best
+    }
+}
+
+/// A backend at random, each with odds in proportion to its capacity (1, or its weight for
+/// `weighted_random`): two passes over the pool, no allocation.
+pub struct Random {
+    weighted: bool,
+    slow_start_ms: u64,
+}
+
+impl Balancer for Random {
+    fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
+        weighted_draw(backends, pick, self.slow_start_ms, self.weighted)
+    }
+}
+
+/// An eligible backend drawn with odds in proportion to its capacity.
+fn weighted_draw(
+    backends: &[Arc<Backend>],
+    pick: &mut Pick,
+    slow_start_ms: u64,
+    weighted: bool,
+) -> Option<usize> {
+    let avoid = pick.avoid;
+    let candidates = || (0..backends.len()).filter(move |&id| eligible(backends, avoid, id));
+    let weigh = |id: usize, pick: &Pick| capacity(&backends[id], pick, slow_start_ms, weighted);
+    let total: f64 = candidates().map(|id| weigh(id, pick)).sum();
+    let mut left = pick.rng.random::<f64>() * total;
+    let mut last = None;
+    for id in candidates() {
+        left -= weigh(id, pick);
+        last = Some(id);
+        if left < 0.0 {
+            break;
+        }
+    }
+    last
+}
+
+/// Power of two choices: two different backends at random, and the one with fewer requests in
+/// flight for its slow-start share — nearly least-conn's spread for two counter reads.
+pub struct P2c {
+    slow_start_ms: u64,
+}
+
+impl Balancer for P2c {
+    fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
+        let avoid = pick.avoid;
+        let nth = |n: usize| {
+            (0..backends.len())
+                .filter(|&id| eligible(backends, avoid, id))
+                .nth(n)
+        };
+        let count = (0..backends.len())
+            .filter(|&id| eligible(backends, avoid, id))
+            .count();
+        if count < 2 {
+            return nth(0);
+        }
+        let first = pick.rng.random_range(0..count);
+        let second = (first + pick.rng.random_range(1..count)) % count;
+        let (a, b) = (nth(first)?, nth(second)?);
+        let load = |id: usize| {
+            (backends[id].active() + 1) as f64
+                / capacity(&backends[id], pick, self.slow_start_ms, false)
+        };
+        Some(if load(b) < load(a) { b } else { a })
     }
 }
 
@@ -151,12 +299,8 @@ mod tests {
             .collect()
     }
 
-    fn round_robin() -> Box<dyn Balancer> {
-        new(Strategy::RoundRobin, Duration::ZERO)
-    }
-
-    fn least_conn() -> Box<dyn Balancer> {
-        new(Strategy::LeastConn, Duration::ZERO)
+    fn balancer(strategy: Strategy, pool: &Backends) -> Box<dyn Balancer> {
+        new(strategy, Duration::ZERO, pool)
     }
 
     fn pick_once(balancer: &dyn Balancer, backends: &Backends, avoid: Tried) -> Option<usize> {
@@ -178,14 +322,29 @@ mod tests {
     #[test]
     fn round_robin_cycles_in_order() {
         let pool = backends(3);
-        assert_eq!(picks(&*round_robin(), &pool, 6), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(
+            picks(&*balancer(Strategy::RoundRobin, &pool), &pool, 6),
+            [0, 1, 2, 0, 1, 2]
+        );
     }
 
     #[test]
-    fn round_robin_skips_down_backends() {
+    fn round_robin_skips_down_backends_and_shares_their_turns() {
         let pool = backends(3);
         pool[1].transition(State::Up, State::Down);
-        assert_eq!(picks(&*round_robin(), &pool, 4), [0, 2, 2, 0]);
+        let counts = counts(
+            &picks(&*balancer(Strategy::RoundRobin, &pool), &pool, 3000),
+            3,
+        );
+        assert_eq!(counts[1], 0);
+        // 1000 turns each, and the down backend's 1000 split at random: about 1500 each.
+        assert!(
+            counts
+                .iter()
+                .step_by(2)
+                .all(|&c| (1400..=1600).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -194,7 +353,7 @@ mod tests {
         let mut tried = Tried::default();
         tried.add(0);
         tried.add(1);
-        let balancer = round_robin();
+        let balancer = balancer(Strategy::RoundRobin, &pool);
         for _ in 0..3 {
             assert_eq!(pick_once(&*balancer, &pool, tried), Some(2));
         }
@@ -203,7 +362,7 @@ mod tests {
     #[test]
     fn a_retry_does_not_take_a_turn() {
         let pool = backends(3);
-        let balancer = round_robin();
+        let balancer = balancer(Strategy::RoundRobin, &pool);
         let mut rng = SmallRng::seed_from_u64(1);
         let mut pick = |avoid| {
             balancer.pick(
@@ -232,8 +391,22 @@ mod tests {
         let pool = backends(2);
         pool[0].transition(State::Up, State::Down);
         pool[1].transition(State::Up, State::Removed);
-        assert_eq!(pick_once(&*round_robin(), &pool, Tried::default()), None);
-        assert_eq!(pick_once(&*least_conn(), &pool, Tried::default()), None);
+        assert_eq!(
+            pick_once(
+                &*balancer(Strategy::RoundRobin, &pool),
+                &pool,
+                Tried::default()
+            ),
+            None
+        );
+        assert_eq!(
+            pick_once(
+                &*balancer(Strategy::LeastConn, &pool),
+                &pool,
+                Tried::default()
+            ),
+            None
+        );
     }
 
     #[test]
@@ -244,13 +417,18 @@ mod tests {
             Lease::new(&pool, 0),
             Lease::new(&pool, 2),
         ];
-        assert!(picks(&*least_conn(), &pool, 20).iter().all(|&id| id == 1));
+        assert!(picks(&*balancer(Strategy::LeastConn, &pool), &pool, 20)
+            .iter()
+            .all(|&id| id == 1));
     }
 
     #[test]
     fn least_conn_spreads_ties_evenly() {
         let pool = backends(3);
-        let counts = counts(&picks(&*least_conn(), &pool, 3000), 3);
+        let counts = counts(
+            &picks(&*balancer(Strategy::LeastConn, &pool), &pool, 3000),
+            3,
+        );
         // Each backend should get a third; 10% either side is about 4 standard deviations.
         assert!(
             counts.iter().all(|&c| (900..=1100).contains(&c)),
@@ -267,7 +445,7 @@ mod tests {
 
     fn shares_during_slow_start(strategy: Strategy, elapsed_ms: u64) -> Vec<usize> {
         let pool = backends(2);
-        let balancer = new(strategy, Duration::from_secs(10));
+        let balancer = new(strategy, Duration::from_secs(10), &pool);
         let mut rng = SmallRng::seed_from_u64(3);
         let mut pick = Pick {
             avoid: Tried::default(),
@@ -299,6 +477,102 @@ mod tests {
         );
         let done = shares_during_slow_start(Strategy::LeastConn, 10_000);
         assert!(done.iter().all(|&c| (1800..=2200).contains(&c)), "{done:?}");
+    }
+
+    fn weighted(weights: &[u32]) -> Backends {
+        let pool = backends(weights.len());
+        pool.iter().zip(weights).for_each(|(b, &w)| b.set_weight(w));
+        pool
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves_like_nginx() {
+        let pool = weighted(&[5, 1, 1]);
+        let order = picks(&*balancer(Strategy::WeightedRoundRobin, &pool), &pool, 14);
+        assert_eq!(order, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn weighted_round_robin_shares_a_down_backends_turns_by_weight() {
+        let pool = weighted(&[5, 1, 1]);
+        pool[0].transition(State::Up, State::Down);
+        let counts = counts(
+            &picks(&*balancer(Strategy::WeightedRoundRobin, &pool), &pool, 7000),
+            3,
+        );
+        // b and c weigh the same, so they split a's turns too: about 3500 each.
+        assert_eq!(counts[0], 0);
+        assert!(
+            counts[1..].iter().all(|&c| (3300..=3700).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn random_spreads_evenly() {
+        let pool = backends(3);
+        let counts = counts(&picks(&*balancer(Strategy::Random, &pool), &pool, 3000), 3);
+        // A third each; the band is about 4 standard deviations.
+        assert!(
+            counts.iter().all(|&c| (900..=1100).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn weighted_random_follows_the_weights() {
+        let pool = weighted(&[6, 3, 1]);
+        let counts = counts(
+            &picks(&*balancer(Strategy::WeightedRandom, &pool), &pool, 10_000),
+            3,
+        );
+        // 60%, 30%, 10%, each within about 4 standard deviations.
+        let bands = [5800..=6200, 2820..=3180, 880..=1120];
+        assert!(
+            counts.iter().zip(bands).all(|(c, band)| band.contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn weighted_least_conn_divides_by_weight() {
+        let pool = weighted(&[3, 1]);
+        let _busy = [
+            Lease::new(&pool, 0),
+            Lease::new(&pool, 0),
+            Lease::new(&pool, 1),
+        ];
+        // (2+1)/3 = 1 for the heavy backend against (1+1)/1 = 2 for the light one.
+        assert!(
+            picks(&*balancer(Strategy::WeightedLeastConn, &pool), &pool, 20)
+                .iter()
+                .all(|&id| id == 0)
+        );
+        assert!(picks(&*balancer(Strategy::LeastConn, &pool), &pool, 20)
+            .iter()
+            .all(|&id| id == 1));
+    }
+
+    #[test]
+    fn p2c_never_picks_the_busiest_of_two_candidates() {
+        let pool = backends(3);
+        let _busy: Vec<Lease> = (0..5).map(|_| Lease::new(&pool, 2)).collect();
+        let counts = counts(&picks(&*balancer(Strategy::P2c, &pool), &pool, 3000), 3);
+        // Backend 2 loses every pair it is in; 0 and 1 tie and split the rest at random.
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!(counts[0] > 1200 && counts[1] > 1200, "{counts:?}");
+    }
+
+    #[test]
+    fn every_strategy_skips_down_and_tried_backends() {
+        let pool = weighted(&[2, 1, 1]);
+        pool[0].transition(State::Up, State::Down);
+        let mut tried = Tried::default();
+        tried.add(1);
+        for strategy in Strategy::ALL {
+            let b = balancer(strategy, &pool);
+            assert_eq!(pick_once(&*b, &pool, tried), Some(2), "{}", strategy.name());
+        }
     }
 
     #[test]

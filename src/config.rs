@@ -52,6 +52,11 @@ pub enum Strategy {
     #[default]
     RoundRobin,
     LeastConn,
+    WeightedRoundRobin,
+    WeightedLeastConn,
+    Random,
+    WeightedRandom,
+    P2c,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,10 +148,25 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Strategy {
+    pub const ALL: [Strategy; 7] = [
+        Strategy::RoundRobin,
+        Strategy::LeastConn,
+        Strategy::WeightedRoundRobin,
+        Strategy::WeightedLeastConn,
+        Strategy::Random,
+        Strategy::WeightedRandom,
+        Strategy::P2c,
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Strategy::RoundRobin => "round_robin",
             Strategy::LeastConn => "least_conn",
+            Strategy::WeightedRoundRobin => "weighted_round_robin",
+            Strategy::WeightedLeastConn => "weighted_least_conn",
+            Strategy::Random => "random",
+            Strategy::WeightedRandom => "weighted_random",
+            Strategy::P2c => "p2c",
         }
     }
 }
@@ -561,11 +581,13 @@ fn auto_workers() -> usize {
 }
 
 fn parse_strategy(v: &str) -> Result<Strategy, String> {
-    match v {
-        "round_robin" => Ok(Strategy::RoundRobin),
-        "least_conn" => Ok(Strategy::LeastConn),
-        _ => Err(format!("expected round_robin or least_conn, got {v:?}")),
-    }
+    Strategy::ALL
+        .into_iter()
+        .find(|s| s.name() == v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Strategy::ALL.iter().map(Strategy::name).collect();
+            format!("expected one of {}, got {v:?}", names.join(", "))
+        })
 }
 
 /// Exact lowercase names: `LevelFilter::from_str` would also accept `INFO`.
@@ -999,9 +1021,9 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             ),
             (
                 "bad strategy",
-                "[lb]\nstrategy = random\n",
+                "[lb]\nstrategy = fastest\n",
                 2,
-                "[lb] strategy: expected round_robin or least_conn, got \"random\"",
+                "[lb] strategy: expected one of round_robin, least_conn, weighted_round_robin, weighted_least_conn, random, weighted_random, p2c, got \"fastest\"",
             ),
             (
                 "bad log level",

@@ -22,7 +22,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(config: Config, backends: Backends) -> Snapshot {
-        let balancer = balance::new(config.lb.strategy, config.health.slow_start);
+        let balancer = balance::new(config.lb.strategy, config.health.slow_start, &backends);
         Snapshot {
             config,
             backends,

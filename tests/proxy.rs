@@ -23,6 +23,22 @@ fn body_of(resp: &Resp) -> String {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn weighted_round_robin_follows_the_weights_in_smooth_order() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let lb = Lb::start(&format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\nstrategy = weighted_round_robin\n\
+         [backends]\na = {} weight=3\nb = {}\n",
+        a.addr, b.addr
+    ));
+    let served: Vec<String> = (0..8)
+        .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
+        .collect();
+    // Weights 3 and 1 interleave as a a b a, not a a a b.
+    assert_eq!(served, ["a", "a", "b", "a", "a", "a", "b", "a"]);
+    assert_eq!((a.request_count(), b.request_count()), (6, 2));
+}
+
+#[test]
 fn round_robin_spreads_requests_evenly_over_three_backends() {
     let backends = [
         Backend::named("a"),
