@@ -5,6 +5,8 @@ use crate::config::Strategy;
 use crate::pool::Backend;
 use rand::rngs::SmallRng;
 use rand::RngExt;
+use std::hash::{DefaultHasher, Hash as _, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,8 @@ pub struct Pick<'a> {
     pub rng: &'a mut SmallRng,
     /// `pool::clock_ms` now, for slow start.
     pub now_ms: u64,
+    /// The client's address, for `hash`.
+    pub client: IpAddr,
 }
 
 pub trait Balancer: Send + Sync {
@@ -77,6 +81,7 @@ pub fn new(
             slow_start_ms,
         }),
         Strategy::P2c => Box::new(P2c { slow_start_ms }),
+        Strategy::Hash => Box::new(Hash { slow_start_ms }),
     }
 }
 
@@ -164,6 +169,7 @@ impl Balancer for RoundRobin {
             avoid,
             rng: &mut *pick.rng,
             now_ms: pick.now_ms,
+            client: pick.client,
         };
         others.avoid.add(id);
         weighted_draw(backends, &mut others, self.slow_start_ms, true).or(usable.then_some(id))
@@ -268,12 +274,40 @@ impl Balancer for P2c {
     }
 }
 
+/// Consistent hashing on the client address (rendezvous hashing): every backend scores the
+/// client with a hash of both, and the highest weighted score wins. A client keeps its backend
+/// while that backend is up; adding or removing one of N backends moves only the clients that
+/// win or lose there, about 1/N of them. O(N) per pick, no table to rebuild.
+pub struct Hash {
+    slow_start_ms: u64,
+}
+
+impl Balancer for Hash {
+    fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
+        let score = |id: usize| {
+            let mut hasher = DefaultHasher::new();
+            (pick.client, &backends[id].name).hash(&mut hasher);
+            // A uniform draw in (0, 1] from the hash, turned into a weighted score.
+            let unit = ((hasher.finish() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            -capacity(&backends[id], pick, self.slow_start_ms, true) / unit.ln()
+        };
+        (0..backends.len())
+            .filter(|&id| eligible(backends, pick.avoid, id))
+            .map(|id| (id, score(id)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(id, _)| id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::BackendConf;
     use crate::pool::{self, Backends, Lease, State};
     use rand::SeedableRng;
+    use std::net::Ipv4Addr;
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     use std::time::Instant;
 
     fn backends(n: usize) -> Backends {
@@ -293,6 +327,7 @@ mod tests {
             avoid: Tried::default(),
             rng: &mut rng,
             now_ms: pool::clock_ms(Instant::now()),
+            client: CLIENT,
         };
         (0..count)
             .map(|_| balancer.pick(backends, &mut pick).unwrap())
@@ -309,6 +344,7 @@ mod tests {
             avoid,
             rng: &mut rng,
             now_ms: 0,
+            client: CLIENT,
         };
         balancer.pick(backends, &mut pick)
     }
@@ -371,6 +407,7 @@ mod tests {
                     avoid,
                     rng: &mut rng,
                     now_ms: 0,
+                    client: CLIENT,
                 },
             )
         };
@@ -451,6 +488,7 @@ mod tests {
             avoid: Tried::default(),
             rng: &mut rng,
             now_ms: recovered(&pool, elapsed_ms),
+            client: CLIENT,
         };
         let ids: Vec<usize> = (0..4000)
             .map(|_| balancer.pick(&pool, &mut pick).unwrap())
@@ -573,6 +611,84 @@ mod tests {
             let b = balancer(strategy, &pool);
             assert_eq!(pick_once(&*b, &pool, tried), Some(2), "{}", strategy.name());
         }
+    }
+
+    /// Where `clients` distinct client addresses land.
+    fn hashed(pool: &Backends, clients: u32) -> Vec<usize> {
+        let hash = balancer(Strategy::Hash, pool);
+        let mut rng = SmallRng::seed_from_u64(1);
+        (0..clients)
+            .map(|n| {
+                let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+                let mut pick = Pick {
+                    avoid: Tried::default(),
+                    rng: &mut rng,
+                    now_ms: 0,
+                    client,
+                };
+                hash.pick(pool, &mut pick).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hash_keeps_a_client_on_its_backend() {
+        let pool = backends(5);
+        assert_eq!(hashed(&pool, 1000), hashed(&pool, 1000));
+        let counts = counts(&hashed(&pool, 10_000), 5);
+        assert!(
+            counts.iter().all(|&c| (1800..=2200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn hash_moves_only_the_clients_of_a_backend_that_goes() {
+        let pool = backends(10);
+        let before = hashed(&pool, 10_000);
+        pool[3].transition(State::Up, State::Down);
+        let after = hashed(&pool, 10_000);
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
+        assert!(
+            moved.iter().all(|&i| before[i] == 3),
+            "only backend 3's clients move"
+        );
+        // A tenth of the clients, within about 5 standard deviations.
+        assert!((850..=1150).contains(&moved.len()), "{} moved", moved.len());
+    }
+
+    #[test]
+    fn hash_moves_about_one_in_n_clients_to_a_new_backend() {
+        let confs: Vec<BackendConf> = (0..11)
+            .map(|i| BackendConf {
+                name: format!("s{i}"),
+                addr: format!("127.0.0.1:{}", 9001 + i).parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        let (ten, eleven) = (pool::from_config(&confs[..10]), pool::from_config(&confs));
+        let (before, after) = (hashed(&ten, 10_000), hashed(&eleven, 10_000));
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
+        assert!(
+            moved.iter().all(|&i| after[i] == 10),
+            "clients move only to the new backend"
+        );
+        assert!(
+            (760..=1060).contains(&moved.len()),
+            "{} moved, about 909 expected",
+            moved.len()
+        );
+    }
+
+    #[test]
+    fn hash_follows_the_weights() {
+        let pool = weighted(&[3, 1]);
+        let counts = counts(&hashed(&pool, 10_000), 2);
+        assert!((7300..=7700).contains(&counts[0]), "{counts:?}");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub enum Strategy {
     Random,
     WeightedRandom,
     P2c,
+    Hash,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +149,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Strategy {
-    pub const ALL: [Strategy; 7] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::RoundRobin,
         Strategy::LeastConn,
         Strategy::WeightedRoundRobin,
@@ -156,6 +157,7 @@ impl Strategy {
         Strategy::Random,
         Strategy::WeightedRandom,
         Strategy::P2c,
+        Strategy::Hash,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -167,6 +169,7 @@ impl Strategy {
             Strategy::Random => "random",
             Strategy::WeightedRandom => "weighted_random",
             Strategy::P2c => "p2c",
+            Strategy::Hash => "hash",
         }
     }
 }
@@ -1023,7 +1026,7 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "bad strategy",
                 "[lb]\nstrategy = fastest\n",
                 2,
-                "[lb] strategy: expected one of round_robin, least_conn, weighted_round_robin, weighted_least_conn, random, weighted_random, p2c, got \"fastest\"",
+                "[lb] strategy: expected one of round_robin, least_conn, weighted_round_robin, weighted_least_conn, random, weighted_random, p2c, hash, got \"fastest\"",
             ),
             (
                 "bad log level",

@@ -435,6 +435,7 @@ impl Conn {
             avoid,
             rng: ctx.rng,
             now_ms,
+            client: self.peer.ip(),
         };
         match ctx.snap.balancer.pick(backends, &mut pick) {
             Some(id) => Ok(Lease::new(backends, id)),

@@ -39,6 +39,33 @@ fn weighted_round_robin_follows_the_weights_in_smooth_order() {
 }
 
 #[test]
+fn hash_keeps_a_client_on_one_backend() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let lb = Lb::start(&ini(
+        &[
+            ("a", backends[0].addr),
+            ("b", backends[1].addr),
+            ("c", backends[2].addr),
+        ],
+        "[lb]\nstrategy = hash\n",
+    ));
+    let served: Vec<String> = (0..100)
+        .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
+        .collect();
+    assert!(served.iter().all(|name| *name == served[0]), "{served:?}");
+    let counts: Vec<usize> = backends.iter().map(Backend::request_count).collect();
+    assert_eq!(
+        counts.iter().filter(|&&c| c == 100).count(),
+        1,
+        "{counts:?}"
+    );
+}
+
+#[test]
 fn round_robin_spreads_requests_evenly_over_three_backends() {
     let backends = [
         Backend::named("a"),
