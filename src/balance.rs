@@ -82,6 +82,7 @@ pub fn new(
         }),
         Strategy::P2c => Box::new(P2c { slow_start_ms }),
         Strategy::Hash => Box::new(Hash { slow_start_ms }),
+        Strategy::Ewma => Box::new(Ewma { slow_start_ms }),
     }
 }
 
@@ -296,6 +297,37 @@ impl Balancer for Hash {
             .map(|id| (id, score(id)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(id, _)| id)
+    }
+}
+
+/// Latency-aware: the lowest peak-EWMA response time times requests in flight (plus one), for
+/// its capacity; a backend that turns slow loses traffic within about a second. Ties (say, no
+/// backend measured yet) are broken at random.
+pub struct Ewma {
+    slow_start_ms: u64,
+}
+
+impl Balancer for Ewma {
+    fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
+        let mut best = None;
+        let mut best_cost = f64::INFINITY;
+        let mut ties = 0;
+        for id in (0..backends.len()).filter(|&id| eligible(backends, pick.avoid, id)) {
+            let backend = &backends[id];
+            // One microsecond at least, so unmeasured backends still compare by load.
+            let latency = backend.latency_now(pick.now_ms).max(1.0);
+            let cost = latency * (backend.active() + 1) as f64
+                / capacity(backend, pick, self.slow_start_ms, true);
+            if cost < best_cost {
+                (best, best_cost, ties) = (Some(id), cost, 1);
+            } else if cost == best_cost {
+                ties += 1;
+                if pick.rng.random_range(0..ties) == 0 {
+                    best = Some(id);
+                }
+            }
+        }
+        best
     }
 }
 
@@ -689,6 +721,42 @@ mod tests {
         let pool = weighted(&[3, 1]);
         let counts = counts(&hashed(&pool, 10_000), 2);
         assert!((7300..=7700).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[test]
+    fn ewma_moves_traffic_off_a_slow_backend_and_back_once_it_recovers() {
+        let pool = backends(2);
+        let now = pool::clock_ms(Instant::now());
+        pool[0].observe_latency(Duration::from_millis(50), now);
+        pool[1].observe_latency(Duration::from_millis(1), now);
+        let ewma = balancer(Strategy::Ewma, &pool);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut pick = Pick {
+            avoid: Tried::default(),
+            rng: &mut rng,
+            now_ms: now,
+            client: CLIENT,
+        };
+        let _busy: Vec<Lease> = (0..10).map(|_| Lease::new(&pool, 1)).collect();
+        // 50 ms x 1 against 1 ms x 11: the fast backend, even with ten requests in flight.
+        assert_eq!(ewma.pick(&pool, &mut pick), Some(1));
+        // Without traffic the slow figure decays; fast answers pull an average down.
+        for _ in 0..20 {
+            pool[0].observe_latency(Duration::from_millis(1), now);
+        }
+        assert_eq!(ewma.pick(&pool, &mut pick), Some(0));
+    }
+
+    #[test]
+    fn peak_ewma_takes_a_slower_sample_at_once() {
+        let pool = backends(1);
+        pool[0].observe_latency(Duration::from_millis(1), 0);
+        pool[0].observe_latency(Duration::from_millis(80), 0);
+        assert_eq!(pool[0].latency_now(0), 80_000.0);
+        assert!(
+            pool[0].latency_now(1000) < 80_000.0 / 2.5,
+            "decays by e per second"
+        );
     }
 
     #[test]

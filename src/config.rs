@@ -58,6 +58,7 @@ pub enum Strategy {
     WeightedRandom,
     P2c,
     Hash,
+    Ewma,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +150,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Strategy {
-    pub const ALL: [Strategy; 8] = [
+    pub const ALL: [Strategy; 9] = [
         Strategy::RoundRobin,
         Strategy::LeastConn,
         Strategy::WeightedRoundRobin,
@@ -158,6 +159,7 @@ impl Strategy {
         Strategy::WeightedRandom,
         Strategy::P2c,
         Strategy::Hash,
+        Strategy::Ewma,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -170,6 +172,7 @@ impl Strategy {
             Strategy::WeightedRandom => "weighted_random",
             Strategy::P2c => "p2c",
             Strategy::Hash => "hash",
+            Strategy::Ewma => "ewma",
         }
     }
 }
@@ -1026,7 +1029,7 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "bad strategy",
                 "[lb]\nstrategy = fastest\n",
                 2,
-                "[lb] strategy: expected one of round_robin, least_conn, weighted_round_robin, weighted_least_conn, random, weighted_random, p2c, hash, got \"fastest\"",
+                "[lb] strategy: expected one of round_robin, least_conn, weighted_round_robin, weighted_least_conn, random, weighted_random, p2c, hash, ewma, got \"fastest\"",
             ),
             (
                 "bad log level",

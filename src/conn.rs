@@ -13,13 +13,14 @@
 
 use crate::balance::{Pick, Tried};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
+use crate::config::Strategy;
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Kind};
 use crate::metrics::WorkerMetrics;
-use crate::pool::{self, Lease};
+use crate::pool::{self, Backend, Lease};
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
 use crate::token::Readiness;
@@ -716,6 +717,7 @@ impl Conn {
                 self.enter(Phase::Tunnel, ctx);
             }
             Kind::Final => {
+                observe_latency(ctx, ex.lease.backend(), ctx.now - ex.started);
                 ex.reusable = response.reusable;
                 ex.client_keep_alive = response.client_keep_alive;
                 let body = Body::new(response.framing);
@@ -970,12 +972,22 @@ impl Conn {
 fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
     ctx.metrics.backend_error(lease.id);
     let backend = lease.backend();
+    // For `ewma` a failure costs as much as the slowest connect we would wait for.
+    observe_latency(ctx, backend, ctx.snap.config.timeouts.connect);
     let max_fails = ctx.snap.config.health.max_fails;
     if backend.record_failure(max_fails) {
         warn!(
             "backend {} is down: {max_fails} failures in a row, the last: {failure}",
             backend.name
         );
+    }
+}
+
+/// Feeds the response-time average that `ewma` picks by (only then: it is a write that every
+/// worker makes to the backend's shared record).
+fn observe_latency(ctx: &Ctx, backend: &Backend, took: Duration) {
+    if ctx.snap.config.lb.strategy == Strategy::Ewma {
+        backend.observe_latency(took, pool::clock_ms(ctx.now));
     }
 }
 

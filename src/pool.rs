@@ -59,6 +59,11 @@ pub const MAX_BACKENDS: usize = 64;
 /// `up_since` of a backend that has not come back from a failure: no slow start.
 const STEADY: u64 = u64::MAX;
 
+/// How fast the response-time average forgets: an idle backend's figure falls by e every this
+/// many milliseconds, and each new sample takes `1 - LATENCY_KEEP` of the gap.
+const LATENCY_DECAY_MS: f64 = 1000.0;
+const LATENCY_KEEP: f64 = 0.7;
+
 /// Smallest share of a backend in slow start, so its first requests do arrive.
 const MIN_SHARE: f64 = 0.05;
 
@@ -88,6 +93,10 @@ pub struct Backend {
     fails: AtomicU32,
     /// State changes so far, for `/metrics`.
     transitions: AtomicU64,
+    /// Peak-EWMA of response times in microseconds (`f64` bits), for `ewma`.
+    latency: AtomicU64,
+    /// When `latency` was last updated (`clock_ms`).
+    latency_at: AtomicU64,
     /// Requests in flight on this backend, over all workers (for `least_conn`).
     active: Padded,
 }
@@ -112,6 +121,8 @@ impl Backend {
             up_since: AtomicU64::new(STEADY),
             fails: AtomicU32::new(0),
             transitions: AtomicU64::new(0),
+            latency: AtomicU64::new(0),
+            latency_at: AtomicU64::new(0),
             active: Padded::default(),
         }
     }
@@ -193,6 +204,29 @@ impl Backend {
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Adds a response time (or a failure's penalty) to the peak-EWMA: a slower response is
+    /// taken at once, a faster one pulls the average down as the old value ages out over
+    /// `LATENCY_DECAY_MS`. Workers race to update it; a lost update only costs one sample.
+    pub fn observe_latency(&self, took: std::time::Duration, now_ms: u64) {
+        let sample = took.as_secs_f64() * 1e6;
+        let current = self.latency_now(now_ms);
+        let next = if sample > current {
+            sample
+        } else {
+            current + (sample - current) * (1.0 - LATENCY_KEEP)
+        };
+        self.latency.store(next.to_bits(), Ordering::Relaxed);
+        self.latency_at.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The peak-EWMA in microseconds, decayed for the time since it was last fed, so a backend
+    /// that was slow and got no traffic since is tried again after a while.
+    pub fn latency_now(&self, now_ms: u64) -> f64 {
+        let latency = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        let idle = now_ms.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64;
+        latency * (-idle / LATENCY_DECAY_MS).exp()
     }
 
     /// The part of its normal share this backend should get now: ramps from `MIN_SHARE` to 1

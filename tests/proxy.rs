@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 use support::*;
 
@@ -62,6 +63,44 @@ fn hash_keeps_a_client_on_one_backend() {
         counts.iter().filter(|&&c| c == 100).count(),
         1,
         "{counts:?}"
+    );
+}
+
+/// Sequential requests to a fast and a slow (+30 ms) backend: how many the slow one got.
+fn slow_backend_share(strategy: &str) -> usize {
+    let fast = Backend::named("fast");
+    let slow = Backend::start("slow", |_| {
+        Response::ok("slow").delay(Duration::from_millis(30))
+    });
+    let lb = Lb::start(&ini(
+        &[("fast", fast.addr), ("slow", slow.addr)],
+        &format!("[lb]\nstrategy = {strategy}\n"),
+    ));
+    // A few client threads, so requests overlap and in-flight counts differ.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = lb.addr;
+            thread::spawn(move || {
+                for i in 0..15 {
+                    assert_eq!(get(addr, &format!("/{t}/{i}")).status, 200);
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(fast.request_count() + slow.request_count(), 60);
+    slow.request_count()
+}
+
+#[test]
+fn a_slow_backend_loses_its_share_under_ewma_and_least_conn() {
+    // Round robin would give it 30 of 60; latency- and load-aware strategies far fewer.
+    let ewma = slow_backend_share("ewma");
+    assert!(ewma <= 12, "ewma sent {ewma} of 60 to the slow backend");
+    let least_conn = slow_backend_share("least_conn");
+    assert!(
+        least_conn <= 20,
+        "least_conn sent {least_conn} of 60 to the slow backend"
     );
 }
 
