@@ -78,6 +78,12 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Requests a second for all clients together (0: off), and the burst above it.
+    pub rate: u32,
+    pub rate_burst: u32,
+    /// Requests a second for each client address (0: off), and the burst above it.
+    pub client_rate: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +215,10 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 8192,
             max_headers: 64,
+            rate: 0,
+            rate_burst: 0,
+            client_rate: 0,
+            client_burst: 0,
         }
     }
 }
@@ -454,6 +464,10 @@ fn set_limits(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "max_connections" => l.max_connections = parse_range(v, 1, 1_000_000)?,
         "max_header_bytes" => l.max_header_bytes = parse_range(v, 1024, 15_360)?,
         "max_headers" => l.max_headers = parse_range(v, 8, 128)?,
+        "rate" => l.rate = parse_range(v, 0, 10_000_000)?,
+        "rate_burst" => l.rate_burst = parse_range(v, 0, 10_000_000)?,
+        "client_rate" => l.client_rate = parse_range(v, 0, 10_000_000)?,
+        "client_burst" => l.client_burst = parse_range(v, 0, 10_000_000)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -706,6 +720,10 @@ backend_ms = 3600000
 max_connections = 1
 max_header_bytes = 15360
 max_headers = 8
+rate = 1000
+rate_burst = 2000
+client_rate = 10
+client_burst = 20
 
 [health]
 path = /status?full=1
@@ -751,6 +769,10 @@ s2 = [::1]:9002 weight=1000
                 max_connections: 1,
                 max_header_bytes: 15360,
                 max_headers: 8,
+                rate: 1000,
+                rate_burst: 2000,
+                client_rate: 10,
+                client_burst: 20,
             },
             health: Health {
                 path: "/status?full=1".to_string(),

@@ -21,6 +21,7 @@ use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::pool::{self, Backend, Lease};
+use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
 use crate::token::Readiness;
@@ -193,6 +194,7 @@ pub struct Ctx<'a> {
     pub snap: &'a Snapshot,
     pub rng: &'a mut SmallRng,
     pub budget: &'a mut RetryBudget,
+    pub rate: &'a mut RateLimits,
     pub metrics: &'a WorkerMetrics,
     /// The worker is draining: no connection is kept alive after its response.
     pub stopping: bool,
@@ -404,6 +406,10 @@ impl Conn {
             .access_log
             .then(|| RequestLine::new(cin.data()));
         cin.consume(request.head_len);
+        if !ctx.rate.allow(self.peer.ip(), ctx.now) {
+            info!("{}: rate limited", self.peer);
+            return Err(Stop::Reply(Reply::TooManyRequests));
+        }
         ctx.budget.on_request();
         let lease = self.choose_backend(ctx, Tried::default())?;
         let exchange = Exchange {

@@ -5,6 +5,7 @@
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, Ctx, Drive};
 use crate::metrics::WorkerMetrics;
+use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
@@ -68,6 +69,7 @@ pub struct Worker {
     epoch: u64,
     rng: SmallRng,
     budget: RetryBudget,
+    rate: RateLimits,
     metrics: Arc<WorkerMetrics>,
     /// Connections that hit the per-event work cap and still have work.
     again: Vec<usize>,
@@ -95,6 +97,7 @@ impl Worker {
         let snap = shared.load();
         let keep = snap.config.lb.upstream_keepalive;
         let budget = snap.config.lb.retry_budget;
+        let rate = RateLimits::new(&snap.config.limits, snap.config.lb.workers, Instant::now());
         let worker = Worker {
             poll,
             listener: Some(listener),
@@ -108,6 +111,7 @@ impl Worker {
             epoch,
             rng: SmallRng::seed_from_u64(seed),
             budget: RetryBudget::new(budget),
+            rate,
             metrics,
             again: Vec::new(),
             accept_paused_until: None,
@@ -206,6 +210,7 @@ impl Worker {
             self.snap = self.shared.load();
             self.epoch = epoch;
             let lb = &self.snap.config.lb;
+            self.rate = RateLimits::new(&self.snap.config.limits, lb.workers, Instant::now());
             self.upstreams
                 .resize(self.snap.backends.len(), lb.upstream_keepalive);
         }
@@ -289,6 +294,7 @@ impl Worker {
             snap: &self.snap,
             rng: &mut self.rng,
             budget: &mut self.budget,
+            rate: &mut self.rate,
             stopping: self.stopping.is_some(),
             metrics: &self.metrics,
             now,

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// Generous bound for anything that should happen "soon" on a busy machine.
@@ -102,6 +102,38 @@ fn a_slow_backend_loses_its_share_under_ewma_and_least_conn() {
         least_conn <= 20,
         "least_conn sent {least_conn} of 60 to the slow backend"
     );
+}
+
+#[test]
+fn a_client_over_its_rate_gets_429_then_is_served_again() {
+    let backend = Backend::named("a");
+    let lb = Lb::start(&ini(
+        &[("a", backend.addr)],
+        "[limits]\nclient_rate = 5\nclient_burst = 5\n",
+    ));
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| get(lb.addr, &format!("/{i}")).status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    let limited = get(lb.addr, "/over");
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(
+        backend.request_count(),
+        5,
+        "limited requests never reach the backend"
+    );
+    // Tokens come back at 5 a second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while get(lb.addr, "/again").status != 200 {
+        assert!(Instant::now() < deadline, "still limited after 3 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    lb.expect_log("rate limited", Duration::from_secs(2));
 }
 
 #[test]

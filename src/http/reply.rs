@@ -16,19 +16,22 @@ pub enum Reply {
     BadGateway,
     /// No backend is up.
     ServiceUnavailable,
+    /// The client, or all clients together, went over the configured rate.
+    TooManyRequests,
     /// The backend did not answer in time.
     GatewayTimeout,
 }
 
 impl Reply {
     /// Every reply, in a fixed order (metrics count them by position).
-    pub const ALL: [Reply; 7] = [
+    pub const ALL: [Reply; 8] = [
         Reply::BadRequest,
         Reply::RequestTimeout,
         Reply::HeaderTooLarge,
         Reply::NotImplemented,
         Reply::BadGateway,
         Reply::ServiceUnavailable,
+        Reply::TooManyRequests,
         Reply::GatewayTimeout,
     ];
 
@@ -40,6 +43,7 @@ impl Reply {
             Reply::NotImplemented => 501,
             Reply::BadGateway => 502,
             Reply::ServiceUnavailable => 503,
+            Reply::TooManyRequests => 429,
             Reply::GatewayTimeout => 504,
         }
     }
@@ -53,6 +57,7 @@ impl Reply {
             Reply::NotImplemented => "not_implemented",
             Reply::BadGateway => "bad_gateway",
             Reply::ServiceUnavailable => "no_backend",
+            Reply::TooManyRequests => "rate_limited",
             Reply::GatewayTimeout => "gateway_timeout",
         }
     }
@@ -66,6 +71,7 @@ impl Reply {
             Reply::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot implemented\n",
             Reply::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n",
             Reply::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 17\r\nConnection: close\r\n\r\nno backend is up\n",
+            Reply::TooManyRequests => b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 18\r\nConnection: close\r\n\r\ntoo many requests\n",
             Reply::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n",
         }
     }
