@@ -45,6 +45,8 @@ pub struct Lb {
     pub retry_budget: u32,
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
+    /// `sticky = cookie`: a cookie keeps each client on its backend while that backend is up.
+    pub sticky_cookie: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,6 +196,7 @@ impl Default for Lb {
             upstream_keepalive: 256,
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
+            sticky_cookie: false,
         }
     }
 }
@@ -441,6 +444,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
         "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
         "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
+        "sticky" => lb.sticky_cookie = parse_sticky(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -539,6 +543,15 @@ fn parse_token(v: &str) -> Result<String, String> {
         return Err("expected 16 or more visible ASCII characters".to_string());
     }
     Ok(v.to_string())
+}
+
+fn parse_sticky(v: &str) -> Result<bool, String> {
+    match v {
+        "off" => Ok(false),
+        "cookie" => Ok(true),
+        "client_ip" => Err("for stickiness by client address use strategy = hash".to_string()),
+        _ => Err(format!("expected off or cookie, got {v:?}")),
+    }
 }
 
 fn parse_secs(v: &str) -> Result<Duration, String> {
@@ -758,6 +771,7 @@ s2 = [::1]:9002 weight=1000
                 upstream_keepalive: 0,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
+                sticky_cookie: false,
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),

@@ -17,8 +17,8 @@ use crate::config::Strategy;
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
-use crate::http::request::{self, HeadLimits, Request};
-use crate::http::response::{self, Kind};
+use crate::http::request::{self, HeadLimits, Request, STICKY_COOKIE};
+use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::pool::{self, Backend, Lease};
 use crate::ratelimit::RateLimits;
@@ -411,7 +411,10 @@ impl Conn {
             return Err(Stop::Reply(Reply::TooManyRequests));
         }
         ctx.budget.on_request();
-        let lease = self.choose_backend(ctx, Tried::default())?;
+        let lease = match self.sticky_backend(ctx, request.sticky) {
+            Some(id) => Lease::new(&ctx.snap.backends, id),
+            None => self.choose_backend(ctx, Tried::default())?,
+        };
         let exchange = Exchange {
             request,
             req_body: Body::new(request.framing),
@@ -433,6 +436,13 @@ impl Conn {
         self.exchange = Some(exchange);
         self.connect(ctx)?;
         Ok(true)
+    }
+
+    /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
+    fn sticky_backend(&self, ctx: &Ctx, token: Option<u64>) -> Option<usize> {
+        let token = token.filter(|_| ctx.snap.config.lb.sticky_cookie)?;
+        let backends = &ctx.snap.backends;
+        (0..backends.len()).find(|&id| backends[id].is_up() && backends[id].token() == token)
     }
 
     fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried) -> Result<Lease, Stop> {
@@ -691,7 +701,16 @@ impl Conn {
             keep_alive: ex.request.keep_alive && !ctx.stopping,
             ..ex.request
         };
-        let response = match response::parse(uin.data(), BUF_SIZE, &request, name, cout) {
+        // A sticky client whose cookie does not name this backend (new, or moved by a failure)
+        // gets one that does.
+        let token = backend.token();
+        let cookie = (ctx.snap.config.lb.sticky_cookie && request.sticky != Some(token))
+            .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
+        let added = Added {
+            backend: name,
+            set_cookie: cookie.as_deref().map(str::as_bytes),
+        };
+        let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
             Ok(None) => return Ok(false),
             Err(e) if before > 0 && e == HeadError::TooLarge => {

@@ -127,6 +127,14 @@ impl Backend {
         }
     }
 
+    /// What a sticky-session cookie says for this backend: a hash of its name, so it reveals
+    /// no address and means the same to every lb-mio instance with the same config.
+    pub fn token(&self) -> u64 {
+        self.name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }

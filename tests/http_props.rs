@@ -35,7 +35,13 @@ fn parse_response(
     backend: Option<&str>,
 ) -> (ResponseResult, Vec<u8>) {
     let mut out = BufferPool::new(0).take();
-    let result = response::parse(input, max_bytes, req, backend, &mut out);
+    let result = response::parse(
+        input,
+        max_bytes,
+        req,
+        response::Added::backend(backend),
+        &mut out,
+    );
     (result, out.data().to_vec())
 }
 

@@ -136,6 +136,63 @@ fn a_client_over_its_rate_gets_429_then_is_served_again() {
     lb.expect_log("rate limited", Duration::from_secs(2));
 }
 
+/// A GET carrying `cookie` (the `Cookie` header's value).
+fn get_with_cookie(addr: std::net::SocketAddr, cookie: &str) -> Resp {
+    request(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: h\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes_down() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let lb = Lb::start(&ini(
+        &[
+            ("a", backends[0].addr),
+            ("b", backends[1].addr),
+            ("c", backends[2].addr),
+        ],
+        "[lb]\nsticky = cookie\n[health]\ninterval_ms = 50\nrise = 1\nfall = 1\n",
+    ));
+    let first = get(lb.addr, "/");
+    let set = first
+        .header("set-cookie")
+        .expect("the first answer sets the cookie")
+        .to_string();
+    assert!(
+        set.starts_with("lbmio=") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    assert!(
+        !set.contains(&backends[0].addr.to_string()),
+        "the cookie names no address"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let home = body_of(&first);
+    for i in 0..100 {
+        let resp = get_with_cookie(lb.addr, &format!("x=1; {cookie}"));
+        assert_eq!(body_of(&resp), home, "request {i}");
+        assert_eq!(
+            resp.header("set-cookie"),
+            None,
+            "a matching cookie is not set again"
+        );
+    }
+    // Its backend fails its health checks: the client moves, and its cookie is rewritten.
+    let home_backend = backends.iter().find(|b| b.name == home).unwrap();
+    home_backend.set_healthy(false);
+    lb.expect_log(&format!("backend {home} is down"), Duration::from_secs(3));
+    let moved = get_with_cookie(lb.addr, &cookie);
+    assert_ne!(body_of(&moved), home);
+    let rewritten = moved.header("set-cookie").expect("a new cookie");
+    assert_ne!(rewritten.split(';').next().unwrap(), cookie);
+}
+
 #[test]
 fn round_robin_spreads_requests_evenly_over_three_backends() {
     let backends = [

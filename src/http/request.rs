@@ -72,6 +72,27 @@ pub struct Request {
     pub upgrade: bool,
     /// Bytes of input the head took.
     pub head_len: usize,
+    /// The backend token of the client's sticky-session cookie, if it sent one.
+    pub sticky: Option<u64>,
+}
+
+/// The name of lb-mio's sticky-session cookie.
+pub const STICKY_COOKIE: &str = "lbmio";
+
+/// The token in an `lbmio=<16 hex digits>` cookie pair, if the client sent one.
+fn sticky_token(headers: &[httparse::Header]) -> Option<u64> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|&b| b == b';'))
+        .find_map(|pair| {
+            let value = pair
+                .trim_ascii()
+                .strip_prefix(STICKY_COOKIE.as_bytes())?
+                .strip_prefix(b"=")?;
+            let hex = std::str::from_utf8(value).ok().filter(|v| v.len() == 16)?;
+            u64::from_str_radix(hex, 16).ok()
+        })
 }
 
 /// Parses a request head at the start of `input`. `Ok(None)`: the head is not complete yet.
@@ -112,6 +133,7 @@ pub fn parse(
         keep_alive: !hop.close && (!http10 || hop.keep_alive),
         upgrade: !http10 && hop.upgrade && hop.has_upgrade_header,
         head_len,
+        sticky: sticky_token(req.headers),
     };
     write_upstream_head(head, req.headers, &hop, &request, host, client, out)?;
     Ok(Some(request))
@@ -582,6 +604,19 @@ mod tests {
     ];
 
     #[test]
+    fn the_sticky_cookie_is_found_among_others() {
+        let parsed = |cookie: &str| {
+            let input = format!("GET / HTTP/1.1\r\nHost: h\r\nCookie: {cookie}\r\n\r\n");
+            run(input.as_bytes()).0.unwrap().unwrap().sticky
+        };
+        assert_eq!(parsed("a=1; lbmio=00000000000000ff; b=2"), Some(255));
+        assert_eq!(parsed("lbmio=00000000000000FF"), Some(255));
+        assert_eq!(parsed("xlbmio=00000000000000ff"), None);
+        assert_eq!(parsed("lbmio=ff"), None, "not 16 digits");
+        assert_eq!(parsed("lbmio=zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
     fn request_decisions() {
         for &(name, input, method, http10, framing, keep_alive, upgrade) in DECISIONS {
             let (result, out) = run(input);
@@ -595,6 +630,7 @@ mod tests {
                 keep_alive,
                 upgrade,
                 head_len: head_end(input),
+                sticky: None,
             };
             assert_eq!(got, want, "{name}");
             assert!(out.ends_with(b"\r\n\r\n"), "{name}: {}", show(&out));

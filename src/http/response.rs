@@ -37,7 +37,7 @@ pub fn parse(
     input: &[u8],
     max_bytes: usize,
     request: &Request,
-    backend: Option<&str>,
+    added: Added,
     out: &mut Buffer,
 ) -> Result<Option<Response>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -72,7 +72,7 @@ pub fn parse(
         client_keep_alive: request.keep_alive && framing != Framing::UntilClose,
         head_len,
     };
-    write_client_head(head, res.headers, &hop, &response, request, backend, out)?;
+    write_client_head(head, res.headers, &hop, &response, request, added, out)?;
     Ok(Some(response))
 }
 
@@ -91,7 +91,7 @@ fn write_client_head(
     hop: &HopHeaders,
     response: &Response,
     request: &Request,
-    backend: Option<&str>,
+    added: Added,
     out: &mut Buffer,
 ) -> Result<(), HeadError> {
     head::put_all(out, &head[..head::first_line_len(head)])?;
@@ -110,10 +110,33 @@ fn write_client_head(
         Kind::Final if request.http10 => head::put_header(out, b"Connection", b"keep-alive")?,
         Kind::Final => {}
     }
-    if let (Some(name), Kind::Final) = (backend, response.kind) {
-        head::put_header(out, b"X-Backend", name.as_bytes())?;
+    if response.kind == Kind::Final {
+        if let Some(name) = added.backend {
+            head::put_header(out, b"X-Backend", name.as_bytes())?;
+        }
+        if let Some(cookie) = added.set_cookie {
+            head::put_header(out, b"Set-Cookie", cookie)?;
+        }
     }
     head::put_all(out, b"\r\n")
+}
+
+/// Headers lb-mio adds to a final response.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Added<'a> {
+    /// `X-Backend: <name>` (`expose_backend`).
+    pub backend: Option<&'a str>,
+    /// `Set-Cookie: <value>` (sticky sessions).
+    pub set_cookie: Option<&'a [u8]>,
+}
+
+impl<'a> Added<'a> {
+    pub fn backend(name: Option<&'a str>) -> Added<'a> {
+        Added {
+            backend: name,
+            set_cookie: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +168,7 @@ mod tests {
         backend: Option<&str>,
     ) -> (Result<Option<Response>, HeadError>, Vec<u8>) {
         let mut out = BufferPool::new(0).take();
-        let result = parse(input, MAX, &request(req), backend, &mut out);
+        let result = parse(input, MAX, &request(req), Added::backend(backend), &mut out);
         (result, out.data().to_vec())
     }
 
@@ -692,7 +715,7 @@ mod tests {
         let req = request(GET);
         let at = |input: &[u8], max: usize| {
             let mut out = BufferPool::new(0).take();
-            parse(input, max, &req, None, &mut out)
+            parse(input, max, &req, Added::default(), &mut out)
         };
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
         let n = head.len();
@@ -728,13 +751,13 @@ mod tests {
         for room in [0, 1, want.len() - 1] {
             let mut out = BufferPool::new(0).take();
             out.put(&vec![b'.'; BUF_SIZE - room]);
-            let result = parse(input, MAX, &req, Some("b1"), &mut out);
+            let result = parse(input, MAX, &req, Added::backend(Some("b1")), &mut out);
             assert_eq!(result, Err(HeadError::TooLarge), "room {room}");
         }
         let mut out = BufferPool::new(0).take();
         out.put(&vec![b'.'; BUF_SIZE - want.len()]);
         assert!(matches!(
-            parse(input, MAX, &req, Some("b1"), &mut out),
+            parse(input, MAX, &req, Added::backend(Some("b1")), &mut out),
             Ok(Some(_))
         ));
         assert!(out.data().ends_with(want));
@@ -745,13 +768,19 @@ mod tests {
         let req = request(GET);
         let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let mut out = BufferPool::new(0).take();
-        let first = parse(wire, MAX, &req, Some("b"), &mut out)
+        let first = parse(wire, MAX, &req, Added::backend(Some("b")), &mut out)
             .unwrap()
             .unwrap();
         assert_eq!(first.kind, Kind::Interim);
-        let second = parse(&wire[first.head_len..], MAX, &req, Some("b"), &mut out)
-            .unwrap()
-            .unwrap();
+        let second = parse(
+            &wire[first.head_len..],
+            MAX,
+            &req,
+            Added::backend(Some("b")),
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(second.kind, Kind::Final);
         assert_eq!(first.head_len + second.head_len, wire.len());
         assert_eq!(
