@@ -45,8 +45,18 @@ pub struct Lb {
     pub retry_budget: u32,
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
-    /// `sticky = cookie`: a cookie keeps each client on its backend while that backend is up.
-    pub sticky_cookie: bool,
+    pub sticky: Sticky,
+}
+
+/// How a client is kept on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sticky {
+    #[default]
+    Off,
+    /// A cookie names the backend; honoured while that backend is up.
+    Cookie,
+    /// The client address picks the backend: the `hash` strategy, whatever `strategy` says.
+    ClientIp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,7 +206,7 @@ impl Default for Lb {
             upstream_keepalive: 256,
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
-            sticky_cookie: false,
+            sticky: Sticky::Off,
         }
     }
 }
@@ -444,7 +454,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
         "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
         "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
-        "sticky" => lb.sticky_cookie = parse_sticky(v)?,
+        "sticky" => lb.sticky = parse_sticky(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -545,12 +555,12 @@ fn parse_token(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
-fn parse_sticky(v: &str) -> Result<bool, String> {
+fn parse_sticky(v: &str) -> Result<Sticky, String> {
     match v {
-        "off" => Ok(false),
-        "cookie" => Ok(true),
-        "client_ip" => Err("for stickiness by client address use strategy = hash".to_string()),
-        _ => Err(format!("expected off or cookie, got {v:?}")),
+        "off" => Ok(Sticky::Off),
+        "cookie" => Ok(Sticky::Cookie),
+        "client_ip" => Ok(Sticky::ClientIp),
+        _ => Err(format!("expected off, cookie or client_ip, got {v:?}")),
     }
 }
 
@@ -771,7 +781,7 @@ s2 = [::1]:9002 weight=1000
                 upstream_keepalive: 0,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
-                sticky_cookie: false,
+                sticky: Sticky::Off,
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),

@@ -13,7 +13,7 @@
 
 use crate::balance::{Pick, Tried};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
-use crate::config::Strategy;
+use crate::config::{Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
@@ -440,7 +440,7 @@ impl Conn {
 
     /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
     fn sticky_backend(&self, ctx: &Ctx, token: Option<u64>) -> Option<usize> {
-        let token = token.filter(|_| ctx.snap.config.lb.sticky_cookie)?;
+        let token = token.filter(|_| ctx.snap.config.lb.sticky == Sticky::Cookie)?;
         let backends = &ctx.snap.backends;
         (0..backends.len()).find(|&id| backends[id].is_up() && backends[id].token() == token)
     }
@@ -704,7 +704,7 @@ impl Conn {
         // A sticky client whose cookie does not name this backend (new, or moved by a failure)
         // gets one that does.
         let token = backend.token();
-        let cookie = (ctx.snap.config.lb.sticky_cookie && request.sticky != Some(token))
+        let cookie = (ctx.snap.config.lb.sticky == Sticky::Cookie && request.sticky != Some(token))
             .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
         let added = Added {
             backend: name,

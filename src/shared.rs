@@ -4,7 +4,7 @@
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
 use crate::balance::{self, Balancer};
-use crate::config::Config;
+use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::pool::Backends;
 use parking_lot::RwLock;
@@ -22,7 +22,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new(config: Config, backends: Backends) -> Snapshot {
-        let balancer = balance::new(config.lb.strategy, config.health.slow_start, &backends);
+        let strategy = match config.lb.sticky {
+            Sticky::ClientIp => Strategy::Hash,
+            Sticky::Off | Sticky::Cookie => config.lb.strategy,
+        };
+        let balancer = balance::new(strategy, config.health.slow_start, &backends);
         Snapshot {
             config,
             backends,

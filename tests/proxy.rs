@@ -39,8 +39,8 @@ fn weighted_round_robin_follows_the_weights_in_smooth_order() {
     assert_eq!((a.request_count(), b.request_count()), (6, 2));
 }
 
-#[test]
-fn hash_keeps_a_client_on_one_backend() {
+/// 100 requests from one client: every one reaches the same backend.
+fn one_client_stays_on_one_backend(extra: &str) {
     let backends = [
         Backend::named("a"),
         Backend::named("b"),
@@ -52,7 +52,7 @@ fn hash_keeps_a_client_on_one_backend() {
             ("b", backends[1].addr),
             ("c", backends[2].addr),
         ],
-        "[lb]\nstrategy = hash\n",
+        extra,
     ));
     let served: Vec<String> = (0..100)
         .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
@@ -64,6 +64,16 @@ fn hash_keeps_a_client_on_one_backend() {
         1,
         "{counts:?}"
     );
+}
+
+#[test]
+fn hash_keeps_a_client_on_one_backend() {
+    one_client_stays_on_one_backend("[lb]\nstrategy = hash\n");
+}
+
+#[test]
+fn sticky_client_ip_keeps_a_client_on_one_backend_whatever_the_strategy() {
+    one_client_stays_on_one_backend("[lb]\nstrategy = round_robin\nsticky = client_ip\n");
 }
 
 /// Sequential requests to a fast and a slow (+30 ms) backend: how many the slow one got.
