@@ -6,7 +6,6 @@ use crate::pool::Backend;
 use rand::rngs::SmallRng;
 use rand::RngExt;
 use std::hash::{DefaultHasher, Hash as _, Hasher};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +37,8 @@ pub struct Pick<'a> {
     pub rng: &'a mut SmallRng,
     /// `pool::clock_ms` now, for slow start.
     pub now_ms: u64,
-    /// The client's address, for `hash`.
-    pub client: IpAddr,
+    /// What `hash` hashes: the client address, or the configured header or cookie.
+    pub key: u64,
 }
 
 pub trait Balancer: Send + Sync {
@@ -170,7 +169,7 @@ impl Balancer for RoundRobin {
             avoid,
             rng: &mut *pick.rng,
             now_ms: pick.now_ms,
-            client: pick.client,
+            key: pick.key,
         };
         others.avoid.add(id);
         weighted_draw(backends, &mut others, self.slow_start_ms, true).or(usable.then_some(id))
@@ -275,8 +274,8 @@ impl Balancer for P2c {
     }
 }
 
-/// Consistent hashing on the client address (rendezvous hashing): every backend scores the
-/// client with a hash of both, and the highest weighted score wins. A client keeps its backend
+/// Consistent hashing on the request's key (rendezvous hashing): every backend scores the
+/// key with a hash of both, and the highest weighted score wins. A client keeps its backend
 /// while that backend is up; adding or removing one of N backends moves only the clients that
 /// win or lose there, about 1/N of them. O(N) per pick, no table to rebuild.
 pub struct Hash {
@@ -287,7 +286,7 @@ impl Balancer for Hash {
     fn pick(&self, backends: &[Arc<Backend>], pick: &mut Pick) -> Option<usize> {
         let score = |id: usize| {
             let mut hasher = DefaultHasher::new();
-            (pick.client, &backends[id].name).hash(&mut hasher);
+            (pick.key, &backends[id].name).hash(&mut hasher);
             // A uniform draw in (0, 1] from the hash, turned into a weighted score.
             let unit = ((hasher.finish() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
             -capacity(&backends[id], pick, self.slow_start_ms, true) / unit.ln()
@@ -337,9 +336,8 @@ mod tests {
     use crate::config::BackendConf;
     use crate::pool::{self, Backends, Lease, State};
     use rand::SeedableRng;
-    use std::net::Ipv4Addr;
 
-    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const KEY: u64 = 1;
     use std::time::Instant;
 
     fn backends(n: usize) -> Backends {
@@ -359,7 +357,7 @@ mod tests {
             avoid: Tried::default(),
             rng: &mut rng,
             now_ms: pool::clock_ms(Instant::now()),
-            client: CLIENT,
+            key: KEY,
         };
         (0..count)
             .map(|_| balancer.pick(backends, &mut pick).unwrap())
@@ -376,7 +374,7 @@ mod tests {
             avoid,
             rng: &mut rng,
             now_ms: 0,
-            client: CLIENT,
+            key: KEY,
         };
         balancer.pick(backends, &mut pick)
     }
@@ -439,7 +437,7 @@ mod tests {
                     avoid,
                     rng: &mut rng,
                     now_ms: 0,
-                    client: CLIENT,
+                    key: KEY,
                 },
             )
         };
@@ -520,7 +518,7 @@ mod tests {
             avoid: Tried::default(),
             rng: &mut rng,
             now_ms: recovered(&pool, elapsed_ms),
-            client: CLIENT,
+            key: KEY,
         };
         let ids: Vec<usize> = (0..4000)
             .map(|_| balancer.pick(&pool, &mut pick).unwrap())
@@ -651,12 +649,12 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         (0..clients)
             .map(|n| {
-                let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+                let key = u64::from(n);
                 let mut pick = Pick {
                     avoid: Tried::default(),
                     rng: &mut rng,
                     now_ms: 0,
-                    client,
+                    key,
                 };
                 hash.pick(pool, &mut pick).unwrap()
             })
@@ -735,7 +733,7 @@ mod tests {
             avoid: Tried::default(),
             rng: &mut rng,
             now_ms: now,
-            client: CLIENT,
+            key: KEY,
         };
         let _busy: Vec<Lease> = (0..10).map(|_| Lease::new(&pool, 1)).collect();
         // 50 ms x 1 against 1 ms x 11: the fast backend, even with ten requests in flight.

@@ -46,6 +46,19 @@ pub struct Lb {
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
     pub drain_timeout: Duration,
     pub sticky: Sticky,
+    /// What the `hash` strategy hashes.
+    pub hash_key: HashKey,
+}
+
+/// What the `hash` strategy balances by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    #[default]
+    ClientIp,
+    /// A request header's value (requests without it fall back to the client address).
+    Header(String),
+    /// A cookie's value (requests without it fall back to the client address).
+    Cookie(String),
 }
 
 /// How a client is kept on one backend.
@@ -207,6 +220,7 @@ impl Default for Lb {
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
             sticky: Sticky::Off,
+            hash_key: HashKey::ClientIp,
         }
     }
 }
@@ -455,6 +469,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
         "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
         "sticky" => lb.sticky = parse_sticky(v)?,
+        "hash_key" => lb.hash_key = parse_hash_key(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -553,6 +568,23 @@ fn parse_token(v: &str) -> Result<String, String> {
         return Err("expected 16 or more visible ASCII characters".to_string());
     }
     Ok(v.to_string())
+}
+
+fn parse_hash_key(v: &str) -> Result<HashKey, String> {
+    let token = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match v.split_once(':') {
+        None if v == "client_ip" => Ok(HashKey::ClientIp),
+        Some(("header", name)) if token(name) => Ok(HashKey::Header(name.to_string())),
+        Some(("cookie", name)) if token(name) => Ok(HashKey::Cookie(name.to_string())),
+        _ => Err(format!(
+            "expected client_ip, header:NAME or cookie:NAME, got {v:?}"
+        )),
+    }
 }
 
 fn parse_sticky(v: &str) -> Result<Sticky, String> {
@@ -782,6 +814,7 @@ s2 = [::1]:9002 weight=1000
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
                 sticky: Sticky::Off,
+                hash_key: HashKey::ClientIp,
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),

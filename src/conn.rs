@@ -30,8 +30,9 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::Registry;
 use rand::rngs::SmallRng;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Most pump rounds per event, so one busy connection cannot starve the others; a connection
@@ -166,6 +167,8 @@ struct Exchange {
     client_keep_alive: bool,
     status: u16,
     started: Instant,
+    /// What `hash` balances by (see `hash_key`).
+    key: u64,
     /// The request line, for the access log (only kept when it is on).
     line: Option<RequestLine>,
 }
@@ -405,6 +408,7 @@ impl Conn {
             .log
             .access_log
             .then(|| RequestLine::new(cin.data()));
+        let key = hash_key(ctx, self.peer.ip(), &cin.data()[..request.head_len]);
         cin.consume(request.head_len);
         if !ctx.rate.allow(self.peer.ip(), ctx.now) {
             info!("{}: rate limited", self.peer);
@@ -413,7 +417,7 @@ impl Conn {
         ctx.budget.on_request();
         let lease = match self.sticky_backend(ctx, request.sticky) {
             Some(id) => Lease::new(&ctx.snap.backends, id),
-            None => self.choose_backend(ctx, Tried::default())?,
+            None => self.choose_backend(ctx, Tried::default(), key)?,
         };
         let exchange = Exchange {
             request,
@@ -431,6 +435,7 @@ impl Conn {
             status: 0,
             started: ctx.now,
             line,
+            key,
             lease,
         };
         self.exchange = Some(exchange);
@@ -445,14 +450,14 @@ impl Conn {
         (0..backends.len()).find(|&id| backends[id].is_up() && backends[id].token() == token)
     }
 
-    fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried) -> Result<Lease, Stop> {
+    fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried, key: u64) -> Result<Lease, Stop> {
         let backends = &ctx.snap.backends;
         let now_ms = pool::clock_ms(ctx.now);
         let mut pick = Pick {
             avoid,
             rng: ctx.rng,
             now_ms,
-            client: self.peer.ip(),
+            key,
         };
         match ctx.snap.balancer.pick(backends, &mut pick) {
             Some(id) => Ok(Lease::new(backends, id)),
@@ -906,9 +911,9 @@ impl Conn {
         }
         ex.retries_left -= 1;
         ctx.metrics.retry();
-        let tried = ex.tried;
+        let (tried, key) = (ex.tried, ex.key);
         let lease = self
-            .choose_backend(ctx, tried)
+            .choose_backend(ctx, tried, key)
             .map_err(|_| Stop::Reply(failure.reply()))?;
         self.exchange.as_mut().expect("still here").lease = lease;
         self.connect(ctx)
@@ -990,6 +995,22 @@ impl Conn {
         }
         Drive::Closed
     }
+}
+
+/// What `hash` balances a request by: a hash of the configured header or cookie, or of the
+/// client address (also when the request lacks that header or cookie). Computed only when the
+/// `hash` strategy is in use.
+fn hash_key(ctx: &Ctx, client: IpAddr, head: &[u8]) -> u64 {
+    let lb = &ctx.snap.config.lb;
+    if lb.strategy != Strategy::Hash && lb.sticky != Sticky::ClientIp {
+        return 0;
+    }
+    let mut hasher = DefaultHasher::new();
+    match request::hash_source(head, &lb.hash_key) {
+        Some(value) => value.hash(&mut hasher),
+        None => client.hash(&mut hasher),
+    }
+    hasher.finish()
 }
 
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a

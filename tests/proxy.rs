@@ -72,6 +72,43 @@ fn hash_keeps_a_client_on_one_backend() {
 }
 
 #[test]
+fn hash_on_a_header_keeps_each_user_on_one_backend_and_spreads_users() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let lb = Lb::start(&ini(
+        &[
+            ("a", backends[0].addr),
+            ("b", backends[1].addr),
+            ("c", backends[2].addr),
+        ],
+        "[lb]\nstrategy = hash\nhash_key = header:X-User\n",
+    ));
+    let served_for = |user: &str| -> Vec<String> {
+        (0..5)
+            .map(|_| {
+                let raw = format!(
+                    "GET / HTTP/1.1\r\nHost: h\r\nX-User: {user}\r\nConnection: close\r\n\r\n"
+                );
+                body_of(&request(lb.addr, raw))
+            })
+            .collect()
+    };
+    let mut used = std::collections::HashSet::new();
+    for n in 0..30 {
+        let served = served_for(&format!("user{n}"));
+        assert!(
+            served.iter().all(|b| *b == served[0]),
+            "user{n}: {served:?}"
+        );
+        used.insert(served[0].clone());
+    }
+    assert_eq!(used.len(), 3, "30 users land on every backend: {used:?}");
+}
+
+#[test]
 fn sticky_client_ip_keeps_a_client_on_one_backend_whatever_the_strategy() {
     one_client_stays_on_one_backend("[lb]\nstrategy = round_robin\nsticky = client_ip\n");
 }

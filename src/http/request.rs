@@ -5,6 +5,7 @@
 use super::body::Framing;
 use super::head::{self, HeadError, HopHeaders};
 use crate::buffer::Buffer;
+use crate::config::HashKey;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -81,18 +82,39 @@ pub const STICKY_COOKIE: &str = "lbmio";
 
 /// The token in an `lbmio=<16 hex digits>` cookie pair, if the client sent one.
 fn sticky_token(headers: &[httparse::Header]) -> Option<u64> {
+    let value = cookie(headers, STICKY_COOKIE)?;
+    let hex = std::str::from_utf8(value).ok().filter(|v| v.len() == 16)?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The value of cookie `name` in the `Cookie` headers.
+fn cookie<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
         .flat_map(|h| h.value.split(|&b| b == b';'))
         .find_map(|pair| {
-            let value = pair
-                .trim_ascii()
-                .strip_prefix(STICKY_COOKIE.as_bytes())?
-                .strip_prefix(b"=")?;
-            let hex = std::str::from_utf8(value).ok().filter(|v| v.len() == 16)?;
-            u64::from_str_radix(hex, 16).ok()
+            pair.trim_ascii()
+                .strip_prefix(name.as_bytes())?
+                .strip_prefix(b"=")
         })
+}
+
+/// What `hash` balances a request by, when that is a header or a cookie of a head that
+/// `parse` accepted: the value, or `None` when the request has none.
+pub fn hash_source<'a>(head: &'a [u8], key: &HashKey) -> Option<&'a [u8]> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    req.parse(head).ok()?;
+    match key {
+        HashKey::ClientIp => None,
+        HashKey::Header(name) => req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value),
+        HashKey::Cookie(name) => cookie(req.headers, name),
+    }
 }
 
 /// Parses a request head at the start of `input`. `Ok(None)`: the head is not complete yet.
@@ -602,6 +624,19 @@ mod tests {
             false,
         ),
     ];
+
+    #[test]
+    fn hash_sources_are_found_in_headers_and_cookies() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-User: alice\r\nCookie: a=1; sid=xyz\r\n\r\n";
+        let header = HashKey::Header("x-user".into());
+        assert_eq!(hash_source(head, &header), Some(&b"alice"[..]));
+        assert_eq!(
+            hash_source(head, &HashKey::Cookie("sid".into())),
+            Some(&b"xyz"[..])
+        );
+        assert_eq!(hash_source(head, &HashKey::Cookie("none".into())), None);
+        assert_eq!(hash_source(head, &HashKey::ClientIp), None);
+    }
 
     #[test]
     fn the_sticky_cookie_is_found_among_others() {
