@@ -109,6 +109,8 @@ pub struct Limits {
     /// Requests a second for each client address (0: off), and the burst above it.
     pub client_rate: u32,
     pub client_burst: u32,
+    /// Open connections per client address, over all workers (0: off).
+    pub client_connections: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +248,7 @@ impl Default for Limits {
             rate_burst: 0,
             client_rate: 0,
             client_burst: 0,
+            client_connections: 0,
         }
     }
 }
@@ -497,6 +500,7 @@ fn set_limits(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "rate_burst" => l.rate_burst = parse_range(v, 0, 10_000_000)?,
         "client_rate" => l.client_rate = parse_range(v, 0, 10_000_000)?,
         "client_burst" => l.client_burst = parse_range(v, 0, 10_000_000)?,
+        "client_connections" => l.client_connections = parse_range(v, 0, 1_000_000)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -830,6 +834,7 @@ s2 = [::1]:9002 weight=1000
                 rate_burst: 2000,
                 client_rate: 10,
                 client_burst: 20,
+                client_connections: 0,
             },
             health: Health {
                 path: "/status?full=1".to_string(),

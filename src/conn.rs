@@ -258,6 +258,10 @@ impl Conn {
         self.served && self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
     }
 
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn client(&mut self) -> &mut TcpStream {
         &mut self.client
     }

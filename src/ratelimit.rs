@@ -1,10 +1,11 @@
-//! Rate limiting with token buckets: one for all clients and one per client address. Each
+//! Rate limiting with token buckets, and the per-client connection limit. Token buckets: one for all clients and one per client address. Each
 //! worker keeps its own buckets, with its share of the configured rates (rate ÷ workers), so
 //! the request path shares nothing; per-client buckets live in a fixed-size table where a new
 //! client takes over the slot of another, so memory stays fixed whatever the clients do.
 
 use crate::config::Limits;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// Slots in a worker's per-client table.
@@ -104,16 +105,56 @@ impl RateLimits {
     }
 }
 
-/// A client's slot: FNV-1a over its address bytes.
+/// A client's slot in a worker's bucket table.
 fn slot_of(client: IpAddr) -> usize {
-    let bytes = match client.to_canonical() {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+    hash(client) as usize % CLIENT_SLOTS
+}
+
+/// FNV-1a over the address bytes (no allocation).
+fn hash(client: IpAddr) -> u64 {
+    let v6 = match client.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
     };
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+    v6.octets().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    hash as usize % CLIENT_SLOTS
+    })
+}
+/// Open connections per client address, over all workers: a fixed table of atomic counters
+/// indexed by a hash of the address, touched once when a connection opens and once when it
+/// closes (never per request). Two clients that share a slot share its limit: with 65,536 slots
+/// that is rare, and it can only limit early, never let a client past the limit.
+pub struct ConnLimit {
+    max: u32,
+    open: Vec<AtomicU32>,
+}
+
+/// Slots in the connection-count table.
+const CONN_SLOTS: usize = 65_536;
+
+impl ConnLimit {
+    /// `max` connections per client address; `None` when 0 (off).
+    pub fn new(max: u32) -> Option<ConnLimit> {
+        (max > 0).then(|| ConnLimit {
+            max,
+            open: (0..CONN_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        })
+    }
+
+    /// Counts a new connection from `client`; false (and not counted) when over the limit.
+    pub fn open(&self, client: IpAddr) -> bool {
+        let slot = &self.open[hash(client) as usize % CONN_SLOTS];
+        if slot.fetch_add(1, Ordering::Relaxed) < self.max {
+            return true;
+        }
+        slot.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// A counted connection from `client` closed.
+    pub fn close(&self, client: IpAddr) {
+        self.open[hash(client) as usize % CONN_SLOTS].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +208,17 @@ mod tests {
         let now = Instant::now();
         let mut rl = RateLimits::new(&limits(100, 100, 0, 0), 4, now);
         assert_eq!(allowed(&mut rl, A, 100, now), 25);
+    }
+
+    #[test]
+    fn connections_per_client_are_held_to_the_limit() {
+        let limit = ConnLimit::new(2).unwrap();
+        assert!(limit.open(A) && limit.open(A));
+        assert!(!limit.open(A), "a third connection from A");
+        assert!(limit.open(B), "B has its own count");
+        limit.close(A);
+        assert!(limit.open(A), "room again after a close");
+        assert!(ConnLimit::new(0).is_none(), "0 is off");
     }
 
     #[test]

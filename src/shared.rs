@@ -7,6 +7,7 @@ use crate::balance::{self, Balancer};
 use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::pool::Backends;
+use crate::ratelimit::ConnLimit;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,11 +41,14 @@ pub struct Shared {
     epoch: AtomicU64,
     /// One set of counters per worker, by worker index.
     pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// `[limits] client_connections`, fixed at start.
+    pub conn_limit: Option<ConnLimit>,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, workers: usize) -> Shared {
         Shared {
+            conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),
             epoch: AtomicU64::new(0),
             metrics: (0..workers).map(|_| Arc::default()).collect(),

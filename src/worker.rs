@@ -258,6 +258,15 @@ impl Worker {
         peer: std::net::SocketAddr,
         now: Instant,
     ) {
+        if self
+            .shared
+            .conn_limit
+            .as_ref()
+            .is_some_and(|limit| !limit.open(peer.ip()))
+        {
+            info!("{peer}: over [limits] client_connections: closed");
+            return;
+        }
         // Heads and small bodies go out in one write each; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -268,6 +277,9 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register {peer}: {e}");
+            if let Some(limit) = &self.shared.conn_limit {
+                limit.close(peer.ip());
+            }
             return;
         }
         entry.insert(Conn::new(
@@ -305,6 +317,9 @@ impl Worker {
             Drive::Busy => self.again.push(id),
             Drive::Closed => {
                 let mut conn = self.conns.remove(id);
+                if let Some(limit) = &self.shared.conn_limit {
+                    limit.close(conn.peer().ip());
+                }
                 self.metrics.set_connections(self.conns.len());
                 let _ = self.poll.registry().deregister(conn.client());
                 if self.at_limit {

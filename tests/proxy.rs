@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -238,6 +239,53 @@ fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes_down() 
     assert_ne!(body_of(&moved), home);
     let rewritten = moved.header("set-cookie").expect("a new cookie");
     assert_ne!(rewritten.split(';').next().unwrap(), cookie);
+}
+
+#[test]
+fn connections_over_client_connections_are_closed_until_one_ends() {
+    let backend = Backend::named("a");
+    let lb = Lb::start(&ini(
+        &[("a", backend.addr)],
+        "[lb]\nworkers = 2\n[limits]\nclient_connections = 2\n",
+    ));
+    let (mut first, mut second) = (connect(lb.addr), connect(lb.addr));
+    assert_eq!(get_on(&mut first, "/1").status, 200);
+    assert_eq!(get_on(&mut second, "/2").status, 200);
+    let mut third = connect(lb.addr);
+    send(&mut third, b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = third.read_to_end(&mut rest); // closed or reset, never answered
+    assert!(
+        rest.is_empty(),
+        "the third connection was served: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    lb.expect_log("over [limits] client_connections", Duration::from_secs(2));
+    drop(first);
+    // Once the lb has seen the close, a new connection is served.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut next = connect(lb.addr);
+        send(
+            &mut next,
+            b"GET /4 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        );
+        let mut answer = Vec::new();
+        let _ = next.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        get_on(&mut second, "/5").status,
+        200,
+        "the open ones carry on"
+    );
 }
 
 #[test]
