@@ -24,6 +24,24 @@ fn body_of(resp: &Resp) -> String {
 // Balancing
 // ---------------------------------------------------------------------------------------------
 
+/// Backends named a, b and c behind one lb-mio with `extra` config.
+fn three_backends(extra: &str) -> ([Backend; 3], Lb) {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let lb = Lb::start(&ini(
+        &[
+            ("a", backends[0].addr),
+            ("b", backends[1].addr),
+            ("c", backends[2].addr),
+        ],
+        extra,
+    ));
+    (backends, lb)
+}
+
 #[test]
 fn weighted_round_robin_follows_the_weights_in_smooth_order() {
     let (a, b) = (Backend::named("a"), Backend::named("b"));
@@ -42,19 +60,7 @@ fn weighted_round_robin_follows_the_weights_in_smooth_order() {
 
 /// 100 requests from one client: every one reaches the same backend.
 fn one_client_stays_on_one_backend(extra: &str) {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
-    let lb = Lb::start(&ini(
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
-        extra,
-    ));
+    let (backends, lb) = three_backends(extra);
     let served: Vec<String> = (0..100)
         .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
         .collect();
@@ -74,19 +80,8 @@ fn hash_keeps_a_client_on_one_backend() {
 
 #[test]
 fn hash_on_a_header_keeps_each_user_on_one_backend_and_spreads_users() {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
-    let lb = Lb::start(&ini(
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
-        "[lb]\nstrategy = hash\nhash_key = header:X-User\n",
-    ));
+    // The backends must live as long as the test: `_backends`, not `_`.
+    let (_backends, lb) = three_backends("[lb]\nstrategy = hash\nhash_key = header:X-User\n");
     let served_for = |user: &str| -> Vec<String> {
         (0..5)
             .map(|_| {
@@ -194,19 +189,8 @@ fn get_with_cookie(addr: std::net::SocketAddr, cookie: &str) -> Resp {
 
 #[test]
 fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes_down() {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
-    let lb = Lb::start(&ini(
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
-        "[lb]\nsticky = cookie\n[health]\ninterval_ms = 50\nrise = 1\nfall = 1\n",
-    ));
+    let (backends, lb) =
+        three_backends("[lb]\nsticky = cookie\n[health]\ninterval_ms = 50\nrise = 1\nfall = 1\n");
     let first = get(lb.addr, "/");
     let set = first
         .header("set-cookie")
@@ -290,19 +274,7 @@ fn connections_over_client_connections_are_closed_until_one_ends() {
 
 #[test]
 fn round_robin_spreads_requests_evenly_over_three_backends() {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
-    let lb = Lb::start(&ini(
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
-        "[lb]\nstrategy = round_robin\n",
-    ));
+    let (backends, lb) = three_backends("[lb]\nstrategy = round_robin\n");
 
     let served: Vec<String> = (0..30)
         .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
