@@ -48,6 +48,9 @@ pub struct Lb {
     pub sticky: Sticky,
     /// What the `hash` strategy hashes.
     pub hash_key: HashKey,
+    /// `Server` header for every response; `None` passes the backend's through and sends none
+    /// on lb-mio's own replies.
+    pub server_header: Option<String>,
 }
 
 /// What the `hash` strategy balances by.
@@ -223,6 +226,7 @@ impl Default for Lb {
             drain_timeout: Duration::from_secs(10),
             sticky: Sticky::Off,
             hash_key: HashKey::ClientIp,
+            server_header: None,
         }
     }
 }
@@ -473,6 +477,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
         "sticky" => lb.sticky = parse_sticky(v)?,
         "hash_key" => lb.hash_key = parse_hash_key(v)?,
+        "server_header" => lb.server_header = parse_server_header(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -572,6 +577,17 @@ fn parse_token(v: &str) -> Result<String, String> {
         return Err("expected 16 or more visible ASCII characters".to_string());
     }
     Ok(v.to_string())
+}
+
+/// A `Server` value: printable ASCII, so it cannot end the header line or the head.
+fn parse_server_header(v: &str) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.len() > 128 || !v.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err("expected up to 128 printable ASCII characters".to_string());
+    }
+    Ok(Some(v.to_string()))
 }
 
 fn parse_hash_key(v: &str) -> Result<HashKey, String> {
@@ -768,6 +784,7 @@ retries = 0
 expose_backend = yes
 upstream_keepalive = 0
 retry_budget = 50
+server_header = edge/2 (test)
 
 [timeouts]
 connect_ms = 1
@@ -819,6 +836,7 @@ s2 = [::1]:9002 weight=1000
                 drain_timeout: Duration::from_secs(10),
                 sticky: Sticky::Off,
                 hash_key: HashKey::ClientIp,
+                server_header: Some("edge/2 (test)".to_string()),
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),
@@ -1108,6 +1126,12 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[lb]\nexpose_backend = maybe\n",
                 2,
                 "[lb] expose_backend: expected true|false|on|off|yes|no|1|0, got \"maybe\"",
+            ),
+            (
+                "control character in server_header",
+                "[lb]\nserver_header = a\x01b\n",
+                2,
+                "[lb] server_header: expected up to 128 printable ASCII characters",
             ),
             (
                 "bad strategy",

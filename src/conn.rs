@@ -718,6 +718,7 @@ impl Conn {
         let added = Added {
             backend: name,
             set_cookie: cookie.as_deref().map(str::as_bytes),
+            server: ctx.snap.config.lb.server_header.as_deref(),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -858,7 +859,8 @@ impl Conn {
             Stop::Reply(reply) => {
                 ctx.metrics.reply(reply);
                 self.enter(Phase::Closing, ctx);
-                buf(&mut self.cout, ctx.buffers).put(reply.bytes());
+                let server = ctx.snap.config.lb.server_header.as_deref();
+                reply.write(server, buf(&mut self.cout, ctx.buffers));
                 Drive::Open
             }
             Stop::Upstream(failure) => match self.retry(ctx, failure) {

@@ -1265,3 +1265,31 @@ fn access_log_is_off_by_default() {
         lb.log_text()
     );
 }
+
+#[test]
+fn server_header_replaces_the_backends_and_marks_lb_mios_own_replies() {
+    let a = Backend::start("a", |_| {
+        Response::ok("hi").header("Server", "gunicorn/20.1")
+    });
+    let lb = Lb::start(&ini(&[("a", a.addr)], "[lb]\nserver_header = edge\n"));
+    let resp = get(lb.addr, "/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header_all("Server"), vec!["edge"]);
+    let bad = request(
+        lb.addr,
+        "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header_all("Server"), vec!["edge"]);
+
+    let plain = Lb::start(&ini(&[("a", a.addr)], ""));
+    assert_eq!(
+        get(plain.addr, "/").header_all("Server"),
+        vec!["gunicorn/20.1"]
+    );
+    let bad = request(
+        plain.addr,
+        "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
+    );
+    assert!(!bad.has_header("Server"), "{}", bad.head_str());
+}

@@ -1,6 +1,9 @@
 //! The answers lb-mio gives itself when it cannot forward a request. Each is a complete
 //! response that closes the connection, with a short body that names no backend.
 
+use super::head;
+use crate::buffer::Buffer;
+
 /// Why lb-mio answered instead of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -62,6 +65,18 @@ impl Reply {
         }
     }
 
+    /// Appends the reply to `out` (empty, or with room for a reply: it is under 300 bytes),
+    /// with `Server: <server>` after the status line when one is configured.
+    pub fn write(self, server: Option<&str>, out: &mut Buffer) {
+        let bytes = self.bytes();
+        let line = head::first_line_len(bytes);
+        out.put(&bytes[..line]);
+        if let Some(server) = server {
+            let _ = head::put_header(out, b"Server", server.as_bytes());
+        }
+        out.put(&bytes[line..]);
+    }
+
     /// The whole response on the wire (a unit test checks each `Content-Length`).
     pub fn bytes(self) -> &'static [u8] {
         match self {
@@ -100,6 +115,18 @@ mod tests {
             let length: usize = std::str::from_utf8(length.value).unwrap().parse().unwrap();
             assert_eq!(length, bytes.len() - head_len, "{reply:?} Content-Length");
         }
+    }
+
+    #[test]
+    fn a_configured_server_header_follows_the_status_line() {
+        let mut out = crate::buffer::BufferPool::new(0).take();
+        Reply::BadGateway.write(Some("edge"), &mut out);
+        assert!(out
+            .data()
+            .starts_with(b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nContent-Type"));
+        let mut plain = crate::buffer::BufferPool::new(0).take();
+        Reply::BadGateway.write(None, &mut plain);
+        assert_eq!(plain.data(), Reply::BadGateway.bytes());
     }
 
     #[test]

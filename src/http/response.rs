@@ -96,8 +96,11 @@ fn write_client_head(
 ) -> Result<(), HeadError> {
     head::put_all(out, &head[..head::first_line_len(head)])?;
     let switching = response.kind == Kind::Switch;
+    // A configured `Server` replaces the backend's, which would name its software.
+    let replace_server = added.server.is_some();
     for h in headers {
-        if !hop.is_hop_by_hop(h.name, switching) {
+        let replaced = replace_server && h.name.eq_ignore_ascii_case("server");
+        if !replaced && !hop.is_hop_by_hop(h.name, switching) {
             head::copy_header_line(head, h, out)?;
         }
     }
@@ -111,6 +114,9 @@ fn write_client_head(
         Kind::Final => {}
     }
     if response.kind == Kind::Final {
+        if let Some(server) = added.server {
+            head::put_header(out, b"Server", server.as_bytes())?;
+        }
         if let Some(name) = added.backend {
             head::put_header(out, b"X-Backend", name.as_bytes())?;
         }
@@ -128,13 +134,15 @@ pub struct Added<'a> {
     pub backend: Option<&'a str>,
     /// `Set-Cookie: <value>` (sticky sessions).
     pub set_cookie: Option<&'a [u8]>,
+    /// `Server: <value>` in place of the backend's (`server_header`).
+    pub server: Option<&'a str>,
 }
 
 impl<'a> Added<'a> {
     pub fn backend(name: Option<&'a str>) -> Added<'a> {
         Added {
             backend: name,
-            set_cookie: None,
+            ..Added::default()
         }
     }
 }
@@ -786,6 +794,27 @@ mod tests {
         assert_eq!(
             show(out.data()),
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Backend: b\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_configured_server_header_replaces_the_backends() {
+        let req = request(GET);
+        let input = b"HTTP/1.1 200 OK\r\nserver: gunicorn/20.1\r\nContent-Length: 0\r\n\r\n";
+        let added = Added {
+            server: Some("edge"),
+            ..Added::default()
+        };
+        let mut out = BufferPool::new(0).take();
+        parse(input, MAX, &req, added, &mut out).unwrap().unwrap();
+        assert_eq!(
+            show(out.data()),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nServer: edge\r\n\r\n"
+        );
+        let (_, passed) = run(GET, input, None);
+        assert_eq!(
+            passed, input,
+            "without server_header the backend's passes through"
         );
     }
 }
