@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -15,9 +15,12 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::pool::MAX_BACKENDS;
+use crate::proxy_protocol::Version;
 
 const MAX_WORKERS: usize = 256;
 const MAX_MS: u64 = 3_600_000;
+/// Most `listen` addresses (each worker holds a listener for each).
+pub const MAX_LISTEN: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -32,7 +35,8 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lb {
-    pub listen: SocketAddr,
+    /// Every address clients connect to (each worker listens on all of them).
+    pub listen: Vec<SocketAddr>,
     pub workers: usize,
     pub strategy: Strategy,
     /// How many other backends a request may try when connecting fails.
@@ -51,6 +55,31 @@ pub struct Lb {
     /// `Server` header for every response; `None` passes the backend's through and sends none
     /// on lb-mio's own replies.
     pub server_header: Option<String>,
+    /// Connections from `proxy_from` sources start with a PROXY protocol header.
+    pub accept_proxy: bool,
+    /// The balancers trusted to send a PROXY protocol header.
+    pub proxy_from: Vec<Cidr>,
+    /// A PROXY protocol header before every request to a backend (and every health probe).
+    pub send_proxy: Option<Version>,
+}
+
+/// An address range, `10.0.0.0/8` or `::1/128` (a bare address is the range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, ip, width) = match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = width - u32::from(self.bits);
+        net.checked_shr(shift).unwrap_or(0) == ip.checked_shr(shift).unwrap_or(0)
+    }
 }
 
 /// What the `hash` strategy balances by.
@@ -216,7 +245,7 @@ impl Strategy {
 impl Default for Lb {
     fn default() -> Self {
         Lb {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             workers: auto_workers(),
             strategy: Strategy::RoundRobin,
             retries: 2,
@@ -227,6 +256,9 @@ impl Default for Lb {
             sticky: Sticky::Off,
             hash_key: HashKey::ClientIp,
             server_header: None,
+            accept_proxy: false,
+            proxy_from: Vec::new(),
+            send_proxy: None,
         }
     }
 }
@@ -420,6 +452,13 @@ impl<'a> Parser<'a> {
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
         }
+        let lb = &self.config.lb;
+        if lb.accept_proxy && lb.proxy_from.is_empty() {
+            // Trusting a PROXY header from anyone would let any client pick its own address.
+            let line = self.keys.get(&("lb", "accept_proxy")).copied().unwrap_or(0);
+            let message = "needs [lb] proxy_from: the balancers trusted to send it".to_string();
+            return Err(self.error(line, "[lb] accept_proxy".to_string(), message));
+        }
         let admin = &self.config.admin;
         if admin.listen.is_some_and(|a| !a.ip().is_loopback()) && admin.token.is_none() {
             // The admin API changes the pool: off loopback it must ask who is calling.
@@ -467,7 +506,7 @@ fn unknown_key() -> Result<(), String> {
 fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
     let lb = &mut c.lb;
     match key {
-        "listen" => lb.listen = parse_addr(v)?,
+        "listen" => lb.listen = parse_listen(v)?,
         "workers" => lb.workers = parse_workers(v)?,
         "strategy" => lb.strategy = parse_strategy(v)?,
         "retries" => lb.retries = parse_range(v, 0, 10)?,
@@ -478,6 +517,9 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "sticky" => lb.sticky = parse_sticky(v)?,
         "hash_key" => lb.hash_key = parse_hash_key(v)?,
         "server_header" => lb.server_header = parse_server_header(v)?,
+        "accept_proxy" => lb.accept_proxy = parse_bool(v)?,
+        "proxy_from" => lb.proxy_from = parse_list(v, parse_cidr)?,
+        "send_proxy" => lb.send_proxy = parse_send_proxy(v)?,
         _ => return unknown_key(),
     }
     Ok(())
@@ -643,6 +685,49 @@ fn parse_addr(v: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected ip:port, got {v:?}"))
 }
 
+/// Addresses separated by spaces or commas, at most `MAX_LISTEN`, no repeats.
+fn parse_listen(v: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs = parse_list(v, parse_addr)?;
+    if addrs.is_empty() || addrs.len() > MAX_LISTEN {
+        return Err(format!("expected 1 to {MAX_LISTEN} ip:port addresses"));
+    }
+    if let Some(twice) = addrs
+        .iter()
+        .find(|a| addrs.iter().filter(|b| b == a).count() > 1)
+    {
+        return Err(format!("{twice} is listed twice"));
+    }
+    Ok(addrs)
+}
+
+fn parse_list<T>(v: &str, item: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(item)
+        .collect()
+}
+
+fn parse_cidr(v: &str) -> Result<Cidr, String> {
+    let bad = || format!("expected an address or address/bits, got {v:?}");
+    let (ip, bits) = v.split_once('/').unwrap_or((v, ""));
+    let net: IpAddr = ip.parse().map_err(|_| bad())?;
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        "" => max,
+        bits => bits.parse().ok().filter(|&b| b <= max).ok_or_else(bad)?,
+    };
+    Ok(Cidr { net, bits })
+}
+
+fn parse_send_proxy(v: &str) -> Result<Option<Version>, String> {
+    match v {
+        "off" => Ok(None),
+        "v1" => Ok(Some(Version::V1)),
+        "v2" => Ok(Some(Version::V2)),
+        _ => Err(format!("expected off, v1 or v2, got {v:?}")),
+    }
+}
+
 fn parse_optional_addr(v: &str) -> Result<Option<SocketAddr>, String> {
     if v == "off" {
         return Ok(None);
@@ -777,7 +862,7 @@ mod tests {
     fn full_example() {
         let text = "\
 [lb]
-listen = [::1]:8081
+listen = [::1]:8081, 127.0.0.1:8081
 workers = 4
 strategy = least_conn
 retries = 0
@@ -785,6 +870,9 @@ expose_backend = yes
 upstream_keepalive = 0
 retry_budget = 50
 server_header = edge/2 (test)
+accept_proxy = on
+proxy_from = 10.0.0.0/8 ::1
+send_proxy = v2
 
 [timeouts]
 connect_ms = 1
@@ -826,7 +914,10 @@ s2 = [::1]:9002 weight=1000
 ";
         let expected = Config {
             lb: Lb {
-                listen: "[::1]:8081".parse().unwrap(),
+                listen: vec![
+                    "[::1]:8081".parse().unwrap(),
+                    "127.0.0.1:8081".parse().unwrap(),
+                ],
                 workers: 4,
                 strategy: Strategy::LeastConn,
                 retries: 0,
@@ -837,6 +928,12 @@ s2 = [::1]:9002 weight=1000
                 sticky: Sticky::Off,
                 hash_key: HashKey::ClientIp,
                 server_header: Some("edge/2 (test)".to_string()),
+                accept_proxy: true,
+                proxy_from: vec![
+                    parse_cidr("10.0.0.0/8").unwrap(),
+                    parse_cidr("::1").unwrap(),
+                ],
+                send_proxy: Some(Version::V2),
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),
@@ -888,7 +985,7 @@ s2 = [::1]:9002 weight=1000
         let config = parse(MINIMAL).unwrap();
         let expected = Config::with_backends(vec![backend("s1", "127.0.0.1:9001", 1)]);
         assert_eq!(config, expected);
-        assert_eq!(config.lb.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.lb.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
         assert!(config.lb.workers >= 1);
         assert_eq!(config.lb.strategy, Strategy::RoundRobin);
         assert_eq!(config.lb.retries, 2);
@@ -952,6 +1049,28 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             let config = parse(&format!("[log]\naccess_log = {v}\n{MINIMAL}")).unwrap();
             assert_eq!(config.log.access_log, want, "{v}");
         }
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        let range = |v: &str| parse_cidr(v).unwrap();
+        let ip = |v: &str| v.parse::<IpAddr>().unwrap();
+        assert!(range("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(range("10.1.2.3").contains(ip("10.1.2.3")));
+        assert!(!range("10.1.2.3").contains(ip("10.1.2.4")));
+        assert!(range("0.0.0.0/0").contains(ip("192.0.2.1")));
+        assert!(
+            range("127.0.0.0/8").contains(ip("::ffff:127.0.0.9")),
+            "v4-mapped"
+        );
+        assert!(!range("127.0.0.0/8").contains(ip("::1")));
+        assert!(range("::1").contains(ip("::1")));
+        assert!(range("fd00::/8").contains(ip("fdab::1")));
+        assert!(!range("fd00::/8").contains(ip("fe80::1")));
+        assert!(range("::/0").contains(ip("2001:db8::1")));
+        assert!(range("10.0.0.0/12").contains(ip("10.15.0.1")));
+        assert!(!range("10.0.0.0/12").contains(ip("10.16.0.1")));
     }
 
     #[test]
@@ -1126,6 +1245,30 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[lb]\nexpose_backend = maybe\n",
                 2,
                 "[lb] expose_backend: expected true|false|on|off|yes|no|1|0, got \"maybe\"",
+            ),
+            (
+                "accept_proxy without proxy_from",
+                "[lb]\nworkers = 1\naccept_proxy = true\n[backends]\na = 127.0.0.1:1\n",
+                3,
+                "[lb] accept_proxy: needs [lb] proxy_from",
+            ),
+            (
+                "bad proxy_from",
+                "[lb]\nproxy_from = 10.0.0.0/33\n",
+                2,
+                "[lb] proxy_from: expected an address or address/bits, got \"10.0.0.0/33\"",
+            ),
+            (
+                "listen twice",
+                "[lb]\nlisten = 127.0.0.1:80 127.0.0.1:80\n",
+                2,
+                "[lb] listen: 127.0.0.1:80 is listed twice",
+            ),
+            (
+                "bad send_proxy",
+                "[lb]\nsend_proxy = v3\n",
+                2,
+                "[lb] send_proxy: expected off, v1 or v2, got \"v3\"",
             ),
             (
                 "control character in server_header",

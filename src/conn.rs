@@ -21,6 +21,7 @@ use crate::http::request::{self, HeadLimits, Request, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::pool::{self, Backend, Lease};
+use crate::proxy_protocol;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
@@ -45,6 +46,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for the PROXY protocol header of a trusted balancer. Times out after `header`.
+    Proxy,
     /// Between requests with nothing buffered; holds no buffers. Times out after `idle`.
     Idle,
     /// Receiving a request head. Times out after `header`.
@@ -67,6 +70,7 @@ impl Phase {
 
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Proxy => "proxy header",
             Phase::Idle => "idle",
             Phase::Head => "head",
             Phase::Connecting => "connecting",
@@ -208,7 +212,12 @@ pub struct Ctx<'a> {
 
 pub struct Conn {
     client: TcpStream,
+    /// The client: the connection's peer, or who a trusted balancer's PROXY header names.
     peer: SocketAddr,
+    /// The address the client connected to, when a PROXY header named it.
+    dest: Option<SocketAddr>,
+    /// The address counted in `[limits] client_connections`, released at close.
+    pub counted: Option<IpAddr>,
     pub ready: Readiness,
     phase: Phase,
     cin: Option<Buffer>,
@@ -233,13 +242,16 @@ fn held(slot: &Option<Buffer>) -> usize {
 }
 
 impl Conn {
-    /// A new client connection: it must send a request head within the header timeout.
-    pub fn new(client: TcpStream, peer: SocketAddr, deadline: Instant) -> Conn {
+    /// A new client connection: it must send a request head (after a PROXY protocol header
+    /// when `proxied`) within the header timeout.
+    pub fn new(client: TcpStream, peer: SocketAddr, proxied: bool, deadline: Instant) -> Conn {
         Conn {
             client,
             peer,
+            dest: None,
+            counted: None,
             ready: Readiness::default(),
-            phase: Phase::Idle,
+            phase: if proxied { Phase::Proxy } else { Phase::Idle },
             cin: None,
             uout: None,
             uin: None,
@@ -256,10 +268,6 @@ impl Conn {
     /// connection that has not sent its first request yet is not idle: one is on its way.)
     pub fn is_idle(&self) -> bool {
         self.served && self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
     }
 
     pub fn client(&mut self) -> &mut TcpStream {
@@ -303,7 +311,7 @@ impl Conn {
                 }
                 Stop::Reply(Reply::GatewayTimeout)
             }
-            Phase::Idle | Phase::Tunnel | Phase::Closing => Stop::Close,
+            Phase::Proxy | Phase::Idle | Phase::Tunnel | Phase::Closing => Stop::Close,
         };
         match self.stop(ctx, stop) {
             Drive::Closed => self.close(ctx),
@@ -314,6 +322,7 @@ impl Conn {
     /// One pass over every step of the pump; true if any of them moved something.
     fn round(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         let mut moved = self.read_client(ctx)?;
+        moved |= self.read_proxy_header(ctx)?;
         moved |= self.start_request(ctx)?;
         moved |= self.check_connected(ctx)?;
         moved |= self.forward_request(ctx)?;
@@ -384,6 +393,32 @@ impl Conn {
         }
     }
 
+    /// Takes the PROXY protocol header off the front of `cin`: from then on the client is the
+    /// one it names. A bad header closes the connection: the sender is a balancer, not a client
+    /// an HTTP answer would help.
+    fn read_proxy_header(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        if self.phase != Phase::Proxy || held(&self.cin) == 0 {
+            return Ok(false);
+        }
+        let cin = buf(&mut self.cin, ctx.buffers);
+        match proxy_protocol::parse(cin.data()) {
+            Ok(None) => Ok(false), // headers are far shorter than a buffer: more will come
+            Ok(Some(header)) => {
+                cin.consume(header.len);
+                if let Some((client, dest)) = header.addrs {
+                    (self.peer, self.dest) = (client, Some(dest));
+                }
+                self.enter(Phase::Head, ctx);
+                Ok(true)
+            }
+            Err(why) => {
+                info!("{}: bad PROXY protocol header: {why}", self.peer);
+                ctx.metrics.reply(Reply::BadRequest);
+                Err(Stop::Close)
+            }
+        }
+    }
+
     /// Parses a request head from `cin`, writes the backend's head into `uout`, and starts the
     /// exchange with a backend.
     fn start_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
@@ -395,11 +430,18 @@ impl Conn {
             max_bytes: limits.max_header_bytes,
             max_headers: limits.max_headers,
         };
+        let dest = self.dest_addr(ctx);
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
+        if let Some((version, dest)) = dest {
+            proxy_protocol::write(version, self.peer, dest, uout);
+        }
         let request = match request::parse(cin.data(), limits, self.peer.ip(), uout) {
             Ok(Some(request)) => request,
-            Ok(None) => return Ok(false),
+            Ok(None) => {
+                uout.truncate(0);
+                return Ok(false);
+            }
             Err(e) => {
                 uout.truncate(0);
                 info!("{}: rejected request: {}", self.peer, describe(e));
@@ -447,6 +489,14 @@ impl Conn {
         Ok(true)
     }
 
+    /// With `send_proxy`, the version and the address the client connected to, for the header
+    /// that goes before the request.
+    fn dest_addr(&self, ctx: &Ctx) -> Option<(proxy_protocol::Version, SocketAddr)> {
+        let version = ctx.snap.config.lb.send_proxy?;
+        let dest = self.dest.or_else(|| self.client.local_addr().ok())?;
+        Some((version, dest))
+    }
+
     /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
     fn sticky_backend(&self, ctx: &Ctx, token: Option<u64>) -> Option<usize> {
         let token = token.filter(|_| ctx.snap.config.lb.sticky == Sticky::Cookie)?;
@@ -472,11 +522,16 @@ impl Conn {
         }
     }
 
-    /// Gets the exchange's backend a connection: an idle pooled one, or a new one.
+    /// Gets the exchange's backend a connection: an idle pooled one, or a new one. With
+    /// `send_proxy` every request takes a new one: its header names this client only.
     fn connect(&mut self, ctx: &mut Ctx) -> Result<(), Stop> {
         let ex = self.exchange.as_mut().expect("connect needs an exchange");
         let backend = ex.lease.id;
-        if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
+        let pooled = ctx.snap.config.lb.send_proxy.is_none();
+        if let Some(id) = pooled
+            .then(|| ctx.upstreams.checkout(backend, ctx.id))
+            .flatten()
+        {
             ctx.metrics.upstream(true);
             ex.upstream = Some(id);
             self.enter(Phase::Forwarding, ctx);
@@ -809,7 +864,10 @@ impl Conn {
         let ex = self.exchange.take().expect("checked above");
         self.served = true;
         let unsent = held(&self.uout) - ex.sent;
-        let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
+        let reusable = ex.reusable
+            && unsent == 0
+            && held(&self.uin) == 0
+            && ctx.snap.config.lb.send_proxy.is_none();
         if let Some(up) = ex.upstream {
             ctx.upstreams.release(ctx.registry, up, reusable);
         }
@@ -936,7 +994,7 @@ impl Conn {
         let t = &ctx.snap.config.timeouts;
         match self.phase {
             Phase::Idle => t.idle,
-            Phase::Head => t.header,
+            Phase::Proxy | Phase::Head => t.header,
             Phase::Connecting => t.connect,
             Phase::Forwarding => t.backend,
             Phase::Tunnel => t.idle,

@@ -5,6 +5,7 @@
 
 use crate::config::Health;
 use crate::pool::{Backend, ProbeReport, State};
+use crate::proxy_protocol::{self, Version};
 use crate::shared::Shared;
 use log::{info, warn};
 use rand::rngs::SmallRng;
@@ -62,11 +63,14 @@ fn probe_loop(shared: &Shared, backend: &Backend) {
     let mut rng = SmallRng::seed_from_u64(seed ^ backend.addr.port() as u64);
     loop {
         let started = Instant::now();
-        let conf = shared.load().config.health.clone();
+        let snap = shared.load();
+        let (conf, proxy) = (snap.config.health.clone(), snap.config.lb.send_proxy);
+        drop(snap);
         match backend.state() {
             State::Removed => return,
             State::Up | State::Down => {
-                tracker.observe(backend, &conf, probe(backend.addr, &conf), started)
+                let result = probe(backend.addr, &conf, proxy);
+                tracker.observe(backend, &conf, result, started)
             }
             State::Draining => {}
         }
@@ -200,7 +204,13 @@ impl fmt::Display for ProbeError {
 
 /// One `GET <path>` on a fresh connection; healthy is a status in the expected range, within
 /// the timeout (and `slow_ms`, when set).
-pub fn probe(addr: SocketAddr, conf: &Health) -> Result<Duration, ProbeError> {
+/// With `send_proxy`, the probe starts with a header that names no client (v1 `UNKNOWN`,
+/// v2 `LOCAL`), as a backend that expects one on every connection needs.
+pub fn probe(
+    addr: SocketAddr,
+    conf: &Health,
+    proxy: Option<Version>,
+) -> Result<Duration, ProbeError> {
     let started = Instant::now();
     let mut stream =
         TcpStream::connect_timeout(&addr, conf.timeout).map_err(|e| match e.kind() {
@@ -219,6 +229,11 @@ pub fn probe(addr: SocketAddr, conf: &Health) -> Result<Duration, ProbeError> {
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-mio-health\r\nConnection: close\r\n\r\n",
         conf.path
     );
+    if let Some(version) = proxy {
+        stream
+            .write_all(proxy_protocol::local(version))
+            .map_err(io_error)?;
+    }
     stream.write_all(request.as_bytes()).map_err(io_error)?;
     let status = read_status(&mut stream)?;
     let latency = started.elapsed();

@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;
 pub mod retry;

@@ -81,7 +81,7 @@ fn demo(listen: &str) -> ExitCode {
         }
     }
     let mut config = Config::with_backends(backends);
-    config.lb.listen = listen;
+    config.lb.listen = vec![listen];
     // The status page on a port of the kernel's choosing, so the demo never collides.
     config.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     serve(config, None, |running| {

@@ -56,7 +56,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
 fn keep_restart_only_settings(old: &Config, new: &mut Config) {
     if new.lb.listen != old.lb.listen || new.lb.workers != old.lb.workers {
         warn!("reload: [lb] listen and workers take effect at the next start");
-        (new.lb.listen, new.lb.workers) = (old.lb.listen, old.lb.workers);
+        (new.lb.listen, new.lb.workers) = (old.lb.listen.clone(), old.lb.workers);
     }
     if new.admin != old.admin {
         warn!("reload: [admin] takes effect at the next start");
@@ -135,7 +135,7 @@ mod tests {
     fn listen_and_workers_wait_for_a_restart() {
         let old = snapshot(&[("a", "127.0.0.1:1", 1)]);
         let mut changed = config(&[("a", "127.0.0.1:1", 1)]);
-        changed.lb.listen = "127.0.0.1:1234".parse().unwrap();
+        changed.lb.listen = vec!["127.0.0.1:1234".parse().unwrap()];
         changed.lb.workers = old.config.lb.workers + 1;
         changed.lb.retries = 7;
         let new = apply(&old, changed).unwrap();

@@ -45,9 +45,14 @@ const BACKLOG: i32 = 1024;
 
 /// A non-blocking listener that other sockets can bind to the same address (`SO_REUSEPORT`),
 /// so each worker accepts on its own and the kernel spreads connections over them.
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+pub fn bind(addr: SocketAddr, v6_only: bool) -> Result<TcpListener, BindError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| BindError::Socket(addr, e))?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(v6_only)
+            .map_err(|e| BindError::Socket(addr, e))?;
+    }
     socket
         .set_reuse_address(true)
         .and_then(|()| socket.set_reuse_port(true))
@@ -66,7 +71,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// A started lb-mio: its threads run until the process ends.
 pub struct Running {
+    /// The first `listen` address (with the port the kernel chose, for port 0).
     pub addr: SocketAddr,
+    /// Every `listen` address, in order.
+    pub addrs: Vec<SocketAddr>,
     /// Where the admin listener listens, when it is on.
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
@@ -100,8 +108,8 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
             config.backends = backends;
         }
     }
-    let listeners = bind_all(config.lb.listen, config.lb.workers)?;
-    let addr = listeners[0].local_addr()?;
+    let (addrs, listeners) = bind_all(&config.lb.listen, config.lb.workers)?;
+    let addr = addrs[0];
     let backends = pool::from_config(&config.backends);
     let workers = config.lb.workers;
     let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
@@ -109,10 +117,10 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mut workers = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, listeners) in listeners.into_iter().enumerate() {
         let metrics = Arc::clone(&shared.metrics[i]);
         let (worker, handle) =
-            Worker::new(listener, Arc::clone(&shared), metrics, seed ^ i as u64)?;
+            Worker::new(listeners, Arc::clone(&shared), metrics, seed ^ i as u64)?;
         let thread = thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || worker.run())?;
@@ -128,30 +136,66 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         admin_addr = Some(bound);
     }
     let snap = shared.load();
+    let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
     info!(
-        "lb-mio listening on {addr}: {} workers, {} strategy, {} backends",
+        "lb-mio listening on {}: {} workers, {} strategy, {} backends",
+        shown.join(", "),
         snap.config.lb.workers,
         snap.config.lb.strategy.name(),
         snap.backends.len()
     );
     Ok(Running {
         addr,
+        addrs,
         admin_addr,
         shared,
         workers,
     })
 }
 
-/// One listener per worker. With port 0 the first bind picks the port and the rest share it.
-fn bind_all(
-    addr: SocketAddr,
-    workers: usize,
-) -> Result<Vec<TcpListener>, Box<dyn std::error::Error>> {
-    let first = bind(addr)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(bind(addr)?);
+/// For each worker, one listener per address; and the addresses bound. With port 0 the
+/// first bind of an address picks the port and the other workers' listeners share it.
+type Bound = (Vec<SocketAddr>, Vec<Vec<TcpListener>>);
+
+fn bind_all(listen: &[SocketAddr], workers: usize) -> Result<Bound, Box<dyn std::error::Error>> {
+    let mut addrs = Vec::new();
+    let mut listeners: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &wanted in listen {
+        let v6_only = v6_only(wanted, listen);
+        let first = bind(wanted, v6_only)?;
+        let addr = first.local_addr()?;
+        listeners[0].push(first);
+        for worker in &mut listeners[1..] {
+            worker.push(bind(addr, v6_only)?);
+        }
+        addrs.push(addr);
     }
-    Ok(listeners)
+    Ok((addrs, listeners))
+}
+
+/// `[::]:port` alone is dual-stack and takes IPv4 clients too, unless an IPv4 address on the
+/// same port is listed as well; every other IPv6 address takes IPv6 only.
+fn v6_only(addr: SocketAddr, listen: &[SocketAddr]) -> bool {
+    let shares_port = |a: &SocketAddr| a.is_ipv4() && a.port() == addr.port();
+    !addr.ip().is_unspecified() || listen.iter().any(shares_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv6_wildcard_is_dual_stack_unless_ipv4_shares_its_port() {
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        let alone = addrs(&["[::]:80"]);
+        assert!(!v6_only(alone[0], &alone));
+        let beside = addrs(&["[::]:80", "0.0.0.0:80"]);
+        assert!(v6_only(beside[0], &beside));
+        let other_port = addrs(&["[::]:80", "0.0.0.0:81"]);
+        assert!(!v6_only(other_port[0], &other_port));
+        let loopback = addrs(&["[::1]:80"]);
+        assert!(v6_only(loopback[0], &loopback));
+    }
 }

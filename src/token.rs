@@ -1,11 +1,13 @@
 //! Typed `mio` tokens: which socket an event is for. A slab index and its side pack into one
 //! `Token`; the listener and the waker have reserved values above every index.
 
+use crate::config::MAX_LISTEN;
 use mio::{event::Event, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
-    Listener,
+    /// The worker's listener for `listen` address `n`.
+    Listener(usize),
     /// The main thread has a message for this worker.
     Waker,
     /// The client socket of connection `n` (index into the worker's connection slab).
@@ -14,13 +16,15 @@ pub enum Tok {
     Upstream(usize),
 }
 
-const LISTENER: usize = usize::MAX;
-const WAKER: usize = usize::MAX - 1;
+const WAKER: usize = usize::MAX;
+/// Listener `n` is `LISTENERS - n`, below the waker and far above any slab index.
+const LISTENERS: usize = usize::MAX - 1;
+const LOWEST_LISTENER: usize = LISTENERS - MAX_LISTEN + 1;
 
 impl From<Tok> for Token {
     fn from(tok: Tok) -> Token {
         Token(match tok {
-            Tok::Listener => LISTENER,
+            Tok::Listener(n) => LISTENERS - n,
             Tok::Waker => WAKER,
             Tok::Client(n) => n << 1,
             Tok::Upstream(n) => n << 1 | 1,
@@ -31,8 +35,8 @@ impl From<Tok> for Token {
 impl From<Token> for Tok {
     fn from(Token(t): Token) -> Tok {
         match t {
-            LISTENER => Tok::Listener,
             WAKER => Tok::Waker,
+            LOWEST_LISTENER..=LISTENERS => Tok::Listener(LISTENERS - t),
             t if t & 1 == 0 => Tok::Client(t >> 1),
             t => Tok::Upstream(t >> 1),
         }
@@ -74,7 +78,8 @@ mod tests {
     #[test]
     fn tokens_round_trip() {
         for tok in [
-            Tok::Listener,
+            Tok::Listener(0),
+            Tok::Listener(MAX_LISTEN - 1),
             Tok::Waker,
             Tok::Client(0),
             Tok::Upstream(0),

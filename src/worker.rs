@@ -18,6 +18,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use slab::Slab;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,8 +56,8 @@ impl Handle {
 
 pub struct Worker {
     poll: Poll,
-    /// `None` once the worker stopped accepting.
-    listener: Option<TcpListener>,
+    /// One per `listen` address; empty once the worker stopped accepting.
+    listeners: Vec<TcpListener>,
     rx: Receiver<Msg>,
     /// Set when told to stop: the drain deadline.
     stopping: Option<Instant>,
@@ -83,14 +84,16 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        mut listener: TcpListener,
+        mut listeners: Vec<TcpListener>,
         shared: Arc<Shared>,
         metrics: Arc<WorkerMetrics>,
         seed: u64,
     ) -> io::Result<(Worker, Handle)> {
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, Tok::Listener.into(), Interest::READABLE)?;
+        for (i, listener) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(listener, Tok::Listener(i).into(), Interest::READABLE)?;
+        }
         let waker = Arc::new(Waker::new(poll.registry(), Tok::Waker.into())?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let epoch = shared.epoch();
@@ -100,7 +103,7 @@ impl Worker {
         let rate = RateLimits::new(&snap.config.limits, snap.config.lb.workers, Instant::now());
         let worker = Worker {
             poll,
-            listener: Some(listener),
+            listeners,
             rx,
             stopping: None,
             conns: Slab::new(),
@@ -141,7 +144,7 @@ impl Worker {
             self.refresh();
             for event in events.iter() {
                 match Tok::from(event.token()) {
-                    Tok::Listener => self.accept(now),
+                    Tok::Listener(i) => self.accept(i, now),
                     Tok::Waker => self.on_messages(now),
                     Tok::Client(id) => {
                         if let Some(conn) = self.conns.get_mut(id) {
@@ -181,7 +184,7 @@ impl Worker {
     /// finish their request and close after its response.
     fn stop(&mut self, deadline: Instant, now: Instant) {
         self.stopping = Some(deadline);
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let idle: Vec<usize> = self
@@ -227,8 +230,16 @@ impl Worker {
         }
     }
 
-    /// Accepts until the queue is empty, the connection limit is reached, or descriptors run out.
-    fn accept(&mut self, now: Instant) {
+    /// Accepts on every listener (after a pause or a stop at the connection limit).
+    fn accept_all(&mut self, now: Instant) {
+        for i in 0..self.listeners.len() {
+            self.accept(i, now);
+        }
+    }
+
+    /// Accepts on listener `i` until its queue is empty, the connection limit is reached, or
+    /// descriptors run out.
+    fn accept(&mut self, i: usize, now: Instant) {
         if self.accept_paused_until.is_some_and(|until| now < until) {
             return;
         }
@@ -236,7 +247,7 @@ impl Worker {
         let max = self.snap.config.limits.max_connections;
         loop {
             self.at_limit = self.conns.len() >= max;
-            let Some(listener) = self.listener.as_ref().filter(|_| !self.at_limit) else {
+            let Some(listener) = self.listeners.get(i).filter(|_| !self.at_limit) else {
                 return;
             };
             match listener.accept() {
@@ -252,18 +263,14 @@ impl Worker {
         }
     }
 
-    fn add_conn(
-        &mut self,
-        mut stream: mio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        now: Instant,
-    ) {
-        if self
-            .shared
-            .conn_limit
-            .as_ref()
-            .is_some_and(|limit| !limit.open(peer.ip()))
-        {
+    fn add_conn(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        // A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; it is a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let lb = &self.snap.config.lb;
+        let proxied = lb.accept_proxy && lb.proxy_from.iter().any(|net| net.contains(peer.ip()));
+        // A trusted balancer carries many clients: per-client caps cannot count its address.
+        let limit = self.shared.conn_limit.as_ref().filter(|_| !proxied);
+        if limit.is_some_and(|limit| !limit.open(peer.ip())) {
             info!("{peer}: over [limits] client_connections: closed");
             return;
         }
@@ -277,16 +284,15 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register {peer}: {e}");
-            if let Some(limit) = &self.shared.conn_limit {
+            if let Some(limit) = limit {
                 limit.close(peer.ip());
             }
             return;
         }
-        entry.insert(Conn::new(
-            stream,
-            peer,
-            now + self.snap.config.timeouts.header,
-        ));
+        let deadline = now + self.snap.config.timeouts.header;
+        let mut conn = Conn::new(stream, peer, proxied, deadline);
+        conn.counted = limit.map(|_| peer.ip());
+        entry.insert(conn);
         self.metrics.set_connections(self.conns.len());
     }
 
@@ -317,13 +323,13 @@ impl Worker {
             Drive::Busy => self.again.push(id),
             Drive::Closed => {
                 let mut conn = self.conns.remove(id);
-                if let Some(limit) = &self.shared.conn_limit {
-                    limit.close(conn.peer().ip());
+                if let (Some(limit), Some(ip)) = (&self.shared.conn_limit, conn.counted) {
+                    limit.close(ip);
                 }
                 self.metrics.set_connections(self.conns.len());
                 let _ = self.poll.registry().deregister(conn.client());
                 if self.at_limit {
-                    self.accept(now);
+                    self.accept_all(now);
                 }
             }
         }
@@ -338,7 +344,7 @@ impl Worker {
             self.with_conn(self.expired[i], now, Conn::expire);
         }
         if self.accept_paused_until.is_some_and(|until| now >= until) {
-            self.accept(now);
+            self.accept_all(now);
         }
     }
 }

@@ -860,7 +860,23 @@ impl Backend {
         options: BackendOptions,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::with_options_at("127.0.0.1:0", name, options, handler)
+    }
+
+    /// A backend answering with its own name, listening on `addr` (e.g. `[::1]:0`).
+    pub fn named_at(addr: &str, name: &str) -> Backend {
+        let body = name.to_string();
+        let handler = move |_: &Request| Response::ok(body.clone());
+        Backend::with_options_at(addr, name, BackendOptions::default(), handler)
+    }
+
+    pub fn with_options_at(
+        addr: &str,
+        name: &str,
+        options: BackendOptions,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let state = Arc::new(BackendState {
             name: name.to_string(),
