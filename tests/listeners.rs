@@ -102,3 +102,32 @@ fn two_instances_share_one_port_and_both_serve() {
     let on_a = bodies.iter().filter(|b| *b == "a").count();
     assert!(on_a > 0 && on_a < 60, "a served {on_a} of 60");
 }
+
+#[test]
+fn two_instances_with_the_same_backends_hash_every_user_to_the_same_backend() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let list: Vec<(&str, SocketAddr)> =
+        backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+    let conf = "[lb]\nstrategy = hash\nhash_key = header:X-User\n";
+    let first = Lb::start(&ini(&list, conf));
+    let second = Lb::start(&ini(&list, conf));
+    let route = |lb: &Lb, user: usize| {
+        let raw = format!("GET / HTTP/1.1\r\nHost: h\r\nX-User: user-{user}\r\n\r\n");
+        request(lb.addr, raw).body_str()
+    };
+    let mut used = HashSet::new();
+    for user in 0..30 {
+        let there = route(&first, user);
+        assert_eq!(route(&second, user), there, "user-{user}");
+        used.insert(there);
+    }
+    assert_eq!(
+        used.len(),
+        3,
+        "30 users should spread over all three: {used:?}"
+    );
+}
