@@ -326,4 +326,40 @@ mod tests {
         );
         assert_eq!(parse(local(Version::V1)).unwrap().unwrap().addrs, None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_give_an_answer_not_a_panic(bytes in proptest::collection::vec(0u8..=255, 0..200)) {
+            if let Ok(Some(header)) = parse(&bytes) {
+                proptest::prop_assert!(header.len <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn any_written_header_reads_back_and_every_prefix_waits(
+            src in proptest::array::uniform16(0u8..=255),
+            dst in proptest::array::uniform16(0u8..=255),
+            ports in (0u16..=65535, 0u16..=65535),
+            v4 in proptest::bool::ANY,
+            v2 in proptest::bool::ANY,
+        ) {
+            let ip = |b: [u8; 16]| match v4 {
+                true => IpAddr::from([b[0], b[1], b[2], b[3]]),
+                false => IpAddr::from(b).to_canonical(),
+            };
+            let (src, dst) = (SocketAddr::new(ip(src), ports.0), SocketAddr::new(ip(dst), ports.1));
+            let version = if v2 { Version::V2 } else { Version::V1 };
+            let mut out = BufferPool::new(0).take();
+            write(version, src, dst, &mut out);
+            let bytes = out.data();
+            let header = parse(bytes).unwrap().unwrap();
+            proptest::prop_assert_eq!(header.len, bytes.len());
+            let (s, d) = header.addrs.unwrap();
+            proptest::prop_assert_eq!((s.ip().to_canonical(), s.port()), (src.ip(), src.port()));
+            proptest::prop_assert_eq!((d.ip().to_canonical(), d.port()), (dst.ip(), dst.port()));
+            for cut in 0..bytes.len() {
+                proptest::prop_assert_eq!(parse(&bytes[..cut]), Ok(None));
+            }
+        }
+    }
 }
