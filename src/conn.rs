@@ -1126,6 +1126,7 @@ fn head_reply(e: HeadError) -> Reply {
     match e {
         HeadError::Malformed(_) => Reply::BadRequest,
         HeadError::TooLarge => Reply::HeaderTooLarge,
+        HeadError::UriTooLong => Reply::UriTooLong,
         HeadError::NotImplemented(_) => Reply::NotImplemented,
     }
 }
@@ -1134,5 +1135,6 @@ fn describe(e: HeadError) -> &'static str {
     match e {
         HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
         HeadError::TooLarge => "head too large",
+        HeadError::UriTooLong => "request line too long",
     }
 }

@@ -335,11 +335,23 @@ fn valid_request() -> impl Strategy<Value = ValidRequest> {
         .prop_map(
             |(method, target, http10, lines, host, host_at, length, close, conn_at)| {
                 let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-                let request_line = format!("{method} {target} {version}\r\n").into_bytes();
                 let host = match (host, http10) {
                     (None, false) => Some("example.com".to_string()),
                     (host, _) => host,
                 };
+                let target = match (target.strip_prefix("http://"), &host) {
+                    // An absolute-form target names the authority Host names (RFC 9112 §3.2.2).
+                    (Some(rest), Some(host)) => {
+                        format!(
+                            "http://{host}{}",
+                            &rest[rest.find('/').unwrap_or(rest.len())..]
+                        )
+                    }
+                    // The asterisk form is for OPTIONS only (RFC 9112 §3.2.4).
+                    (None, _) if target == "*" && method != "OPTIONS" => "/".to_string(),
+                    _ => target,
+                };
+                let request_line = format!("{method} {target} {version}\r\n").into_bytes();
                 let mut all = lines;
                 if let Some(n) = length {
                     all.push(Line::EndToEnd(

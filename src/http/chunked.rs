@@ -15,6 +15,7 @@
 //! last-chunk     = 1*("0") [ BWS chunk-ext ] CRLF
 //! chunk-size     = 1*16HEXDIG                 ; must fit in a u64
 //! chunk-ext      = ";" *( any byte but CTLs, HTAB allowed )
+//!                  ; a quoted-string in it must be closed before the CR
 //! trailer-section = *( field-name ":" field-value CRLF )
 //! ```
 //!
@@ -103,6 +104,15 @@ enum State {
     Failed(ChunkError),
 }
 
+/// Where a chunk extension is with respect to a quoted-string (RFC 9110 §5.6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    Outside,
+    Inside,
+    /// Inside, just after a backslash: the next byte is taken as is.
+    Escaped,
+}
+
 /// Incremental validator for one chunked body.
 ///
 /// Feed it the bytes as they arrive with [`scan`](Self::scan); it reports how
@@ -118,6 +128,9 @@ pub struct ChunkedDecoder {
     digits: u8,
     /// Whitespace and extension bytes read so far on the current size line.
     ext_len: usize,
+    /// Whether the extension bytes so far left a quoted-string open. A size line can only
+    /// end outside one, so this is `Outside` at the start of every line.
+    quote: Quote,
     /// Bytes of trailer field lines read so far (the final CRLF excluded).
     trailer_len: usize,
     /// Limit for `trailer_len`.
@@ -133,6 +146,7 @@ impl ChunkedDecoder {
             size: 0,
             digits: 0,
             ext_len: 0,
+            quote: Quote::Outside,
             trailer_len: 0,
             max_trailer_bytes,
         }
@@ -278,10 +292,22 @@ impl ChunkedDecoder {
     /// A byte of a chunk extension, or the CR ending the size line.
     fn on_ext(&mut self, b: u8) -> Result<State, ChunkError> {
         match b {
+            // A quoted-string holds no CR: one still open here is malformed, and a parser
+            // that reads it on to its closing quote would end the size line elsewhere.
+            b'\r' if self.quote != Quote::Outside => Err(ChunkError::BadExtension),
             b'\r' => Ok(State::SizeLf),
             b'\n' => Err(ChunkError::BadLineEnding),
             _ if is_ctl(b) => Err(ChunkError::BadExtension),
-            _ => self.push_ext_byte(State::Ext),
+            _ => {
+                self.quote = match (self.quote, b) {
+                    (Quote::Outside, b'"') => Quote::Inside,
+                    (Quote::Inside, b'"') => Quote::Outside,
+                    (Quote::Inside, b'\\') => Quote::Escaped,
+                    (Quote::Escaped, _) => Quote::Inside,
+                    (quote, _) => quote,
+                };
+                self.push_ext_byte(State::Ext)
+            }
         }
     }
 
@@ -439,6 +465,10 @@ mod tests {
             ),
             ("BWS before extension", b"5 \t ;a=1\r\nhello\r\n0\r\n\r\n"),
             ("HTAB in extension", b"5;a=\tb\r\nhello\r\n0\r\n\r\n"),
+            (
+                "quoted-string with an escaped quote and a semicolon",
+                b"5;a=\"x\\\";y\"\r\nhello\r\n0\r\n\r\n",
+            ),
             ("trailer", b"5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n"),
             ("trailers", b"0\r\nA: 1\r\nB-c:\t2 3\r\nD:\r\n\r\n"),
             ("uppercase hex", b"A\r\n0123456789\r\n0\r\n\r\n"),
@@ -515,6 +545,16 @@ mod tests {
             ),
             ("DEL in extension", b"5;a=\x7f\r\nhello\r\n", BadExtension),
             ("extension too long", &long_ext, BadExtension),
+            (
+                "quoted-string open at the CRLF",
+                b"2;a=\"\r\nxx\r\n0\r\n\r\n\"\r\n",
+                BadExtension,
+            ),
+            (
+                "quoted-string whose closing quote is escaped",
+                b"5;a=\"x\\\"\r\nhello\r\n",
+                BadExtension,
+            ),
             ("obs-fold trailer", b"0\r\nA: 1\r\n  2\r\n\r\n", BadTrailer),
             (
                 "trailer starting with tab",
@@ -709,7 +749,8 @@ mod tests {
             prop::collection::vec(any::<u8>(), 1..64),
             0usize..4,
             any::<bool>(),
-            prop::option::of("[ \t]{0,2}(;[a-z]{1,5}(=[!-~ \t]{0,8})?){1,3}"),
+            // Values without '"': a random quote would leave a quoted-string open.
+            prop::option::of("[ \t]{0,2}(;[a-z]{1,5}(=[!#-~ \t]{0,8})?){1,3}"),
         )
     }
 

@@ -18,6 +18,8 @@ pub enum HeadError {
     Malformed(&'static str),
     /// Head larger than the limit or more headers than allowed.
     TooLarge,
+    /// The request line alone is longer than the head limit (a target too long to parse).
+    UriTooLong,
     /// Valid, but something lb-mio does not do (a transfer coding other than `chunked`, CONNECT).
     NotImplemented(&'static str),
 }

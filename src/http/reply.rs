@@ -23,11 +23,13 @@ pub enum Reply {
     TooManyRequests,
     /// The backend did not answer in time.
     GatewayTimeout,
+    /// The request line alone is over the head size limit.
+    UriTooLong,
 }
 
 impl Reply {
     /// Every reply, in a fixed order (metrics count them by position).
-    pub const ALL: [Reply; 8] = [
+    pub const ALL: [Reply; 9] = [
         Reply::BadRequest,
         Reply::RequestTimeout,
         Reply::HeaderTooLarge,
@@ -36,6 +38,7 @@ impl Reply {
         Reply::ServiceUnavailable,
         Reply::TooManyRequests,
         Reply::GatewayTimeout,
+        Reply::UriTooLong,
     ];
 
     pub fn status(self) -> u16 {
@@ -48,6 +51,7 @@ impl Reply {
             Reply::ServiceUnavailable => 503,
             Reply::TooManyRequests => 429,
             Reply::GatewayTimeout => 504,
+            Reply::UriTooLong => 414,
         }
     }
 
@@ -62,6 +66,7 @@ impl Reply {
             Reply::ServiceUnavailable => "no_backend",
             Reply::TooManyRequests => "rate_limited",
             Reply::GatewayTimeout => "gateway_timeout",
+            Reply::UriTooLong => "uri_too_long",
         }
     }
 
@@ -88,6 +93,7 @@ impl Reply {
             Reply::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 17\r\nConnection: close\r\n\r\nno backend is up\n",
             Reply::TooManyRequests => b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 18\r\nConnection: close\r\n\r\ntoo many requests\n",
             Reply::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n",
+            Reply::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nrequest line too long\n",
         }
     }
 }

@@ -129,10 +129,12 @@ pub fn parse(
     let mut req = httparse::Request::new(&mut storage[..limits.max_headers.min(MAX_HEADERS)]);
     let head_len = match req.parse(input).map_err(head::from_httparse)? {
         httparse::Status::Partial if input.len() >= limits.max_bytes => {
-            return Err(HeadError::TooLarge)
+            return Err(too_large(input, limits.max_bytes))
         }
         httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(n) if n > limits.max_bytes => return Err(HeadError::TooLarge),
+        httparse::Status::Complete(n) if n > limits.max_bytes => {
+            return Err(too_large(input, limits.max_bytes))
+        }
         httparse::Status::Complete(n) => n,
     };
     let head = &input[..head_len];
@@ -145,6 +147,7 @@ pub fn parse(
     let http10 = req.version == Some(0);
     let hop = HopHeaders::read(req.headers)?;
     let host = single_host(req.headers, http10)?;
+    check_target(method_token, req.path.unwrap_or_default().as_bytes(), host)?;
     if http10 && hop.chunked {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
@@ -161,7 +164,19 @@ pub fn parse(
     Ok(Some(request))
 }
 
-/// HTTP/1.1 requires exactly one `Host`; HTTP/1.0 allows none. Returns its value.
+/// A head over the size limit: 414 when the request line alone does not fit in the limit (a
+/// target too long to parse, RFC 9112 §3), else 431 (the header section is too large).
+fn too_large(input: &[u8], max_bytes: usize) -> HeadError {
+    let head = head::skip_empty_lines(input);
+    if head[..head.len().min(max_bytes)].contains(&b'\n') {
+        HeadError::TooLarge
+    } else {
+        HeadError::UriTooLong
+    }
+}
+
+/// HTTP/1.1 requires exactly one `Host`; HTTP/1.0 allows none. Its value must be empty or
+/// `uri-host [":" port]` (RFC 9112 §3.2). Returns its value.
 fn single_host<'a>(
     headers: &[httparse::Header<'a>],
     http10: bool,
@@ -172,7 +187,93 @@ fn single_host<'a>(
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(HeadError::Malformed("duplicate Host")),
         (None, _) if !http10 => Err(HeadError::Malformed("missing Host")),
+        (Some(h), _) if !valid_host(h.value.trim_ascii()) => Err(HeadError::Malformed("bad Host")),
         (host, _) => Ok(host.map(|h| h.value)),
+    }
+}
+
+/// An empty `Host` (allowed for targets without an authority), or a valid authority with a
+/// non-empty host.
+fn valid_host(value: &[u8]) -> bool {
+    value.is_empty() || authority(value).is_some_and(|(name, _)| !name.is_empty())
+}
+
+/// Splits `uri-host [":" port]` (RFC 3986 §3.2.2, §3.2.3) into host and port: an IP literal in
+/// brackets, or a reg-name / IPv4 address (unreserved, sub-delims and `%`); the port digits
+/// only. `None` when it is neither.
+fn authority(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let end = if value.first() == Some(&b'[') {
+        let end = value.iter().position(|&b| b == b']')? + 1;
+        let literal = &value[1..end - 1];
+        let literal_char = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
+        if literal.is_empty() || !literal.iter().all(literal_char) {
+            return None;
+        }
+        end
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        let reg_name_char = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+        if !value[..end].iter().all(reg_name_char) {
+            return None;
+        }
+        end
+    };
+    let (name, rest) = value.split_at(end);
+    match rest {
+        [] => Some((name, None)),
+        [b':', port @ ..] if port.iter().all(u8::is_ascii_digit) => Some((name, Some(port))),
+        _ => None,
+    }
+}
+
+/// The request target must have the form its method uses (RFC 9112 §3.2): origin-form, `*`
+/// for OPTIONS only, or an absolute `http`/`https` URI (CONNECT's authority-form was refused
+/// before). An absolute-form target must name the authority `Host` names: the backend, as an
+/// origin server, goes by the target (§3.2.2), while lb-mio forwards `Host` unchanged and
+/// balances, logs and sets `X-Forwarded-Host` by it, so the two must not disagree.
+fn check_target(method: &str, target: &[u8], host: Option<&[u8]>) -> Result<(), HeadError> {
+    let bad = |why| Err(HeadError::Malformed(why));
+    match target {
+        [b'/', ..] => return Ok(()),
+        b"*" if method == "OPTIONS" => return Ok(()),
+        b"*" => return bad("asterisk-form target without OPTIONS"),
+        _ => {}
+    }
+    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
+        return bad("bad request target");
+    };
+    let scheme = &target[..scheme_end];
+    let default_port: &[u8] = if scheme.eq_ignore_ascii_case(b"http") {
+        b"80"
+    } else if scheme.eq_ignore_ascii_case(b"https") {
+        b"443"
+    } else {
+        return bad("request target scheme is not http or https");
+    };
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    if rest[..end].contains(&b'@') {
+        return bad("userinfo in the request target");
+    }
+    let Some((name, port)) = authority(&rest[..end]).filter(|(name, _)| !name.is_empty()) else {
+        return bad("bad authority in the request target");
+    };
+    // An empty port, or the scheme's default one, is the same as none (RFC 9110 §4.2.3).
+    fn normal<'a>(port: Option<&'a [u8]>, default: &[u8]) -> Option<&'a [u8]> {
+        port.filter(|p| !p.is_empty() && *p != default)
+    }
+    let same = |host: &[u8]| {
+        authority(host.trim_ascii()).is_some_and(|(host_name, host_port)| {
+            host_name.eq_ignore_ascii_case(name)
+                && normal(host_port, default_port) == normal(port, default_port)
+        })
+    };
+    match host {
+        Some(host) if !same(host) => bad("Host differs from the request target"),
+        _ => Ok(()),
     }
 }
 
@@ -1072,6 +1173,181 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn target_forms_and_host_values() {
+        use HeadError::Malformed;
+        let rows: &[(&str, &[u8], Result<(), HeadError>)] = &[
+            ("origin-form", b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", Ok(())),
+            (
+                "OPTIONS *",
+                b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "GET *",
+                b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("asterisk-form target without OPTIONS")),
+            ),
+            (
+                "OPTIONS */x",
+                b"OPTIONS */x HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("bad request target")),
+            ),
+            (
+                "authority-form with GET",
+                b"GET h:80 HTTP/1.1\r\nHost: h:80\r\n\r\n",
+                Err(Malformed("bad request target")),
+            ),
+            (
+                "relative target",
+                b"GET a/b HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("bad request target")),
+            ),
+            (
+                "absolute-form, same Host",
+                b"GET http://h/a HTTP/1.1\r\nHost: h\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "absolute-form without a path",
+                b"GET http://h:8080 HTTP/1.1\r\nHost: h:8080\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "absolute-form, case and default ports differ",
+                b"GET HTTPS://H.example:/a HTTP/1.1\r\nHost: h.EXAMPLE:443\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "absolute-form, IPv6 literal",
+                b"GET http://[::1]:81/ HTTP/1.1\r\nHost: [::1]:81\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "absolute-form in HTTP/1.0 without Host",
+                b"GET http://h/a HTTP/1.0\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "absolute-form, other Host",
+                b"GET http://h/a HTTP/1.1\r\nHost: evil\r\n\r\n",
+                Err(Malformed("Host differs from the request target")),
+            ),
+            (
+                "absolute-form, other port",
+                b"GET http://h:8080/ HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("Host differs from the request target")),
+            ),
+            (
+                "absolute-form, http default port is not https's",
+                b"GET https://h:80/ HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("Host differs from the request target")),
+            ),
+            (
+                "absolute-form, empty Host",
+                b"GET http://h/ HTTP/1.1\r\nHost:\r\n\r\n",
+                Err(Malformed("Host differs from the request target")),
+            ),
+            (
+                "absolute-form with userinfo",
+                b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("userinfo in the request target")),
+            ),
+            (
+                "absolute-form with an empty host",
+                b"GET http:///a HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("bad authority in the request target")),
+            ),
+            (
+                "absolute-form with a bad port",
+                b"GET http://h:x/ HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("bad authority in the request target")),
+            ),
+            (
+                "absolute-form, other scheme",
+                b"GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+                Err(Malformed("request target scheme is not http or https")),
+            ),
+            ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n", Ok(())),
+            (
+                "Host with sub-delims, IPv4 and port",
+                b"GET / HTTP/1.1\r\nHost: a-b_c~d!$&'()*+,;=.1.2.3:0080\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "Host with an empty port",
+                b"GET / HTTP/1.1\r\nHost: h:\r\n\r\n",
+                Ok(()),
+            ),
+            (
+                "Host list",
+                b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with a path",
+                b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with userinfo",
+                b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with a letter in the port",
+                b"GET / HTTP/1.1\r\nHost: a:8o\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with a port only",
+                b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with an unclosed IP literal",
+                b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+            (
+                "Host with obs-text",
+                b"GET / HTTP/1.1\r\nHost: caf\xe9\r\n\r\n",
+                Err(Malformed("bad Host")),
+            ),
+        ];
+        for &(name, input, want) in rows {
+            let (result, out) = run(input);
+            let got = result.map(|r| assert!(r.is_some(), "{name}: partial"));
+            assert_eq!(got, want, "{name}");
+            assert_eq!(out.is_empty(), want.is_err(), "{name}: {}", show(&out));
+        }
+    }
+
+    #[test]
+    fn a_request_line_over_the_limit_is_uri_too_long() {
+        let limits = HeadLimits {
+            max_bytes: 100,
+            max_headers: 4,
+        };
+        let at = |input: &[u8]| parse_with(input, limits, CLIENT).0;
+        let line = |len: usize| format!("GET /{} HTTP/1.1\r\n", "u".repeat(len - 16));
+        assert_eq!(line(100).len(), 100);
+        // The whole line, CRLF included, fits: a long head is a header problem.
+        let fits = format!("{}Host: h\r\n\r\n", line(100));
+        assert_eq!(at(fits.as_bytes()), Err(HeadError::TooLarge));
+        let over = format!("{}Host: h\r\n\r\n", line(101));
+        assert_eq!(at(over.as_bytes()), Err(HeadError::UriTooLong));
+        // Unfinished, as soon as the limit is reached.
+        assert_eq!(at(&over.as_bytes()[..99]), Ok(None));
+        assert_eq!(at(&over.as_bytes()[..100]), Err(HeadError::UriTooLong));
+        // Empty lines before the request line do not make it longer.
+        let led = format!("\r\n{}", line(90));
+        assert_eq!(
+            at(&[led.as_bytes(), &[b'x'; 20]].concat()),
+            Err(HeadError::TooLarge)
+        );
     }
 
     // ---- Incomplete heads ----------------------------------------------------------------
