@@ -305,8 +305,16 @@ impl Conn {
             Phase::Head => Stop::Reply(Reply::RequestTimeout),
             Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
             Phase::Forwarding if self.waiting_for_client() => Stop::Reply(Reply::RequestTimeout),
+            // The stall is the client's: it stopped reading the response. Closed, and not
+            // counted against the backend (three such clients would mark it down).
+            Phase::Forwarding if self.client_not_reading() => {
+                info!("{}: client stopped reading the response: closed", self.peer);
+                Stop::Close
+            }
             Phase::Forwarding => {
                 if let Some(ex) = &self.exchange {
+                    let backend = &ex.lease.backend().name;
+                    warn!("{}: backend {backend} failed: {}", self.peer, Failure::Timeout);
                     count_failure(ctx, &ex.lease, Failure::Timeout);
                 }
                 Stop::Reply(Reply::GatewayTimeout)
@@ -988,6 +996,11 @@ impl Conn {
         self.exchange.as_ref().is_some_and(|ex| {
             !ex.req_body.is_done() && held(&self.uout) == ex.sent && held(&self.cin) == 0
         })
+    }
+
+    /// Waiting on the client: response bytes sit in `cout` and its socket takes no more.
+    fn client_not_reading(&self) -> bool {
+        held(&self.cout) > 0 && !self.ready.writable
     }
 
     fn timeout(&self, ctx: &Ctx) -> Duration {
