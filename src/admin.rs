@@ -4,7 +4,7 @@
 
 use crate::config::{self, BackendConf};
 use crate::metrics;
-use crate::pool::{Backend, State, MAX_BACKENDS};
+use crate::pool::{self, Backend, State};
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use log::{info, warn};
@@ -310,6 +310,7 @@ fn list_backends(shared: &Shared) -> Value {
                 "requests": t.requests(),
                 "errors": t.errors + t.responses[4],
                 "last_probe": probe,
+                "discovered_by": b.discovered_by,
             })
         })
         .collect();
@@ -360,6 +361,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
         Ok(conf) => conf,
         Err(message) => return Answer::error(400, message),
     };
+    let mut placed = None;
     let added = shared.update(|snap| {
         let live = |name: &str| {
             snap.backends
@@ -379,12 +381,6 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 format!("a backend named {name:?} exists"),
             ));
         }
-        if snap.backends.len() >= MAX_BACKENDS {
-            return Err(Answer::error(
-                409,
-                format!("at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"),
-            ));
-        }
         let backend = Backend::new(
             &BackendConf {
                 name,
@@ -393,13 +389,12 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
             State::Down,
         );
         let mut backends = snap.backends.to_vec();
-        backends.push(Arc::new(backend));
+        let id = pool::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
+        placed = Some(Arc::clone(&backends[id]));
         Ok(Snapshot::new(snap.config.clone(), backends.into()))
     });
-    match added {
-        Ok(()) => {
-            let snap = shared.load();
-            let backend = snap.backends.last().expect("just added");
+    match (added, placed) {
+        (Ok(()), Some(backend)) => {
             info!(
                 "backend {} at {} added (admin API); down until its health checks pass",
                 backend.name, backend.addr
@@ -409,7 +404,8 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 json!({ "name": backend.name, "address": backend.addr.to_string(), "weight": backend.weight(), "state": backend.state().name() }),
             )
         }
-        Err(answer) => answer,
+        (Err(answer), _) => answer,
+        (Ok(()), None) => Answer::error(500, "backend not added"),
     }
 }
 
@@ -454,6 +450,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        500 => "Internal Server Error",
         _ => "",
     }
 }

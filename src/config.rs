@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::dns;
 use crate::pool::MAX_BACKENDS;
 use crate::proxy_protocol::Version;
 
@@ -31,6 +32,10 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub backends: Vec<BackendConf>,
+    /// `[dns]`: how discovered backends are looked up.
+    pub dns: Dns,
+    /// `[backends]` entries that name a host (or an SRV name) instead of an address.
+    pub discover: Vec<Discover>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +190,58 @@ pub struct BackendConf {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+}
+
+/// `[dns]`: the resolver service discovery asks, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// One DNS server (UDP, and TCP for truncated answers); `None`: the first `nameserver` of
+    /// /etc/resolv.conf, read at each lookup round (127.0.0.1:53 without one).
+    pub resolver: Option<SocketAddr>,
+    /// Every discovered entry is looked up again this often.
+    pub resolve_interval: Duration,
+    /// One lookup (A and AAAA together, or SRV) gives up after this.
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            resolver: None,
+            resolve_interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Longest name of a discovered entry: the backends it makes are named
+/// `<entry>-<address>-<port>` (up to 46 more characters for IPv6) within the 64 a name may have.
+pub const MAX_DISCOVER_NAME: usize = 18;
+
+/// A `[backends]` entry whose addresses come from DNS: each address found becomes a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discover {
+    pub name: String,
+    pub target: Target,
+    pub weight: u32,
+}
+
+/// What a discovered entry looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`: the A and AAAA records of `host` (lowercase, no final dot), on `port`.
+    Host(String, u16),
+    /// `srv:NAME`: the SRV records of `NAME`, then their targets' addresses, on their ports.
+    Srv(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Host(host, port) => write!(f, "{host}:{port}"),
+            Target::Srv(name) => write!(f, "srv:{name}"),
+        }
+    }
 }
 
 /// `key` holds the section too (`[lb] workers`, or `[backends]` for a
@@ -349,6 +406,8 @@ impl Config {
             admin: Admin::default(),
             log: Log::default(),
             backends,
+            dns: Dns::default(),
+            discover: Vec::new(),
         }
     }
 }
@@ -356,13 +415,14 @@ impl Config {
 /// Applies one `key = value` of a section; the error is the bare message.
 type Setter = fn(&mut Config, &str, &str) -> Result<(), String>;
 
-const SECTIONS: [(&str, Setter); 7] = [
+const SECTIONS: [(&str, Setter); 8] = [
     ("lb", set_lb),
     ("timeouts", set_timeouts),
     ("limits", set_limits),
     ("health", set_health),
     ("admin", set_admin),
     ("log", set_log),
+    ("dns", set_dns),
     ("backends", set_backend),
 ];
 
@@ -447,7 +507,7 @@ impl<'a> Parser<'a> {
     }
 
     fn finish(self) -> Result<Config, ConfigError> {
-        if self.config.backends.is_empty() {
+        if self.config.backends.is_empty() && self.config.discover.is_empty() {
             let line = self.headers.get("backends").copied().unwrap_or(0);
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
@@ -590,13 +650,89 @@ fn set_log(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// In `[backends]` the key is the backend name.
+fn set_dns(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
+    let d = &mut c.dns;
+    match key {
+        "resolver" => d.resolver = Some(parse_resolver(v)?),
+        "resolve_interval_s" => {
+            d.resolve_interval = parse_range(v, 1, 3600).map(Duration::from_secs)?
+        }
+        "timeout_ms" => d.timeout = parse_range(v, 10, 60_000).map(Duration::from_millis)?,
+        _ => return unknown_key(),
+    }
+    Ok(())
+}
+
+/// `ip:port` or `ip` (port 53) of a DNS server.
+fn parse_resolver(v: &str) -> Result<SocketAddr, String> {
+    let addr = v
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .or_else(|_| v.parse::<SocketAddr>())
+        .map_err(|_| format!("expected ip or ip:port of a DNS server, got {v:?}"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!("{v:?} cannot be asked"));
+    }
+    Ok(addr)
+}
+
+/// In `[backends]` the key is the backend name; the value an address, or a host name or SRV
+/// name to look up in DNS.
 fn set_backend(c: &mut Config, name: &str, v: &str) -> Result<(), String> {
-    if c.backends.len() == MAX_BACKENDS {
+    if c.backends.len() + c.discover.len() == MAX_BACKENDS {
         return Err(format!("at most {MAX_BACKENDS} backends"));
     }
-    c.backends.push(parse_backend(name, v)?);
+    let first = v.split_whitespace().next().unwrap_or("");
+    if first.parse::<SocketAddr>().is_ok() || !looks_like_a_name(first) {
+        c.backends.push(parse_backend(name, v)?);
+    } else {
+        c.discover.push(parse_discover(name, v)?);
+    }
     Ok(())
+}
+
+/// `host:port` where `host` is no IP literal, or `srv:NAME`: worth reading as a DNS entry (so
+/// `1.2.3.4` and `[::1]` keep the address errors they always had).
+fn looks_like_a_name(v: &str) -> bool {
+    v.starts_with("srv:")
+        || v.rsplit_once(':')
+            .is_some_and(|(host, _)| !host.starts_with('[') && host.parse::<IpAddr>().is_err())
+}
+
+/// `host:port [weight=N]` or `srv:NAME [weight=N]`.
+fn parse_discover(name: &str, v: &str) -> Result<Discover, String> {
+    check_backend_name(name)?;
+    if name.len() > MAX_DISCOVER_NAME {
+        return Err(format!(
+            "a backend name with a host to look up may have at most {MAX_DISCOVER_NAME} characters (its addresses are named NAME-ADDRESS-PORT)"
+        ));
+    }
+    let mut words = v.split_whitespace();
+    let target = parse_target(words.next().unwrap_or(""))?;
+    let weight = words.next().map_or(Ok(1), parse_weight)?;
+    if let Some(extra) = words.next() {
+        return Err(format!("unexpected {extra:?} after the weight"));
+    }
+    Ok(Discover {
+        name: name.to_string(),
+        target,
+        weight,
+    })
+}
+
+fn parse_target(v: &str) -> Result<Target, String> {
+    if let Some(srv) = v.strip_prefix("srv:") {
+        return dns::check_name(srv)
+            .map(Target::Srv)
+            .map_err(|_| format!("expected srv:NAME with a valid DNS name, got {v:?}"));
+    }
+    let bad = || format!("expected ip:port, host:port or srv:NAME, got {v:?}");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let host = dns::check_name(host).map_err(|_| bad())?;
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(Target::Host(host, port)),
+        _ => Err(bad()),
+    }
 }
 
 fn parse_range<T>(v: &str, min: T, max: T) -> Result<T, String>
@@ -908,9 +1044,16 @@ listen = 127.0.0.1:9900
 level = trace
 access_log = on
 
+[dns]
+resolver = [::1]:5353
+resolve_interval_s = 3600
+timeout_ms = 10
+
 [backends]
 s1 = 127.0.0.1:9001
 s2 = [::1]:9002 weight=1000
+api = API.Service.Consul.:8080 weight=3
+web = srv:_http._tcp.web.consul
 ";
         let expected = Config {
             lb: Lb {
@@ -975,6 +1118,23 @@ s2 = [::1]:9002 weight=1000
             backends: vec![
                 backend("s1", "127.0.0.1:9001", 1),
                 backend("s2", "[::1]:9002", 1000),
+            ],
+            dns: Dns {
+                resolver: Some("[::1]:5353".parse().unwrap()),
+                resolve_interval: Duration::from_secs(3600),
+                timeout: Duration::from_millis(10),
+            },
+            discover: vec![
+                Discover {
+                    name: "api".to_string(),
+                    target: Target::Host("api.service.consul".to_string(), 8080),
+                    weight: 3,
+                },
+                Discover {
+                    name: "web".to_string(),
+                    target: Target::Srv("_http._tcp.web.consul".to_string()),
+                    weight: 1,
+                },
             ],
         };
         assert_eq!(parse(text).unwrap(), expected);
@@ -1127,10 +1287,76 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[backends] s1: expected ip:port, got \"1.2.3.4\"",
             ),
             (
-                "hostname address",
-                "[backends]\ns1 = localhost:80\n",
+                "bad host name",
+                "[backends]\ns1 = -bad-.example:80\n",
                 2,
-                "[backends] s1: expected ip:port, got \"localhost:80\"",
+                "[backends] s1: expected ip:port, host:port or srv:NAME, got \"-bad-.example:80\"",
+            ),
+            (
+                "not an IPv4 address, nor a host name",
+                "[backends]\ns1 = 1.2.3.256:80\n",
+                2,
+                "[backends] s1: expected ip:port, host:port or srv:NAME",
+            ),
+            (
+                "host without a port",
+                "[backends]\ns1 = api.consul:\n",
+                2,
+                "[backends] s1: expected ip:port, host:port or srv:NAME, got \"api.consul:\"",
+            ),
+            (
+                "host with port 0",
+                "[backends]\ns1 = api.consul:0\n",
+                2,
+                "[backends] s1: expected ip:port, host:port or srv:NAME",
+            ),
+            (
+                "bad SRV name",
+                "[backends]\ns1 = srv:_http._tcp..consul\n",
+                2,
+                "[backends] s1: expected srv:NAME with a valid DNS name",
+            ),
+            (
+                "discovered entry name too long",
+                "[backends]\nabcdefghijklmnopqrs = api.consul:80\n",
+                2,
+                "[backends] abcdefghijklmnopqrs: a backend name with a host to look up may have at most 18 characters",
+            ),
+            (
+                "junk after a host",
+                "[backends]\napi = api.consul:80 weight=2 x\n",
+                2,
+                "[backends] api: unexpected \"x\" after the weight",
+            ),
+            (
+                "bad resolver",
+                "[dns]\nresolver = dns.google\n",
+                2,
+                "[dns] resolver: expected ip or ip:port of a DNS server, got \"dns.google\"",
+            ),
+            (
+                "resolver port 0",
+                "[dns]\nresolver = 127.0.0.1:0\n",
+                2,
+                "[dns] resolver: \"127.0.0.1:0\" cannot be asked",
+            ),
+            (
+                "resolve interval 0",
+                "[dns]\nresolve_interval_s = 0\n",
+                2,
+                "[dns] resolve_interval_s: expected a number 1..=3600, got \"0\"",
+            ),
+            (
+                "dns timeout too long",
+                "[dns]\ntimeout_ms = 60001\n",
+                2,
+                "[dns] timeout_ms: expected a number 10..=60000",
+            ),
+            (
+                "unknown dns key",
+                "[dns]\nsearch = consul\n",
+                2,
+                "[dns] search: unknown key",
             ),
             (
                 "empty backend address",
@@ -1347,6 +1573,32 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             );
             assert!(shown.contains(want), "{case}: {shown:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn host_entries_are_discovered_and_addresses_stay_static() {
+        let config = parse(
+            "[dns]\nresolver = 10.0.0.53\n[backends]\napi = localhost:80\nv4 = 10.0.0.1:80\nv6 = [fd00::1]:80\n",
+        )
+        .unwrap();
+        assert_eq!(config.dns.resolver, Some("10.0.0.53:53".parse().unwrap()));
+        assert_eq!(config.dns.resolve_interval, Duration::from_secs(5));
+        assert_eq!(config.dns.timeout, Duration::from_millis(1000));
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(
+            config.discover,
+            vec![Discover {
+                name: "api".into(),
+                target: Target::Host("localhost".into(), 80),
+                weight: 1
+            }]
+        );
+        assert_eq!(config.discover[0].target.to_string(), "localhost:80");
+        // Only discovered entries: valid (their addresses come once DNS answers).
+        let only = parse("[backends]\nweb = srv:_http._tcp.web.consul weight=7\n").unwrap();
+        assert!(only.backends.is_empty());
+        assert_eq!(only.discover[0].weight, 7);
+        assert_eq!(Config::with_backends(Vec::new()).dns, Dns::default());
     }
 
     #[test]

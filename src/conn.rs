@@ -314,7 +314,11 @@ impl Conn {
             Phase::Forwarding => {
                 if let Some(ex) = &self.exchange {
                     let backend = &ex.lease.backend().name;
-                    warn!("{}: backend {backend} failed: {}", self.peer, Failure::Timeout);
+                    warn!(
+                        "{}: backend {backend} failed: {}",
+                        self.peer,
+                        Failure::Timeout
+                    );
                     count_failure(ctx, &ex.lease, Failure::Timeout);
                 }
                 Stop::Reply(Reply::GatewayTimeout)

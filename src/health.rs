@@ -29,10 +29,18 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
 /// Gives every backend a prober thread of its own, so a slow or black-holed backend delays no
 /// other backend's checks, and removes deleted backends once their last request finished.
 fn supervise(shared: &Arc<Shared>) {
-    let mut probed = 0; // backends get ids in order and keep them, so a count says who has one
+    // The backend each slot had at the last look: a slot holding another one (new, or a
+    // removed backend's slot taken by a new one) gets a prober. Holding the `Arc`s keeps an
+    // old record's address from being reused by a new one, so pointers compare safely.
+    let mut probed: Vec<Arc<Backend>> = Vec::new();
     loop {
         let snap = shared.load();
-        for backend in &snap.backends[probed..] {
+        let new = snap.backends.iter().enumerate().filter(|(id, backend)| {
+            !probed
+                .get(*id)
+                .is_some_and(|known| Arc::ptr_eq(known, backend))
+        });
+        for (_, backend) in new {
             let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
             let name = format!("probe-{}", backend.name);
             if let Err(e) = thread::Builder::new()
@@ -42,7 +50,7 @@ fn supervise(shared: &Arc<Shared>) {
                 warn!("cannot start a health prober: {e}");
             }
         }
-        probed = snap.backends.len();
+        probed = snap.backends.to_vec();
         for backend in snap.backends.iter().filter(|b| b.drained_for_removal()) {
             if backend.transition(State::Draining, State::Removed) {
                 info!("backend {} removed from the pool: drained", backend.name);

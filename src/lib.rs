@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data path: a `worker` accepts and runs connections (`conn`) that
 //! parse and frame HTTP (`http`) in pooled buffers (`buffer`), choose a backend (`balance`
-//! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends.
+//! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends
+//! and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
 
 pub mod admin;
 pub mod balance;
@@ -10,6 +11,8 @@ pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod discovery;
+pub mod dns;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -44,8 +44,12 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(config) => {
+            let looked_up = match config.discover.len() {
+                0 => String::new(),
+                n => format!(", {n} looked up in DNS"),
+            };
             println!(
-                "{}: ok ({} backends)",
+                "{}: ok ({} backends{looked_up})",
                 path.display(),
                 config.backends.len()
             );

@@ -88,6 +88,17 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// Slot `backend` took a new backend: its counters start again from zero. Only the
+    /// worker that owns these counters calls this (they have one writer).
+    pub fn reset_backend(&self, backend: usize) {
+        let counters = &self.backends[backend];
+        let zero = |c: &AtomicU64| c.store(0, Ordering::Relaxed);
+        counters.responses.iter().for_each(zero);
+        zero(&counters.errors);
+        counters.latency.counts.iter().for_each(zero);
+        zero(&counters.latency.sum_micros);
+    }
+
     /// A response from `backend` ended after `took`.
     pub fn response(&self, backend: usize, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -419,5 +430,22 @@ mod tests {
         assert_eq!(t.latency.sum_micros, 300 + 2_000 + 20_000_000);
         assert!(t.replies.contains(&(Reply::ServiceUnavailable, 1)));
         assert_eq!(t.retries, 1);
+    }
+
+    #[test]
+    fn a_reused_slot_counts_from_zero() {
+        let w = WorkerMetrics::default();
+        w.response(3, 200, Duration::from_millis(1));
+        w.backend_error(3);
+        w.response(4, 200, Duration::from_millis(1));
+        w.reset_backend(3);
+        let t = totals(&[&w], 5);
+        assert_eq!(t.backends[3], BackendTotals::default());
+        assert_eq!(t.backends[4].requests(), 1, "other slots keep theirs");
+        assert_eq!(
+            t.latency.count(),
+            2,
+            "the overall histogram keeps every request"
+        );
     }
 }

@@ -52,8 +52,10 @@ pub struct ProbeReport {
     pub reason: String,
 }
 
-/// Most backends over the life of the process (ids are never reused): per-worker counters are
-/// fixed arrays of this size, and a retry's set of tried backends is a 64-bit mask.
+/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
+/// tried backends is a 64-bit mask. A slot whose backend left the pool for good and has no
+/// request in flight takes the next backend added (`place`), so this bounds the backends in
+/// the pool at once, not over the process's life.
 pub const MAX_BACKENDS: usize = 64;
 
 /// `up_since` of a backend that has not come back from a failure: no slow start.
@@ -79,6 +81,9 @@ pub fn clock_ms(now: Instant) -> u64 {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// The `[backends]` entry whose DNS lookup found this address; `None` for an address given
+    /// as such (config, admin API, state file).
+    pub discovered_by: Option<String>,
     /// Changed live through the admin API.
     weight: AtomicU32,
     /// Deleted through the admin API: removed once drained.
@@ -114,6 +119,7 @@ impl Backend {
         Backend {
             name: conf.name.clone(),
             addr: conf.addr,
+            discovered_by: None,
             weight: AtomicU32::new(conf.weight),
             removing: AtomicBool::new(false),
             last_probe: Mutex::new(None),
@@ -125,6 +131,19 @@ impl Backend {
             latency_at: AtomicU64::new(0),
             active: Padded::default(),
         }
+    }
+
+    /// A backend that DNS entry `entry` found.
+    pub fn discovered(conf: &BackendConf, state: State, entry: &str) -> Backend {
+        Backend {
+            discovered_by: Some(entry.to_string()),
+            ..Backend::new(conf, state)
+        }
+    }
+
+    /// Out of the pool for good with no request in flight: its slot can take a new backend.
+    pub fn vacated(&self) -> bool {
+        self.state() == State::Removed && self.active() == 0
     }
 
     /// What a sticky-session cookie says for this backend: a hash of its name, so it reveals
@@ -263,6 +282,25 @@ pub fn from_config(confs: &[BackendConf]) -> Backends {
         .collect()
 }
 
+/// Puts `backend` in the first vacated slot of `backends` (one whose backend was removed and
+/// has no request in flight), or after the last; its id is returned. Every place that adds a
+/// backend (admin API, reload, discovery) goes through here. Workers notice a reused slot when
+/// they take the new snapshot (its `Arc` changed) and forget what they kept for the old one.
+pub fn place(backends: &mut Vec<Arc<Backend>>, backend: Backend) -> Result<usize, String> {
+    let backend = Arc::new(backend);
+    if let Some(id) = backends.iter().position(|b| b.vacated()) {
+        backends[id] = backend;
+        return Ok(id);
+    }
+    if backends.len() >= MAX_BACKENDS {
+        return Err(format!(
+            "no free backend slot: at most {MAX_BACKENDS} backends in the pool at once (removed ones free theirs once drained)"
+        ));
+    }
+    backends.push(backend);
+    Ok(backends.len() - 1)
+}
+
 /// A request in flight on a backend: counted while the lease lives, so no path that ends a
 /// request can forget to uncount it.
 #[derive(Debug)]
@@ -286,5 +324,86 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.backend.active.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(n: usize) -> BackendConf {
+        BackendConf {
+            name: format!("b{n}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)),
+            weight: 1,
+        }
+    }
+
+    fn remove(backend: &Backend) {
+        backend.drain(true);
+        assert!(backend.transition(State::Draining, State::Removed));
+    }
+
+    #[test]
+    fn slots_of_drained_removed_backends_are_reused() {
+        let mut backends = Vec::new();
+        for n in 0..MAX_BACKENDS {
+            assert_eq!(
+                place(&mut backends, Backend::new(&conf(n), State::Up)),
+                Ok(n)
+            );
+        }
+        let full = place(&mut backends, Backend::new(&conf(99), State::Down));
+        assert!(full.unwrap_err().contains("no free backend slot"));
+
+        // Removed but a request still in flight: the slot stays taken.
+        let frozen: Backends = backends.clone().into();
+        let lease = Lease::new(&frozen, 5);
+        remove(&backends[5]);
+        remove(&backends[9]);
+        let old = Arc::clone(&backends[9]);
+        assert_eq!(
+            place(&mut backends, Backend::new(&conf(100), State::Down)),
+            Ok(9)
+        );
+        assert!(
+            !Arc::ptr_eq(&old, &backends[9]),
+            "a new record in the old slot"
+        );
+        assert_eq!(backends[9].name, "b100");
+        assert!(place(&mut backends, Backend::new(&conf(101), State::Down)).is_err());
+        drop(lease);
+        assert_eq!(
+            place(&mut backends, Backend::new(&conf(101), State::Down)),
+            Ok(5)
+        );
+        assert_eq!(backends.len(), MAX_BACKENDS);
+
+        // A draining backend (not yet removed) keeps its slot, however idle.
+        backends[7].drain(true);
+        assert!(place(&mut backends, Backend::new(&conf(102), State::Down)).is_err());
+    }
+
+    #[test]
+    fn churn_never_runs_out_of_ids() {
+        let mut backends = Vec::new();
+        for n in 0..10 * MAX_BACKENDS {
+            let id = place(
+                &mut backends,
+                Backend::discovered(&conf(n), State::Down, "api"),
+            )
+            .expect("a slot");
+            if n >= 3 {
+                // Keep three live, remove the one added three turns ago.
+                let old = backends
+                    .iter()
+                    .find(|b| b.name == format!("b{}", n - 3))
+                    .unwrap();
+                remove(old);
+            }
+            assert!(id < 4, "{n}: id {id}");
+        }
+        assert!(backends.len() <= 4);
+        assert_eq!(backends[0].discovered_by.as_deref(), Some("api"));
     }
 }

@@ -1,9 +1,11 @@
 //! SIGHUP: a new config.ini becomes a new snapshot. Backends that stay (same name and address)
 //! keep their record, so their health, counters and connections in flight carry on; new ones
 //! start down until their health checks pass; those gone from the file drain, then leave.
+//! Addresses found by DNS stay while their entry stays as it was (discovery keeps them up to
+//! date); those of an entry removed or changed drain, and discovery looks the entry up anew.
 
 use crate::config::Config;
-use crate::pool::{Backend, State, MAX_BACKENDS};
+use crate::pool::{self, Backend, State};
 use crate::shared::Snapshot;
 use log::{info, warn};
 use std::sync::Arc;
@@ -14,30 +16,46 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     keep_restart_only_settings(&old.config, &mut new);
     let mut backends = old.backends.to_vec();
     let live = |b: &&Arc<Backend>| !matches!(b.state(), State::Removed) && !b.removing();
+    let given = |b: &&Arc<Backend>| live(b) && b.discovered_by.is_none();
     for conf in &new.backends {
         match old
             .backends
             .iter()
-            .filter(live)
+            .filter(given)
             .find(|b| b.name == conf.name && b.addr == conf.addr)
         {
             Some(kept) => kept.set_weight(conf.weight),
             None => {
-                if backends.len() >= MAX_BACKENDS {
-                    return Err(format!(
-                        "at most {MAX_BACKENDS} backends over lb-mio's life; restart to compact"
-                    ));
-                }
                 let backend = Backend::new(conf, State::Down);
+                pool::place(&mut backends, backend)?;
                 info!(
                     "reload: backend {} at {} added; down until its health checks pass",
                     conf.name, conf.addr
                 );
-                backends.push(Arc::new(backend));
             }
         }
     }
-    for gone in old.backends.iter().filter(live) {
+    for found in old.backends.iter().filter(live) {
+        let Some(entry) = &found.discovered_by else {
+            continue;
+        };
+        let same = |list: &[crate::config::Discover]| {
+            list.iter()
+                .find(|d| &d.name == entry)
+                .map(|d| (d.target.clone(), d.weight))
+        };
+        match (same(&old.config.discover), same(&new.discover)) {
+            (Some((was, _)), Some((target, weight))) if was == target => found.set_weight(weight),
+            _ => {
+                info!(
+                    "reload: backend {} at {}: its DNS entry {entry} is gone or changed: draining",
+                    found.name, found.addr
+                );
+                found.drain(true);
+            }
+        }
+    }
+    for gone in old.backends.iter().filter(given) {
         if !new
             .backends
             .iter()
@@ -113,13 +131,65 @@ mod tests {
         assert_eq!(
             new.backends.len(),
             3,
-            "ids are never reused: b stays as a tombstone"
+            "b keeps its slot while it drains: c takes a new one"
         );
         assert_eq!(new.backends[1].state(), State::Draining);
         assert!(new.backends[1].drained_for_removal());
         assert_eq!(
             (new.backends[2].name.as_str(), new.backends[2].state()),
             ("c", State::Down)
+        );
+    }
+
+    #[test]
+    fn a_removed_backends_slot_is_reused() {
+        let old = snapshot(&[("a", "127.0.0.1:1", 1), ("b", "127.0.0.1:2", 1)]);
+        old.backends[0].drain(true);
+        assert!(old.backends[0].transition(State::Draining, State::Removed));
+        let new = apply(
+            &old,
+            config(&[("b", "127.0.0.1:2", 1), ("c", "127.0.0.1:3", 1)]),
+        )
+        .unwrap();
+        assert_eq!(new.backends.len(), 2);
+        assert_eq!(new.backends[0].name, "c");
+        assert!(Arc::ptr_eq(&old.backends[1], &new.backends[1]));
+    }
+
+    #[test]
+    fn discovered_backends_follow_their_entry() {
+        use crate::config::{Discover, Target};
+        let entry = |name: &str, host: &str, weight| Discover {
+            name: name.into(),
+            target: Target::Host(host.into(), 80),
+            weight,
+        };
+        let mut config = config(&[("a", "127.0.0.1:1", 1)]);
+        config.discover = vec![entry("api", "api.test", 1), entry("web", "web.test", 1)];
+        let found = |name: &str, entry: &str| {
+            let conf = BackendConf {
+                name: name.into(),
+                addr: "10.0.0.1:80".parse().unwrap(),
+                weight: 1,
+            };
+            Arc::new(Backend::discovered(&conf, State::Up, entry))
+        };
+        let mut backends = pool::from_config(&config.backends).to_vec();
+        backends.push(found("api-10.0.0.1-80", "api"));
+        backends.push(found("web-10.0.0.1-80", "web"));
+        let old = Snapshot::new(config.clone(), backends.into());
+        // api keeps its host (new weight), web moves to another host.
+        config.discover = vec![entry("api", "api.test", 4), entry("web", "www.test", 1)];
+        let new = apply(&old, config).unwrap();
+        assert_eq!(new.backends.len(), 3);
+        assert_eq!(new.backends[1].state(), State::Up);
+        assert_eq!(new.backends[1].weight(), 4);
+        assert_eq!(new.backends[2].state(), State::Draining);
+        assert!(new.backends[2].removing());
+        assert_eq!(
+            new.backends[0].state(),
+            State::Up,
+            "static backends as before"
         );
     }
 

@@ -1,8 +1,10 @@
-//! Starting lb-mio: bind one `SO_REUSEPORT` listener per worker, then start the workers and the
-//! health thread. Everything that can fail at start fails here, before any thread runs.
+//! Starting lb-mio: bind one `SO_REUSEPORT` listener per worker, look discovered backends up
+//! once, then start the workers, the health thread and the discovery thread. Everything that
+//! can fail at start fails here, before any thread runs.
 
 use crate::admin;
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::health;
 use crate::pool;
 use crate::shared::{Shared, Snapshot};
@@ -113,6 +115,9 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     let backends = pool::from_config(&config.backends);
     let workers = config.lb.workers;
     let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
+    // Discovered entries are looked up once before any worker accepts (bounded by the DNS
+    // timeout), so the first requests have their backends.
+    let discovery = Discovery::start(&shared);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -127,6 +132,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         workers.push((handle, thread));
     }
     health::spawn(Arc::clone(&shared))?;
+    discovery.spawn(Arc::clone(&shared))?;
     let admin = shared.load().config.admin.clone();
     let mut admin_addr = None;
     if let Some(listen) = admin.listen {

@@ -15,8 +15,10 @@ use std::sync::Arc;
 /// The running configuration, as one consistent value.
 pub struct Snapshot {
     pub config: Config,
-    /// Every backend ever added, in order: ids are positions and are never reused, so
-    /// per-worker tables indexed by id stay valid (removed backends stay as `State::Removed`).
+    /// The backends by id (an id is a position). A removed backend stays as `State::Removed`
+    /// until its slot takes a new backend (`pool::place`, once it has no request in flight);
+    /// workers compare each slot's `Arc` with the one they knew when they take a new snapshot,
+    /// and clear what they keep by id (idle connections, counters) for a slot that changed.
     pub backends: Backends,
     pub balancer: Box<dyn Balancer>,
 }

@@ -23,11 +23,12 @@ pub fn persist(snap: &Snapshot) {
     }
 }
 
-/// Writes the backends still in the pool (not removed, not being removed).
+/// Writes the backends still in the pool (not removed, not being removed), but for those DNS
+/// found: their entries stay in the config, and a restart looks them up again.
 pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.state() != State::Removed && !b.removing())
+        .filter(|b| b.state() != State::Removed && !b.removing() && b.discovered_by.is_none())
         .map(|b| json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight() }))
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
@@ -92,8 +93,14 @@ mod tests {
                 weight: i as u32 + 1,
             })
             .collect();
-        let backends = pool::from_config(&confs);
+        let mut backends = pool::from_config(&confs).to_vec();
         backends[1].drain(true);
+        let found = BackendConf {
+            name: "api-10.0.0.1-80".into(),
+            addr: "10.0.0.1:80".parse().unwrap(),
+            weight: 1,
+        };
+        backends.push(Arc::new(Backend::discovered(&found, State::Up, "api")));
         save(&path, &backends).unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);

@@ -19,12 +19,17 @@ pub struct Upstream {
     pub connected: bool,
     /// It came from the idle pool (a failure may just mean the backend closed it meanwhile).
     pub reused: bool,
+    /// The slot's generation when it was opened: a connection to a backend whose slot has
+    /// since taken another backend is closed on release, never pooled for the new one.
+    generation: u64,
 }
 
 pub struct Upstreams {
     slab: Slab<Upstream>,
     /// Idle connections by backend id, most recently used last.
     idle: Vec<Vec<usize>>,
+    /// By backend id: bumped each time the slot takes a new backend (`renew`).
+    generations: Vec<u64>,
     /// Most idle connections kept per backend.
     keep: usize,
 }
@@ -34,6 +39,7 @@ impl Upstreams {
         Upstreams {
             slab: Slab::new(),
             idle: vec![Vec::new(); backends],
+            generations: vec![0; backends],
             keep,
         }
     }
@@ -41,7 +47,15 @@ impl Upstreams {
     /// Makes room for backends added since, and takes the new idle limit.
     pub fn resize(&mut self, backends: usize, keep: usize) {
         self.idle.resize_with(backends, Vec::new);
+        self.generations.resize(backends, 0);
         self.keep = keep;
+    }
+
+    /// Slot `backend` took a new backend (another address): its idle connections lead to the
+    /// old one, so they are closed, and those still in use will be closed when released.
+    pub fn renew(&mut self, registry: &Registry, backend: usize) {
+        self.close_idle(registry, backend);
+        self.generations[backend] += 1;
     }
 
     pub fn get(&mut self, id: usize) -> &mut Upstream {
@@ -87,6 +101,7 @@ impl Upstreams {
             owner: Some(owner),
             connected: false,
             reused: false,
+            generation: self.generations[backend],
         });
         Ok(id)
     }
@@ -94,7 +109,8 @@ impl Upstreams {
     /// Gives a connection back: kept for reuse when `reusable` and the pool has room, else closed.
     pub fn release(&mut self, registry: &Registry, id: usize, reusable: bool) {
         let backend = self.slab[id].backend;
-        if reusable && self.idle[backend].len() < self.keep {
+        let current = self.slab[id].generation == self.generations[backend];
+        if reusable && current && self.idle[backend].len() < self.keep {
             self.slab[id].owner = None;
             self.idle[backend].push(id);
         } else {
@@ -127,5 +143,33 @@ impl Upstreams {
         let mut upstream = self.slab.remove(id);
         // Deregistering can only fail if the socket is already gone from the poll set.
         let _ = registry.deregister(&mut upstream.stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_slot_never_pools_a_connection_to_its_old_backend() {
+        let poll = mio::Poll::new().unwrap();
+        let registry = poll.registry();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut upstreams = Upstreams::new(1, 8);
+        let idle = upstreams.connect(registry, 0, addr, 1).unwrap();
+        let busy = upstreams.connect(registry, 0, addr, 2).unwrap();
+        upstreams.release(registry, idle, true);
+        // Slot 0 takes another backend: the idle connection closes at once, the busy one
+        // when it is released.
+        upstreams.renew(registry, 0);
+        assert!(upstreams.try_get(idle).is_none());
+        upstreams.release(registry, busy, true);
+        assert!(upstreams.try_get(busy).is_none());
+        assert_eq!(upstreams.checkout(0, 3), None);
+        // Connections to the new backend pool as usual.
+        let fresh = upstreams.connect(registry, 0, addr, 4).unwrap();
+        upstreams.release(registry, fresh, true);
+        assert_eq!(upstreams.checkout(0, 5), Some(fresh));
     }
 }

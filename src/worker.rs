@@ -207,15 +207,24 @@ impl Worker {
     }
 
     /// Takes the new snapshot when a change bumped the epoch: one atomic load per loop turn.
+    /// A slot that took a new backend (another `Arc` at the same id) loses the idle
+    /// connections and the counters this worker kept for the old one.
     fn refresh(&mut self) {
         let epoch = self.shared.epoch();
         if epoch != self.epoch {
-            self.snap = self.shared.load();
+            let old = std::mem::replace(&mut self.snap, self.shared.load());
             self.epoch = epoch;
             let lb = &self.snap.config.lb;
             self.rate = RateLimits::new(&self.snap.config.limits, lb.workers, Instant::now());
             self.upstreams
                 .resize(self.snap.backends.len(), lb.upstream_keepalive);
+            let slots = old.backends.iter().zip(self.snap.backends.iter());
+            for (id, (was, now)) in slots.enumerate() {
+                if !Arc::ptr_eq(was, now) {
+                    self.upstreams.renew(self.poll.registry(), id);
+                    self.metrics.reset_backend(id);
+                }
+            }
         }
     }
 

@@ -790,3 +790,35 @@ fn metrics_parse_and_count_every_request() {
         );
     }
 }
+
+#[test]
+fn deleted_backends_free_their_ids_for_the_next_ones() {
+    // 70 backends added and deleted over the run, more than the 64 slots: each slot is taken
+    // again once its backend has left.
+    let a = Backend::named("a");
+    let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
+    let admin = admin_addr(&lb);
+    let dead = dead_addr();
+    for round in 0..7 {
+        for i in 0..10 {
+            let body = format!(r#"{{"address": "{dead}", "name": "r{round}-{i}"}}"#);
+            let resp = call(admin, "POST", "/api/backends", Some(&body));
+            assert_eq!(resp.status, 201, "round {round}: {}", resp.body_str());
+        }
+        for i in 0..10 {
+            let resp = call(
+                admin,
+                "DELETE",
+                &format!("/api/backends/r{round}-{i}"),
+                None,
+            );
+            assert_eq!(resp.status, 202, "{}", resp.body_str());
+        }
+        let left = wait_until(WAIT, || {
+            list(admin)["backends"].as_array().map(Vec::len) == Some(1)
+        });
+        assert!(left, "round {round}: {}", list(admin));
+    }
+    assert_eq!(get(lb.addr, "/").body_str(), "a");
+    assert_eq!(lb.count_log("no free backend slot"), 0);
+}

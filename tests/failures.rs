@@ -159,7 +159,10 @@ fn a_silent_backend_gives_504_after_backend_ms() {
     );
     assert!(took < Duration::from_millis(2500), "504 too late: {took:?}");
     assert_names_no_backend(&resp, &[("slow", backend.addr)]);
-    lb.expect_log("backend slow failed: no response in time", Duration::from_secs(1));
+    lb.expect_log(
+        "backend slow failed: no response in time",
+        Duration::from_secs(1),
+    );
     gate.open();
     let resp = get(lb.addr, "/");
     assert_eq!((resp.status, resp.body_str().as_str()), (200, "late"));
