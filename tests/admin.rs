@@ -6,12 +6,8 @@ mod support;
 
 use prometheus_parse::{Sample, SampleType, Scrape, Value as Metric};
 use serde_json::Value;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 use support::*;
 
 /// How long a state change may take to show (probes run every 50 ms in these tests).
@@ -25,19 +21,6 @@ const TOKEN: &str = "s3cret-token-0123456789";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// The admin address from `admin API listening on http://127.0.0.1:PORT/` (logged before the
-/// line `Lb::start` waits for).
-#[track_caller]
-fn admin_addr(lb: &Lb) -> SocketAddr {
-    lb.log()
-        .iter()
-        .find_map(|line| {
-            let rest = &line[line.find("admin API listening on http://")? + 30..];
-            rest.trim_end_matches('/').parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin listening line; log:\n{}", lb.log_text()))
-}
 
 /// One admin request on its own connection (the admin listener closes after each answer).
 #[track_caller]
@@ -121,113 +104,6 @@ fn assert_error(resp: &Resp, status: u16) {
     assert!(!message.is_empty(), "no error message: {body}");
 }
 
-/// Client threads, each sending `GET /` in a loop on a keep-alive connection until stopped
-/// (or for at most 20 s). Any answer but a 200, and any I/O error, is a failure.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                thread::spawn(move || client_loop(addr, &stop, &ok, &failures))
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            threads,
-        }
-    }
-
-    /// Requests answered with a 200 so far.
-    fn ok(&self) -> usize {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` more requests than now got their 200.
-    #[track_caller]
-    fn wait_for_more(&self, n: usize) {
-        let target = self.ok() + n;
-        assert!(
-            wait_until(WAIT, || self.ok() >= target),
-            "the load stalled at {} answered requests; failures: {:?}",
-            self.ok(),
-            self.failures.lock().unwrap()
-        );
-    }
-
-    /// Stops the clients; returns (answered requests, failures).
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop_and_join();
-        (self.ok(), self.failures.lock().unwrap().clone())
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-fn client_loop(
-    addr: SocketAddr,
-    stop: &AtomicBool,
-    ok: &AtomicUsize,
-    failures: &Mutex<Vec<String>>,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut stream: Option<TcpStream> = None;
-    for _ in 0..1_000_000 {
-        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            return;
-        }
-        let result = (|| {
-            if stream.is_none() {
-                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                s.set_write_timeout(Some(IO_TIMEOUT))?;
-                s.set_nodelay(true)?;
-                stream = Some(s);
-            }
-            let s = stream.as_mut().expect("connected");
-            s.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")?;
-            try_read_response(s)
-        })();
-        match result {
-            Ok(resp) if resp.status == 200 => {
-                ok.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(resp) => {
-                failures
-                    .lock()
-                    .unwrap()
-                    .push(format!("{} {}", resp.status, resp.body_str()))
-            }
-            Err(e) => {
-                failures.lock().unwrap().push(e.to_string());
-                stream = None;
-            }
-        }
-    }
-}
-
 /// `/metrics`, parsed.
 #[track_caller]
 fn scrape(admin: SocketAddr) -> Scrape {
@@ -299,7 +175,7 @@ fn list_shows_every_backend_with_its_counters() {
         &[("a", a.addr), ("b", b.addr)],
         &format!("{ADMIN}[lb]\nexpose_backend = true\n"),
     ));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
 
     // Before any traffic: both configured backends, up, idle, and the totals' shape.
     let first = list(admin);
@@ -385,7 +261,7 @@ fn list_shows_every_backend_with_its_counters() {
 fn status_page_and_unknown_paths() {
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
 
     let page = call(admin, "GET", "/", None);
     assert_eq!(page.status, 200);
@@ -425,9 +301,9 @@ fn an_added_backend_comes_up_and_takes_traffic_under_load() {
     let a = Backend::named("a");
     let c = Backend::named("c");
     let mut lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let load = Load::start(lb.addr, 3);
-    load.wait_for_more(20);
+    load.wait_for_more(20, WAIT);
 
     let body = format!(r#"{{"address":"{}","weight":2,"name":"c"}}"#, c.addr);
     let resp = call(admin, "POST", "/api/backends", Some(&body));
@@ -447,7 +323,7 @@ fn an_added_backend_comes_up_and_takes_traffic_under_load() {
         "c is up but got {} requests",
         c.request_count()
     );
-    load.wait_for_more(20);
+    load.wait_for_more(20, WAIT);
     let (answered, failures) = load.finish();
     assert!(
         failures.is_empty(),
@@ -464,7 +340,7 @@ fn a_drained_backend_finishes_in_flight_requests_and_gets_no_new_ones() {
     // b is slow, so requests are in flight on it when it is drained.
     let b = Backend::start("b", |_| Response::ok("b").delay(Duration::from_millis(30)));
     let mut lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let load = Load::start(lb.addr, 4);
     assert!(b.wait_for_requests(10, WAIT), "b got no traffic");
 
@@ -474,7 +350,7 @@ fn a_drained_backend_finishes_in_flight_requests_and_gets_no_new_ones() {
     // What was in flight finishes; once nothing is, b's count must not move again.
     wait_for_field(admin, "b", "active", 0.into());
     let settled = b.request_count();
-    load.wait_for_more(100);
+    load.wait_for_more(100, WAIT);
     let (answered, failures) = load.finish();
     assert_eq!(
         b.request_count(),
@@ -499,7 +375,7 @@ fn a_deleted_backend_drains_then_leaves_the_list() {
     let a = Backend::named("a");
     let b = Backend::named("b");
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
 
     let resp = call(admin, "DELETE", "/api/backends/b", None);
     assert_eq!(resp.status, 202, "{}", resp.body_str());
@@ -531,7 +407,7 @@ fn a_deleted_backend_drains_then_leaves_the_list() {
 fn a_new_weight_shows_in_the_list() {
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
 
     let resp = call(admin, "PUT", "/api/backends/a", Some(r#"{"weight": 7}"#));
     assert_eq!(resp.status, 200, "{}", resp.body_str());
@@ -558,7 +434,7 @@ fn a_new_weight_shows_in_the_list() {
 fn bad_requests_get_a_4xx_and_a_json_error() {
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let post = |body: &str| call(admin, "POST", "/api/backends", Some(body));
 
     assert_error(&post(r#"{"address": "#), 400); // bad JSON
@@ -615,7 +491,7 @@ fn bad_requests_get_a_4xx_and_a_json_error() {
 fn a_token_is_required_when_set() {
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], &format!("{ADMIN}token = {TOKEN}\n")));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let bearer = format!("Bearer {TOKEN}");
 
     for path in ["/", "/metrics", "/api/backends"] {
@@ -687,7 +563,7 @@ fn metrics_parse_and_count_every_request() {
         &[("a", a.addr)],
         &format!("{ADMIN}[lb]\nworkers = 2\n"),
     ));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     for _ in 0..SENT {
         assert_eq!(get(lb.addr, "/").status, 200);
     }
@@ -797,7 +673,7 @@ fn deleted_backends_free_their_ids_for_the_next_ones() {
     // again once its backend has left.
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let dead = dead_addr();
     for round in 0..7 {
         for i in 0..10 {

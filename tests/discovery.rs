@@ -8,9 +8,8 @@
 mod support;
 
 use serde_json::Value;
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -133,107 +132,6 @@ fn answer(query: &[u8], addrs: &[Ipv4Addr], ports: &[u16]) -> Option<Vec<u8>> {
     Some(reply)
 }
 
-/// One client sending `GET /` on a keep-alive connection until stopped (at most 60 s or
-/// 200,000 requests). Anything but a 200, and any I/O error, is a failure.
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Client {
-    fn start(addr: SocketAddr) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let (st, k, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
-        let thread = thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut stream: Option<TcpStream> = None;
-            for _ in 0..200_000 {
-                if st.load(Ordering::SeqCst) || Instant::now() >= deadline {
-                    return;
-                }
-                let result = (|| {
-                    if stream.is_none() {
-                        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-                        s.set_read_timeout(Some(IO_TIMEOUT))?;
-                        s.set_write_timeout(Some(IO_TIMEOUT))?;
-                        s.set_nodelay(true)?;
-                        stream = Some(s);
-                    }
-                    let s = stream.as_mut().expect("connected");
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")?;
-                    try_read_response(s)
-                })();
-                match result {
-                    Ok(resp) if resp.status == 200 => {
-                        k.fetch_add(1, Ordering::SeqCst);
-                        if resp.header("connection") == Some("close") {
-                            stream = None;
-                        }
-                    }
-                    Ok(resp) => {
-                        f.lock()
-                            .unwrap()
-                            .push(format!("{} {}", resp.status, resp.body_str()));
-                        stream = None;
-                    }
-                    Err(e) => {
-                        f.lock().unwrap().push(e.to_string());
-                        stream = None;
-                    }
-                }
-                // Leave the two shared cores some room for the balancer's other threads.
-                thread::sleep(Duration::from_micros(500));
-            }
-        });
-        Client {
-            stop,
-            ok,
-            failures,
-            thread: Some(thread),
-        }
-    }
-
-    fn ok(&self) -> usize {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().unwrap().clone()
-    }
-
-    /// Stops the client; returns (answered requests, failures).
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        (self.ok(), self.failures())
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn admin_addr(lb: &Lb) -> SocketAddr {
-    lb.log()
-        .iter()
-        .find_map(|line| {
-            let rest = &line[line.find("admin API listening on http://")? + 30..];
-            rest.trim_end_matches('/').parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin listening line; log:\n{}", lb.log_text()))
-}
-
 /// `GET /api/backends`: the listed backends as (name, state, discovered_by).
 fn listed(admin: SocketAddr) -> Vec<(String, String, Option<String>)> {
     listing(admin)
@@ -280,7 +178,7 @@ fn dns_answers_change_under_load_without_a_failed_request() {
         ),
     );
     let lb = Lb::start(&config);
-    let admin = admin_addr(&lb);
+    let admin = lb.admin_addr();
     let name = |last: u8| format!("web-127.0.0.{last}-{port}");
 
     // (1) Looked up before the first request: both addresses take traffic at once.
@@ -295,7 +193,7 @@ fn dns_answers_change_under_load_without_a_failed_request() {
     );
 
     // (4) From here on a client sends requests without pause.
-    let client = Client::start(lb.addr);
+    let client = Load::start(lb.addr, 1);
 
     // (2) A third address: taken within a round plus a probe.
     dns.set(&[ip(1), ip(2), ip(3)]);
@@ -455,8 +353,8 @@ fn a_reused_slot_forgets_the_old_address_connections_and_counters() {
         ),
     );
     let lb = Lb::start(&config);
-    let admin = admin_addr(&lb);
-    let client = Client::start(lb.addr);
+    let admin = lb.admin_addr();
+    let client = Load::start(lb.addr, 1);
     assert!(wait_until(WAIT, || b1.request_count() >= 50
         && b2.request_count() >= 50));
     dns.set(&[ip(2)]);
@@ -514,7 +412,7 @@ fn srv_records_give_each_server_its_port() {
         ),
     );
     let lb = Lb::start(&config);
-    let client = Client::start(lb.addr);
+    let client = Load::start(lb.addr, 1);
     assert!(wait_until(WAIT, || backends[0].request_count() >= 20
         && backends[1].request_count() >= 20));
     *dns.ports.lock().unwrap() = ports[1..].to_vec();

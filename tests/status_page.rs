@@ -251,14 +251,7 @@ fn the_status_page_lists_backends_and_draws_live_charts() {
         &[("alpha", a.addr), ("beta", b.addr)],
         "[health]\ninterval_ms = 100\n[admin]\nlisten = 127.0.0.1:0\n",
     ));
-    let admin = lb
-        .log()
-        .iter()
-        .find_map(|line| {
-            let rest = &line[line.find("admin API listening on http://")? + 30..];
-            rest.trim_end_matches('/').parse::<SocketAddr>().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin listening line:\n{}", lb.log_text()));
+    let admin = lb.admin_addr();
     let _traffic = Traffic::start(lb.addr);
     assert!(
         a.wait_for_requests(5, Duration::from_secs(5))

@@ -433,6 +433,19 @@ impl Lb {
         self.child.id()
     }
 
+    /// The admin address from `admin API listening on http://127.0.0.1:PORT/` (logged before
+    /// the line `Lb::start` waits for).
+    #[track_caller]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.log()
+            .iter()
+            .find_map(|line| {
+                let rest = &line[line.find("admin API listening on http://")? + 30..];
+                rest.trim_end_matches('/').parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no admin listening line; log:\n{}", self.log_text()))
+    }
+
     pub fn config_path(&self) -> &Path {
         self.config.path()
     }
@@ -1561,4 +1574,124 @@ pub fn request(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Resp {
     let mut stream = connect(addr);
     send(&mut stream, raw);
     read_response(&mut stream)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steady load
+// ---------------------------------------------------------------------------------------------
+
+/// Client threads, each sending `GET /` on a keep-alive connection until stopped (at most
+/// 60 s or 200,000 requests each), reconnecting after a close. Anything but a 200, and any
+/// I/O error, is a failure.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                thread::spawn(move || load_client(addr, &stop, &ok, &failures))
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    /// Requests answered with a 200 so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `within`) until `n` more requests than now got their 200.
+    #[track_caller]
+    pub fn wait_for_more(&self, n: usize, within: Duration) {
+        let target = self.ok() + n;
+        assert!(
+            wait_until(within, || self.ok() >= target),
+            "the load stalled at {} answered requests; failures: {:?}",
+            self.ok(),
+            self.failures()
+        );
+    }
+
+    /// Stops the clients; returns (answered requests, failures).
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop_and_join();
+        (self.ok(), self.failures())
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn load_client(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    ok: &AtomicUsize,
+    failures: &Mutex<Vec<String>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream: Option<TcpStream> = None;
+    for _ in 0..200_000 {
+        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            return;
+        }
+        let result = (|| {
+            if stream.is_none() {
+                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                stream = Some(s);
+            }
+            let s = stream.as_mut().expect("connected");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")?;
+            try_read_response(s)
+        })();
+        match result {
+            Ok(resp) if resp.status == 200 => {
+                ok.fetch_add(1, Ordering::SeqCst);
+                if resp.connection_has("close") {
+                    stream = None;
+                }
+            }
+            Ok(resp) => {
+                let failure = format!("{} {}", resp.status, resp.body_str());
+                failures.lock().unwrap().push(failure);
+                stream = None;
+            }
+            Err(e) => {
+                failures.lock().unwrap().push(e.to_string());
+                stream = None;
+            }
+        }
+        // Leave the two shared cores some room for the balancer's other threads.
+        thread::sleep(Duration::from_micros(500));
+    }
 }
