@@ -17,14 +17,13 @@ use lb_mio::http::body::{Body, Framing};
 use lb_mio::http::chunked::{ChunkError, ChunkedDecoder, Scan};
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::show;
+
 /// `Body`'s trailer limit.
 const PROXY_TRAILER_LIMIT: usize = 8 * 1024;
 /// Whitespace and extension bytes allowed on one size line.
 const MAX_EXTENSION_BYTES: usize = 4096;
-
-fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {

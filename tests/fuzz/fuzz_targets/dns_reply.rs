@@ -16,7 +16,9 @@ const SRV: u16 = 33;
 
 fuzz_target!(|input: &[u8]| {
     let message = parse_message(input);
-    let id = input.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let id = input
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     for qtype in [A, AAAA, SRV] {
         let Ok(reply) = read_reply(input, id, "a.example", qtype) else {
             continue;

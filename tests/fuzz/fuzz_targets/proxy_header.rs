@@ -18,7 +18,11 @@ fuzz_target!(|input: &[u8]| {
     };
     assert!(header.len <= input.len());
     let own = &input[..header.len];
-    assert_eq!(parse(own), Ok(Some(header)), "bytes after the header changed it");
+    assert_eq!(
+        parse(own),
+        Ok(Some(header)),
+        "bytes after the header changed it"
+    );
     for cut in 0..header.len {
         assert_eq!(parse(&own[..cut]), Ok(None), "prefix of {cut} bytes");
     }
@@ -29,7 +33,10 @@ fuzz_target!(|input: &[u8]| {
             let again = parse(out.data()).unwrap().unwrap();
             let (s, d) = again.addrs.unwrap();
             let canonical = |a: std::net::SocketAddr| (a.ip().to_canonical(), a.port());
-            assert_eq!((canonical(s), canonical(d)), (canonical(src), canonical(dst)));
+            assert_eq!(
+                (canonical(s), canonical(d)),
+                (canonical(src), canonical(dst))
+            );
         }
     }
 });

@@ -20,6 +20,9 @@ use lb_mio::config::HashKey;
 use lb_mio::http::head::HeadError;
 use lb_mio::http::request::{self, HeadLimits, Request, MAX_HEADERS};
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{find, first_line, show};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `[limits] max_header_bytes` and `max_headers` defaults.
@@ -46,28 +49,6 @@ fn parse(input: &[u8], limits: HeadLimits, client: IpAddr) -> Parsed {
     let mut out = BufferPool::new(0).take();
     let result = request::parse(input, limits, client, &mut out);
     (result, out.data().to_vec())
-}
-
-fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The head's request line (CRLF included), after the empty lines a client may send first.
-fn request_line(head: &[u8]) -> &[u8] {
-    let start = head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(head.len());
-    let line = &head[start..];
-    let end = line
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(line.len(), |i| i + 1);
-    &line[..end]
 }
 
 /// How many header fields httparse finds in a complete head.
@@ -133,7 +114,7 @@ fn accepted(input: &[u8], client: IpAddr, req: Request, out: &[u8]) {
 
     // What the backend gets: the same request line, a complete head, the same decisions.
     assert!(
-        out.starts_with(request_line(head)),
+        out.starts_with(first_line(head)),
         "request line changed: {:?}",
         show(out)
     );

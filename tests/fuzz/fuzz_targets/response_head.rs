@@ -26,6 +26,9 @@ use lb_mio::http::head::HeadError;
 use lb_mio::http::request::{self, HeadLimits, Method, Request, MAX_HEADERS};
 use lb_mio::http::response::{self, Added, Kind, Response};
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{find, first_line, show};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
@@ -70,28 +73,6 @@ fn parse(input: &[u8], max_bytes: usize, req: &Request, added: Added) -> Parsed 
     let mut out = BufferPool::new(0).take();
     let result = response::parse(input, max_bytes, req, added, &mut out);
     (result, out.data().to_vec())
-}
-
-fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The head's status line (CRLF included), after any leading empty lines.
-fn status_line(head: &[u8]) -> &[u8] {
-    let start = head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(head.len());
-    let line = &head[start..];
-    let end = line
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(line.len(), |i| i + 1);
-    &line[..end]
 }
 
 fn accepted(input: &[u8], req: &Request, added: Added, res: Response, out: &[u8]) {
@@ -139,20 +120,24 @@ fn accepted(input: &[u8], req: &Request, added: Added, res: Response, out: &[u8]
 
     // What the client gets.
     assert!(
-        out.starts_with(status_line(head)),
+        out.starts_with(first_line(head)),
         "status line changed: {:?}",
         show(out)
     );
     assert!(out.ends_with(b"\r\n\r\n"), "{:?}", show(out));
     if res.kind == Kind::Final && !res.client_keep_alive {
         assert!(
-            contains(out, b"\r\nConnection: close\r\n"),
+            find(out, b"\r\nConnection: close\r\n").is_some(),
             "{:?}",
             show(out)
         );
     }
     if res.kind == Kind::Final && added.backend.is_some() {
-        assert!(contains(out, b"\r\nX-Backend: s1\r\n"), "{:?}", show(out));
+        assert!(
+            find(out, b"\r\nX-Backend: s1\r\n").is_some(),
+            "{:?}",
+            show(out)
+        );
     }
     // What a client's parser makes of it (lb-mio adds up to four headers to at most
     // MAX_HEADERS, so this one needs more room than lb-mio's).
