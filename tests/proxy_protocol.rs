@@ -240,3 +240,20 @@ fn two_lb_mios_in_a_row_carry_the_client_through() {
     assert_eq!(read_response(&mut client).status, 200);
     assert!(outer.count_log("is down") == 0, "{}", outer.log_text());
 }
+
+#[test]
+fn a_trusted_balancer_is_not_held_to_the_per_client_connection_cap() {
+    let a = Backend::named("a");
+    let extra = format!("{TRUST_LOOPBACK}[limits]\nclient_connections = 1\n");
+    let lb = Lb::start(&ini(&[("a", a.addr)], &extra));
+    // Three connections from the one balancer address, each carrying another client.
+    let mut clients: Vec<_> = (1..=3).map(|_| connect(lb.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        send(
+            client,
+            format!("PROXY TCP4 192.0.2.{i} 10.0.0.1 1000 80\r\n{GET}"),
+        );
+        assert_eq!(read_response(client).status, 200, "connection {i}");
+    }
+    assert_eq!(lb.count_log("client_connections"), 0, "{}", lb.log_text());
+}
