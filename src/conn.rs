@@ -1057,13 +1057,13 @@ impl Conn {
         self.client_eof
     }
 
-    /// Returns the buffers of an idle connection to the pool: idle connections hold none.
+    /// Returns empty buffers to the pool whenever the connection waits: it holds a buffer only
+    /// while bytes sit in it, so idle connections hold none and a request waiting on its
+    /// backend holds none for the directions that have nothing in flight.
     fn settle(&mut self, ctx: &mut Ctx) {
-        if self.phase == Phase::Idle {
-            for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
-                if let Some(buffer) = slot.take_if(|b| b.is_empty()) {
-                    ctx.buffers.give(buffer);
-                }
+        for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+            if let Some(buffer) = slot.take_if(|b| b.is_empty()) {
+                ctx.buffers.give(buffer);
             }
         }
     }
