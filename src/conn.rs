@@ -214,7 +214,8 @@ pub struct Conn {
     client: TcpStream,
     /// The client: the connection's peer, or who a trusted balancer's PROXY header names.
     peer: SocketAddr,
-    /// The address the client connected to, when a PROXY header named it.
+    /// The address the client connected to: named by a PROXY header, or looked up once when
+    /// `send_proxy` first needs it.
     dest: Option<SocketAddr>,
     /// The address counted in `[limits] client_connections`, released at close.
     pub counted: Option<IpAddr>,
@@ -503,10 +504,12 @@ impl Conn {
 
     /// With `send_proxy`, the version and the address the client connected to, for the header
     /// that goes before the request.
-    fn dest_addr(&self, ctx: &Ctx) -> Option<(proxy_protocol::Version, SocketAddr)> {
+    fn dest_addr(&mut self, ctx: &Ctx) -> Option<(proxy_protocol::Version, SocketAddr)> {
         let version = ctx.snap.config.lb.send_proxy?;
-        let dest = self.dest.or_else(|| self.client.local_addr().ok())?;
-        Some((version, dest))
+        if self.dest.is_none() {
+            self.dest = self.client.local_addr().ok();
+        }
+        Some((version, self.dest?))
     }
 
     /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
