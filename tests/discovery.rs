@@ -159,25 +159,57 @@ fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
+/// Three backends on one port at 127.0.0.1 to .3, a DNS server answering `web.test` with .1
+/// and .2, and an lb-mio (with `extra` config) that discovers `web = web.test:port` there.
+struct Web {
+    b1: Backend,
+    b2: Backend,
+    b3: Backend,
+    port: u16,
+    dns: Dns,
+    lb: Lb,
+}
+
+impl Web {
+    fn start(extra: &str) -> Web {
+        let b1 = Backend::named_at("127.0.0.1:0", "b1");
+        let port = b1.addr.port();
+        let at = |last: u8, name: &str| Backend::named_at(&format!("127.0.0.{last}:{port}"), name);
+        let (b2, b3) = (at(2, "b2"), at(3, "b3"));
+        let dns = Dns::start(&[ip(1), ip(2)]);
+        let config = ini(
+            &[],
+            &format!(
+                "{extra}[health]\ninterval_ms = 100\nrise = 1\n[admin]\nlisten = 127.0.0.1:0\n\
+                 [dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n\
+                 [backends]\nweb = web.test:{port}\n",
+                dns.addr
+            ),
+        );
+        let lb = Lb::start(&config);
+        Web {
+            b1,
+            b2,
+            b3,
+            port,
+            dns,
+            lb,
+        }
+    }
+}
+
 #[test]
 fn dns_answers_change_under_load_without_a_failed_request() {
     let started = Instant::now();
     // Four backends on one port, on 127.0.0.1 to .3 and (for the end) .200.
-    let b1 = Backend::named_at("127.0.0.1:0", "b1");
-    let port = b1.addr.port();
-    let at = |last: u8, name: &str| Backend::named_at(&format!("127.0.0.{last}:{port}"), name);
-    let (b2, b3) = (at(2, "b2"), at(3, "b3"));
-    let dns = Dns::start(&[ip(1), ip(2)]);
-    let config = ini(
-        &[],
-        &format!(
-            "[lb]\nworkers = 2\n[health]\ninterval_ms = 100\nrise = 1\n[admin]\nlisten = 127.0.0.1:0\n\
-             [dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n\
-             [backends]\nweb = web.test:{port}\n",
-            dns.addr
-        ),
-    );
-    let lb = Lb::start(&config);
+    let Web {
+        b1,
+        b2,
+        b3,
+        port,
+        dns,
+        lb,
+    } = Web::start("[lb]\nworkers = 2\n");
     let admin = lb.admin_addr();
     let name = |last: u8| format!("web-127.0.0.{last}-{port}");
 
@@ -250,7 +282,7 @@ fn dns_answers_change_under_load_without_a_failed_request() {
         WAIT,
     );
     // Address number 84 has a backend: it gets a slot and traffic.
-    let b4 = at(200, "b4");
+    let b4 = Backend::named_at(&format!("127.0.0.200:{port}"), "b4");
     dns.set(&[ip(2), ip(3), ip(200)]);
     assert!(
         b4.wait_for_requests(1, WAIT),
@@ -338,21 +370,14 @@ fn a_reused_slot_forgets_the_old_address_connections_and_counters() {
     // live in the same worker. The slot of 127.0.0.1 is taken by 127.0.0.3 well within the
     // mock backends' 5 s idle timeout, so pooled connections to 127.0.0.1 are still open
     // then: a request for the new backend must not go down one of them.
-    let b1 = Backend::named_at("127.0.0.1:0", "b1");
-    let port = b1.addr.port();
-    let at = |last: u8, name: &str| Backend::named_at(&format!("127.0.0.{last}:{port}"), name);
-    let (b2, b3) = (at(2, "b2"), at(3, "b3"));
-    let dns = Dns::start(&[ip(1), ip(2)]);
-    let config = ini(
-        &[],
-        &format!(
-            "[health]\ninterval_ms = 100\nrise = 1\n[admin]\nlisten = 127.0.0.1:0\n\
-             [dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n\
-             [backends]\nweb = web.test:{port}\n",
-            dns.addr
-        ),
-    );
-    let lb = Lb::start(&config);
+    let Web {
+        b1,
+        b2,
+        b3,
+        port,
+        dns,
+        lb,
+    } = Web::start("");
     let admin = lb.admin_addr();
     let client = Load::start(lb.addr, 1);
     assert!(wait_until(WAIT, || b1.request_count() >= 50
