@@ -537,16 +537,12 @@ impl Conn {
         }
     }
 
-    /// Gets the exchange's backend a connection: an idle pooled one, or a new one. With
-    /// `send_proxy` every request takes a new one: its header names this client only.
+    /// Gets the exchange's backend a connection: an idle pooled one, or a new one. (With
+    /// `send_proxy` the worker pools none: a connection's header names one client.)
     fn connect(&mut self, ctx: &mut Ctx) -> Result<(), Stop> {
         let ex = self.exchange.as_mut().expect("connect needs an exchange");
         let backend = ex.lease.id;
-        let pooled = ctx.snap.config.lb.send_proxy.is_none();
-        if let Some(id) = pooled
-            .then(|| ctx.upstreams.checkout(backend, ctx.id))
-            .flatten()
-        {
+        if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
             ctx.metrics.upstream(true);
             ex.upstream = Some(id);
             self.enter(Phase::Forwarding, ctx);
@@ -879,10 +875,7 @@ impl Conn {
         let ex = self.exchange.take().expect("checked above");
         self.served = true;
         let unsent = held(&self.uout) - ex.sent;
-        let reusable = ex.reusable
-            && unsent == 0
-            && held(&self.uin) == 0
-            && ctx.snap.config.lb.send_proxy.is_none();
+        let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
         if let Some(up) = ex.upstream {
             ctx.upstreams.release(ctx.registry, up, reusable);
         }

@@ -44,11 +44,18 @@ impl Upstreams {
         }
     }
 
-    /// Makes room for backends added since, and takes the new idle limit.
-    pub fn resize(&mut self, backends: usize, keep: usize) {
+    /// Makes room for backends added since, and takes the new idle limit: idle connections
+    /// over it are closed, the least recently used first.
+    pub fn resize(&mut self, registry: &Registry, backends: usize, keep: usize) {
         self.idle.resize_with(backends, Vec::new);
         self.generations.resize(backends, 0);
         self.keep = keep;
+        for backend in 0..backends {
+            while self.idle[backend].len() > keep {
+                let oldest = self.idle[backend].remove(0);
+                self.close(registry, oldest);
+            }
+        }
     }
 
     /// Slot `backend` took a new backend (another address): its idle connections lead to the
@@ -171,5 +178,26 @@ mod tests {
         let fresh = upstreams.connect(registry, 0, addr, 4).unwrap();
         upstreams.release(registry, fresh, true);
         assert_eq!(upstreams.checkout(0, 5), Some(fresh));
+    }
+
+    #[test]
+    fn a_lower_idle_limit_closes_the_least_recently_used_first() {
+        let poll = mio::Poll::new().unwrap();
+        let registry = poll.registry();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut upstreams = Upstreams::new(1, 8);
+        let ids: Vec<usize> = (0..3)
+            .map(|owner| upstreams.connect(registry, 0, addr, owner).unwrap())
+            .collect();
+        for &id in &ids {
+            upstreams.release(registry, id, true);
+        }
+        upstreams.resize(registry, 1, 1);
+        assert!(upstreams.try_get(ids[0]).is_none() && upstreams.try_get(ids[1]).is_none());
+        assert_eq!(upstreams.checkout(0, 9), Some(ids[2]));
+        upstreams.release(registry, ids[2], true);
+        upstreams.resize(registry, 1, 0);
+        assert_eq!(upstreams.checkout(0, 9), None, "keep 0 pools nothing");
     }
 }

@@ -3,6 +3,7 @@
 //! is shared with other workers but the read-mostly backend pool.
 
 use crate::buffer::BufferPool;
+use crate::config;
 use crate::conn::{Conn, Ctx, Drive};
 use crate::metrics::WorkerMetrics;
 use crate::ratelimit::RateLimits;
@@ -98,7 +99,7 @@ impl Worker {
         let (tx, rx) = crossbeam_channel::unbounded();
         let epoch = shared.epoch();
         let snap = shared.load();
-        let keep = snap.config.lb.upstream_keepalive;
+        let keep = idle_keep(&snap.config.lb);
         let budget = snap.config.lb.retry_budget;
         let rate = RateLimits::new(&snap.config.limits, snap.config.lb.workers, Instant::now());
         let worker = Worker {
@@ -216,8 +217,8 @@ impl Worker {
             self.epoch = epoch;
             let lb = &self.snap.config.lb;
             self.rate = RateLimits::new(&self.snap.config.limits, lb.workers, Instant::now());
-            self.upstreams
-                .resize(self.snap.backends.len(), lb.upstream_keepalive);
+            let (backends, keep) = (self.snap.backends.len(), idle_keep(lb));
+            self.upstreams.resize(self.poll.registry(), backends, keep);
             let slots = old.backends.iter().zip(self.snap.backends.iter());
             for (id, (was, now)) in slots.enumerate() {
                 if !Arc::ptr_eq(was, now) {
@@ -355,6 +356,15 @@ impl Worker {
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_all(now);
         }
+    }
+}
+
+/// Idle backend connections kept per backend: `upstream_keepalive`, or none with `send_proxy`,
+/// since a connection's PROXY header names one client and cannot carry another's request.
+fn idle_keep(lb: &config::Lb) -> usize {
+    match lb.send_proxy {
+        Some(_) => 0,
+        None => lb.upstream_keepalive,
     }
 }
 
