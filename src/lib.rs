@@ -5,6 +5,7 @@
 //! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends
 //! and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
 
+pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod buffer;

@@ -2,6 +2,7 @@
 //! connections touch (connection slab, buffer pool, upstream keep-alive pool). Nothing in here
 //! is shared with other workers but the read-mostly backend pool.
 
+use crate::accept::{self, Next};
 use crate::buffer::BufferPool;
 use crate::config;
 use crate::conn::{Conn, Ctx, Drive};
@@ -25,9 +26,6 @@ use std::time::{Duration, Instant};
 
 /// How often deadlines are checked: timeouts fire up to this late.
 const TICK: Duration = Duration::from_millis(50);
-
-/// How long accepting pauses when the process is out of file descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Free buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 1024;
@@ -262,13 +260,14 @@ impl Worker {
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.add_conn(stream, peer, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if out_of_descriptors(&e) => {
-                    warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => warn!("accept: {e}"),
+                Err(e) => match accept::after_error(&e, now) {
+                    Next::Retry => {}
+                    Next::Wait => return,
+                    Next::PauseUntil(until) => {
+                        self.accept_paused_until = Some(until);
+                        return;
+                    }
+                },
             }
         }
     }
@@ -366,9 +365,4 @@ fn idle_keep(lb: &config::Lb) -> usize {
         Some(_) => 0,
         None => lb.upstream_keepalive,
     }
-}
-
-/// EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would fail the same way.
-fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
