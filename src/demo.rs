@@ -7,22 +7,21 @@
 //! Answering a request copies a response built at start into the connection's output buffer,
 //! so the steady state allocates nothing.
 
+use crate::accept::{self, Next};
 use crate::buffer::{Buffer, BufferPool, Io};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HopHeaders;
+use crate::http::request::MAX_HEADERS;
+use crate::server;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
 
-/// Pending connections the kernel queues for us.
-const BACKLOG: i32 = 1024;
 /// Token of the listening socket; connections use their slab key.
 const LISTENER: Token = Token(usize::MAX);
-/// Most headers a request may have.
-const MAX_HEADERS: usize = 64;
 /// Free buffers kept for reuse by new connections.
 const POOL_KEEP: usize = 256;
 
@@ -33,10 +32,11 @@ pub struct DemoBackend {
 }
 
 impl DemoBackend {
-    /// Binds `addr` (port 0 allowed) and serves on a new thread named after `name` until the
-    /// process exits.
+    /// Binds `addr` (port 0 allowed) as the balancer binds its listeners and serves on a new
+    /// thread named after `name` until the process exits.
     pub fn spawn(name: &str, addr: SocketAddr) -> io::Result<DemoBackend> {
-        let listener = bind(addr)?;
+        // Dual-stack on `[::]`, as a lone `listen` address of the balancer is.
+        let listener = server::bind(addr, false).map_err(io::Error::other)?;
         let addr = listener.local_addr()?;
         let responses = Responses::new(name);
         std::thread::Builder::new()
@@ -61,16 +61,6 @@ impl DemoBackend {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // Lets a restarted backend bind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
-
 /// The event loop: runs until polling itself fails.
 fn serve(mut listener: TcpListener, responses: &Responses) -> io::Result<()> {
     let mut poll = Poll::new()?;
@@ -79,44 +69,49 @@ fn serve(mut listener: TcpListener, responses: &Responses) -> io::Result<()> {
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut conns = Slab::new();
     let mut pool = BufferPool::new(POOL_KEEP);
+    // Accepting is paused until then (out of file descriptors); the poll wakes up for it.
+    let mut paused: Option<Instant> = None;
     loop {
-        match poll.poll(&mut events, None) {
+        let timeout = paused.map(|until| until.saturating_duration_since(Instant::now()));
+        match poll.poll(&mut events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => other?,
         }
+        let mut listener_ready = false;
         for event in events.iter() {
             match event.token() {
-                LISTENER => accept_all(&listener, &poll, &mut conns, &mut pool),
+                LISTENER => listener_ready = true,
                 Token(key) => on_ready(key, &mut conns, &mut pool, responses),
             }
+        }
+        // A pause that ended accepts what queued meanwhile: its edge has passed.
+        if paused.map_or(listener_ready, |until| Instant::now() >= until) {
+            paused = accept_all(&listener, &poll, &mut conns, &mut pool);
         }
     }
 }
 
-/// Accepts until the backlog is empty: with edge triggering, a connection left in it would get
-/// no event of its own.
-fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Conn>, pool: &mut BufferPool) {
+/// Accepts until the backlog is empty (with edge triggering, a connection left in it would get
+/// no event of its own) or until accepting must pause: then returns when it may resume.
+fn accept_all(
+    listener: &TcpListener,
+    poll: &Poll,
+    conns: &mut Slab<Conn>,
+    pool: &mut BufferPool,
+) -> Option<Instant> {
     loop {
         let socket = match listener.accept() {
             Ok((socket, _)) => socket,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if is_transient_accept_error(&e) => continue,
-            Err(e) => {
-                // Out of file descriptors, most likely: the next connection retries.
-                log::warn!("demo backend: accept failed: {e}");
-                return;
-            }
+            Err(e) => match accept::after_error(&e, Instant::now()) {
+                Next::Retry => continue,
+                Next::Wait => return None,
+                Next::PauseUntil(until) => return Some(until),
+            },
         };
         if let Err(e) = add_conn(socket, poll, conns, pool) {
             log::debug!("demo backend: dropping new connection: {e}");
         }
     }
-}
-
-/// Errors about one connection only, or a signal: the backlog may hold more.
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(e.kind(), Interrupted | ConnectionAborted | ConnectionReset)
 }
 
 fn add_conn(
@@ -294,6 +289,8 @@ struct Head {
 }
 
 /// Parses the request head at the start of `input`; `Ok(None)` when it is not complete yet.
+/// Takes up to `MAX_HEADERS` headers, the most the balancer can be set to accept, and a head
+/// as large as the input buffer, larger than any `max_header_bytes`.
 fn parse_head(input: &[u8]) -> Result<Option<Head>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
