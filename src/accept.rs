@@ -6,7 +6,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 /// How long accepting pauses when the process is out of file descriptors.
-pub const BACKOFF: Duration = Duration::from_millis(100);
+const BACKOFF: Duration = Duration::from_millis(100);
 
 /// The accept loop's next step after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
