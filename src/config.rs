@@ -48,6 +48,8 @@ pub struct Lb {
     pub retries: u32,
     /// Adds an `X-Backend: <name>` response header.
     pub expose_backend: bool,
+    /// The header that carries each request's id; `None`: off.
+    pub request_id: Option<String>,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_keepalive: usize,
     /// Retries allowed, as a percentage of requests.
@@ -182,7 +184,18 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     pub level: LevelFilter,
-    pub access_log: bool,
+    pub access_log: AccessLog,
+    /// Where the access log goes; `None`: stderr.
+    pub access_log_file: Option<PathBuf>,
+}
+
+/// The access log's format, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +320,7 @@ impl Default for Lb {
             strategy: Strategy::RoundRobin,
             retries: 2,
             expose_backend: false,
+            request_id: None,
             upstream_keepalive: 256,
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
@@ -367,7 +381,8 @@ impl Default for Log {
     fn default() -> Self {
         Log {
             level: LevelFilter::Info,
-            access_log: false,
+            access_log: AccessLog::Off,
+            access_log_file: None,
         }
     }
 }
@@ -580,6 +595,7 @@ fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "accept_proxy" => lb.accept_proxy = parse_bool(v)?,
         "proxy_from" => lb.proxy_from = parse_list(v, parse_cidr)?,
         "send_proxy" => lb.send_proxy = parse_send_proxy(v)?,
+        "request_id" => lb.request_id = (v != "off").then(|| v.to_string()),
         _ => return unknown_key(),
     }
     Ok(())
@@ -644,7 +660,15 @@ fn set_admin(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
 fn set_log(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
     match key {
         "level" => c.log.level = parse_level(v)?,
-        "access_log" => c.log.access_log = parse_bool(v)?,
+        "access_log" => {
+            c.log.access_log = match v {
+                "text" => AccessLog::Text,
+                "json" => AccessLog::Json,
+                v if parse_bool(v)? => AccessLog::Text,
+                _ => AccessLog::Off,
+            }
+        }
+        "access_log_file" => c.log.access_log_file = Some(PathBuf::from(v)),
         _ => return unknown_key(),
     }
     Ok(())
@@ -1065,6 +1089,7 @@ web = srv:_http._tcp.web.consul
                 strategy: Strategy::LeastConn,
                 retries: 0,
                 expose_backend: true,
+                request_id: None,
                 upstream_keepalive: 0,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
@@ -1113,7 +1138,8 @@ web = srv:_http._tcp.web.consul
             },
             log: Log {
                 level: LevelFilter::Trace,
-                access_log: true,
+                access_log: AccessLog::Text,
+                access_log_file: None,
             },
             backends: vec![
                 backend("s1", "127.0.0.1:9001", 1),
@@ -1207,7 +1233,7 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             ("0", false),
         ] {
             let config = parse(&format!("[log]\naccess_log = {v}\n{MINIMAL}")).unwrap();
-            assert_eq!(config.log.access_log, want, "{v}");
+            assert_eq!(config.log.access_log != AccessLog::Off, want, "{v}");
         }
     }
 

@@ -1,11 +1,13 @@
 //! lb-mio: a thread-per-core HTTP/1.1 load balancer on `mio`.
 //!
 //! The modules follow the data path: a `worker` accepts and runs connections (`conn`) that
-//! parse and frame HTTP (`http`) in pooled buffers (`buffer`), choose a backend (`balance`
-//! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends
-//! and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
+//! read and write their client through a `transport`, parse and frame HTTP (`http`) in pooled
+//! buffers (`buffer`), choose a backend (`balance` over `pool`), reuse upstream connections
+//! (`upstream`) and end every request with one line in the `access_log`; `health` probes
+//! backends and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
 
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod buffer;
@@ -21,10 +23,12 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;
+pub mod request_id;
 pub mod retry;
 pub mod server;
 pub mod shared;
 pub mod state_file;
 pub mod token;
+pub mod transport;
 pub mod upstream;
 pub mod worker;

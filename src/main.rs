@@ -6,7 +6,7 @@ use lb_mio::server::{self, Running};
 use lb_mio::{reload, state_file};
 use log::LevelFilter;
 use log::{error, info, warn};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use std::net::SocketAddr;
@@ -103,10 +103,11 @@ fn demo(listen: &str) -> ExitCode {
     })
 }
 
-/// Starts lb-mio, reloads `path` on SIGHUP, and on SIGINT or SIGTERM drains and stops.
+/// Starts lb-mio, reloads `path` on SIGHUP, reopens the access log file on SIGUSR1, and on
+/// SIGINT or SIGTERM drains and stops.
 fn serve(config: Config, path: Option<&Path>, started: impl FnOnce(&Running)) -> ExitCode {
     init_logging(config.log.level);
-    let mut signals = match Signals::new([SIGHUP, SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]) {
         Ok(signals) => signals,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
@@ -116,17 +117,35 @@ fn serve(config: Config, path: Option<&Path>, started: impl FnOnce(&Running)) ->
     };
     started(&running);
     for signal in signals.forever() {
-        if signal == SIGHUP {
-            reload(&running, path);
-            continue;
+        match signal {
+            SIGHUP => reload(&running, path),
+            SIGUSR1 => reopen_access_log(&running),
+            _ => {
+                let drain = running.shared.load().config.lb.drain_timeout;
+                info!("lb-mio stopping on signal {signal}: draining for up to {drain:?}");
+                break;
+            }
         }
-        let drain = running.shared.load().config.lb.drain_timeout;
-        info!("lb-mio stopping on signal {signal}: draining for up to {drain:?}");
-        running.stop();
-        info!("lb-mio stopped");
-        break;
     }
+    running.stop();
+    info!("lb-mio stopped");
     ExitCode::SUCCESS
+}
+
+/// Opens the access log file again (logrotate moved it); the old one stays on failure.
+fn reopen_access_log(running: &Running) {
+    if let Some(path) = running.shared.access_sink.path() {
+        switch_access_log(running, Some(&path));
+    }
+}
+
+/// Sends the access log to `path` (stderr for `None`) from now on.
+fn switch_access_log(running: &Running, path: Option<&Path>) {
+    let shown = path.map_or("stderr".to_string(), |p| p.display().to_string());
+    match running.shared.access_sink.reopen(path) {
+        Ok(()) => info!("access log: {shown}"),
+        Err(e) => error!("cannot open the access log {shown}: {e}; the old one stays"),
+    }
 }
 
 /// Re-reads the config file; a file that does not validate leaves the running config as it is.
@@ -141,7 +160,12 @@ fn reload(running: &Running, path: Option<&Path>) {
     match applied {
         Ok(()) => {
             info!("reloaded {}", path.display());
-            state_file::persist(&running.shared.load());
+            let snap = running.shared.load();
+            state_file::persist(&snap);
+            let log_file = snap.config.log.access_log_file.as_deref();
+            if log_file != running.shared.access_sink.path().as_deref() {
+                switch_access_log(running, log_file);
+            }
         }
         Err(e) => error!("reload failed, the running config stays: {e}"),
     }

@@ -14,6 +14,9 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Why connections were closed without an answer (`lbmio_closed_total{reason}`).
+pub const CLOSED_REASONS: [&str; 3] = ["bad_proxy_header", "proxy_timeout", "client_connections"];
+
 /// A latency histogram: a count per bucket (the last one unbounded) and the sum.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -63,6 +66,7 @@ pub struct WorkerMetrics {
     backends: [BackendMetrics; MAX_BACKENDS],
     latency: Histogram,
     replies: [AtomicU64; Reply::ALL.len()],
+    closed: [AtomicU64; CLOSED_REASONS.len()],
     retries: AtomicU64,
     upstream_opened: AtomicU64,
     upstream_reused: AtomicU64,
@@ -77,6 +81,7 @@ impl Default for WorkerMetrics {
             backends: std::array::from_fn(|_| BackendMetrics::default()),
             latency: Histogram::default(),
             replies: Default::default(),
+            closed: Default::default(),
             retries: AtomicU64::default(),
             upstream_opened: AtomicU64::default(),
             upstream_reused: AtomicU64::default(),
@@ -115,6 +120,13 @@ impl WorkerMetrics {
     pub fn reply(&self, reply: Reply) {
         let index = Reply::ALL.iter().position(|&r| r == reply).unwrap_or(0);
         bump(&self.replies[index], 1);
+    }
+
+    /// A connection closed without an answer, for one of `CLOSED_REASONS`.
+    pub fn closed(&self, reason: &str) {
+        if let Some(index) = CLOSED_REASONS.iter().position(|&r| r == reason) {
+            bump(&self.closed[index], 1);
+        }
     }
 
     pub fn retry(&self) {
@@ -176,6 +188,7 @@ pub struct Totals {
     pub backends: Vec<BackendTotals>,
     pub latency: Latency,
     pub replies: Vec<(Reply, u64)>,
+    pub closed: Vec<(&'static str, u64)>,
     pub retries: u64,
     pub upstream_opened: u64,
     pub upstream_reused: u64,
@@ -189,6 +202,7 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
     let mut t = Totals {
         backends: vec![BackendTotals::default(); backends],
         replies: Reply::ALL.iter().map(|&r| (r, 0)).collect(),
+        closed: CLOSED_REASONS.iter().map(|&r| (r, 0)).collect(),
         ..Totals::default()
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -201,6 +215,9 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
             counters.latency.add_to(&mut total.latency);
         }
         w.latency.add_to(&mut t.latency);
+        for ((_, sum), count) in t.closed.iter_mut().zip(&w.closed) {
+            *sum += load(count);
+        }
         for ((_, sum), count) in t.replies.iter_mut().zip(&w.replies) {
             *sum += load(count);
         }
@@ -316,6 +333,15 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
     for (reply, n) in &totals.replies {
         let labels = format!("reason=\"{}\",status=\"{}\"", reply.name(), reply.status());
         line(&mut out, "lbmio_rejected_total", &labels, *n);
+    }
+    header(
+        &mut out,
+        "lbmio_closed_total",
+        "counter",
+        "Client connections lb-mio closed without an answer, by reason.",
+    );
+    for (reason, n) in &totals.closed {
+        line(&mut out, "lbmio_closed_total", &format!("reason=\"{reason}\""), *n);
     }
     header(
         &mut out,

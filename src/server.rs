@@ -2,6 +2,7 @@
 //! once, then start the workers, the health thread and the discovery thread. Everything that
 //! can fail at start fails here, before any thread runs.
 
+use crate::access_log::Sink;
 use crate::admin;
 use crate::config::Config;
 use crate::discovery::Discovery;
@@ -114,7 +115,12 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     let addr = addrs[0];
     let backends = pool::from_config(&config.backends);
     let workers = config.lb.workers;
-    let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
+    let log_file = config.log.access_log_file.clone();
+    let sink = Sink::open(log_file.as_deref()).map_err(|e| {
+        let path = log_file.unwrap_or_default();
+        format!("cannot open [log] access_log_file {}: {e}", path.display())
+    })?;
+    let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers, sink));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.
     let discovery = Discovery::start(&shared);
@@ -124,8 +130,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     let mut workers = Vec::new();
     for (i, listeners) in listeners.into_iter().enumerate() {
         let metrics = Arc::clone(&shared.metrics[i]);
-        let (worker, handle) =
-            Worker::new(listeners, Arc::clone(&shared), metrics, seed ^ i as u64)?;
+        let (worker, handle) = Worker::new(listeners, Arc::clone(&shared), metrics, i, seed)?;
         let thread = thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || worker.run())?;

@@ -3,11 +3,13 @@
 //! bumps the epoch. Workers compare the epoch (one atomic load) at each turn of their loop and
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
+use crate::access_log::Sink;
 use crate::balance::{self, Balancer};
 use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::pool::Backends;
 use crate::ratelimit::ConnLimit;
+use crate::request_id;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,11 +47,17 @@ pub struct Shared {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// `[limits] client_connections`, fixed at start.
     pub conn_limit: Option<ConnLimit>,
+    /// Where every worker's access log lines go.
+    pub access_sink: Sink,
+    /// The random start of this process's request ids.
+    pub id_prefix: u64,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, workers: usize) -> Shared {
+    pub fn new(snapshot: Snapshot, workers: usize, access_sink: Sink) -> Shared {
         Shared {
+            access_sink,
+            id_prefix: request_id::process_prefix(),
             conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),
             epoch: AtomicU64::new(0),

@@ -5,19 +5,18 @@
 use crate::accept::{self, Next};
 use crate::buffer::BufferPool;
 use crate::config;
-use crate::conn::{Conn, Ctx, Drive};
+use crate::access_log;
+use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
 use crate::metrics::WorkerMetrics;
-use crate::ratelimit::RateLimits;
-use crate::retry::RetryBudget;
+use crate::request_id::RequestIds;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
+use crate::transport::Transport;
 use crate::upstream::Upstreams;
 use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
@@ -63,13 +62,14 @@ pub struct Worker {
     conns: Slab<Conn>,
     upstreams: Upstreams,
     buffers: BufferPool,
+    exchanges: Exchanges,
+    admission: Admission,
+    ids: RequestIds,
+    log: access_log::Writer,
     shared: Arc<Shared>,
     /// The snapshot this worker runs on, and the epoch it was taken at.
     snap: Arc<Snapshot>,
     epoch: u64,
-    rng: SmallRng,
-    budget: RetryBudget,
-    rate: RateLimits,
     metrics: Arc<WorkerMetrics>,
     /// Connections that hit the per-event work cap and still have work.
     again: Vec<usize>,
@@ -86,6 +86,7 @@ impl Worker {
         mut listeners: Vec<TcpListener>,
         shared: Arc<Shared>,
         metrics: Arc<WorkerMetrics>,
+        index: usize,
         seed: u64,
     ) -> io::Result<(Worker, Handle)> {
         let poll = Poll::new()?;
@@ -98,8 +99,7 @@ impl Worker {
         let epoch = shared.epoch();
         let snap = shared.load();
         let keep = idle_keep(&snap.config.lb);
-        let budget = snap.config.lb.retry_budget;
-        let rate = RateLimits::new(&snap.config.limits, snap.config.lb.workers, Instant::now());
+        let now = Instant::now();
         let worker = Worker {
             poll,
             listeners,
@@ -108,12 +108,13 @@ impl Worker {
             conns: Slab::new(),
             upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
+            exchanges: Exchanges::default(),
+            admission: Admission::new(&snap, seed ^ index as u64, now),
+            ids: RequestIds::new(shared.id_prefix, index),
+            log: access_log::Writer::new(now),
             shared,
             snap,
             epoch,
-            rng: SmallRng::seed_from_u64(seed),
-            budget: RetryBudget::new(budget),
-            rate,
             metrics,
             again: Vec::new(),
             accept_paused_until: None,
@@ -165,6 +166,8 @@ impl Worker {
                 .stopping
                 .is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
             {
+                self.close_all(now);
+                self.log.flush(&self.shared.access_sink);
                 info!("worker stopped with {} connections open", self.conns.len());
                 return;
             }
@@ -214,7 +217,7 @@ impl Worker {
             let old = std::mem::replace(&mut self.snap, self.shared.load());
             self.epoch = epoch;
             let lb = &self.snap.config.lb;
-            self.rate = RateLimits::new(&self.snap.config.limits, lb.workers, Instant::now());
+            self.admission.renew(&self.snap, Instant::now());
             let (backends, keep) = (self.snap.backends.len(), idle_keep(lb));
             self.upstreams.resize(self.poll.registry(), backends, keep);
             let slots = old.backends.iter().zip(self.snap.backends.iter());
@@ -279,14 +282,17 @@ impl Worker {
         let proxied = lb.accept_proxy && lb.proxy_from.iter().any(|net| net.contains(peer.ip()));
         // A trusted balancer carries many clients: per-client caps cannot count its address.
         let limit = self.shared.conn_limit.as_ref().filter(|_| !proxied);
+        let header = self.snap.config.timeouts.header;
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
         if limit.is_some_and(|limit| !limit.open(peer.ip())) {
-            info!("{peer}: over [limits] client_connections: closed");
+            entry.insert(Conn::new(Transport::Plain(stream), peer, proxied, now, header));
+            self.with_conn(id, now, Conn::refuse);
             return;
         }
         // Heads and small bodies go out in one write each; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        let entry = self.conns.vacant_entry();
-        let token = Tok::Client(entry.key()).into();
+        let token = Tok::Client(id).into();
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             token,
@@ -298,8 +304,7 @@ impl Worker {
             }
             return;
         }
-        let deadline = now + self.snap.config.timeouts.header;
-        let mut conn = Conn::new(stream, peer, proxied, deadline);
+        let mut conn = Conn::new(Transport::Plain(stream), peer, proxied, now, header);
         conn.counted = limit.map(|_| peer.ip());
         entry.insert(conn);
         self.metrics.set_connections(self.conns.len());
@@ -318,10 +323,12 @@ impl Worker {
             registry: self.poll.registry(),
             buffers: &mut self.buffers,
             upstreams: &mut self.upstreams,
+            exchanges: &mut self.exchanges,
             snap: &self.snap,
-            rng: &mut self.rng,
-            budget: &mut self.budget,
-            rate: &mut self.rate,
+            admission: &mut self.admission,
+            ids: &mut self.ids,
+            log: &mut self.log,
+            sink: &self.shared.access_sink,
             stopping: self.stopping.is_some(),
             metrics: &self.metrics,
             now,
@@ -336,7 +343,7 @@ impl Worker {
                     limit.close(ip);
                 }
                 self.metrics.set_connections(self.conns.len());
-                let _ = self.poll.registry().deregister(conn.client());
+                let _ = self.poll.registry().deregister(conn.socket());
                 if self.at_limit {
                     self.accept_all(now);
                 }
@@ -354,6 +361,15 @@ impl Worker {
         }
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_all(now);
+        }
+        self.log.tick(now, &self.shared.access_sink);
+    }
+
+    /// The drain is over: whatever is still open closes now, each request with its line.
+    fn close_all(&mut self, now: Instant) {
+        let open: Vec<usize> = self.conns.iter().map(|(id, _)| id).collect();
+        for id in open {
+            self.with_conn(id, now, Conn::close);
         }
     }
 }

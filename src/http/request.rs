@@ -6,6 +6,7 @@ use super::body::Framing;
 use super::head::{self, HeadError, HopHeaders};
 use crate::buffer::Buffer;
 use crate::config::HashKey;
+use crate::request_id;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -75,6 +76,42 @@ pub struct Request {
     pub head_len: usize,
     /// The backend token of the client's sticky-session cookie, if it sent one.
     pub sticky: Option<u64>,
+    /// Where the request's id comes from (`[lb] request_id`).
+    pub id: IdFrom,
+}
+
+/// `[lb] request_id`: the header that carries request ids, and the fresh id a request gets
+/// when it has no valid one of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct IdHeader<'a> {
+    pub name: &'a str,
+    pub fresh: &'a [u8],
+}
+
+/// Where a request's id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdFrom {
+    /// Request ids are off.
+    Off,
+    /// The client's own, kept: `len` bytes at offset `at` of the input.
+    Client { at: usize, len: usize },
+    /// The client sent none: the fresh one.
+    Fresh,
+    /// The client's was invalid (too long, not visible ASCII, or more than one): the fresh one.
+    Replaced,
+}
+
+/// Which id `headers` carry in header `name`.
+fn id_from(input: &[u8], headers: &[httparse::Header], name: &str) -> IdFrom {
+    let mut ids = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+    match (ids.next(), ids.next()) {
+        (None, _) => IdFrom::Fresh,
+        (Some(h), None) if request_id::valid(h.value) => IdFrom::Client {
+            at: h.value.as_ptr() as usize - input.as_ptr() as usize,
+            len: h.value.len(),
+        },
+        _ => IdFrom::Replaced,
+    }
 }
 
 /// The name of lb-mio's sticky-session cookie.
@@ -125,6 +162,18 @@ pub fn parse(
     client: IpAddr,
     out: &mut Buffer,
 ) -> Result<Option<Request>, HeadError> {
+    parse_with_id(input, limits, client, None, out)
+}
+
+/// `parse`, and with `id` the request's id header: the client's kept when valid, else the
+/// fresh one written in its place.
+pub fn parse_with_id(
+    input: &[u8],
+    limits: HeadLimits,
+    client: IpAddr,
+    id: Option<IdHeader>,
+    out: &mut Buffer,
+) -> Result<Option<Request>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage[..limits.max_headers.min(MAX_HEADERS)]);
     let head_len = match req.parse(input).map_err(head::from_httparse)? {
@@ -159,8 +208,16 @@ pub fn parse(
         upgrade: !http10 && hop.upgrade && hop.has_upgrade_header,
         head_len,
         sticky: sticky_token(req.headers),
+        id: id.map_or(IdFrom::Off, |id| id_from(input, req.headers, id.name)),
     };
-    write_upstream_head(head, req.headers, &hop, &request, host, client, out)?;
+    let forward = Forward {
+        hop: &hop,
+        request: &request,
+        host,
+        client,
+        id,
+    };
+    write_upstream_head(head, req.headers, &forward, out)?;
     Ok(Some(request))
 }
 
@@ -284,25 +341,48 @@ fn is_forwarding_header(name: &str) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// What decides the head the backend gets besides the client's head.
+struct Forward<'a> {
+    hop: &'a HopHeaders<'a>,
+    request: &'a Request,
+    host: Option<&'a [u8]>,
+    client: IpAddr,
+    id: Option<IdHeader<'a>>,
+}
+
+impl Forward<'_> {
+    /// The fresh request id to write, when the client's is not kept.
+    fn fresh_id(&self) -> Option<IdHeader<'_>> {
+        self.id
+            .filter(|_| matches!(self.request.id, IdFrom::Fresh | IdFrom::Replaced))
+    }
+}
+
 fn write_upstream_head(
     head: &[u8],
     headers: &[httparse::Header],
-    hop: &HopHeaders,
-    request: &Request,
-    host: Option<&[u8]>,
-    client: IpAddr,
+    fwd: &Forward,
     out: &mut Buffer,
 ) -> Result<(), HeadError> {
+    let request = fwd.request;
+    let fresh = fwd.fresh_id();
     head::put_all(out, &head[..head::first_line_len(head)])?;
     for h in headers {
-        if !hop.is_hop_by_hop(h.name, request.upgrade) && !is_forwarding_header(h.name) {
+        let replaced_id = fresh.is_some_and(|id| h.name.eq_ignore_ascii_case(id.name));
+        if !fwd.hop.is_hop_by_hop(h.name, request.upgrade)
+            && !is_forwarding_header(h.name)
+            && !replaced_id
+        {
             head::copy_header_line(head, h, out)?;
         }
     }
-    write_forwarded_for(headers, client, out)?;
+    write_forwarded_for(headers, fwd.client, out)?;
     head::put_header(out, b"X-Forwarded-Proto", b"http")?;
-    if let Some(host) = host {
+    if let Some(host) = fwd.host {
         head::put_header(out, b"X-Forwarded-Host", host)?;
+    }
+    if let Some(id) = fresh {
+        head::put_header(out, id.name.as_bytes(), id.fresh)?;
     }
     if request.upgrade {
         head::put_header(out, b"Connection", b"upgrade")?;
@@ -362,6 +442,44 @@ mod tests {
 
     fn run(input: &[u8]) -> (Result<Option<Request>, HeadError>, Vec<u8>) {
         parse_with(input, LIMITS, CLIENT)
+    }
+
+    /// Parses with `X-Request-Id` on and fresh id `new-id`; returns the id source and the
+    /// forwarded head.
+    fn with_id(input: &[u8]) -> (IdFrom, String) {
+        let mut out = BufferPool::new(0).take();
+        let id = IdHeader {
+            name: "X-Request-Id",
+            fresh: b"new-id",
+        };
+        let request = parse_with_id(input, LIMITS, CLIENT, Some(id), &mut out)
+            .unwrap()
+            .unwrap();
+        (request.id, String::from_utf8(out.data().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
+        let (from, head) = with_id(b"GET / HTTP/1.1\r\nHost: h\r\nx-request-id: abc-1\r\n\r\n");
+        assert_eq!(from, IdFrom::Client { at: 39, len: 5 });
+        assert!(head.contains("\r\nx-request-id: abc-1\r\n"), "{head}");
+        assert!(!head.contains("new-id"), "{head}");
+
+        let (from, head) = with_id(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(from, IdFrom::Fresh);
+        assert!(head.ends_with("\r\nX-Request-Id: new-id\r\n\r\n"), "{head}");
+
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {}\r\n\r\n",
+            "x".repeat(129)
+        );
+        let twice = "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n";
+        for input in [long.as_str(), twice] {
+            let (from, head) = with_id(input.as_bytes());
+            assert_eq!(from, IdFrom::Replaced, "{input}");
+            assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
+            assert!(head.contains("X-Request-Id: new-id\r\n"), "{head}");
+        }
     }
 
     // ---- What the backend gets, byte for byte -------------------------------------------
@@ -767,6 +885,7 @@ mod tests {
                 upgrade,
                 head_len: head_end(input),
                 sticky: None,
+                id: IdFrom::Off,
             };
             assert_eq!(got, want, "{name}");
             assert!(out.ends_with(b"\r\n\r\n"), "{name}: {}", show(&out));

@@ -1,4 +1,4 @@
-//! One client connection and the request/response exchange it carries.
+//! One client connection and the request/response exchanges it carries: the pump.
 //!
 //! Bytes flow through four pooled buffers:
 //!
@@ -10,30 +10,41 @@
 //! Every event drives the same pump (`round`): each step moves what it can and says whether it
 //! did. Backpressure falls out of it: a step only reads into a buffer with room and only moves
 //! bytes into a buffer with room, so a slow side stops the other instead of growing memory.
+//!
+//! What a request must pass before it reaches a backend is `admission`; what one request in
+//! flight holds, and whether it may be sent again, is `exchange`; how a request or connection
+//! ended is `ending`, and `Conn::conclude` is the one place that acts on it.
 
-use crate::balance::{Pick, Tried};
+mod admission;
+mod ending;
+mod exchange;
+
+pub use admission::Admission;
+pub use ending::Cause;
+pub use exchange::Exchanges;
+
+use crate::access_log::{self, Entry, RequestLine, Sink};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
-use crate::config::{Sticky, Strategy};
+use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
-use crate::http::request::{self, HeadLimits, Request, STICKY_COOKIE};
+use crate::http::request::{self, HeadLimits, IdHeader, Request, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::pool::{self, Backend, Lease};
 use crate::proxy_protocol;
-use crate::ratelimit::RateLimits;
-use crate::retry::RetryBudget;
+use crate::request_id::RequestIds;
 use crate::shared::Snapshot;
 use crate::token::Readiness;
+use crate::transport::Transport;
 use crate::upstream::Upstreams;
-use log::{debug, info, warn};
-use mio::net::TcpStream;
+use ending::At;
+use exchange::{Exchange, Failure, Held, Next, ResponseState};
+use log::{debug, warn};
 use mio::Registry;
-use rand::rngs::SmallRng;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Most pump rounds per event, so one busy connection cannot starve the others; a connection
@@ -48,8 +59,10 @@ const LINGER: Duration = Duration::from_secs(2);
 pub enum Phase {
     /// Waiting for the PROXY protocol header of a trusted balancer. Times out after `header`.
     Proxy,
+    /// Accepted, its first request not begun; holds no buffers. Times out after `header`.
+    Fresh,
     /// Between requests with nothing buffered; holds no buffers. Times out after `idle`.
-    Idle,
+    KeepAlive,
     /// Receiving a request head. Times out after `header`.
     Head,
     /// Waiting for a new backend connection to complete. Times out after `connect`.
@@ -68,10 +81,16 @@ impl Phase {
         matches!(self, Phase::Forwarding | Phase::Tunnel)
     }
 
+    /// Waiting for a request to begin, with no request in progress.
+    fn between_requests(self) -> bool {
+        matches!(self, Phase::Fresh | Phase::KeepAlive)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Proxy => "proxy header",
-            Phase::Idle => "idle",
+            Phase::Fresh => "fresh",
+            Phase::KeepAlive => "keep-alive",
             Phase::Head => "head",
             Phase::Connecting => "connecting",
             Phase::Forwarding => "forwarding",
@@ -92,104 +111,18 @@ pub enum Drive {
     Closed,
 }
 
-/// Why the pump stopped short; `Conn::stop` turns each into what the client sees.
+/// Why the pump stopped short.
 #[derive(Debug)]
 enum Stop {
-    /// Answer the client with this reply, then close.
-    Reply(Reply),
-    /// Flush what the client already has, then close (a response was cut off mid-way).
-    Cut,
-    /// Close at once (the client is gone or broke the connection).
-    Close,
-    /// The backend connection failed before any response byte: retry elsewhere or answer.
+    /// The request (or the connection) ends for this cause.
+    End(Cause),
+    /// The backend connection failed before any response byte: retry elsewhere or end.
     Upstream(Failure),
 }
 
-/// How a backend connection failed.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Connect(io::ErrorKind),
-    ConnectTimeout,
-    Closed,
-    Reset(io::ErrorKind),
-    /// No response within `backend_ms`.
-    Timeout,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            Failure::Connect(kind) => write!(f, "connect: {kind}"),
-            Failure::ConnectTimeout => write!(f, "connect timeout"),
-            Failure::Closed => write!(f, "closed the connection before responding"),
-            Failure::Reset(kind) => write!(f, "{kind} before responding"),
-            Failure::Timeout => write!(f, "no response in time"),
-        }
-    }
-}
-
-impl Failure {
-    fn reply(self) -> Reply {
-        match self {
-            Failure::ConnectTimeout | Failure::Timeout => Reply::GatewayTimeout,
-            _ => Reply::BadGateway,
-        }
-    }
-}
-
-/// Where the response of the current exchange is.
-#[derive(Debug)]
-enum ResponseState {
-    /// Waiting for (the rest of) a status line and headers.
-    Head,
-    /// Relaying the body.
-    Body(Body),
-    /// Complete.
-    Done,
-}
-
-/// One request in flight and its backend.
-struct Exchange {
-    request: Request,
-    req_body: Body,
-    response: ResponseState,
-    lease: Lease,
-    /// The backend connection (in the worker's upstream table), once there is one.
-    upstream: Option<usize>,
-    tried: Tried,
-    retries_left: u32,
-    /// While the request can still be replayed, written bytes stay in `uout` and this counts
-    /// them; afterwards written bytes are dropped at once and it stays 0.
-    sent: usize,
-    replayable: bool,
-    /// Any byte of a response arrived from the backend.
-    answered: bool,
-    /// The backend closed its side of the connection.
-    upstream_eof: bool,
-    /// The final response allows reusing the upstream connection.
-    reusable: bool,
-    client_keep_alive: bool,
-    status: u16,
-    started: Instant,
-    /// What `hash` balances by (see `hash_key`).
-    key: u64,
-    /// The request line, for the access log (only kept when it is on).
-    line: Option<RequestLine>,
-}
-
-/// The start of a request line, held inline so the access log costs no allocation.
-struct RequestLine {
-    bytes: [u8; 96],
-    len: usize,
-}
-
-impl RequestLine {
-    fn new(head: &[u8]) -> RequestLine {
-        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-        let len = line.len().min(96);
-        let mut bytes = [0; 96];
-        bytes[..len].copy_from_slice(&line[..len]);
-        RequestLine { bytes, len }
+impl From<Cause> for Stop {
+    fn from(cause: Cause) -> Stop {
+        Stop::End(cause)
     }
 }
 
@@ -198,10 +131,12 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub buffers: &'a mut BufferPool,
     pub upstreams: &'a mut Upstreams,
+    pub exchanges: &'a mut Exchanges,
     pub snap: &'a Snapshot,
-    pub rng: &'a mut SmallRng,
-    pub budget: &'a mut RetryBudget,
-    pub rate: &'a mut RateLimits,
+    pub admission: &'a mut Admission,
+    pub ids: &'a mut RequestIds,
+    pub log: &'a mut access_log::Writer,
+    pub sink: &'a Sink,
     pub metrics: &'a WorkerMetrics,
     /// The worker is draining: no connection is kept alive after its response.
     pub stopping: bool,
@@ -210,8 +145,11 @@ pub struct Ctx<'a> {
     pub id: usize,
 }
 
+/// A client connection: what every connection holds, idle or not (its transport, address,
+/// phase, deadline and empty buffer slots); what a request in flight needs is in `exchange`,
+/// a box the worker reuses.
 pub struct Conn {
-    client: TcpStream,
+    client: Transport,
     /// The client: the connection's peer, or who a trusted balancer's PROXY header names.
     peer: SocketAddr,
     /// The address the client connected to: named by a PROXY header, or looked up once when
@@ -225,11 +163,11 @@ pub struct Conn {
     uout: Option<Buffer>,
     uin: Option<Buffer>,
     cout: Option<Buffer>,
-    exchange: Option<Exchange>,
+    exchange: Option<Held>,
     client_eof: bool,
     shut_down: bool,
-    /// At least one exchange finished on this connection.
-    served: bool,
+    /// When the first byte of the request head being read arrived.
+    head_started: Instant,
     pub deadline: Instant,
 }
 
@@ -245,14 +183,14 @@ fn held(slot: &Option<Buffer>) -> usize {
 impl Conn {
     /// A new client connection: it must send a request head (after a PROXY protocol header
     /// when `proxied`) within the header timeout.
-    pub fn new(client: TcpStream, peer: SocketAddr, proxied: bool, deadline: Instant) -> Conn {
+    pub fn new(client: Transport, peer: SocketAddr, proxied: bool, now: Instant, header: Duration) -> Conn {
         Conn {
             client,
             peer,
             dest: None,
             counted: None,
             ready: Readiness::default(),
-            phase: if proxied { Phase::Proxy } else { Phase::Idle },
+            phase: if proxied { Phase::Proxy } else { Phase::Fresh },
             cin: None,
             uout: None,
             uin: None,
@@ -260,19 +198,19 @@ impl Conn {
             exchange: None,
             client_eof: false,
             shut_down: false,
-            served: false,
-            deadline,
+            head_started: now,
+            deadline: now + header,
         }
     }
 
     /// Kept alive after a response, waiting for a next request, with nothing buffered. (A new
     /// connection that has not sent its first request yet is not idle: one is on its way.)
     pub fn is_idle(&self) -> bool {
-        self.served && self.phase == Phase::Idle && held(&self.cin) == 0 && held(&self.cout) == 0
+        self.phase == Phase::KeepAlive && held(&self.cin) == 0 && held(&self.cout) == 0
     }
 
-    pub fn client(&mut self) -> &mut TcpStream {
-        &mut self.client
+    pub fn socket(&mut self) -> &mut mio::net::TcpStream {
+        self.client.socket()
     }
 
     /// Runs the pump until nothing moves (or the round cap).
@@ -303,33 +241,28 @@ impl Conn {
     pub fn expire(&mut self, ctx: &mut Ctx) -> Drive {
         debug!("{} timed out while {}", self.peer, self.phase.name());
         let stop = match self.phase {
-            Phase::Head => Stop::Reply(Reply::RequestTimeout),
+            Phase::Head => Cause::HeadTimeout.into(),
+            Phase::Proxy => Cause::ProxyTimeout.into(),
             Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
-            Phase::Forwarding if self.waiting_for_client() => Stop::Reply(Reply::RequestTimeout),
+            Phase::Forwarding if self.waiting_for_client() => Cause::BodyTimeout.into(),
             // The stall is the client's: it stopped reading the response. Closed, and not
             // counted against the backend (three such clients would mark it down).
-            Phase::Forwarding if self.client_not_reading() => {
-                info!("{}: client stopped reading the response: closed", self.peer);
-                Stop::Close
-            }
-            Phase::Forwarding => {
-                if let Some(ex) = &self.exchange {
-                    let backend = &ex.lease.backend().name;
-                    warn!(
-                        "{}: backend {backend} failed: {}",
-                        self.peer,
-                        Failure::Timeout
-                    );
-                    count_failure(ctx, &ex.lease, Failure::Timeout);
-                }
-                Stop::Reply(Reply::GatewayTimeout)
-            }
-            Phase::Proxy | Phase::Idle | Phase::Tunnel | Phase::Closing => Stop::Close,
+            Phase::Forwarding if self.client_not_reading() => Cause::ClientStoppedReading.into(),
+            Phase::Forwarding => Stop::Upstream(Failure::Timeout),
+            Phase::Tunnel => Cause::TunnelTimeout.into(),
+            Phase::Fresh | Phase::KeepAlive | Phase::Closing => Cause::Idle.into(),
         };
         match self.stop(ctx, stop) {
             Drive::Closed => self.close(ctx),
             _ => self.drive(ctx),
         }
+    }
+
+    /// A connection over `[limits] client_connections`, refused at accept: it never runs, but
+    /// its ending is counted and logged like any other.
+    pub fn refuse(&mut self, ctx: &mut Ctx) -> Drive {
+        self.conclude(ctx, Cause::OverClientConnections);
+        Drive::Closed
     }
 
     /// One pass over every step of the pump; true if any of them moved something.
@@ -350,7 +283,8 @@ impl Conn {
     }
 
     fn read_client(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        if !self.ready.readable || self.client_eof {
+        let ready = self.ready.readable || self.client.buffered_input();
+        if !ready || self.client_eof {
             return Ok(false);
         }
         let cin = buf(&mut self.cin, ctx.buffers);
@@ -361,13 +295,14 @@ impl Conn {
             return Ok(false);
         }
         let room = cin.spare_len();
-        match cin.read_from(&mut self.client) {
+        match self.client.read(cin) {
             Ok(Io::Moved(n)) => {
                 ctx.metrics.bytes(n as u64, 0);
                 // A short read drained the socket: wait for the next event instead of a
                 // read that would only say WouldBlock.
                 self.ready.after_read(n, room);
-                if self.phase == Phase::Idle {
+                if self.phase.between_requests() {
+                    self.head_started = ctx.now;
                     self.enter(Phase::Head, ctx);
                 }
                 Ok(true)
@@ -382,8 +317,16 @@ impl Conn {
             }
             Err(e) => {
                 debug!("{}: client read: {e}", self.peer);
-                Err(Stop::Close)
+                Err(self.client_gone())
             }
+        }
+    }
+
+    /// The client broke the connection: the end of a request in progress, or of an idle one.
+    fn client_gone(&self) -> Stop {
+        match self.phase {
+            Phase::Fresh | Phase::KeepAlive | Phase::Closing => Cause::Idle.into(),
+            _ => Cause::ClientGone.into(),
         }
     }
 
@@ -400,9 +343,9 @@ impl Conn {
             (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(false),
             (Some(_), Phase::Connecting | Phase::Forwarding) if !drained => Ok(false),
             (_, Phase::Tunnel) if !drained => Ok(false),
-            (_, Phase::Tunnel) => Err(Stop::Cut),
-            // Idle, a head that can no longer complete, or a request body cut short.
-            _ => Err(Stop::Close),
+            (_, Phase::Tunnel) => Err(Cause::Completed.into()),
+            // Between requests, a head that can no longer complete, or a request body cut short.
+            _ => Err(self.client_gone()),
         }
     }
 
@@ -421,35 +364,37 @@ impl Conn {
                 if let Some((client, dest)) = header.addrs {
                     (self.peer, self.dest) = (client, Some(dest));
                 }
+                self.head_started = ctx.now;
                 self.enter(Phase::Head, ctx);
                 Ok(true)
             }
-            Err(why) => {
-                info!("{}: bad PROXY protocol header: {why}", self.peer);
-                ctx.metrics.reply(Reply::BadRequest);
-                Err(Stop::Close)
-            }
+            Err(why) => Err(Cause::BadProxyHeader(why).into()),
         }
     }
 
-    /// Parses a request head from `cin`, writes the backend's head into `uout`, and starts the
-    /// exchange with a backend.
+    /// Parses a request head from `cin`, writes the backend's head into `uout`, admits the
+    /// request and starts the exchange with its backend.
     fn start_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         if self.phase != Phase::Head || self.exchange.is_some() || held(&self.cin) == 0 {
             return Ok(false);
         }
-        let limits = &ctx.snap.config.limits;
+        let config = &ctx.snap.config;
         let limits = HeadLimits {
-            max_bytes: limits.max_header_bytes,
-            max_headers: limits.max_headers,
+            max_bytes: config.limits.max_header_bytes,
+            max_headers: config.limits.max_headers,
         };
+        let fresh = ctx.ids.fresh();
+        let id = config.lb.request_id.as_deref().map(|name| IdHeader {
+            name,
+            fresh: &fresh,
+        });
         let dest = self.dest_addr(ctx);
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if let Some((version, dest)) = dest {
             proxy_protocol::write(version, self.peer, dest, uout);
         }
-        let request = match request::parse(cin.data(), limits, self.peer.ip(), uout) {
+        let request = match request::parse_with_id(cin.data(), limits, self.peer.ip(), id, uout) {
             Ok(Some(request)) => request,
             Ok(None) => {
                 uout.truncate(0);
@@ -457,47 +402,24 @@ impl Conn {
             }
             Err(e) => {
                 uout.truncate(0);
-                info!("{}: rejected request: {}", self.peer, describe(e));
-                return Err(Stop::Reply(head_reply(e)));
+                return Err(Cause::BadHead(e).into());
             }
         };
-        let line = ctx
-            .snap
-            .config
-            .log
-            .access_log
-            .then(|| RequestLine::new(cin.data()));
-        let key = hash_key(ctx, self.peer.ip(), &cin.data()[..request.head_len]);
-        cin.consume(request.head_len);
-        if !ctx.rate.allow(self.peer.ip(), ctx.now) {
-            info!("{}: rate limited", self.peer);
-            return Err(Stop::Reply(Reply::TooManyRequests));
+        let head = &cin.data()[..request.head_len];
+        let mut ex = Exchange::new(request, config.lb.retries, self.head_started);
+        ex.record.set_id(request.id, head, &fresh);
+        if config.log.access_log != AccessLog::Off {
+            ex.record.line.fill(head);
         }
-        ctx.budget.on_request();
-        let lease = match self.sticky_backend(ctx, request.sticky) {
-            Some(id) => Lease::new(&ctx.snap.backends, id),
-            None => self.choose_backend(ctx, Tried::default(), key)?,
-        };
-        let exchange = Exchange {
-            request,
-            req_body: Body::new(request.framing),
-            response: ResponseState::Head,
-            upstream: None,
-            tried: Tried::default(),
-            retries_left: ctx.snap.config.lb.retries,
-            sent: 0,
-            replayable: true,
-            answered: false,
-            upstream_eof: false,
-            reusable: false,
-            client_keep_alive: request.keep_alive,
-            status: 0,
-            started: ctx.now,
-            line,
-            key,
-            lease,
-        };
-        self.exchange = Some(exchange);
+        let admitted = ctx
+            .admission
+            .admit(ctx.snap, self.peer.ip(), &request, head, ctx.now);
+        cin.consume(request.head_len);
+        self.exchange = Some(ctx.exchanges.start(ex));
+        let admitted = admitted?;
+        let ex = self.exchange.as_mut().expect("just started");
+        ex.lease = Some(admitted.lease);
+        ex.key = admitted.key;
         self.connect(ctx)?;
         Ok(true)
     }
@@ -512,43 +434,21 @@ impl Conn {
         Some((version, self.dest?))
     }
 
-    /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
-    fn sticky_backend(&self, ctx: &Ctx, token: Option<u64>) -> Option<usize> {
-        let token = token.filter(|_| ctx.snap.config.lb.sticky == Sticky::Cookie)?;
-        let backends = &ctx.snap.backends;
-        (0..backends.len()).find(|&id| backends[id].is_up() && backends[id].token() == token)
-    }
-
-    fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried, key: u64) -> Result<Lease, Stop> {
-        let backends = &ctx.snap.backends;
-        let now_ms = pool::clock_ms(ctx.now);
-        let mut pick = Pick {
-            avoid,
-            rng: ctx.rng,
-            now_ms,
-            key,
-        };
-        match ctx.snap.balancer.pick(backends, &mut pick) {
-            Some(id) => Ok(Lease::new(backends, id)),
-            None => {
-                warn!("{}: no backend is up", self.peer);
-                Err(Stop::Reply(Reply::ServiceUnavailable))
-            }
-        }
-    }
-
     /// Gets the exchange's backend a connection: an idle pooled one, or a new one. (With
     /// `send_proxy` the worker pools none: a connection's header names one client.)
     fn connect(&mut self, ctx: &mut Ctx) -> Result<(), Stop> {
         let ex = self.exchange.as_mut().expect("connect needs an exchange");
-        let backend = ex.lease.id;
+        let backend = ex.lease().id;
+        ex.record.attempt = ctx.now;
+        ex.record.connect = None;
+        ex.record.first_byte = None;
         if let Some(id) = ctx.upstreams.checkout(backend, ctx.id) {
             ctx.metrics.upstream(true);
             ex.upstream = Some(id);
             self.enter(Phase::Forwarding, ctx);
             return Ok(());
         }
-        let addr = ex.lease.backend().addr;
+        let addr = ex.lease().backend().addr;
         match ctx.upstreams.connect(ctx.registry, backend, addr, ctx.id) {
             Ok(id) => {
                 ctx.metrics.upstream(false);
@@ -562,7 +462,10 @@ impl Conn {
 
     /// A new backend connection became writable: did the handshake succeed?
     fn check_connected(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let Some(up) = self.exchange.as_ref().and_then(|ex| ex.upstream) else {
+        let Some(ex) = self.exchange.as_mut() else {
+            return Ok(false);
+        };
+        let Some(up) = ex.upstream else {
             return Ok(false);
         };
         let up = ctx.upstreams.get(up);
@@ -572,6 +475,7 @@ impl Conn {
         match (up.stream.take_error(), up.stream.peer_addr()) {
             (Ok(None), Ok(_)) => {
                 up.connected = true;
+                ex.record.connect = Some(ctx.now - ex.record.attempt);
                 self.enter(Phase::Forwarding, ctx);
                 Ok(true)
             }
@@ -596,16 +500,14 @@ impl Conn {
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if uout.is_full() && ex.sent > 0 {
-            give_up_replay(ex, uout);
+            ex.give_up_replay(uout);
         }
         let room = uout.room();
         let input = &cin.data()[..cin.len().min(room)];
-        let used = ex.req_body.scan(input).map_err(|e| {
-            info!("{}: rejected request body: {e}", self.peer);
-            Stop::Reply(Reply::BadRequest)
-        })?;
+        let used = ex.req_body.scan(input).map_err(Cause::BadBody)?;
         uout.put(&cin.data()[..used]);
         cin.consume(used);
+        ex.record.bytes_in += used as u64;
         Ok(used > 0)
     }
 
@@ -660,7 +562,10 @@ impl Conn {
         match uin.read_from(&mut up.stream) {
             Ok(Io::Moved(n)) => {
                 up.ready.after_read(n, room);
-                ex.answered = true;
+                if !ex.answered {
+                    ex.answered = true;
+                    ex.record.first_byte = Some(ctx.now - ex.record.attempt);
+                }
                 Ok(true)
             }
             Ok(Io::Blocked) => {
@@ -680,33 +585,26 @@ impl Conn {
     fn upstream_broke(&self, e: io::Error) -> Stop {
         match &self.exchange {
             Some(ex) if !ex.answered => Stop::Upstream(Failure::Reset(e.kind())),
-            _ => {
-                warn!("{}: backend connection broke mid-response: {e}", self.peer);
-                Stop::Cut
-            }
+            _ => Cause::BackendCut(Some(e.kind())).into(),
         }
     }
 
     /// The backend closed its side and the response bytes before the close have been relayed
     /// (as far as they can be): the end of a close-delimited body or a tunnel, or a failure.
     fn check_upstream_eof(&mut self) -> Result<bool, Stop> {
-        let Some(ex) = self.exchange.as_mut().filter(|ex| ex.upstream_eof) else {
+        let Some(ex) = self.exchange.as_deref_mut().filter(|ex| ex.upstream_eof) else {
             return Ok(false);
         };
         ex.reusable = false;
         let drained = held(&self.uin) == 0;
         match &mut ex.response {
             ResponseState::Head if !ex.answered => Err(Stop::Upstream(Failure::Closed)),
-            ResponseState::Head => {
-                warn!("{}: backend closed inside a response head", self.peer);
-                Err(Stop::Reply(Reply::BadGateway))
-            }
+            ResponseState::Head => Err(Cause::ClosedInHead.into()),
             _ if !drained => Ok(false),
-            _ if self.phase == Phase::Tunnel => Err(Stop::Cut),
+            _ if self.phase == Phase::Tunnel => Err(Cause::Completed.into()),
             ResponseState::Body(body) => {
                 if !body.close() {
-                    warn!("{}: backend closed inside a response body", self.peer);
-                    return Err(Stop::Cut);
+                    return Err(Cause::BackendCut(None).into());
                 }
                 ex.response = ResponseState::Done;
                 Ok(true)
@@ -730,19 +628,19 @@ impl Conn {
         if self.exchange.is_none() || held(&self.uin) == 0 {
             return Ok(false);
         }
-        let ex = self.exchange.as_mut().expect("checked above");
+        let ex = self.exchange.as_deref_mut().expect("checked above");
         match &mut ex.response {
             ResponseState::Head => self.relay_head(ctx),
             ResponseState::Body(body) => {
                 let uin = buf(&mut self.uin, ctx.buffers);
                 let cout = buf(&mut self.cout, ctx.buffers);
                 let room = cout.room();
-                let used = body.scan(&uin.data()[..uin.len().min(room)]).map_err(|e| {
-                    warn!("{}: backend sent a bad chunked body: {e}", self.peer);
-                    Stop::Cut
-                })?;
+                let used = body
+                    .scan(&uin.data()[..uin.len().min(room)])
+                    .map_err(Cause::BadResponseBody)?;
                 cout.put(&uin.data()[..used]);
                 uin.consume(used);
+                ex.record.bytes_out += used as u64;
                 if body.is_done() {
                     ex.response = ResponseState::Done;
                 }
@@ -760,16 +658,12 @@ impl Conn {
     }
 
     fn relay_head(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let ex = self.exchange.as_mut().expect("relay needs an exchange");
+        let ex = self.exchange.as_deref_mut().expect("relay needs an exchange");
         let uin = buf(&mut self.uin, ctx.buffers);
         let cout = buf(&mut self.cout, ctx.buffers);
-        let backend = ex.lease.backend();
-        let name = ctx
-            .snap
-            .config
-            .lb
-            .expose_backend
-            .then_some(backend.name.as_str());
+        // The snapshot's record: a slot cannot take another backend while a lease holds it.
+        let backend = &ctx.snap.backends[ex.lease().id];
+        let lb = &ctx.snap.config.lb;
         let before = cout.len();
         // A stopping worker closes each connection after its response, and says so in it.
         let request = Request {
@@ -779,12 +673,12 @@ impl Conn {
         // A sticky client whose cookie does not name this backend (new, or moved by a failure)
         // gets one that does.
         let token = backend.token();
-        let cookie = (ctx.snap.config.lb.sticky == Sticky::Cookie && request.sticky != Some(token))
+        let cookie = (lb.sticky == Sticky::Cookie && request.sticky != Some(token))
             .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
         let added = Added {
-            backend: name,
+            backend: lb.expose_backend.then_some(backend.name.as_str()),
             set_cookie: cookie.as_deref().map(str::as_bytes),
-            server: ctx.snap.config.lb.server_header.as_deref(),
+            server: lb.server_header.as_deref(),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -795,30 +689,24 @@ impl Conn {
             }
             Err(e) => {
                 cout.truncate(before);
-                warn!(
-                    "{}: bad response from {}: {}",
-                    self.peer,
-                    backend.name,
-                    describe(e)
-                );
-                return Err(Stop::Reply(Reply::BadGateway));
+                return Err(Cause::BadResponse(e).into());
             }
         };
         uin.consume(response.head_len);
+        ex.record.bytes_out += (cout.len() - before) as u64;
         backend.record_success();
-        give_up_replay(ex, buf(&mut self.uout, ctx.buffers));
+        ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
         ex.status = response.status;
         match response.kind {
             Kind::Interim => {}
             Kind::Switch => {
-                ctx.metrics
-                    .response(ex.lease.id, response.status, ctx.now - ex.started);
+                ex.took = Some(ctx.now - ex.record.started);
                 ex.req_body = Body::new(Framing::UntilClose);
                 ex.response = ResponseState::Body(Body::new(Framing::UntilClose));
                 self.enter(Phase::Tunnel, ctx);
             }
             Kind::Final => {
-                observe_latency(ctx, ex.lease.backend(), ctx.now - ex.started);
+                observe_latency(ctx, backend, ctx.now - ex.record.started);
                 ex.reusable = response.reusable;
                 ex.client_keep_alive = response.client_keep_alive;
                 let body = Body::new(response.framing);
@@ -833,14 +721,12 @@ impl Conn {
     }
 
     fn write_client(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let Some(cout) = self.cout.as_mut().filter(|b| !b.is_empty()) else {
-            return Ok(false);
-        };
-        if !self.ready.writable {
+        let pending = held(&self.cout);
+        if pending == 0 && !self.client.pending_output() || !self.ready.writable {
             return Ok(false);
         }
-        let pending = cout.len();
-        match cout.write_to(0, &mut self.client) {
+        let cout = buf(&mut self.cout, ctx.buffers);
+        match self.client.write(cout) {
             Ok(Io::Moved(n)) => {
                 ctx.metrics.bytes(0, n as u64);
                 self.ready.writable = n == pending;
@@ -851,10 +737,10 @@ impl Conn {
                 self.ready.writable = false;
                 Ok(false)
             }
-            Ok(Io::Closed) => Err(Stop::Close),
+            Ok(Io::Closed) => Err(self.client_gone()),
             Err(e) => {
                 debug!("{}: client write: {e}", self.peer);
-                Err(Stop::Close)
+                Err(self.client_gone())
             }
         }
     }
@@ -862,7 +748,7 @@ impl Conn {
     /// When both the request and the response are complete: hand the backend connection back,
     /// then wait for the next request (already buffered if pipelined), or close.
     fn finish_exchange(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let Some(ex) = &self.exchange else {
+        let Some(ex) = &mut self.exchange else {
             return Ok(false);
         };
         if !matches!(ex.response, ResponseState::Done) || self.phase == Phase::Tunnel {
@@ -870,77 +756,164 @@ impl Conn {
         }
         if !ex.req_body.is_done() {
             // The backend answered before taking the whole request: nothing can follow it.
-            return Err(Stop::Cut);
+            return Err(Cause::Completed.into());
         }
-        let ex = self.exchange.take().expect("checked above");
-        self.served = true;
         let unsent = held(&self.uout) - ex.sent;
         let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
-        if let Some(up) = ex.upstream {
+        if let Some(up) = ex.upstream.take() {
             ctx.upstreams.release(ctx.registry, up, reusable);
         }
+        let keep_alive = ex.client_keep_alive;
+        self.conclude(ctx, Cause::Completed);
         for slot in [&mut self.uout, &mut self.uin] {
             if let Some(buffer) = slot.take() {
                 ctx.buffers.give(buffer);
             }
         }
-        ctx.metrics
-            .response(ex.lease.id, ex.status, ctx.now - ex.started);
-        self.log_access(ctx, &ex);
-        if !ex.client_keep_alive || ctx.stopping || (self.client_eof && held(&self.cin) == 0) {
+        if !keep_alive || ctx.stopping || (self.client_eof && held(&self.cin) == 0) {
             self.enter(Phase::Closing, ctx);
         } else if held(&self.cin) > 0 {
+            self.head_started = ctx.now;
             self.enter(Phase::Head, ctx); // a pipelined request is waiting
         } else {
-            self.enter(Phase::Idle, ctx);
+            self.enter(Phase::KeepAlive, ctx);
         }
         Ok(true)
     }
 
-    fn log_access(&self, ctx: &Ctx, ex: &Exchange) {
-        if let Some(line) = &ex.line {
-            let ms = ctx.now.duration_since(ex.started).as_secs_f64() * 1000.0;
-            let line = String::from_utf8_lossy(&line.bytes[..line.len]);
-            let backend = &ex.lease.backend().name;
-            info!(target: "access", "{} \"{line}\" {} {backend} {ms:.1}ms", self.peer, ex.status);
+    /// Acts on a `Stop`: a retry, or the end of the request (and perhaps the connection).
+    fn stop(&mut self, ctx: &mut Ctx, mut stop: Stop) -> Drive {
+        let cause = loop {
+            match stop {
+                Stop::End(cause) => break cause,
+                // Each turn spends a retry or a fresh connection: the loop is bounded.
+                Stop::Upstream(failure) => match self.retry(ctx, failure) {
+                    Ok(()) => return Drive::Open,
+                    Err(next) => stop = next,
+                },
+            }
+        };
+        self.conclude(ctx, cause);
+        if cause.closes_at_once() {
+            return Drive::Closed;
+        }
+        self.enter(Phase::Closing, ctx);
+        Drive::Open
+    }
+
+    /// The one place a request ends, and a connection that never got to one: it logs the
+    /// ending, sends lb-mio's reply if it has one (and no response began), counts it, writes
+    /// the access line, and lets the exchange go (its backend connection closed unless it was
+    /// handed back).
+    fn conclude(&mut self, ctx: &mut Ctx, cause: Cause) {
+        let lease = self.exchange.as_ref().and_then(|ex| ex.lease.as_ref());
+        cause.log(self.peer, lease.map(|l| l.backend().name.as_str()));
+        let reply = cause.reply().filter(|_| !self.response_started());
+        let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply));
+        match (reply, &self.exchange) {
+            (Some(reply), _) => ctx.metrics.reply(reply),
+            (None, Some(ex)) if cause == Cause::Completed => {
+                let took = ex.took.unwrap_or(ctx.now - ex.record.started);
+                ctx.metrics.response(ex.lease().id, ex.status, took);
+            }
+            _ => {
+                if let Some(label) = cause.closed_label() {
+                    ctx.metrics.closed(label);
+                }
+            }
+        }
+        let code = ending::code(cause, self.at());
+        let status = reply.map(Reply::status);
+        match &self.exchange {
+            Some(ex) => self.log_exchange(ctx, ex, code, status, sent),
+            None if self.phase == Phase::Head || cause.closed_label().is_some() => {
+                self.log_head(ctx, code, status, sent)
+            }
+            None => {}
+        }
+        if let Some(mut ex) = self.exchange.take() {
+            if let Some(up) = ex.upstream.take() {
+                ctx.upstreams.close(ctx.registry, up);
+            }
+            ctx.exchanges.end(ex);
         }
     }
 
-    /// Turns a `Stop` into what the client sees.
-    fn stop(&mut self, ctx: &mut Ctx, stop: Stop) -> Drive {
-        match stop {
-            Stop::Close => Drive::Closed,
-            Stop::Cut => {
-                self.enter(Phase::Closing, ctx);
-                Drive::Open
-            }
-            Stop::Reply(reply) if self.response_started() => {
-                debug!(
-                    "{}: {} after the response began: closing",
-                    self.peer,
-                    reply.status()
-                );
-                Drive::Closed
-            }
-            Stop::Reply(reply) => {
-                ctx.metrics.reply(reply);
-                self.enter(Phase::Closing, ctx);
-                let server = ctx.snap.config.lb.server_header.as_deref();
-                reply.write(server, buf(&mut self.cout, ctx.buffers));
-                Drive::Open
-            }
-            Stop::Upstream(failure) => match self.retry(ctx, failure) {
-                Ok(()) => Drive::Open,
-                Err(stop) => self.stop(ctx, stop),
-            },
+    /// Writes `reply` for the client; returns its length.
+    fn send_reply(&mut self, ctx: &mut Ctx, reply: Reply) -> u64 {
+        let cout = buf(&mut self.cout, ctx.buffers);
+        let before = cout.len();
+        reply.write(ctx.snap.config.lb.server_header.as_deref(), cout);
+        (cout.len() - before) as u64
+    }
+
+    /// The access line of a request that got as far as an exchange.
+    fn log_exchange(&self, ctx: &mut Ctx, ex: &Exchange, code: [u8; 2], reply: Option<u16>, sent: u64) {
+        let format = ctx.snap.config.log.access_log;
+        if format == AccessLog::Off {
+            return;
+        }
+        let r = &ex.record;
+        let entry = Entry {
+            client: self.peer,
+            line: &r.line,
+            status: reply.or((ex.status != 0).then_some(ex.status)),
+            backend: ex.lease.as_ref().map(|l| l.backend().name.as_str()),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out + sent,
+            total: Some(ctx.now - r.started),
+            connect: r.connect,
+            first_byte: r.first_byte,
+            retries: r.retries,
+            code,
+            request_id: r.id(),
+        };
+        ctx.log.write(format, &entry, ctx.sink);
+    }
+
+    /// The access line of a request refused in its head, or of a connection that ended before
+    /// any request.
+    fn log_head(&self, ctx: &mut Ctx, code: [u8; 2], reply: Option<u16>, sent: u64) {
+        let format = ctx.snap.config.log.access_log;
+        if format == AccessLog::Off {
+            return;
+        }
+        let mut line = RequestLine::EMPTY;
+        let head = self.cin.as_ref().map_or(&[][..], Buffer::data);
+        if self.phase == Phase::Head {
+            line.fill(head);
+        }
+        let entry = Entry {
+            client: self.peer,
+            line: &line,
+            status: reply,
+            backend: None,
+            bytes_in: head.len() as u64,
+            bytes_out: sent,
+            total: (self.phase == Phase::Head).then(|| ctx.now - self.head_started),
+            connect: None,
+            first_byte: None,
+            retries: 0,
+            code,
+            request_id: None,
+        };
+        ctx.log.write(format, &entry, ctx.sink);
+    }
+
+    /// Where the request was, for the termination code.
+    fn at(&self) -> At {
+        match (self.phase, &self.exchange) {
+            (Phase::Tunnel, _) => At::Tunnel,
+            (Phase::Connecting, _) => At::Connect,
+            (_, Some(ex)) if ex.response_started() || !ex.req_body.is_done() => At::Body,
+            (_, Some(_)) => At::ResponseHead,
+            _ => At::Head,
         }
     }
 
     /// Some of this exchange's response went to the client already: no other answer can follow.
     fn response_started(&self) -> bool {
-        self.exchange
-            .as_ref()
-            .is_some_and(|ex| !matches!(ex.response, ResponseState::Head))
+        self.exchange.as_ref().is_some_and(|ex| ex.response_started())
     }
 
     /// A backend connection failed before any response byte. The request goes to another
@@ -949,45 +922,39 @@ impl Conn {
         let peer = self.peer;
         let ex = self.exchange.as_mut().expect("retry needs an exchange");
         let reused = ex.upstream.is_some_and(|up| ctx.upstreams.get(up).reused);
-        let backend = ex.lease.id;
-        warn!(
-            "{peer}: backend {} failed: {failure}",
-            ex.lease.backend().name
-        );
+        let backend = ex.lease().id;
+        warn!("{peer}: backend {} failed: {failure}", ex.lease().backend().name);
         if let Some(up) = ex.upstream.take() {
             ctx.upstreams.close(ctx.registry, up);
         }
-        if let Some(why) = not_replayable(ex) {
-            warn!("{peer}: not retried: {why}");
-            return Err(Stop::Reply(failure.reply()));
+        let next = ex.after_failure(failure, reused);
+        if next != Next::Fresh {
+            ex.tried.add(backend);
+            count_failure(ctx, ex.lease(), failure);
         }
+        let next = match next {
+            Next::Retry => ctx
+                .admission
+                .retry(ctx.snap, ex.tried, ex.key, ctx.now)
+                .map_err(|why| Cause::BackendFailed(failure, why))
+                .map(Some)?,
+            Next::Fresh => None,
+            Next::GiveUp(why) => return Err(Cause::BackendFailed(failure, why).into()),
+        };
         ex.sent = 0;
         ex.upstream_eof = false;
-        if reused {
+        match next {
+            Some(lease) => {
+                ctx.metrics.retry();
+                ex.retries_left -= 1;
+                ex.record.retries += 1;
+                ex.lease = Some(lease);
+            }
             // A pooled connection that fails is either one the backend closed while idle or
             // the sign of a backend that died; a fresh connection to the same backend tells
-            // which. Its other idle connections are as suspect, so they go too. This attempt
-            // costs no retry: the backend has not failed yet.
-            ctx.upstreams.close_idle(ctx.registry, backend);
-            return self.connect(ctx);
+            // which. Its other idle connections are as suspect, so they go too.
+            None => ctx.upstreams.close_idle(ctx.registry, backend),
         }
-        ex.tried.add(backend);
-        count_failure(ctx, &ex.lease, failure);
-        if ex.retries_left == 0 {
-            warn!("{peer}: not retried: no retries left");
-            return Err(Stop::Reply(failure.reply()));
-        }
-        if !ctx.budget.try_retry() {
-            warn!("{peer}: not retried: the retry budget is spent");
-            return Err(Stop::Reply(failure.reply()));
-        }
-        ex.retries_left -= 1;
-        ctx.metrics.retry();
-        let (tried, key) = (ex.tried, ex.key);
-        let lease = self
-            .choose_backend(ctx, tried, key)
-            .map_err(|_| Stop::Reply(failure.reply()))?;
-        self.exchange.as_mut().expect("still here").lease = lease;
         self.connect(ctx)
     }
 
@@ -1006,30 +973,24 @@ impl Conn {
     fn timeout(&self, ctx: &Ctx) -> Duration {
         let t = &ctx.snap.config.timeouts;
         match self.phase {
-            Phase::Idle => t.idle,
-            Phase::Proxy | Phase::Head => t.header,
+            Phase::KeepAlive | Phase::Tunnel => t.idle,
+            Phase::Proxy | Phase::Fresh | Phase::Head => t.header,
             Phase::Connecting => t.connect,
             Phase::Forwarding => t.backend,
-            Phase::Tunnel => t.idle,
             Phase::Closing => LINGER,
         }
     }
 
     fn enter(&mut self, phase: Phase, ctx: &mut Ctx) {
         if phase == Phase::Closing {
-            self.drop_exchange(ctx);
+            self.drop_buffers(ctx);
         }
         self.phase = phase;
         self.deadline = ctx.now + self.timeout(ctx);
     }
 
-    /// Ends the exchange without a complete response: the backend connection cannot be reused.
-    fn drop_exchange(&mut self, ctx: &mut Ctx) {
-        if let Some(ex) = self.exchange.take() {
-            if let Some(up) = ex.upstream {
-                ctx.upstreams.close(ctx.registry, up);
-            }
-        }
+    /// Gives back every buffer but `cout`, which may hold the last bytes for the client.
+    fn drop_buffers(&mut self, ctx: &mut Ctx) {
         for slot in [&mut self.cin, &mut self.uout, &mut self.uin] {
             if let Some(buffer) = slot.take() {
                 ctx.buffers.give(buffer);
@@ -1039,14 +1000,14 @@ impl Conn {
 
     /// A closing connection is finished once the client has all its bytes and has closed too.
     fn finished(&mut self) -> bool {
-        if self.phase != Phase::Closing || held(&self.cout) > 0 {
+        if self.phase != Phase::Closing || held(&self.cout) > 0 || self.client.pending_output() {
             return false;
         }
         if !self.shut_down {
             self.shut_down = true;
             // Half-close so the client sees the end, but keep reading: closing with unread
             // input would reset the connection and could destroy the response in flight.
-            if self.client.shutdown(Shutdown::Write).is_err() {
+            if self.client.shutdown_write().is_err() {
                 return true;
             }
         }
@@ -1064,30 +1025,18 @@ impl Conn {
         }
     }
 
-    /// Releases everything; the worker then deregisters the socket and frees the slot.
+    /// Releases everything; the worker then deregisters the socket and frees the slot. A
+    /// request still in progress (when a stopping worker's drain time is over) ends here.
     pub fn close(&mut self, ctx: &mut Ctx) -> Drive {
-        self.drop_exchange(ctx);
+        if self.exchange.is_some() {
+            self.conclude(ctx, Cause::Stopped);
+        }
+        self.drop_buffers(ctx);
         if let Some(buffer) = self.cout.take() {
             ctx.buffers.give(buffer);
         }
         Drive::Closed
     }
-}
-
-/// What `hash` balances a request by: a hash of the configured header or cookie, or of the
-/// client address (also when the request lacks that header or cookie). Computed only when the
-/// `hash` strategy is in use.
-fn hash_key(ctx: &Ctx, client: IpAddr, head: &[u8]) -> u64 {
-    let lb = &ctx.snap.config.lb;
-    if lb.strategy != Strategy::Hash && lb.sticky != Sticky::ClientIp {
-        return 0;
-    }
-    let mut hasher = DefaultHasher::new();
-    match request::hash_source(head, &lb.hash_key) {
-        Some(value) => value.hash(&mut hasher),
-        None => client.hash(&mut hasher),
-    }
-    hasher.finish()
 }
 
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
@@ -1111,43 +1060,5 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
 fn observe_latency(ctx: &Ctx, backend: &Backend, took: Duration) {
     if ctx.snap.config.lb.strategy == Strategy::Ewma {
         backend.observe_latency(took, pool::clock_ms(ctx.now));
-    }
-}
-
-/// Why a failed request cannot go to a backend again, if it cannot: sending it twice could do
-/// harm, or part of it is gone from the buffer, or part of a response arrived.
-fn not_replayable(ex: &Exchange) -> Option<&'static str> {
-    if ex.answered {
-        Some("part of a response arrived")
-    } else if !ex.replayable {
-        Some("the request is larger than the replay buffer")
-    } else if ex.sent > 0 && !ex.request.method.is_idempotent() {
-        Some("it was sent and its method is not idempotent")
-    } else {
-        None
-    }
-}
-
-/// Stops keeping written request bytes for a replay (the response began, or room is needed).
-fn give_up_replay(ex: &mut Exchange, uout: &mut Buffer) {
-    uout.consume(ex.sent);
-    ex.sent = 0;
-    ex.replayable = false;
-}
-
-fn head_reply(e: HeadError) -> Reply {
-    match e {
-        HeadError::Malformed(_) => Reply::BadRequest,
-        HeadError::TooLarge => Reply::HeaderTooLarge,
-        HeadError::UriTooLong => Reply::UriTooLong,
-        HeadError::NotImplemented(_) => Reply::NotImplemented,
-    }
-}
-
-fn describe(e: HeadError) -> &'static str {
-    match e {
-        HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
-        HeadError::TooLarge => "head too large",
-        HeadError::UriTooLong => "request line too long",
     }
 }

@@ -1,0 +1,337 @@
+//! How a request (or a connection that never got to one) ended: which side ended it, the
+//! reply lb-mio sends if any, the metric it counts under, its log line and its termination
+//! code. `Conn::end` is the one place that acts on it.
+//!
+//! Termination codes follow HAProxy's, so an operator's habits carry over: the first letter
+//! says who ended it, the second where the request was.
+//!
+//! | first | who | second | where |
+//! | --- | --- | --- | --- |
+//! | `-` | nobody: it completed | `R` | reading the request head (or PROXY header) |
+//! | `C` | the client closed or broke the connection | `C` | choosing or connecting to a backend |
+//! | `c` | the client was too slow (timeout) | `H` | waiting for the response head |
+//! | `P` | lb-mio refused it (bad input, a limit, a policy) | `D` | moving a body |
+//! | `S` | the backend failed or sent something bad | `T` | tunnelling after `101` |
+//! | `s` | the backend was too slow (timeout) | `-` | completed |
+//! | `K` | lb-mio stopped before it finished | | |
+
+use super::exchange::{Failure, GiveUp};
+use crate::http::chunked::ChunkError;
+use crate::http::head::HeadError;
+use crate::http::reply::Reply;
+use log::{debug, info, warn};
+use std::io;
+use std::net::SocketAddr;
+
+/// Why a request or connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The response went out whole, or a tunnel closed.
+    Completed,
+    /// Nothing was in progress: an idle keep-alive connection closed or timed out, or a closing
+    /// connection finished lingering. No line.
+    Idle,
+    // The client.
+    /// The request head is malformed, too large, or asks for what lb-mio does not do.
+    BadHead(HeadError),
+    BadBody(ChunkError),
+    HeadTimeout,
+    /// The request body stalled for `backend_ms`.
+    BodyTimeout,
+    /// The client closed or reset the connection mid-request.
+    ClientGone,
+    /// Response bytes waited for `backend_ms` in a socket the client does not read.
+    ClientStoppedReading,
+    /// A tunnel carried nothing either way for `idle_ms`.
+    TunnelTimeout,
+    // lb-mio's own limits and policy.
+    RateLimited,
+    BadProxyHeader(&'static str),
+    ProxyTimeout,
+    /// Over `[limits] client_connections`, closed at accept.
+    OverClientConnections,
+    /// lb-mio stopped before the request finished (`drain_timeout_s` ran out).
+    Stopped,
+    // The backend.
+    NoBackend,
+    /// The backend failed before answering, and the request is not sent again.
+    BackendFailed(Failure, GiveUp),
+    BadResponse(HeadError),
+    BadResponseBody(ChunkError),
+    /// The backend closed inside a response head.
+    ClosedInHead,
+    /// The backend closed or broke the connection after part of the response went out.
+    BackendCut(Option<io::ErrorKind>),
+}
+
+/// The first letter of a termination code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Nobody,
+    Client,
+    ClientTimeout,
+    Policy,
+    Backend,
+    BackendTimeout,
+    Stopped,
+}
+
+/// The second letter: where the request was when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Head,
+    Connect,
+    ResponseHead,
+    Body,
+    Tunnel,
+    Done,
+}
+
+impl Cause {
+    pub fn by(self) -> By {
+        match self {
+            Cause::Completed | Cause::Idle => By::Nobody,
+            Cause::ClientGone => By::Client,
+            Cause::HeadTimeout
+            | Cause::BodyTimeout
+            | Cause::ClientStoppedReading
+            | Cause::TunnelTimeout
+            | Cause::ProxyTimeout => By::ClientTimeout,
+            Cause::BadHead(_)
+            | Cause::BadBody(_)
+            | Cause::RateLimited
+            | Cause::BadProxyHeader(_)
+            | Cause::OverClientConnections => By::Policy,
+            Cause::Stopped => By::Stopped,
+            Cause::BackendFailed(failure, _) if failure.timed_out() => By::BackendTimeout,
+            Cause::NoBackend
+            | Cause::BackendFailed(..)
+            | Cause::BadResponse(_)
+            | Cause::BadResponseBody(_)
+            | Cause::ClosedInHead
+            | Cause::BackendCut(_) => By::Backend,
+        }
+    }
+
+    /// Where the request was, when the cause itself says so.
+    pub fn at(self) -> Option<At> {
+        match self {
+            Cause::Completed => Some(At::Done),
+            Cause::NoBackend => Some(At::Connect),
+            Cause::BackendFailed(failure, _) if failure.connecting() => Some(At::Connect),
+            Cause::BadHead(_) | Cause::HeadTimeout | Cause::RateLimited => Some(At::Head),
+            Cause::BadProxyHeader(_) => Some(At::Head),
+            Cause::ProxyTimeout | Cause::OverClientConnections => Some(At::Head),
+            _ => None,
+        }
+    }
+
+    /// lb-mio's answer, when no response has begun.
+    pub fn reply(self) -> Option<Reply> {
+        Some(match self {
+            Cause::BadHead(e) => match e {
+                HeadError::Malformed(_) => Reply::BadRequest,
+                HeadError::TooLarge => Reply::HeaderTooLarge,
+                HeadError::UriTooLong => Reply::UriTooLong,
+                HeadError::NotImplemented(_) => Reply::NotImplemented,
+            },
+            Cause::BadBody(_) => Reply::BadRequest,
+            Cause::HeadTimeout | Cause::BodyTimeout => Reply::RequestTimeout,
+            Cause::RateLimited => Reply::TooManyRequests,
+            Cause::NoBackend => Reply::ServiceUnavailable,
+            Cause::BackendFailed(failure, _) if failure.timed_out() => Reply::GatewayTimeout,
+            Cause::BackendFailed(..) | Cause::BadResponse(_) | Cause::ClosedInHead => {
+                Reply::BadGateway
+            }
+            _ => return None,
+        })
+    }
+
+    /// Ends the connection at once, without flushing or lingering: the client is gone, will
+    /// not read, or is a balancer an answer would not help.
+    pub fn closes_at_once(self) -> bool {
+        matches!(
+            self,
+            Cause::Idle
+                | Cause::ClientGone
+                | Cause::ClientStoppedReading
+                | Cause::TunnelTimeout
+                | Cause::BadProxyHeader(_)
+                | Cause::ProxyTimeout
+                | Cause::OverClientConnections
+        )
+    }
+
+    /// The `reason` label of `lbmio_closed_total`, for connections closed without an answer
+    /// for a reason an operator must see.
+    pub fn closed_label(self) -> Option<&'static str> {
+        match self {
+            Cause::BadProxyHeader(_) => Some("bad_proxy_header"),
+            Cause::ProxyTimeout => Some("proxy_timeout"),
+            Cause::OverClientConnections => Some("client_connections"),
+            _ => None,
+        }
+    }
+
+    /// The log line, by who ended it: the client's doings at info (debug for the common
+    /// ones), the backend's at warn. Per-attempt failures are logged where they happen.
+    pub fn log(self, peer: SocketAddr, backend: Option<&str>) {
+        let backend = backend.unwrap_or("-");
+        match self {
+            Cause::Completed | Cause::Idle => {}
+            Cause::BadHead(e) => info!("{peer}: rejected request: {}", describe(e)),
+            Cause::BadBody(e) => info!("{peer}: rejected request body: {e}"),
+            Cause::HeadTimeout => debug!("{peer}: timed out while reading a request head"),
+            Cause::BodyTimeout => info!("{peer}: request body stalled: timed out"),
+            Cause::ClientGone => debug!("{peer}: client closed the connection mid-request"),
+            Cause::ClientStoppedReading => {
+                info!("{peer}: client stopped reading the response: closed")
+            }
+            Cause::TunnelTimeout => debug!("{peer}: tunnel idle: closed"),
+            Cause::RateLimited => info!("{peer}: rate limited"),
+            Cause::BadProxyHeader(why) => info!("{peer}: bad PROXY protocol header: {why}"),
+            Cause::ProxyTimeout => info!("{peer}: no PROXY protocol header in time: closed"),
+            Cause::OverClientConnections => {
+                info!("{peer}: over [limits] client_connections: closed")
+            }
+            Cause::Stopped => info!("{peer}: request cut short: lb-mio stopped"),
+            Cause::NoBackend => warn!("{peer}: no backend is up"),
+            Cause::BackendFailed(_, why) => warn!("{peer}: not retried: {why}"),
+            Cause::BadResponse(e) => warn!("{peer}: bad response from {backend}: {}", describe(e)),
+            Cause::BadResponseBody(e) => {
+                warn!("{peer}: backend {backend} sent a bad chunked body: {e}")
+            }
+            Cause::ClosedInHead => warn!("{peer}: backend {backend} closed inside a response head"),
+            Cause::BackendCut(None) => {
+                warn!("{peer}: backend {backend} closed inside a response body")
+            }
+            Cause::BackendCut(Some(kind)) => {
+                warn!("{peer}: backend {backend} connection broke mid-response: {kind}")
+            }
+        }
+    }
+}
+
+impl By {
+    fn letter(self) -> u8 {
+        match self {
+            By::Nobody => b'-',
+            By::Client => b'C',
+            By::ClientTimeout => b'c',
+            By::Policy => b'P',
+            By::Backend => b'S',
+            By::BackendTimeout => b's',
+            By::Stopped => b'K',
+        }
+    }
+}
+
+impl At {
+    fn letter(self) -> u8 {
+        match self {
+            At::Head => b'R',
+            At::Connect => b'C',
+            At::ResponseHead => b'H',
+            At::Body => b'D',
+            At::Tunnel => b'T',
+            At::Done => b'-',
+        }
+    }
+}
+
+/// The two-letter termination code of `cause` at `at`.
+pub fn code(cause: Cause, at: At) -> [u8; 2] {
+    [cause.by().letter(), cause.at().unwrap_or(at).letter()]
+}
+
+fn describe(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
+        HeadError::TooLarge => "head too large",
+        HeadError::UriTooLong => "request line too long",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_codes() {
+        let refused = Failure::Connect(io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (Cause::Completed, At::Body, "--", None),
+            (
+                Cause::BadHead(HeadError::Malformed("x")),
+                At::Head,
+                "PR",
+                Some(400),
+            ),
+            (Cause::BadHead(HeadError::TooLarge), At::Head, "PR", Some(431)),
+            (Cause::BadHead(HeadError::UriTooLong), At::Head, "PR", Some(414)),
+            (
+                Cause::BadHead(HeadError::NotImplemented("x")),
+                At::Head,
+                "PR",
+                Some(501),
+            ),
+            (Cause::HeadTimeout, At::Head, "cR", Some(408)),
+            (Cause::BodyTimeout, At::Body, "cD", Some(408)),
+            (Cause::RateLimited, At::Head, "PR", Some(429)),
+            (Cause::NoBackend, At::Head, "SC", Some(503)),
+            (
+                Cause::BackendFailed(refused, GiveUp::NoRetriesLeft),
+                At::Head,
+                "SC",
+                Some(502),
+            ),
+            (
+                Cause::BackendFailed(Failure::ConnectTimeout, GiveUp::NoRetriesLeft),
+                At::Connect,
+                "sC",
+                Some(504),
+            ),
+            (
+                Cause::BackendFailed(Failure::Timeout, GiveUp::InProgress),
+                At::ResponseHead,
+                "sH",
+                Some(504),
+            ),
+            (
+                Cause::BadResponse(HeadError::Malformed("x")),
+                At::ResponseHead,
+                "SH",
+                Some(502),
+            ),
+            (Cause::ClientGone, At::Body, "CD", None),
+            (Cause::ClientStoppedReading, At::Body, "cD", None),
+            (Cause::TunnelTimeout, At::Tunnel, "cT", None),
+            (Cause::BackendCut(None), At::Body, "SD", None),
+            (Cause::BadProxyHeader("x"), At::Head, "PR", None),
+            (Cause::OverClientConnections, At::Done, "PR", None),
+        ];
+        for (cause, at, want, status) in cases {
+            let got = code(cause, at);
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want, "{cause:?}");
+            assert_eq!(cause.reply().map(Reply::status), status, "{cause:?}");
+        }
+    }
+
+    #[test]
+    fn connections_closed_without_an_answer_have_a_label_of_their_own() {
+        assert_eq!(
+            Cause::BadProxyHeader("x").closed_label(),
+            Some("bad_proxy_header")
+        );
+        assert_eq!(Cause::BadProxyHeader("x").reply(), None);
+        assert_eq!(Cause::RateLimited.closed_label(), None);
+        for cause in [
+            Cause::BadProxyHeader("x"),
+            Cause::ProxyTimeout,
+            Cause::OverClientConnections,
+        ] {
+            let label = cause.closed_label().unwrap();
+            assert!(crate::metrics::CLOSED_REASONS.contains(&label), "{label}");
+        }
+    }
+}

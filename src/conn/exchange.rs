@@ -1,0 +1,402 @@
+//! One request in flight and its backend: what it needs only while it is in flight (held in a
+//! box a worker reuses, so an idle connection holds none of it), what its access line will
+//! say, and the decisions about replaying it after its backend failed.
+
+use crate::access_log::RequestLine;
+use crate::pool::Lease;
+use crate::balance::Tried;
+use crate::buffer::Buffer;
+use crate::http::body::Body;
+use crate::http::request::{IdFrom, Request};
+use crate::request_id::MAX_CLIENT_ID;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+/// Where the response of the exchange is.
+#[derive(Debug)]
+pub enum ResponseState {
+    /// Waiting for (the rest of) a status line and headers.
+    Head,
+    /// Relaying the body.
+    Body(Body),
+    /// Complete.
+    Done,
+}
+
+/// How a backend connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect(io::ErrorKind),
+    ConnectTimeout,
+    Closed,
+    Reset(io::ErrorKind),
+    /// No progress within `backend_ms`.
+    Timeout,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Failure::Connect(kind) => write!(f, "connect: {kind}"),
+            Failure::ConnectTimeout => write!(f, "connect timeout"),
+            Failure::Closed => write!(f, "closed the connection before responding"),
+            Failure::Reset(kind) => write!(f, "{kind} before responding"),
+            Failure::Timeout => write!(f, "no response in time"),
+        }
+    }
+}
+
+impl Failure {
+    /// It failed while connecting (the termination code's `C`), not while waiting for an answer.
+    pub fn connecting(self) -> bool {
+        matches!(self, Failure::Connect(_) | Failure::ConnectTimeout)
+    }
+
+    pub fn timed_out(self) -> bool {
+        matches!(self, Failure::ConnectTimeout | Failure::Timeout)
+    }
+}
+
+/// Why a failed request is not sent to a backend again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The backend did not answer in time: it may be working on the request.
+    InProgress,
+    Answered,
+    TooLarge,
+    NotIdempotent,
+    NoRetriesLeft,
+    Budget,
+    /// No other backend is up.
+    NoBackend,
+}
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            GiveUp::InProgress => "no answer in time: it may be in progress",
+            GiveUp::Answered => "part of a response arrived",
+            GiveUp::TooLarge => "the request is larger than the replay buffer",
+            GiveUp::NotIdempotent => "it was sent and its method is not idempotent",
+            GiveUp::NoRetriesLeft => "no retries left",
+            GiveUp::Budget => "the retry budget is spent",
+            GiveUp::NoBackend => "no other backend is up",
+        })
+    }
+}
+
+/// What follows a backend connection's failure before any response byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A pooled connection failed: a fresh one to the same backend tells whether the backend
+    /// closed it while idle or died. No retry is spent and nothing counts against the backend.
+    Fresh,
+    /// Another backend, if the budget allows.
+    Retry,
+    GiveUp(GiveUp),
+}
+
+/// What the access line says of a request, gathered as it goes.
+pub struct Record {
+    /// The first byte of the head arrived (or, pipelined, the request before it ended).
+    pub started: Instant,
+    /// Kept only while the access log is on.
+    pub line: RequestLine,
+    pub id: [u8; MAX_CLIENT_ID],
+    pub id_len: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The attempt under way began (a connect, or a pooled connection taken).
+    pub attempt: Instant,
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub retries: u32,
+}
+
+impl Record {
+    pub fn id(&self) -> Option<&[u8]> {
+        (self.id_len > 0).then(|| &self.id[..self.id_len])
+    }
+
+    /// Keeps the request's id: the client's (`head` holds it) or the fresh one.
+    pub fn set_id(&mut self, from: IdFrom, head: &[u8], fresh: &[u8]) {
+        let id = match from {
+            IdFrom::Off => &[][..],
+            IdFrom::Client { at, len } => &head[at..at + len],
+            IdFrom::Fresh | IdFrom::Replaced => fresh,
+        };
+        self.id_len = id.len().min(MAX_CLIENT_ID);
+        self.id[..self.id_len].copy_from_slice(&id[..self.id_len]);
+    }
+}
+
+/// One request in flight.
+pub struct Exchange {
+    pub request: Request,
+    pub req_body: Body,
+    pub response: ResponseState,
+    /// The backend, once admission chose one.
+    pub lease: Option<Lease>,
+    /// The backend connection (in the worker's upstream table), once there is one.
+    pub upstream: Option<usize>,
+    pub tried: Tried,
+    pub retries_left: u32,
+    /// While the request can still be replayed, written bytes stay in `uout` and this counts
+    /// them; afterwards written bytes are dropped at once and it stays 0.
+    pub sent: usize,
+    pub replayable: bool,
+    /// Any byte of a response arrived from the backend.
+    pub answered: bool,
+    /// The backend closed its side of the connection.
+    pub upstream_eof: bool,
+    /// The final response allows reusing the upstream connection.
+    pub reusable: bool,
+    pub client_keep_alive: bool,
+    pub status: u16,
+    /// For a tunnel, from the start to the switching response head: its latency in the
+    /// metrics (a final response's runs to its last byte).
+    pub took: Option<Duration>,
+    /// What `hash` balances by (see `admission`).
+    pub key: u64,
+    pub record: Record,
+}
+
+impl Exchange {
+    pub fn new(request: Request, retries: u32, now: Instant) -> Exchange {
+        Exchange {
+            request,
+            req_body: Body::new(request.framing),
+            response: ResponseState::Head,
+            lease: None,
+            upstream: None,
+            tried: Tried::default(),
+            retries_left: retries,
+            sent: 0,
+            replayable: true,
+            answered: false,
+            upstream_eof: false,
+            reusable: false,
+            client_keep_alive: request.keep_alive,
+            status: 0,
+            took: None,
+            key: 0,
+            record: Record {
+                started: now,
+                line: RequestLine::EMPTY,
+                id: [0; MAX_CLIENT_ID],
+                id_len: 0,
+                bytes_in: request.head_len as u64,
+                bytes_out: 0,
+                attempt: now,
+                connect: None,
+                first_byte: None,
+                retries: 0,
+            },
+        }
+    }
+
+    pub fn lease(&self) -> &Lease {
+        self.lease.as_ref().expect("an exchange talks to a backend only once admitted")
+    }
+
+    /// Some of the response went to the client already: no other answer can follow.
+    pub fn response_started(&self) -> bool {
+        !matches!(self.response, ResponseState::Head)
+    }
+
+    /// Why this request cannot go to a backend again, if it cannot: sending it twice could do
+    /// harm, or part of it is gone from the buffer, or part of a response arrived.
+    pub fn not_replayable(&self) -> Option<GiveUp> {
+        if self.answered {
+            Some(GiveUp::Answered)
+        } else if !self.replayable {
+            Some(GiveUp::TooLarge)
+        } else if self.sent > 0 && !self.request.method.is_idempotent() {
+            Some(GiveUp::NotIdempotent)
+        } else {
+            None
+        }
+    }
+
+    /// What follows `failure` of a backend connection (`reused`: one taken from the pool of
+    /// idle upstream connections). A timeout is never retried: the backend may be working on
+    /// the request, and a retry would double the wait and the work.
+    pub fn after_failure(&self, failure: Failure, reused: bool) -> Next {
+        let stop = match failure {
+            Failure::Timeout => Some(GiveUp::InProgress),
+            _ => self.not_replayable(),
+        };
+        match stop {
+            None if reused => Next::Fresh,
+            Some(why) => Next::GiveUp(why),
+            None if self.retries_left == 0 => Next::GiveUp(GiveUp::NoRetriesLeft),
+            None => Next::Retry,
+        }
+    }
+
+    /// Stops keeping written request bytes for a replay (the response began, or room is
+    /// needed).
+    pub fn give_up_replay(&mut self, uout: &mut Buffer) {
+        uout.consume(self.sent);
+        self.sent = 0;
+        self.replayable = false;
+    }
+}
+
+/// A worker's exchange records, reused: a connection takes one when a request starts and gives
+/// it back when the request ends, so the steady state allocates nothing and an idle connection
+/// holds only a `None`.
+#[derive(Default)]
+pub struct Exchanges {
+    free: Vec<Box<Option<Exchange>>>,
+}
+
+/// An exchange in its reused box (always `Some` while held).
+pub struct Held(Box<Option<Exchange>>);
+
+/// Free records kept for reuse.
+const KEEP: usize = 1024;
+
+impl Exchanges {
+    pub fn start(&mut self, exchange: Exchange) -> Held {
+        let mut slot = self.free.pop().unwrap_or_default();
+        *slot = Some(exchange);
+        Held(slot)
+    }
+
+    /// Ends the exchange (its lease with it) and keeps the box.
+    pub fn end(&mut self, mut held: Held) {
+        *held.0 = None;
+        if self.free.len() < KEEP {
+            self.free.push(held.0);
+        }
+    }
+}
+
+impl Deref for Held {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        self.0.as_ref().as_ref().expect("held exchanges are Some")
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        self.0.as_mut().as_mut().expect("held exchanges are Some")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::body::Framing;
+    use crate::http::request::Method;
+
+    fn exchange(method: Method) -> Exchange {
+        let request = Request {
+            method,
+            http10: false,
+            framing: Framing::Empty,
+            keep_alive: true,
+            upgrade: false,
+            head_len: 40,
+            sticky: None,
+            id: IdFrom::Off,
+        };
+        Exchange::new(request, 2, Instant::now())
+    }
+
+    const REFUSED: Failure = Failure::Connect(io::ErrorKind::ConnectionRefused);
+    const RESET: Failure = Failure::Reset(io::ErrorKind::ConnectionReset);
+
+    #[test]
+    fn a_failure_before_sending_is_retried_whatever_the_method() {
+        let post = exchange(Method::Post);
+        assert_eq!(post.after_failure(REFUSED, false), Next::Retry);
+    }
+
+    #[test]
+    fn a_sent_request_is_retried_only_when_idempotent() {
+        let mut get = exchange(Method::Get);
+        get.sent = 40;
+        assert_eq!(get.after_failure(RESET, false), Next::Retry);
+        let mut post = exchange(Method::Post);
+        post.sent = 40;
+        assert_eq!(
+            post.after_failure(RESET, false),
+            Next::GiveUp(GiveUp::NotIdempotent)
+        );
+        // Even on a pooled connection: the backend may have seen it.
+        assert_eq!(
+            post.after_failure(Failure::Closed, true),
+            Next::GiveUp(GiveUp::NotIdempotent)
+        );
+    }
+
+    #[test]
+    fn a_pooled_connection_that_fails_is_tried_fresh_first() {
+        let get = exchange(Method::Get);
+        assert_eq!(get.after_failure(Failure::Closed, true), Next::Fresh);
+    }
+
+    #[test]
+    fn timeouts_are_never_retried() {
+        let get = exchange(Method::Get);
+        for reused in [false, true] {
+            assert_eq!(
+                get.after_failure(Failure::Timeout, reused),
+                Next::GiveUp(GiveUp::InProgress)
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_replayed_after_a_response_began_or_the_buffer_moved_on() {
+        let mut answered = exchange(Method::Get);
+        answered.answered = true;
+        assert_eq!(
+            answered.after_failure(RESET, false),
+            Next::GiveUp(GiveUp::Answered)
+        );
+        let mut large = exchange(Method::Put);
+        large.replayable = false;
+        assert_eq!(
+            large.after_failure(RESET, false),
+            Next::GiveUp(GiveUp::TooLarge)
+        );
+    }
+
+    #[test]
+    fn retries_run_out() {
+        let mut get = exchange(Method::Get);
+        get.retries_left = 0;
+        assert_eq!(
+            get.after_failure(REFUSED, false),
+            Next::GiveUp(GiveUp::NoRetriesLeft)
+        );
+    }
+
+    #[test]
+    fn records_are_reused_and_release_their_contents() {
+        let mut exchanges = Exchanges::default();
+        let held = exchanges.start(exchange(Method::Get));
+        let first = &*held as *const Exchange;
+        exchanges.end(held);
+        let again = exchanges.start(exchange(Method::Post));
+        assert_eq!(&*again as *const Exchange, first, "the same box");
+        assert_eq!(again.request.method, Method::Post);
+    }
+
+    #[test]
+    fn the_record_keeps_the_clients_id_or_the_fresh_one() {
+        let mut ex = exchange(Method::Get);
+        let head = b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n";
+        ex.record.set_id(IdFrom::Client { at: 30, len: 3 }, head, b"fresh");
+        assert_eq!(ex.record.id(), Some(&b"abc"[..]));
+        ex.record.set_id(IdFrom::Replaced, head, b"fresh");
+        assert_eq!(ex.record.id(), Some(&b"fresh"[..]));
+        ex.record.set_id(IdFrom::Off, head, b"fresh");
+        assert_eq!(ex.record.id(), None);
+    }
+}
