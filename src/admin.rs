@@ -2,9 +2,8 @@
 //! drain, reweight and remove backends, `/metrics` in Prometheus text format, and the status
 //! page. One request per connection, answered and closed: it serves operators, not traffic.
 
-use crate::config::{self, BackendConf};
+use crate::backend::{self, Backend, BackendConf, State, WEIGHTS};
 use crate::metrics;
-use crate::pool::{self, Backend, State};
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use log::{info, warn};
@@ -343,14 +342,15 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answe
 fn set_weight(backend: &Backend, body: &[u8]) -> Answer {
     let weight = serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|v| v.get("weight").and_then(Value::as_u64));
+        .and_then(|v| v.get("weight").and_then(Value::as_u64))
+        .and_then(backend::check_weight);
     match weight {
-        Some(w @ 1..=1000) => {
-            backend.set_weight(w as u32);
+        Some(w) => {
+            backend.set_weight(w);
             info!("backend {} weight is now {w} (admin API)", backend.name);
             Answer::json(200, json!({ "name": backend.name, "weight": w }))
         }
-        _ => Answer::error(400, r#"expected {"weight": 1..1000}"#),
+        None => Answer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)),
     }
 }
 
@@ -389,7 +389,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
             State::Down,
         );
         let mut backends = snap.backends.to_vec();
-        let id = pool::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
+        let id = backend::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
         placed = Some(Arc::clone(&backends[id]));
         Ok(Snapshot::new(snap.config.clone(), backends.into()))
     });
@@ -415,19 +415,19 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
         .get("address")
         .and_then(Value::as_str)
         .ok_or("\"address\" (\"ip:port\") is required")?;
-    let addr = config::parse_backend_addr(address)?;
+    let addr = backend::parse_addr(address)?;
     let weight = match value.get("weight") {
         None => 1,
         Some(w) => w
             .as_u64()
-            .filter(|w| (1..=1000).contains(w))
-            .ok_or("\"weight\" must be 1..1000")? as u32,
+            .and_then(backend::check_weight)
+            .ok_or_else(|| format!("\"weight\" must be {WEIGHTS:?}"))?,
     };
     let name = match value.get("name") {
         None => String::new(),
         Some(n) => {
             let n = n.as_str().ok_or("\"name\" must be a string")?;
-            config::check_backend_name(n)?;
+            backend::check_name(n)?;
             n.to_string()
         }
     };

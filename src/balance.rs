@@ -1,8 +1,8 @@
 //! Backend choice: one small type per strategy behind one `pick` call. Every strategy reads only
 //! atomics, skips backends that are down, and skips those a retry must avoid.
 
+use crate::backend::Backend;
 use crate::config::Strategy;
-use crate::pool::Backend;
 use rand::rngs::SmallRng;
 use rand::RngExt;
 use std::hash::{DefaultHasher, Hash as _, Hasher};
@@ -35,7 +35,7 @@ pub struct Pick<'a> {
     /// Backends this request already failed on.
     pub avoid: Tried,
     pub rng: &'a mut SmallRng,
-    /// `pool::clock_ms` now, for slow start.
+    /// `backend::clock_ms` now, for slow start.
     pub now_ms: u64,
     /// What `hash` hashes: the client address, or the configured header or cookie.
     pub key: u64,
@@ -333,8 +333,7 @@ impl Balancer for Ewma {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConf;
-    use crate::pool::{self, Backends, Lease, State};
+    use crate::backend::{self, BackendConf, Backends, Lease, State};
     use rand::SeedableRng;
 
     const KEY: u64 = 1;
@@ -348,7 +347,7 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        pool::from_config(&confs)
+        backend::from_config(&confs)
     }
 
     fn picks(balancer: &dyn Balancer, backends: &Backends, count: usize) -> Vec<usize> {
@@ -356,7 +355,7 @@ mod tests {
         let mut pick = Pick {
             avoid: Tried::default(),
             rng: &mut rng,
-            now_ms: pool::clock_ms(Instant::now()),
+            now_ms: backend::clock_ms(Instant::now()),
             key: KEY,
         };
         (0..count)
@@ -507,7 +506,7 @@ mod tests {
     fn recovered(pool: &Backends, elapsed_ms: u64) -> u64 {
         pool[0].transition(State::Up, State::Down);
         pool[0].transition(State::Down, State::Up);
-        pool::clock_ms(Instant::now()) + elapsed_ms
+        backend::clock_ms(Instant::now()) + elapsed_ms
     }
 
     fn shares_during_slow_start(strategy: Strategy, elapsed_ms: u64) -> Vec<usize> {
@@ -698,7 +697,10 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        let (ten, eleven) = (pool::from_config(&confs[..10]), pool::from_config(&confs));
+        let (ten, eleven) = (
+            backend::from_config(&confs[..10]),
+            backend::from_config(&confs),
+        );
         let (before, after) = (hashed(&ten, 10_000), hashed(&eleven, 10_000));
         let moved: Vec<usize> = (0..before.len())
             .filter(|&i| before[i] != after[i])
@@ -724,7 +726,7 @@ mod tests {
     #[test]
     fn ewma_moves_traffic_off_a_slow_backend_and_back_once_it_recovers() {
         let pool = backends(2);
-        let now = pool::clock_ms(Instant::now());
+        let now = backend::clock_ms(Instant::now());
         pool[0].observe_latency(Duration::from_millis(50), now);
         pool[1].observe_latency(Duration::from_millis(1), now);
         let ewma = balancer(Strategy::Ewma, &pool);

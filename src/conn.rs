@@ -11,6 +11,7 @@
 //! did. Backpressure falls out of it: a step only reads into a buffer with room and only moves
 //! bytes into a buffer with room, so a slow side stops the other instead of growing memory.
 
+use crate::backend::{self, Backend, Lease};
 use crate::balance::{Pick, Tried};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{Sticky, Strategy};
@@ -20,7 +21,6 @@ use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, Request, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
-use crate::pool::{self, Backend, Lease};
 use crate::proxy_protocol;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
@@ -521,7 +521,7 @@ impl Conn {
 
     fn choose_backend(&self, ctx: &mut Ctx, avoid: Tried, key: u64) -> Result<Lease, Stop> {
         let backends = &ctx.snap.backends;
-        let now_ms = pool::clock_ms(ctx.now);
+        let now_ms = backend::clock_ms(ctx.now);
         let mut pick = Pick {
             avoid,
             rng: ctx.rng,
@@ -1110,7 +1110,7 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
 /// worker makes to the backend's shared record).
 fn observe_latency(ctx: &Ctx, backend: &Backend, took: Duration) {
     if ctx.snap.config.lb.strategy == Strategy::Ewma {
-        backend.observe_latency(took, pool::clock_ms(ctx.now));
+        backend.observe_latency(took, backend::clock_ms(ctx.now));
     }
 }
 

@@ -3,13 +3,13 @@
 //! `[dns] resolve_interval_s` by a thread of its own. Each address found is an ordinary backend
 //! named `<entry>-<address>-<port>` (`api-10.0.0.5-8080`, `api-fd00..5-8080`): a new one starts
 //! down and takes traffic once its health checks pass, one gone from DNS drains and then
-//! leaves, freeing its slot for the next (`pool::place`). A lookup that fails (timeout,
+//! leaves, freeing its slot for the next (`backend::place`). A lookup that fails (timeout,
 //! SERVFAIL, NXDOMAIN, empty answer) changes nothing. Changes go through `Shared::update` like
 //! the admin API's, so the workers see them within one loop turn and take no lock.
 
-use crate::config::{BackendConf, Discover, Dns, Target};
+use crate::backend::{self, Backend, BackendConf, State};
+use crate::config::{Discover, Dns, Target};
 use crate::dns::{self, DnsError, Resolver};
-use crate::pool::{self, Backend, State};
 use crate::shared::{Shared, Snapshot};
 use log::{info, warn, Level};
 use std::collections::HashSet;
@@ -226,7 +226,7 @@ pub fn apply(
                 addr,
                 weight: entry.weight,
             };
-            match pool::place(
+            match backend::place(
                 &mut backends,
                 Backend::discovered(&conf, state, &entry.name),
             ) {
@@ -257,8 +257,8 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::MAX_BACKENDS;
     use crate::config::Config;
-    use crate::pool::MAX_BACKENDS;
 
     fn entry(name: &str) -> Discover {
         Discover {
@@ -311,7 +311,7 @@ mod tests {
         );
         assert_eq!(longest.len(), 64);
         for name in [v4, v6, longest] {
-            assert_eq!(crate::config::check_backend_name(&name), Ok(()), "{name}");
+            assert_eq!(backend::check_name(&name), Ok(()), "{name}");
         }
     }
 

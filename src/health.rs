@@ -3,8 +3,8 @@
 //! read the state (and mark a backend down when live traffic fails on it), so they never wait
 //! for a probe.
 
+use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
-use crate::pool::{Backend, ProbeReport, State};
 use crate::proxy_protocol::{self, Version};
 use crate::shared::Shared;
 use log::{info, warn};

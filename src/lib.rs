@@ -6,6 +6,7 @@
 //! and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod buffer;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod dns;
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod pool;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;

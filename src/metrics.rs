@@ -2,8 +2,8 @@
 //! that writes it, so the request path never writes a cache line another thread writes; the
 //! admin thread sums all workers' counters when it is asked for them.
 
+use crate::backend::{Backend, State, MAX_BACKENDS};
 use crate::http::reply::Reply;
-use crate::pool::{Backend, State, MAX_BACKENDS};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

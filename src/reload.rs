@@ -4,8 +4,8 @@
 //! Addresses found by DNS stay while their entry stays as it was (discovery keeps them up to
 //! date); those of an entry removed or changed drain, and discovery looks the entry up anew.
 
+use crate::backend::{self, Backend, State};
 use crate::config::Config;
-use crate::pool::{self, Backend, State};
 use crate::shared::Snapshot;
 use log::{info, warn};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             Some(kept) => kept.set_weight(conf.weight),
             None => {
                 let backend = Backend::new(conf, State::Down);
-                pool::place(&mut backends, backend)?;
+                backend::place(&mut backends, backend)?;
                 info!(
                     "reload: backend {} at {} added; down until its health checks pass",
                     conf.name, conf.addr
@@ -85,8 +85,7 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConf;
-    use crate::pool;
+    use crate::backend::BackendConf;
 
     fn config(backends: &[(&str, &str, u32)]) -> Config {
         Config::with_backends(
@@ -103,7 +102,7 @@ mod tests {
 
     fn snapshot(backends: &[(&str, &str, u32)]) -> Snapshot {
         let config = config(backends);
-        let pool = pool::from_config(&config.backends);
+        let pool = backend::from_config(&config.backends);
         Snapshot::new(config, pool)
     }
 
@@ -174,7 +173,7 @@ mod tests {
             };
             Arc::new(Backend::discovered(&conf, State::Up, entry))
         };
-        let mut backends = pool::from_config(&config.backends).to_vec();
+        let mut backends = backend::from_config(&config.backends).to_vec();
         backends.push(found("api-10.0.0.1-80", "api"));
         backends.push(found("web-10.0.0.1-80", "web"));
         let old = Snapshot::new(config.clone(), backends.into());

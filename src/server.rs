@@ -3,10 +3,10 @@
 //! can fail at start fails here, before any thread runs.
 
 use crate::admin;
+use crate::backend;
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::health;
-use crate::pool;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use crate::worker::{Handle, Msg, Worker};
@@ -112,7 +112,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     }
     let (addrs, listeners) = bind_all(&config.lb.listen, config.lb.workers)?;
     let addr = addrs[0];
-    let backends = pool::from_config(&config.backends);
+    let backends = backend::from_config(&config.backends);
     let workers = config.lb.workers;
     let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS

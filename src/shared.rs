@@ -3,10 +3,10 @@
 //! bumps the epoch. Workers compare the epoch (one atomic load) at each turn of their loop and
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
+use crate::backend::Backends;
 use crate::balance::{self, Balancer};
 use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
-use crate::pool::Backends;
 use crate::ratelimit::ConnLimit;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub config: Config,
     /// The backends by id (an id is a position). A removed backend stays as `State::Removed`
-    /// until its slot takes a new backend (`pool::place`, once it has no request in flight);
+    /// until its slot takes a new backend (`backend::place`, once it has no request in flight);
     /// workers compare each slot's `Arc` with the one they knew when they take a new snapshot,
     /// and clear what they keep by id (idle connections, counters) for a slot that changed.
     pub backends: Backends,

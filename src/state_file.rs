@@ -3,8 +3,7 @@
 //! the state file, so a crash never leaves half a file; at start, a state file that exists
 //! replaces the config's `[backends]`.
 
-use crate::config::BackendConf;
-use crate::pool::{Backend, State};
+use crate::backend::{self, Backend, BackendConf, State};
 use crate::shared::Snapshot;
 use log::warn;
 use serde_json::{json, Value};
@@ -56,19 +55,21 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
                 b.get(key)
                     .ok_or_else(|| bad(&format!("a backend without {key:?}")))
             };
-            let name = field("name")?
-                .as_str()
-                .ok_or_else(|| bad("bad name"))?
-                .to_string();
+            let name = field("name")?.as_str().ok_or_else(|| bad("bad name"))?;
+            backend::check_name(name).map_err(|e| bad(&e))?;
             let addr = field("address")?
                 .as_str()
-                .and_then(|a| a.parse().ok())
                 .ok_or_else(|| bad("bad address"))?;
+            let addr = backend::parse_addr(addr).map_err(|e| bad(&e))?;
             let weight = field("weight")?
                 .as_u64()
-                .and_then(|w| u32::try_from(w).ok())
+                .and_then(backend::check_weight)
                 .ok_or_else(|| bad("bad weight"))?;
-            Ok(BackendConf { name, addr, weight })
+            Ok(BackendConf {
+                name: name.to_string(),
+                addr,
+                weight,
+            })
         })
         .collect::<Result<Vec<_>, String>>()
         .map(Some)
@@ -77,7 +78,6 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool;
 
     #[test]
     fn saved_backends_load_back_without_the_removed_ones() {
@@ -93,7 +93,7 @@ mod tests {
                 weight: i as u32 + 1,
             })
             .collect();
-        let mut backends = pool::from_config(&confs).to_vec();
+        let mut backends = backend::from_config(&confs).to_vec();
         backends[1].drain(true);
         let found = BackendConf {
             name: "api-10.0.0.1-80".into(),

@@ -1,12 +1,59 @@
-//! The backend pool that every thread shares: read-mostly records whose changing parts are
-//! atomics, so workers pick and count without a lock.
+//! Backend membership: what a backend is made of (`BackendConf`) and where it came from
+//! (`Source`), the rules every backend meets (`MAX_BACKENDS`, `WEIGHTS`, `check_name`,
+//! `parse_addr`), and the live set every thread shares (`Backends`): read-mostly records whose
+//! changing parts are atomics, so workers pick and count without a lock. A backend joins the
+//! set through `place` and leaves it through `Backend::retire` (or the health thread's removal
+//! of one down too long), whoever added it.
 
-use crate::config::BackendConf;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+/// What a backend is made of, wherever it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConf {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
+/// tried backends is a 64-bit mask. A slot whose backend left the set for good and has no
+/// request in flight takes the next backend added (`place`), so this bounds the backends in
+/// the set at once, not over the process's life.
+pub const MAX_BACKENDS: usize = 64;
+
+/// The weights a backend may have: its share of traffic, relative to the others'.
+pub const WEIGHTS: RangeInclusive<u32> = 1..=1000;
+
+/// `weight` as a backend's weight, when it is one of `WEIGHTS`.
+pub fn check_weight(weight: u64) -> Option<u32> {
+    u32::try_from(weight).ok().filter(|w| WEIGHTS.contains(w))
+}
+
+/// A backend name: 1 to 64 of `A-Z a-z 0-9 _ . -`, so it fits an admin URL and a metrics label.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if (1..=64).contains(&name.len()) && name.chars().all(ok_char) {
+        Ok(())
+    } else {
+        Err("invalid backend name: expected 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
+    }
+}
+
+/// A backend address: a literal `ip:port` that can be connected to (not port 0, not 0.0.0.0).
+pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = v
+        .parse()
+        .map_err(|_| format!("expected ip:port, got {v:?}"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!("{v:?} cannot be connected to"));
+    }
+    Ok(addr)
+}
 
 /// A backend's health as every thread sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +98,6 @@ pub struct ProbeReport {
     /// Why it failed; empty when it passed.
     pub reason: String,
 }
-
-/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
-/// tried backends is a 64-bit mask. A slot whose backend left the pool for good and has no
-/// request in flight takes the next backend added (`place`), so this bounds the backends in
-/// the pool at once, not over the process's life.
-pub const MAX_BACKENDS: usize = 64;
 
 /// `up_since` of a backend that has not come back from a failure: no slow start.
 const STEADY: u64 = u64::MAX;
