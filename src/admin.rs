@@ -2,7 +2,7 @@
 //! drain, reweight and remove backends, `/metrics` in Prometheus text format, and the status
 //! page. One request per connection, answered and closed: it serves operators, not traffic.
 
-use crate::backend::{self, Backend, BackendConf, State, WEIGHTS};
+use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::metrics;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
@@ -287,7 +287,7 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
     }
 }
 
-/// Every backend still in the pool, with its counters summed over workers.
+/// Every listed backend, with its counters summed over workers.
 fn list_backends(shared: &Shared) -> Value {
     let snap = shared.load();
     let totals = shared.totals();
@@ -295,7 +295,7 @@ fn list_backends(shared: &Shared) -> Value {
         .backends
         .iter()
         .zip(&totals.backends)
-        .filter(|(b, _)| b.state() != State::Removed)
+        .filter(|(b, _)| b.is_listed())
         .map(|(b, t)| {
             let probe = b.last_probe().map(|p| {
                 json!({ "ok": p.ok, "latency_ms": p.latency.as_secs_f64() * 1000.0, "reason": p.reason })
@@ -309,7 +309,8 @@ fn list_backends(shared: &Shared) -> Value {
                 "requests": t.requests(),
                 "errors": t.errors + t.responses[4],
                 "last_probe": probe,
-                "discovered_by": b.discovered_by,
+                "source": b.source.name(),
+                "discovered_by": b.source.dns_entry(),
             })
         })
         .collect();
@@ -332,7 +333,7 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answe
     match snap
         .backends
         .iter()
-        .find(|b| b.name == name && b.state() != State::Removed)
+        .find(|b| b.name == name && b.is_listed())
     {
         Some(backend) => act(backend),
         None => Answer::error(404, format!("no backend named {name:?}")),
@@ -366,7 +367,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
         let live = |name: &str| {
             snap.backends
                 .iter()
-                .any(|b| b.name == name && b.state() != State::Removed)
+                .any(|b| b.name == name && b.is_listed())
         };
         let name = match &conf.name {
             name if !name.is_empty() => name.clone(),
@@ -387,6 +388,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 ..conf.clone()
             },
             State::Down,
+            Source::Admin,
         );
         let mut backends = snap.backends.to_vec();
         let id = backend::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;

@@ -333,7 +333,7 @@ impl Balancer for Ewma {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{self, BackendConf, Backends, Lease, State};
+    use crate::backend::{self, BackendConf, Backends, Lease, Source, State};
     use rand::SeedableRng;
 
     const KEY: u64 = 1;
@@ -347,7 +347,7 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        backend::from_config(&confs)
+        backend::at_start(&confs, &Source::Config)
     }
 
     fn picks(balancer: &dyn Balancer, backends: &Backends, count: usize) -> Vec<usize> {
@@ -698,8 +698,8 @@ mod tests {
             })
             .collect();
         let (ten, eleven) = (
-            backend::from_config(&confs[..10]),
-            backend::from_config(&confs),
+            backend::at_start(&confs[..10], &Source::Config),
+            backend::at_start(&confs, &Source::Config),
         );
         let (before, after) = (hashed(&ten, 10_000), hashed(&eleven, 10_000));
         let moved: Vec<usize> = (0..before.len())

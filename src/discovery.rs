@@ -7,7 +7,7 @@
 //! SERVFAIL, NXDOMAIN, empty answer) changes nothing. Changes go through `Shared::update` like
 //! the admin API's, so the workers see them within one loop turn and take no lock.
 
-use crate::backend::{self, Backend, BackendConf, State};
+use crate::backend::{self, Backend, BackendConf, Source, State};
 use crate::config::{Discover, Dns, Target};
 use crate::dns::{self, DnsError, Resolver};
 use crate::shared::{Shared, Snapshot};
@@ -161,11 +161,9 @@ pub fn backend_name(entry: &str, addr: SocketAddr) -> String {
     format!("{entry}-{ip}-{}", addr.port())
 }
 
-/// A backend of `entry` still in the pool (not removed, not leaving).
+/// A live backend that `entry`'s lookup found.
 fn owned(backend: &Backend, entry: &Discover) -> bool {
-    backend.discovered_by.as_deref() == Some(entry.name.as_str())
-        && backend.state() != State::Removed
-        && !backend.removing()
+    backend.is_live() && backend.source.dns_entry() == Some(entry.name.as_str())
 }
 
 /// The snapshot that follows from `found` (each entry with the addresses its lookup returned),
@@ -204,13 +202,10 @@ pub fn apply(
                 continue;
             }
             let name = backend_name(&entry.name, addr);
-            if let Some(taken) = backends
-                .iter()
-                .find(|b| b.name == name && b.state() != State::Removed)
-            {
+            if let Some(taken) = backends.iter().find(|b| b.name == name && b.is_listed()) {
                 // Ours, still draining after the address went away and came back: it is
                 // added again once it left. Anyone else's: a clash to report.
-                if taken.discovered_by.as_deref() != Some(entry.name.as_str()) {
+                if taken.source.dns_entry() != Some(entry.name.as_str()) {
                     notes.push((
                         Level::Warn,
                         format!(
@@ -226,10 +221,10 @@ pub fn apply(
                 addr,
                 weight: entry.weight,
             };
-            match backend::place(
-                &mut backends,
-                Backend::discovered(&conf, state, &entry.name),
-            ) {
+            let source = Source::Dns {
+                entry: entry.name.clone(),
+            };
+            match backend::place(&mut backends, Backend::new(&conf, state, source)) {
                 Ok(id) => {
                     added = true;
                     let how = match state {
@@ -278,7 +273,7 @@ mod tests {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
-    /// The pool's live addresses for `entry`.
+    /// The live addresses `entry`'s lookup found.
     fn live(snap: &Snapshot, entry: &str) -> Vec<SocketAddr> {
         let mut live: Vec<SocketAddr> = snap
             .backends
@@ -292,8 +287,8 @@ mod tests {
 
     /// The health thread's part: drained backends leave.
     fn settle(snap: &Snapshot) {
-        for b in snap.backends.iter().filter(|b| b.drained_for_removal()) {
-            b.transition(State::Draining, State::Removed);
+        for b in snap.backends.iter() {
+            b.retire();
         }
     }
 
@@ -324,7 +319,7 @@ mod tests {
         assert_eq!(snap.backends[0].name, "api-10.0.0.1-80");
         assert_eq!(snap.backends[0].state(), State::Down);
         assert_eq!(snap.backends[0].weight(), 2);
-        assert_eq!(snap.backends[0].discovered_by.as_deref(), Some("api"));
+        assert_eq!(snap.backends[0].source.dns_entry(), Some("api"));
 
         // The same answer again: nothing to do.
         assert!(apply(&snap, &found, State::Down, &mut Vec::new()).is_none());

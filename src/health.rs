@@ -51,8 +51,8 @@ fn supervise(shared: &Arc<Shared>) {
             }
         }
         probed = snap.backends.to_vec();
-        for backend in snap.backends.iter().filter(|b| b.drained_for_removal()) {
-            if backend.transition(State::Draining, State::Removed) {
+        for backend in snap.backends.iter() {
+            if backend.retire() {
                 info!("backend {} removed from the pool: drained", backend.name);
             }
         }

@@ -2,7 +2,7 @@
 //! that writes it, so the request path never writes a cache line another thread writes; the
 //! admin thread sums all workers' counters when it is asked for them.
 
-use crate::backend::{Backend, State, MAX_BACKENDS};
+use crate::backend::{Backend, MAX_BACKENDS};
 use crate::http::reply::Reply;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,7 +221,7 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         backends
             .iter()
             .zip(&totals.backends)
-            .filter(|(b, _)| b.state() != State::Removed)
+            .filter(|(b, _)| b.is_listed())
     };
     header(
         &mut out,

@@ -3,7 +3,7 @@
 //! can fail at start fails here, before any thread runs.
 
 use crate::admin;
-use crate::backend;
+use crate::backend::{self, Source};
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::health;
@@ -100,6 +100,7 @@ impl Running {
 
 /// Binds every listener, then starts the workers and the health thread.
 pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> {
+    let mut source = Source::Config;
     if let Some(path) = &config.admin.state_file {
         if let Some(backends) = state_file::load(path)? {
             info!(
@@ -108,11 +109,12 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
                 path.display()
             );
             config.backends = backends;
+            source = Source::StateFile;
         }
     }
     let (addrs, listeners) = bind_all(&config.lb.listen, config.lb.workers)?;
     let addr = addrs[0];
-    let backends = backend::from_config(&config.backends);
+    let backends = backend::at_start(&config.backends, &source);
     let workers = config.lb.workers;
     let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS

@@ -3,7 +3,7 @@
 //! the state file, so a crash never leaves half a file; at start, a state file that exists
 //! replaces the config's `[backends]`.
 
-use crate::backend::{self, Backend, BackendConf, State};
+use crate::backend::{self, Backend, BackendConf};
 use crate::shared::Snapshot;
 use log::warn;
 use serde_json::{json, Value};
@@ -22,12 +22,12 @@ pub fn persist(snap: &Snapshot) {
     }
 }
 
-/// Writes the backends still in the pool (not removed, not being removed), but for those DNS
-/// found: their entries stay in the config, and a restart looks them up again.
+/// Writes the live backends given as addresses, not those a lookup found: their entries stay
+/// in the config, and a restart looks them up again.
 pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.state() != State::Removed && !b.removing() && b.discovered_by.is_none())
+        .filter(|b| b.is_live() && b.source.is_given())
         .map(|b| json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight() }))
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
@@ -78,6 +78,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Source, State};
 
     #[test]
     fn saved_backends_load_back_without_the_removed_ones() {
@@ -93,14 +94,17 @@ mod tests {
                 weight: i as u32 + 1,
             })
             .collect();
-        let mut backends = backend::from_config(&confs).to_vec();
+        let mut backends = backend::at_start(&confs, &Source::StateFile).to_vec();
         backends[1].drain(true);
         let found = BackendConf {
             name: "api-10.0.0.1-80".into(),
             addr: "10.0.0.1:80".parse().unwrap(),
             weight: 1,
         };
-        backends.push(Arc::new(Backend::discovered(&found, State::Up, "api")));
+        let api = Source::Dns {
+            entry: "api".into(),
+        };
+        backends.push(Arc::new(Backend::new(&found, State::Up, api)));
         save(&path, &backends).unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);
