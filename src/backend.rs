@@ -106,8 +106,8 @@ pub enum State {
     Down = 0,
     /// Healthy: takes traffic.
     Up = 1,
-    /// Out of the pool for good (down longer than `remove_after_s`, or deleted through the
-    /// admin API): no traffic, no probes.
+    /// Out of the set for good (down longer than `remove_after_s`, or drained after it was
+    /// deleted through the admin API or left config.ini or DNS): no traffic, no probes.
     Removed = 2,
     /// Taking no new requests while those in flight finish (admin API drain or delete).
     Draining = 3,
@@ -383,7 +383,7 @@ pub fn place(backends: &mut Vec<Arc<Backend>>, backend: Backend) -> Result<usize
     }
     if backends.len() >= MAX_BACKENDS {
         return Err(format!(
-            "no free backend slot: at most {MAX_BACKENDS} backends in the pool at once (removed ones free theirs once drained)"
+            "no free backend slot: at most {MAX_BACKENDS} backends at once (removed ones free theirs once drained)"
         ));
     }
     backends.push(backend);

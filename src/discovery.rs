@@ -373,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn churn_reuses_slots_and_a_full_pool_is_reported_not_fatal() {
+    fn churn_reuses_slots_and_a_full_backend_set_is_reported_not_fatal() {
         let mut snap = snapshot(&["api"]);
         for round in 0..(3 * MAX_BACKENDS / 8) {
             let base = round * 8;

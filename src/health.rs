@@ -62,7 +62,7 @@ fn supervise(shared: &Arc<Shared>) {
 
 /// Probes one backend every interval (±10% jitter, so balancers started alike do not probe in
 /// lockstep) while it is up or down, with the health settings of the moment; ends when the
-/// backend leaves the pool.
+/// backend leaves the set.
 fn probe_loop(shared: &Shared, backend: &Backend) {
     let mut tracker = Tracker::default();
     let seed = SystemTime::now()

@@ -1,9 +1,11 @@
 //! lb-mio: a thread-per-core HTTP/1.1 load balancer on `mio`.
 //!
 //! The modules follow the data path: a `worker` accepts and runs connections (`conn`) that
-//! parse and frame HTTP (`http`) in pooled buffers (`buffer`), choose a backend (`balance`
-//! over `pool`) and reuse upstream connections (`upstream`), while `health` probes backends
-//! and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
+//! parse and frame HTTP (`http`) in buffers from a buffer pool (`buffer`), choose a backend
+//! (`balance`) from the shared backend set (`backend`, which owns membership: every source of
+//! backends adds and removes them through it) and reuse idle upstream connections
+//! (`upstream`), while `health` probes backends and `discovery` finds those that `[backends]`
+//! names by host, asking DNS (`dns`).
 
 pub mod admin;
 pub mod backend;

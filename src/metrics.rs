@@ -328,7 +328,7 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         &mut out,
         "lbmio_upstream_connections_total",
         "counter",
-        "Backend connections opened, and reused from the keep-alive pool.",
+        "Backend connections opened, and idle ones reused.",
     );
     line(
         &mut out,
