@@ -364,7 +364,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
     };
     let mut placed = None;
     let added = shared.update(|snap| {
-        let live = |name: &str| {
+        let taken = |name: &str| {
             snap.backends
                 .iter()
                 .any(|b| b.name == name && b.is_listed())
@@ -373,10 +373,10 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
             name if !name.is_empty() => name.clone(),
             _ => (snap.backends.len() + 1..)
                 .map(|n| format!("api-{n}"))
-                .find(|n| !live(n))
+                .find(|n| !taken(n))
                 .unwrap_or_default(),
         };
-        if live(&name) {
+        if taken(&name) {
             return Err(Answer::error(
                 409,
                 format!("a backend named {name:?} exists"),
