@@ -2,9 +2,8 @@
 //! drain, reweight and remove backends, `/metrics` in Prometheus text format, and the status
 //! page. One request per connection, answered and closed: it serves operators, not traffic.
 
-use crate::config::{self, BackendConf};
+use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::metrics;
-use crate::pool::{self, Backend, State};
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use log::{info, warn};
@@ -288,7 +287,7 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
     }
 }
 
-/// Every backend still in the pool, with its counters summed over workers.
+/// Every listed backend, with its counters summed over workers.
 fn list_backends(shared: &Shared) -> Value {
     let snap = shared.load();
     let totals = shared.totals();
@@ -296,7 +295,7 @@ fn list_backends(shared: &Shared) -> Value {
         .backends
         .iter()
         .zip(&totals.backends)
-        .filter(|(b, _)| b.state() != State::Removed)
+        .filter(|(b, _)| b.is_listed())
         .map(|(b, t)| {
             let probe = b.last_probe().map(|p| {
                 json!({ "ok": p.ok, "latency_ms": p.latency.as_secs_f64() * 1000.0, "reason": p.reason })
@@ -310,7 +309,8 @@ fn list_backends(shared: &Shared) -> Value {
                 "requests": t.requests(),
                 "errors": t.errors + t.responses[4],
                 "last_probe": probe,
-                "discovered_by": b.discovered_by,
+                "source": b.source.name(),
+                "discovered_by": b.source.dns_entry(),
             })
         })
         .collect();
@@ -333,7 +333,7 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answe
     match snap
         .backends
         .iter()
-        .find(|b| b.name == name && b.state() != State::Removed)
+        .find(|b| b.name == name && b.is_listed())
     {
         Some(backend) => act(backend),
         None => Answer::error(404, format!("no backend named {name:?}")),
@@ -343,14 +343,15 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answe
 fn set_weight(backend: &Backend, body: &[u8]) -> Answer {
     let weight = serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|v| v.get("weight").and_then(Value::as_u64));
+        .and_then(|v| v.get("weight").and_then(Value::as_u64))
+        .and_then(backend::check_weight);
     match weight {
-        Some(w @ 1..=1000) => {
-            backend.set_weight(w as u32);
+        Some(w) => {
+            backend.set_weight(w);
             info!("backend {} weight is now {w} (admin API)", backend.name);
             Answer::json(200, json!({ "name": backend.name, "weight": w }))
         }
-        _ => Answer::error(400, r#"expected {"weight": 1..1000}"#),
+        None => Answer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)),
     }
 }
 
@@ -363,19 +364,19 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
     };
     let mut placed = None;
     let added = shared.update(|snap| {
-        let live = |name: &str| {
+        let taken = |name: &str| {
             snap.backends
                 .iter()
-                .any(|b| b.name == name && b.state() != State::Removed)
+                .any(|b| b.name == name && b.is_listed())
         };
         let name = match &conf.name {
             name if !name.is_empty() => name.clone(),
             _ => (snap.backends.len() + 1..)
                 .map(|n| format!("api-{n}"))
-                .find(|n| !live(n))
+                .find(|n| !taken(n))
                 .unwrap_or_default(),
         };
-        if live(&name) {
+        if taken(&name) {
             return Err(Answer::error(
                 409,
                 format!("a backend named {name:?} exists"),
@@ -387,9 +388,10 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 ..conf.clone()
             },
             State::Down,
+            Source::Admin,
         );
         let mut backends = snap.backends.to_vec();
-        let id = pool::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
+        let id = backend::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
         placed = Some(Arc::clone(&backends[id]));
         Ok(Snapshot::new(snap.config.clone(), backends.into()))
     });
@@ -415,19 +417,19 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
         .get("address")
         .and_then(Value::as_str)
         .ok_or("\"address\" (\"ip:port\") is required")?;
-    let addr = config::parse_backend_addr(address)?;
+    let addr = backend::parse_addr(address)?;
     let weight = match value.get("weight") {
         None => 1,
         Some(w) => w
             .as_u64()
-            .filter(|w| (1..=1000).contains(w))
-            .ok_or("\"weight\" must be 1..1000")? as u32,
+            .and_then(backend::check_weight)
+            .ok_or_else(|| format!("\"weight\" must be {WEIGHTS:?}"))?,
     };
     let name = match value.get("name") {
         None => String::new(),
         Some(n) => {
             let n = n.as_str().ok_or("\"name\" must be a string")?;
-            config::check_backend_name(n)?;
+            backend::check_name(n)?;
             n.to_string()
         }
     };

@@ -1,8 +1,8 @@
 //! Backend choice: one small type per strategy behind one `pick` call. Every strategy reads only
 //! atomics, skips backends that are down, and skips those a retry must avoid.
 
+use crate::backend::Backend;
 use crate::config::Strategy;
-use crate::pool::Backend;
 use rand::rngs::SmallRng;
 use rand::RngExt;
 use std::hash::{DefaultHasher, Hash as _, Hasher};
@@ -30,12 +30,12 @@ impl Tried {
     }
 }
 
-/// What one choice needs besides the pool.
+/// What one choice needs besides the backends.
 pub struct Pick<'a> {
     /// Backends this request already failed on.
     pub avoid: Tried,
     pub rng: &'a mut SmallRng,
-    /// `pool::clock_ms` now, for slow start.
+    /// `backend::clock_ms` now, for slow start.
     pub now_ms: u64,
     /// What `hash` hashes: the client address, or the configured header or cookie.
     pub key: u64,
@@ -47,7 +47,7 @@ pub trait Balancer: Send + Sync {
 }
 
 /// The strategy's balancer for `backends` (weights are read here: a weight change builds a new
-/// balancer, as every change to the pool does).
+/// balancer, as every change to the backend set does).
 pub fn new(
     strategy: Strategy,
     slow_start: Duration,
@@ -208,7 +208,7 @@ impl Balancer for LeastConn {
 }
 
 /// A backend at random, each with odds in proportion to its capacity (1, or its weight for
-/// `weighted_random`): two passes over the pool, no allocation.
+/// `weighted_random`): two passes over the backends, no allocation.
 pub struct Random {
     weighted: bool,
     slow_start_ms: u64,
@@ -333,14 +333,14 @@ impl Balancer for Ewma {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConf;
-    use crate::pool::{self, Backends, Lease, State};
+    use crate::backend::{self, BackendConf, Backends, Lease, Source, State};
     use rand::SeedableRng;
 
     const KEY: u64 = 1;
     use std::time::Instant;
 
-    fn backends(n: usize) -> Backends {
+    /// `n` backends, all up: the first `n` of any larger such set.
+    fn up(n: usize) -> Backends {
         let confs: Vec<BackendConf> = (0..n)
             .map(|i| BackendConf {
                 name: format!("s{i}"),
@@ -348,7 +348,7 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        pool::from_config(&confs)
+        backend::at_start(&confs, &Source::Config)
     }
 
     fn picks(balancer: &dyn Balancer, backends: &Backends, count: usize) -> Vec<usize> {
@@ -356,7 +356,7 @@ mod tests {
         let mut pick = Pick {
             avoid: Tried::default(),
             rng: &mut rng,
-            now_ms: pool::clock_ms(Instant::now()),
+            now_ms: backend::clock_ms(Instant::now()),
             key: KEY,
         };
         (0..count)
@@ -364,8 +364,8 @@ mod tests {
             .collect()
     }
 
-    fn balancer(strategy: Strategy, pool: &Backends) -> Box<dyn Balancer> {
-        new(strategy, Duration::ZERO, pool)
+    fn balancer(strategy: Strategy, backends: &Backends) -> Box<dyn Balancer> {
+        new(strategy, Duration::ZERO, backends)
     }
 
     fn pick_once(balancer: &dyn Balancer, backends: &Backends, avoid: Tried) -> Option<usize> {
@@ -387,19 +387,19 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_in_order() {
-        let pool = backends(3);
+        let backends = up(3);
         assert_eq!(
-            picks(&*balancer(Strategy::RoundRobin, &pool), &pool, 6),
+            picks(&*balancer(Strategy::RoundRobin, &backends), &backends, 6),
             [0, 1, 2, 0, 1, 2]
         );
     }
 
     #[test]
     fn round_robin_skips_down_backends_and_shares_their_turns() {
-        let pool = backends(3);
-        pool[1].transition(State::Up, State::Down);
+        let backends = up(3);
+        backends[1].transition(State::Up, State::Down);
         let counts = counts(
-            &picks(&*balancer(Strategy::RoundRobin, &pool), &pool, 3000),
+            &picks(&*balancer(Strategy::RoundRobin, &backends), &backends, 3000),
             3,
         );
         assert_eq!(counts[1], 0);
@@ -415,24 +415,24 @@ mod tests {
 
     #[test]
     fn round_robin_skips_tried_backends() {
-        let pool = backends(3);
+        let backends = up(3);
         let mut tried = Tried::default();
         tried.add(0);
         tried.add(1);
-        let balancer = balancer(Strategy::RoundRobin, &pool);
+        let balancer = balancer(Strategy::RoundRobin, &backends);
         for _ in 0..3 {
-            assert_eq!(pick_once(&*balancer, &pool, tried), Some(2));
+            assert_eq!(pick_once(&*balancer, &backends, tried), Some(2));
         }
     }
 
     #[test]
     fn a_retry_does_not_take_a_turn() {
-        let pool = backends(3);
-        let balancer = balancer(Strategy::RoundRobin, &pool);
+        let backends = up(3);
+        let balancer = balancer(Strategy::RoundRobin, &backends);
         let mut rng = SmallRng::seed_from_u64(1);
         let mut pick = |avoid| {
             balancer.pick(
-                &pool,
+                &backends,
                 &mut Pick {
                     avoid,
                     rng: &mut rng,
@@ -455,21 +455,21 @@ mod tests {
 
     #[test]
     fn no_backend_when_all_are_down_or_removed() {
-        let pool = backends(2);
-        pool[0].transition(State::Up, State::Down);
-        pool[1].transition(State::Up, State::Removed);
+        let backends = up(2);
+        backends[0].transition(State::Up, State::Down);
+        backends[1].transition(State::Up, State::Removed);
         assert_eq!(
             pick_once(
-                &*balancer(Strategy::RoundRobin, &pool),
-                &pool,
+                &*balancer(Strategy::RoundRobin, &backends),
+                &backends,
                 Tried::default()
             ),
             None
         );
         assert_eq!(
             pick_once(
-                &*balancer(Strategy::LeastConn, &pool),
-                &pool,
+                &*balancer(Strategy::LeastConn, &backends),
+                &backends,
                 Tried::default()
             ),
             None
@@ -478,22 +478,24 @@ mod tests {
 
     #[test]
     fn least_conn_picks_the_least_busy() {
-        let pool = backends(3);
+        let backends = up(3);
         let _busy = [
-            Lease::new(&pool, 0),
-            Lease::new(&pool, 0),
-            Lease::new(&pool, 2),
+            Lease::new(&backends, 0),
+            Lease::new(&backends, 0),
+            Lease::new(&backends, 2),
         ];
-        assert!(picks(&*balancer(Strategy::LeastConn, &pool), &pool, 20)
-            .iter()
-            .all(|&id| id == 1));
+        assert!(
+            picks(&*balancer(Strategy::LeastConn, &backends), &backends, 20)
+                .iter()
+                .all(|&id| id == 1)
+        );
     }
 
     #[test]
     fn least_conn_spreads_ties_evenly() {
-        let pool = backends(3);
+        let backends = up(3);
         let counts = counts(
-            &picks(&*balancer(Strategy::LeastConn, &pool), &pool, 3000),
+            &picks(&*balancer(Strategy::LeastConn, &backends), &backends, 3000),
             3,
         );
         // Each backend should get a third; 10% either side is about 4 standard deviations.
@@ -504,24 +506,24 @@ mod tests {
     }
 
     /// Backend 0 came back up `elapsed_ms` ago; returns `now_ms` for picks.
-    fn recovered(pool: &Backends, elapsed_ms: u64) -> u64 {
-        pool[0].transition(State::Up, State::Down);
-        pool[0].transition(State::Down, State::Up);
-        pool::clock_ms(Instant::now()) + elapsed_ms
+    fn recovered(backends: &Backends, elapsed_ms: u64) -> u64 {
+        backends[0].transition(State::Up, State::Down);
+        backends[0].transition(State::Down, State::Up);
+        backend::clock_ms(Instant::now()) + elapsed_ms
     }
 
     fn shares_during_slow_start(strategy: Strategy, elapsed_ms: u64) -> Vec<usize> {
-        let pool = backends(2);
-        let balancer = new(strategy, Duration::from_secs(10), &pool);
+        let backends = up(2);
+        let balancer = new(strategy, Duration::from_secs(10), &backends);
         let mut rng = SmallRng::seed_from_u64(3);
         let mut pick = Pick {
             avoid: Tried::default(),
             rng: &mut rng,
-            now_ms: recovered(&pool, elapsed_ms),
+            now_ms: recovered(&backends, elapsed_ms),
             key: KEY,
         };
         let ids: Vec<usize> = (0..4000)
-            .map(|_| balancer.pick(&pool, &mut pick).unwrap())
+            .map(|_| balancer.pick(&backends, &mut pick).unwrap())
             .collect();
         counts(&ids, 2)
     }
@@ -548,24 +550,35 @@ mod tests {
     }
 
     fn weighted(weights: &[u32]) -> Backends {
-        let pool = backends(weights.len());
-        pool.iter().zip(weights).for_each(|(b, &w)| b.set_weight(w));
-        pool
+        let backends = up(weights.len());
+        backends
+            .iter()
+            .zip(weights)
+            .for_each(|(b, &w)| b.set_weight(w));
+        backends
     }
 
     #[test]
     fn smooth_weighted_round_robin_interleaves_like_nginx() {
-        let pool = weighted(&[5, 1, 1]);
-        let order = picks(&*balancer(Strategy::WeightedRoundRobin, &pool), &pool, 14);
+        let backends = weighted(&[5, 1, 1]);
+        let order = picks(
+            &*balancer(Strategy::WeightedRoundRobin, &backends),
+            &backends,
+            14,
+        );
         assert_eq!(order, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn weighted_round_robin_shares_a_down_backends_turns_by_weight() {
-        let pool = weighted(&[5, 1, 1]);
-        pool[0].transition(State::Up, State::Down);
+        let backends = weighted(&[5, 1, 1]);
+        backends[0].transition(State::Up, State::Down);
         let counts = counts(
-            &picks(&*balancer(Strategy::WeightedRoundRobin, &pool), &pool, 7000),
+            &picks(
+                &*balancer(Strategy::WeightedRoundRobin, &backends),
+                &backends,
+                7000,
+            ),
             3,
         );
         // b and c weigh the same, so they split a's turns too: about 3500 each.
@@ -578,8 +591,11 @@ mod tests {
 
     #[test]
     fn random_spreads_evenly() {
-        let pool = backends(3);
-        let counts = counts(&picks(&*balancer(Strategy::Random, &pool), &pool, 3000), 3);
+        let backends = up(3);
+        let counts = counts(
+            &picks(&*balancer(Strategy::Random, &backends), &backends, 3000),
+            3,
+        );
         // A third each; the band is about 4 standard deviations.
         assert!(
             counts.iter().all(|&c| (900..=1100).contains(&c)),
@@ -589,9 +605,13 @@ mod tests {
 
     #[test]
     fn weighted_random_follows_the_weights() {
-        let pool = weighted(&[6, 3, 1]);
+        let backends = weighted(&[6, 3, 1]);
         let counts = counts(
-            &picks(&*balancer(Strategy::WeightedRandom, &pool), &pool, 10_000),
+            &picks(
+                &*balancer(Strategy::WeightedRandom, &backends),
+                &backends,
+                10_000,
+            ),
             3,
         );
         // 60%, 30%, 10%, each within about 4 standard deviations.
@@ -604,28 +624,35 @@ mod tests {
 
     #[test]
     fn weighted_least_conn_divides_by_weight() {
-        let pool = weighted(&[3, 1]);
+        let backends = weighted(&[3, 1]);
         let _busy = [
-            Lease::new(&pool, 0),
-            Lease::new(&pool, 0),
-            Lease::new(&pool, 1),
+            Lease::new(&backends, 0),
+            Lease::new(&backends, 0),
+            Lease::new(&backends, 1),
         ];
         // (2+1)/3 = 1 for the heavy backend against (1+1)/1 = 2 for the light one.
+        assert!(picks(
+            &*balancer(Strategy::WeightedLeastConn, &backends),
+            &backends,
+            20
+        )
+        .iter()
+        .all(|&id| id == 0));
         assert!(
-            picks(&*balancer(Strategy::WeightedLeastConn, &pool), &pool, 20)
+            picks(&*balancer(Strategy::LeastConn, &backends), &backends, 20)
                 .iter()
-                .all(|&id| id == 0)
+                .all(|&id| id == 1)
         );
-        assert!(picks(&*balancer(Strategy::LeastConn, &pool), &pool, 20)
-            .iter()
-            .all(|&id| id == 1));
     }
 
     #[test]
     fn p2c_never_picks_the_busiest_of_two_candidates() {
-        let pool = backends(3);
-        let _busy: Vec<Lease> = (0..5).map(|_| Lease::new(&pool, 2)).collect();
-        let counts = counts(&picks(&*balancer(Strategy::P2c, &pool), &pool, 3000), 3);
+        let backends = up(3);
+        let _busy: Vec<Lease> = (0..5).map(|_| Lease::new(&backends, 2)).collect();
+        let counts = counts(
+            &picks(&*balancer(Strategy::P2c, &backends), &backends, 3000),
+            3,
+        );
         // Backend 2 loses every pair it is in; 0 and 1 tie and split the rest at random.
         assert_eq!(counts[2], 0, "{counts:?}");
         assert!(counts[0] > 1200 && counts[1] > 1200, "{counts:?}");
@@ -633,19 +660,24 @@ mod tests {
 
     #[test]
     fn every_strategy_skips_down_and_tried_backends() {
-        let pool = weighted(&[2, 1, 1]);
-        pool[0].transition(State::Up, State::Down);
+        let backends = weighted(&[2, 1, 1]);
+        backends[0].transition(State::Up, State::Down);
         let mut tried = Tried::default();
         tried.add(1);
         for strategy in Strategy::ALL {
-            let b = balancer(strategy, &pool);
-            assert_eq!(pick_once(&*b, &pool, tried), Some(2), "{}", strategy.name());
+            let b = balancer(strategy, &backends);
+            assert_eq!(
+                pick_once(&*b, &backends, tried),
+                Some(2),
+                "{}",
+                strategy.name()
+            );
         }
     }
 
     /// Where `clients` distinct client addresses land.
-    fn hashed(pool: &Backends, clients: u32) -> Vec<usize> {
-        let hash = balancer(Strategy::Hash, pool);
+    fn hashed(backends: &Backends, clients: u32) -> Vec<usize> {
+        let hash = balancer(Strategy::Hash, backends);
         let mut rng = SmallRng::seed_from_u64(1);
         (0..clients)
             .map(|n| {
@@ -656,16 +688,16 @@ mod tests {
                     now_ms: 0,
                     key,
                 };
-                hash.pick(pool, &mut pick).unwrap()
+                hash.pick(backends, &mut pick).unwrap()
             })
             .collect()
     }
 
     #[test]
     fn hash_keeps_a_client_on_its_backend() {
-        let pool = backends(5);
-        assert_eq!(hashed(&pool, 1000), hashed(&pool, 1000));
-        let counts = counts(&hashed(&pool, 10_000), 5);
+        let backends = up(5);
+        assert_eq!(hashed(&backends, 1000), hashed(&backends, 1000));
+        let counts = counts(&hashed(&backends, 10_000), 5);
         assert!(
             counts.iter().all(|&c| (1800..=2200).contains(&c)),
             "{counts:?}"
@@ -674,10 +706,10 @@ mod tests {
 
     #[test]
     fn hash_moves_only_the_clients_of_a_backend_that_goes() {
-        let pool = backends(10);
-        let before = hashed(&pool, 10_000);
-        pool[3].transition(State::Up, State::Down);
-        let after = hashed(&pool, 10_000);
+        let backends = up(10);
+        let before = hashed(&backends, 10_000);
+        backends[3].transition(State::Up, State::Down);
+        let after = hashed(&backends, 10_000);
         let moved: Vec<usize> = (0..before.len())
             .filter(|&i| before[i] != after[i])
             .collect();
@@ -691,14 +723,7 @@ mod tests {
 
     #[test]
     fn hash_moves_about_one_in_n_clients_to_a_new_backend() {
-        let confs: Vec<BackendConf> = (0..11)
-            .map(|i| BackendConf {
-                name: format!("s{i}"),
-                addr: format!("127.0.0.1:{}", 9001 + i).parse().unwrap(),
-                weight: 1,
-            })
-            .collect();
-        let (ten, eleven) = (pool::from_config(&confs[..10]), pool::from_config(&confs));
+        let (ten, eleven) = (up(10), up(11));
         let (before, after) = (hashed(&ten, 10_000), hashed(&eleven, 10_000));
         let moved: Vec<usize> = (0..before.len())
             .filter(|&i| before[i] != after[i])
@@ -716,18 +741,18 @@ mod tests {
 
     #[test]
     fn hash_follows_the_weights() {
-        let pool = weighted(&[3, 1]);
-        let counts = counts(&hashed(&pool, 10_000), 2);
+        let backends = weighted(&[3, 1]);
+        let counts = counts(&hashed(&backends, 10_000), 2);
         assert!((7300..=7700).contains(&counts[0]), "{counts:?}");
     }
 
     #[test]
     fn ewma_moves_traffic_off_a_slow_backend_and_back_once_it_recovers() {
-        let pool = backends(2);
-        let now = pool::clock_ms(Instant::now());
-        pool[0].observe_latency(Duration::from_millis(50), now);
-        pool[1].observe_latency(Duration::from_millis(1), now);
-        let ewma = balancer(Strategy::Ewma, &pool);
+        let backends = up(2);
+        let now = backend::clock_ms(Instant::now());
+        backends[0].observe_latency(Duration::from_millis(50), now);
+        backends[1].observe_latency(Duration::from_millis(1), now);
+        let ewma = balancer(Strategy::Ewma, &backends);
         let mut rng = SmallRng::seed_from_u64(1);
         let mut pick = Pick {
             avoid: Tried::default(),
@@ -735,56 +760,56 @@ mod tests {
             now_ms: now,
             key: KEY,
         };
-        let _busy: Vec<Lease> = (0..10).map(|_| Lease::new(&pool, 1)).collect();
+        let _busy: Vec<Lease> = (0..10).map(|_| Lease::new(&backends, 1)).collect();
         // 50 ms x 1 against 1 ms x 11: the fast backend, even with ten requests in flight.
-        assert_eq!(ewma.pick(&pool, &mut pick), Some(1));
+        assert_eq!(ewma.pick(&backends, &mut pick), Some(1));
         // Without traffic the slow figure decays; fast answers pull an average down.
         for _ in 0..20 {
-            pool[0].observe_latency(Duration::from_millis(1), now);
+            backends[0].observe_latency(Duration::from_millis(1), now);
         }
-        assert_eq!(ewma.pick(&pool, &mut pick), Some(0));
+        assert_eq!(ewma.pick(&backends, &mut pick), Some(0));
     }
 
     #[test]
     fn peak_ewma_takes_a_slower_sample_at_once() {
-        let pool = backends(1);
-        pool[0].observe_latency(Duration::from_millis(1), 0);
-        pool[0].observe_latency(Duration::from_millis(80), 0);
-        assert_eq!(pool[0].latency_now(0), 80_000.0);
+        let backends = up(1);
+        backends[0].observe_latency(Duration::from_millis(1), 0);
+        backends[0].observe_latency(Duration::from_millis(80), 0);
+        assert_eq!(backends[0].latency_now(0), 80_000.0);
         assert!(
-            pool[0].latency_now(1000) < 80_000.0 / 2.5,
+            backends[0].latency_now(1000) < 80_000.0 / 2.5,
             "decays by e per second"
         );
     }
 
     #[test]
     fn lease_counts_while_alive() {
-        let pool = backends(1);
-        let lease = Lease::new(&pool, 0);
-        assert_eq!(pool[0].active(), 1);
+        let backends = up(1);
+        let lease = Lease::new(&backends, 0);
+        assert_eq!(backends[0].active(), 1);
         drop(lease);
-        assert_eq!(pool[0].active(), 0);
+        assert_eq!(backends[0].active(), 0);
     }
 
     #[test]
     fn failures_in_a_row_mark_a_backend_down_once() {
-        let pool = backends(1);
-        assert!(!pool[0].record_failure(3));
-        pool[0].record_success();
-        assert!(!pool[0].record_failure(3));
-        assert!(!pool[0].record_failure(3));
+        let backends = up(1);
+        assert!(!backends[0].record_failure(3));
+        backends[0].record_success();
+        assert!(!backends[0].record_failure(3));
+        assert!(!backends[0].record_failure(3));
         assert!(
-            pool[0].record_failure(3),
+            backends[0].record_failure(3),
             "the third in a row marks it down"
         );
-        assert_eq!(pool[0].state(), State::Down);
-        assert!(!pool[0].record_failure(3), "already down");
+        assert_eq!(backends[0].state(), State::Down);
+        assert!(!backends[0].record_failure(3), "already down");
     }
 
     #[test]
     fn passive_health_can_be_off() {
-        let pool = backends(1);
-        assert!((0..10).all(|_| !pool[0].record_failure(0)));
-        assert!(pool[0].is_up());
+        let backends = up(1);
+        assert!((0..10).all(|_| !backends[0].record_failure(0)));
+        assert!(backends[0].is_up());
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::backend::{self, BackendConf, MAX_BACKENDS, WEIGHTS};
 use crate::dns;
-use crate::pool::MAX_BACKENDS;
 use crate::proxy_protocol::Version;
 
 const MAX_WORKERS: usize = 256;
@@ -196,13 +196,6 @@ pub enum AccessLog {
     Text,
     /// One JSON object a line.
     Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendConf {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
 }
 
 /// `[dns]`: the resolver service discovery asks, and how often.
@@ -725,7 +718,7 @@ fn looks_like_a_name(v: &str) -> bool {
 
 /// `host:port [weight=N]` or `srv:NAME [weight=N]`.
 fn parse_discover(name: &str, v: &str) -> Result<Discover, String> {
-    check_backend_name(name)?;
+    backend::check_name(name)?;
     if name.len() > MAX_DISCOVER_NAME {
         return Err(format!(
             "a backend name with a host to look up may have at most {MAX_DISCOVER_NAME} characters (its addresses are named NAME-ADDRESS-PORT)"
@@ -959,9 +952,9 @@ fn parse_path(v: &str) -> Result<String, String> {
 
 /// `ip:port [weight=N]`.
 fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
-    check_backend_name(name)?;
+    backend::check_name(name)?;
     let mut words = v.split_whitespace();
-    let addr = parse_backend_addr(words.next().unwrap_or(""))?;
+    let addr = backend::parse_addr(words.next().unwrap_or(""))?;
     let weight = words.next().map_or(Ok(1), parse_weight)?;
     if let Some(extra) = words.next() {
         return Err(format!("unexpected {extra:?} after the weight"));
@@ -979,25 +972,10 @@ fn parse_weight(word: &str) -> Result<u32, String> {
             "expected \"weight=N\" after the address, got {word:?}"
         ));
     };
-    parse_range(n, 1, 1000).map_err(|_| format!("expected weight=1..=1000, got {word:?}"))
-}
-
-/// A backend address: a literal `ip:port` that can be connected to (not port 0, not 0.0.0.0).
-pub fn parse_backend_addr(v: &str) -> Result<SocketAddr, String> {
-    let addr = parse_addr(v)?;
-    if addr.port() == 0 || addr.ip().is_unspecified() {
-        return Err(format!("{v:?} cannot be connected to"));
-    }
-    Ok(addr)
-}
-
-pub fn check_backend_name(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if (1..=64).contains(&name.len()) && name.chars().all(ok_char) {
-        Ok(())
-    } else {
-        Err("invalid backend name: expected 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
-    }
+    n.parse()
+        .ok()
+        .and_then(backend::check_weight)
+        .ok_or_else(|| format!("expected weight={WEIGHTS:?}, got {word:?}"))
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 //! `[dns] resolve_interval_s` by a thread of its own. Each address found is an ordinary backend
 //! named `<entry>-<address>-<port>` (`api-10.0.0.5-8080`, `api-fd00..5-8080`): a new one starts
 //! down and takes traffic once its health checks pass, one gone from DNS drains and then
-//! leaves, freeing its slot for the next (`pool::place`). A lookup that fails (timeout,
+//! leaves, freeing its slot for the next (`backend::place`). A lookup that fails (timeout,
 //! SERVFAIL, NXDOMAIN, empty answer) changes nothing. Changes go through `Shared::update` like
 //! the admin API's, so the workers see them within one loop turn and take no lock.
 
-use crate::config::{BackendConf, Discover, Dns, Target};
+use crate::backend::{self, Backend, BackendConf, Source, State};
+use crate::config::{Discover, Dns, Target};
 use crate::dns::{self, DnsError, Resolver};
-use crate::pool::{self, Backend, State};
 use crate::shared::{Shared, Snapshot};
 use log::{info, warn, Level};
 use std::collections::HashSet;
@@ -161,11 +161,9 @@ pub fn backend_name(entry: &str, addr: SocketAddr) -> String {
     format!("{entry}-{ip}-{}", addr.port())
 }
 
-/// A backend of `entry` still in the pool (not removed, not leaving).
+/// A live backend that `entry`'s lookup found.
 fn owned(backend: &Backend, entry: &Discover) -> bool {
-    backend.discovered_by.as_deref() == Some(entry.name.as_str())
-        && backend.state() != State::Removed
-        && !backend.removing()
+    backend.is_live() && backend.source.dns_entry() == Some(entry.name.as_str())
 }
 
 /// The snapshot that follows from `found` (each entry with the addresses its lookup returned),
@@ -204,13 +202,10 @@ pub fn apply(
                 continue;
             }
             let name = backend_name(&entry.name, addr);
-            if let Some(taken) = backends
-                .iter()
-                .find(|b| b.name == name && b.state() != State::Removed)
-            {
+            if let Some(taken) = backends.iter().find(|b| b.name == name && b.is_listed()) {
                 // Ours, still draining after the address went away and came back: it is
                 // added again once it left. Anyone else's: a clash to report.
-                if taken.discovered_by.as_deref() != Some(entry.name.as_str()) {
+                if taken.source.dns_entry() != Some(entry.name.as_str()) {
                     notes.push((
                         Level::Warn,
                         format!(
@@ -226,10 +221,10 @@ pub fn apply(
                 addr,
                 weight: entry.weight,
             };
-            match pool::place(
-                &mut backends,
-                Backend::discovered(&conf, state, &entry.name),
-            ) {
+            let source = Source::Dns {
+                entry: entry.name.clone(),
+            };
+            match backend::place(&mut backends, Backend::new(&conf, state, source)) {
                 Ok(id) => {
                     added = true;
                     let how = match state {
@@ -257,8 +252,8 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::MAX_BACKENDS;
     use crate::config::Config;
-    use crate::pool::MAX_BACKENDS;
 
     fn entry(name: &str) -> Discover {
         Discover {
@@ -278,7 +273,7 @@ mod tests {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
-    /// The pool's live addresses for `entry`.
+    /// The live addresses `entry`'s lookup found.
     fn live(snap: &Snapshot, entry: &str) -> Vec<SocketAddr> {
         let mut live: Vec<SocketAddr> = snap
             .backends
@@ -292,8 +287,8 @@ mod tests {
 
     /// The health thread's part: drained backends leave.
     fn settle(snap: &Snapshot) {
-        for b in snap.backends.iter().filter(|b| b.drained_for_removal()) {
-            b.transition(State::Draining, State::Removed);
+        for b in snap.backends.iter() {
+            b.retire();
         }
     }
 
@@ -311,7 +306,7 @@ mod tests {
         );
         assert_eq!(longest.len(), 64);
         for name in [v4, v6, longest] {
-            assert_eq!(crate::config::check_backend_name(&name), Ok(()), "{name}");
+            assert_eq!(backend::check_name(&name), Ok(()), "{name}");
         }
     }
 
@@ -324,7 +319,7 @@ mod tests {
         assert_eq!(snap.backends[0].name, "api-10.0.0.1-80");
         assert_eq!(snap.backends[0].state(), State::Down);
         assert_eq!(snap.backends[0].weight(), 2);
-        assert_eq!(snap.backends[0].discovered_by.as_deref(), Some("api"));
+        assert_eq!(snap.backends[0].source.dns_entry(), Some("api"));
 
         // The same answer again: nothing to do.
         assert!(apply(&snap, &found, State::Down, &mut Vec::new()).is_none());
@@ -378,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn churn_reuses_slots_and_a_full_pool_is_reported_not_fatal() {
+    fn churn_reuses_slots_and_a_full_backend_set_is_reported_not_fatal() {
         let mut snap = snapshot(&["api"]);
         for round in 0..(3 * MAX_BACKENDS / 8) {
             let base = round * 8;

@@ -3,8 +3,8 @@
 //! read the state (and mark a backend down when live traffic fails on it), so they never wait
 //! for a probe.
 
+use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
-use crate::pool::{Backend, ProbeReport, State};
 use crate::proxy_protocol::{self, Version};
 use crate::shared::Shared;
 use log::{info, warn};
@@ -51,8 +51,8 @@ fn supervise(shared: &Arc<Shared>) {
             }
         }
         probed = snap.backends.to_vec();
-        for backend in snap.backends.iter().filter(|b| b.drained_for_removal()) {
-            if backend.transition(State::Draining, State::Removed) {
+        for backend in snap.backends.iter() {
+            if backend.retire() {
                 info!("backend {} removed from the pool: drained", backend.name);
             }
         }
@@ -62,7 +62,7 @@ fn supervise(shared: &Arc<Shared>) {
 
 /// Probes one backend every interval (±10% jitter, so balancers started alike do not probe in
 /// lockstep) while it is up or down, with the health settings of the moment; ends when the
-/// backend leaves the pool.
+/// backend leaves the set.
 fn probe_loop(shared: &Shared, backend: &Backend) {
     let mut tracker = Tracker::default();
     let seed = SystemTime::now()

@@ -1,14 +1,17 @@
 //! lb-mio: a thread-per-core HTTP/1.1 load balancer on `mio`.
 //!
 //! The modules follow the data path: a `worker` accepts and runs connections (`conn`) that
-//! read and write their client through a `transport`, parse and frame HTTP (`http`) in pooled
-//! buffers (`buffer`), choose a backend (`balance` over `pool`), reuse upstream connections
-//! (`upstream`) and end every request with one line in the `access_log`; `health` probes
-//! backends and `discovery` finds those that `[backends]` names by host, asking DNS (`dns`).
+//! read and write their client through a `transport`, parse and frame HTTP (`http`) in buffers
+//! from a buffer pool (`buffer`), choose a backend (`balance`) from the shared backend set
+//! (`backend`, which owns membership: every source of backends adds and removes them through
+//! it), reuse idle upstream connections (`upstream`) and end every request with one line in the
+//! `access_log`; `health` probes backends and `discovery` finds those that `[backends]` names
+//! by host, asking DNS (`dns`).
 
 pub mod accept;
 pub mod access_log;
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod buffer;
 pub mod config;
@@ -19,7 +22,6 @@ pub mod dns;
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod pool;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;

@@ -1,6 +1,7 @@
 //! The `lb-mio` command: run from a config file, check one, or run the built-in demo.
 
-use lb_mio::config::{BackendConf, Config};
+use lb_mio::backend::BackendConf;
+use lb_mio::config::Config;
 use lb_mio::demo::DemoBackend;
 use lb_mio::server::{self, Running};
 use lb_mio::{reload, state_file};

@@ -2,8 +2,8 @@
 //! that writes it, so the request path never writes a cache line another thread writes; the
 //! admin thread sums all workers' counters when it is asked for them.
 
+use crate::backend::{Backend, MAX_BACKENDS};
 use crate::http::reply::Reply;
-use crate::pool::{Backend, State, MAX_BACKENDS};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -238,7 +238,7 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         backends
             .iter()
             .zip(&totals.backends)
-            .filter(|(b, _)| b.state() != State::Removed)
+            .filter(|(b, _)| b.is_listed())
     };
     header(
         &mut out,
@@ -354,7 +354,7 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         &mut out,
         "lbmio_upstream_connections_total",
         "counter",
-        "Backend connections opened, and reused from the keep-alive pool.",
+        "Backend connections opened, and idle ones reused.",
     );
     line(
         &mut out,

@@ -4,8 +4,8 @@
 //! Addresses found by DNS stay while their entry stays as it was (discovery keeps them up to
 //! date); those of an entry removed or changed drain, and discovery looks the entry up anew.
 
+use crate::backend::{self, Backend, Source, State};
 use crate::config::Config;
-use crate::pool::{self, Backend, State};
 use crate::shared::Snapshot;
 use log::{info, warn};
 use std::sync::Arc;
@@ -15,8 +15,7 @@ use std::sync::Arc;
 pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     keep_restart_only_settings(&old.config, &mut new);
     let mut backends = old.backends.to_vec();
-    let live = |b: &&Arc<Backend>| !matches!(b.state(), State::Removed) && !b.removing();
-    let given = |b: &&Arc<Backend>| live(b) && b.discovered_by.is_none();
+    let given = |b: &&Arc<Backend>| b.is_live() && b.source.is_given();
     for conf in &new.backends {
         match old
             .backends
@@ -26,8 +25,8 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
         {
             Some(kept) => kept.set_weight(conf.weight),
             None => {
-                let backend = Backend::new(conf, State::Down);
-                pool::place(&mut backends, backend)?;
+                let backend = Backend::new(conf, State::Down, Source::Config);
+                backend::place(&mut backends, backend)?;
                 info!(
                     "reload: backend {} at {} added; down until its health checks pass",
                     conf.name, conf.addr
@@ -35,13 +34,13 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             }
         }
     }
-    for found in old.backends.iter().filter(live) {
-        let Some(entry) = &found.discovered_by else {
+    for found in old.backends.iter().filter(|b| b.is_live()) {
+        let Some(entry) = found.source.dns_entry() else {
             continue;
         };
         let same = |list: &[crate::config::Discover]| {
             list.iter()
-                .find(|d| &d.name == entry)
+                .find(|d| d.name == entry)
                 .map(|d| (d.target.clone(), d.weight))
         };
         match (same(&old.config.discover), same(&new.discover)) {
@@ -85,8 +84,7 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConf;
-    use crate::pool;
+    use crate::backend::BackendConf;
 
     fn config(backends: &[(&str, &str, u32)]) -> Config {
         Config::with_backends(
@@ -103,8 +101,8 @@ mod tests {
 
     fn snapshot(backends: &[(&str, &str, u32)]) -> Snapshot {
         let config = config(backends);
-        let pool = pool::from_config(&config.backends);
-        Snapshot::new(config, pool)
+        let backends = backend::at_start(&config.backends, &Source::Config);
+        Snapshot::new(config, backends)
     }
 
     #[test]
@@ -134,7 +132,7 @@ mod tests {
             "b keeps its slot while it drains: c takes a new one"
         );
         assert_eq!(new.backends[1].state(), State::Draining);
-        assert!(new.backends[1].drained_for_removal());
+        assert!(new.backends[1].retire(), "b leaves once drained");
         assert_eq!(
             (new.backends[2].name.as_str(), new.backends[2].state()),
             ("c", State::Down)
@@ -172,9 +170,10 @@ mod tests {
                 addr: "10.0.0.1:80".parse().unwrap(),
                 weight: 1,
             };
-            Arc::new(Backend::discovered(&conf, State::Up, entry))
+            let entry = entry.to_string();
+            Arc::new(Backend::new(&conf, State::Up, Source::Dns { entry }))
         };
-        let mut backends = pool::from_config(&config.backends).to_vec();
+        let mut backends = backend::at_start(&config.backends, &Source::Config).to_vec();
         backends.push(found("api-10.0.0.1-80", "api"));
         backends.push(found("web-10.0.0.1-80", "web"));
         let old = Snapshot::new(config.clone(), backends.into());

@@ -4,10 +4,10 @@
 
 use crate::access_log::Sink;
 use crate::admin;
+use crate::backend::{self, Source};
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::health;
-use crate::pool;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use crate::worker::{Handle, Msg, Worker};
@@ -101,6 +101,7 @@ impl Running {
 
 /// Binds every listener, then starts the workers and the health thread.
 pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> {
+    let mut source = Source::Config;
     if let Some(path) = &config.admin.state_file {
         if let Some(backends) = state_file::load(path)? {
             info!(
@@ -109,11 +110,12 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
                 path.display()
             );
             config.backends = backends;
+            source = Source::StateFile;
         }
     }
     let (addrs, listeners) = bind_all(&config.lb.listen, config.lb.workers)?;
     let addr = addrs[0];
-    let backends = pool::from_config(&config.backends);
+    let backends = backend::at_start(&config.backends, &source);
     let workers = config.lb.workers;
     let log_file = config.log.access_log_file.clone();
     let sink = Sink::open(log_file.as_deref()).map_err(|e| {

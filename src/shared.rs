@@ -4,10 +4,10 @@
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
 use crate::access_log::Sink;
+use crate::backend::Backends;
 use crate::balance::{self, Balancer};
 use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
-use crate::pool::Backends;
 use crate::ratelimit::ConnLimit;
 use crate::request_id;
 use parking_lot::RwLock;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub config: Config,
     /// The backends by id (an id is a position). A removed backend stays as `State::Removed`
-    /// until its slot takes a new backend (`pool::place`, once it has no request in flight);
+    /// until its slot takes a new backend (`backend::place`, once it has no request in flight);
     /// workers compare each slot's `Arc` with the one they knew when they take a new snapshot,
     /// and clear what they keep by id (idle connections, counters) for a slot that changed.
     pub backends: Backends,

@@ -3,8 +3,7 @@
 //! the state file, so a crash never leaves half a file; at start, a state file that exists
 //! replaces the config's `[backends]`.
 
-use crate::config::BackendConf;
-use crate::pool::{Backend, State};
+use crate::backend::{self, Backend, BackendConf};
 use crate::shared::Snapshot;
 use log::warn;
 use serde_json::{json, Value};
@@ -23,12 +22,12 @@ pub fn persist(snap: &Snapshot) {
     }
 }
 
-/// Writes the backends still in the pool (not removed, not being removed), but for those DNS
-/// found: their entries stay in the config, and a restart looks them up again.
+/// Writes the live backends given as addresses, not those a lookup found: their entries stay
+/// in the config, and a restart looks them up again.
 pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.state() != State::Removed && !b.removing() && b.discovered_by.is_none())
+        .filter(|b| b.is_live() && b.source.is_given())
         .map(|b| json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight() }))
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
@@ -56,19 +55,21 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
                 b.get(key)
                     .ok_or_else(|| bad(&format!("a backend without {key:?}")))
             };
-            let name = field("name")?
-                .as_str()
-                .ok_or_else(|| bad("bad name"))?
-                .to_string();
+            let name = field("name")?.as_str().ok_or_else(|| bad("bad name"))?;
+            backend::check_name(name).map_err(|e| bad(&e))?;
             let addr = field("address")?
                 .as_str()
-                .and_then(|a| a.parse().ok())
                 .ok_or_else(|| bad("bad address"))?;
+            let addr = backend::parse_addr(addr).map_err(|e| bad(&e))?;
             let weight = field("weight")?
                 .as_u64()
-                .and_then(|w| u32::try_from(w).ok())
+                .and_then(backend::check_weight)
                 .ok_or_else(|| bad("bad weight"))?;
-            Ok(BackendConf { name, addr, weight })
+            Ok(BackendConf {
+                name: name.to_string(),
+                addr,
+                weight,
+            })
         })
         .collect::<Result<Vec<_>, String>>()
         .map(Some)
@@ -77,7 +78,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool;
+    use crate::backend::{Source, State};
 
     #[test]
     fn saved_backends_load_back_without_the_removed_ones() {
@@ -93,14 +94,17 @@ mod tests {
                 weight: i as u32 + 1,
             })
             .collect();
-        let mut backends = pool::from_config(&confs).to_vec();
+        let mut backends = backend::at_start(&confs, &Source::StateFile).to_vec();
         backends[1].drain(true);
         let found = BackendConf {
             name: "api-10.0.0.1-80".into(),
             addr: "10.0.0.1:80".parse().unwrap(),
             weight: 1,
         };
-        backends.push(Arc::new(Backend::discovered(&found, State::Up, "api")));
+        let api = Source::Dns {
+            entry: "api".into(),
+        };
+        backends.push(Arc::new(Backend::new(&found, State::Up, api)));
         save(&path, &backends).unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);

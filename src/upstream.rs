@@ -1,5 +1,5 @@
 //! A worker's upstream connections: the ones in use by client connections and the idle
-//! keep-alive ones, pooled per backend so most requests skip the TCP handshake.
+//! upstream connections, kept per backend so most requests skip the TCP handshake.
 
 use crate::token::{Readiness, Tok};
 use mio::net::TcpStream;
@@ -13,14 +13,15 @@ pub struct Upstream {
     pub stream: TcpStream,
     pub backend: usize,
     pub ready: Readiness,
-    /// The client connection using it; `None` while it waits idle in the pool.
+    /// The client connection using it; `None` while it waits idle.
     pub owner: Option<usize>,
     /// The handshake has completed.
     pub connected: bool,
-    /// It came from the idle pool (a failure may just mean the backend closed it meanwhile).
+    /// It was an idle connection, reused (a failure may just mean the backend closed it
+    /// meanwhile).
     pub reused: bool,
     /// The slot's generation when it was opened: a connection to a backend whose slot has
-    /// since taken another backend is closed on release, never pooled for the new one.
+    /// since taken another backend is closed on release, never kept idle for the new one.
     generation: u64,
 }
 
@@ -113,7 +114,8 @@ impl Upstreams {
         Ok(id)
     }
 
-    /// Gives a connection back: kept for reuse when `reusable` and the pool has room, else closed.
+    /// Gives a connection back: kept idle for reuse when `reusable` and its backend has fewer
+    /// than the limit idle, else closed.
     pub fn release(&mut self, registry: &Registry, id: usize, reusable: bool) {
         let backend = self.slab[id].backend;
         let current = self.slab[id].generation == self.generations[backend];
@@ -158,7 +160,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reused_slot_never_pools_a_connection_to_its_old_backend() {
+    fn a_reused_slot_never_keeps_an_idle_connection_to_its_old_backend() {
         let poll = mio::Poll::new().unwrap();
         let registry = poll.registry();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -174,7 +176,7 @@ mod tests {
         upstreams.release(registry, busy, true);
         assert!(upstreams.try_get(busy).is_none());
         assert_eq!(upstreams.checkout(0, 3), None);
-        // Connections to the new backend pool as usual.
+        // Connections to the new backend are kept idle as usual.
         let fresh = upstreams.connect(registry, 0, addr, 4).unwrap();
         upstreams.release(registry, fresh, true);
         assert_eq!(upstreams.checkout(0, 5), Some(fresh));
@@ -198,6 +200,6 @@ mod tests {
         assert_eq!(upstreams.checkout(0, 9), Some(ids[2]));
         upstreams.release(registry, ids[2], true);
         upstreams.resize(registry, 1, 0);
-        assert_eq!(upstreams.checkout(0, 9), None, "keep 0 pools nothing");
+        assert_eq!(upstreams.checkout(0, 9), None, "keep 0 keeps nothing idle");
     }
 }

@@ -189,6 +189,8 @@ fn list_shows_every_backend_with_its_counters() {
         assert_eq!(listed["active"], 0);
         assert_eq!(listed["requests"], 0);
         assert_eq!(listed["errors"], 0);
+        assert_eq!(listed["source"], "config");
+        assert_eq!(listed["discovered_by"], Value::Null);
     }
     let totals = &first["totals"];
     let bounds = totals["latency_bounds"].as_array().expect("bounds");
@@ -331,6 +333,7 @@ fn an_added_backend_comes_up_and_takes_traffic_under_load() {
         failures.len()
     );
     assert_eq!(backend(admin, "c")["weight"], 2);
+    assert_eq!(backend(admin, "c")["source"], "admin");
     lb.assert_alive();
 }
 

@@ -40,7 +40,7 @@ const BACKEND_MS: u64 = 1500;
 /// only a hang in lb-mio reaches it.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(6);
 /// Mock backends close keep-alive connections idle this long (as real servers do), so after
-/// the load lb-mio's upstream pools empty and its descriptor count can be compared.
+/// the load lb-mio's idle upstream connections close and its descriptor count can be compared.
 const BACKEND_IDLE: Duration = Duration::from_millis(700);
 /// How often a mock connection thread looks at its backend's kill and hang switches.
 const POLL: Duration = Duration::from_millis(20);

@@ -442,7 +442,7 @@ fn a_slow_reader_holds_the_backend_back_without_growing_memory_and_gets_every_by
         &format!("[timeouts]\nbackend_ms = 10000\n{NO_HEALTH}"),
     ));
     let pid = lb.pid();
-    // First use of everything (buffers, upstream pool) before the baseline.
+    // First use of everything (buffers, idle upstream connections) before the baseline.
     assert_eq!(get(lb.addr, "/warm").status, 200);
     thread::sleep(Duration::from_millis(100));
     let rss0 = rss(pid);

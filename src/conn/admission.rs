@@ -7,7 +7,7 @@ use super::exchange::GiveUp;
 use crate::balance::{Pick, Tried};
 use crate::config::{Sticky, Strategy};
 use crate::http::request::{self, Request};
-use crate::pool::{self, Lease};
+use crate::backend::{self, Lease};
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
@@ -88,7 +88,7 @@ impl Admission {
         let mut pick = Pick {
             avoid,
             rng: &mut self.rng,
-            now_ms: pool::clock_ms(now),
+            now_ms: backend::clock_ms(now),
             key,
         };
         let id = snap.balancer.pick(&snap.backends, &mut pick)?;
@@ -126,7 +126,8 @@ fn hash_key(snap: &Snapshot, client: IpAddr, head: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendConf, Config};
+    use crate::backend::{BackendConf, Source};
+    use crate::config::Config;
     use crate::http::body::Framing;
     use crate::http::request::{IdFrom, Method};
     use std::net::{Ipv4Addr, SocketAddr};

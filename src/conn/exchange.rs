@@ -3,7 +3,7 @@
 //! say, and the decisions about replaying it after its backend failed.
 
 use crate::access_log::RequestLine;
-use crate::pool::Lease;
+use crate::backend::Lease;
 use crate::balance::Tried;
 use crate::buffer::Buffer;
 use crate::http::body::Body;

@@ -24,6 +24,7 @@ pub use ending::Cause;
 pub use exchange::Exchanges;
 
 use crate::access_log::{self, Entry, RequestLine, Sink};
+use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
@@ -32,7 +33,6 @@ use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, IdHeader, Request, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
-use crate::pool::{self, Backend, Lease};
 use crate::proxy_protocol;
 use crate::request_id::RequestIds;
 use crate::shared::Snapshot;
@@ -1059,6 +1059,6 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
 /// worker makes to the backend's shared record).
 fn observe_latency(ctx: &Ctx, backend: &Backend, took: Duration) {
     if ctx.snap.config.lb.strategy == Strategy::Ewma {
-        backend.observe_latency(took, pool::clock_ms(ctx.now));
+        backend.observe_latency(took, backend::clock_ms(ctx.now));
     }
 }

@@ -1,12 +1,102 @@
-//! The backend pool that every thread shares: read-mostly records whose changing parts are
-//! atomics, so workers pick and count without a lock.
+//! Backend membership: what a backend is made of (`BackendConf`) and where it came from
+//! (`Source`), the rules every backend meets (`MAX_BACKENDS`, `WEIGHTS`, `check_name`,
+//! `parse_addr`), and the live set every thread shares (`Backends`): read-mostly records whose
+//! changing parts are atomics, so workers pick and count without a lock. A backend joins the
+//! set through `place` and leaves it through `Backend::retire` (or the health thread's removal
+//! of one down too long), whoever added it.
 
-use crate::config::BackendConf;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+/// What a backend is made of, wherever it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConf {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Where a backend came from. Every part of lb-mio that adds backends is a source, and tells
+/// its own backends from the others' by this alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `[backends]` in config.ini, at start or by a reload.
+    Config,
+    /// `POST /api/backends`.
+    Admin,
+    /// The state file, which at start stands in for `[backends]`.
+    StateFile,
+    /// Discovery's DNS lookup of the `[backends]` entry `entry`.
+    Dns { entry: String },
+}
+
+impl Source {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Admin => "admin",
+            Source::StateFile => "state_file",
+            Source::Dns { .. } => "dns",
+        }
+    }
+
+    /// An address given as such, not one a lookup found: config.ini and the state file hold
+    /// these (a reload drains those gone from config.ini; the state file saves them), while a
+    /// lookup's addresses follow the lookup.
+    pub fn is_given(&self) -> bool {
+        match self {
+            Source::Config | Source::Admin | Source::StateFile => true,
+            Source::Dns { .. } => false,
+        }
+    }
+
+    /// The `[backends]` entry whose DNS lookup found the backend.
+    pub fn dns_entry(&self) -> Option<&str> {
+        match self {
+            Source::Dns { entry } => Some(entry),
+            Source::Config | Source::Admin | Source::StateFile => None,
+        }
+    }
+}
+
+/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
+/// tried backends is a 64-bit mask. A slot whose backend left the set for good and has no
+/// request in flight takes the next backend added (`place`), so this bounds the backends in
+/// the set at once, not over the process's life.
+pub const MAX_BACKENDS: usize = 64;
+
+/// The weights a backend may have: its share of traffic, relative to the others'.
+pub const WEIGHTS: RangeInclusive<u32> = 1..=1000;
+
+/// `weight` as a backend's weight, when it is one of `WEIGHTS`.
+pub fn check_weight(weight: u64) -> Option<u32> {
+    u32::try_from(weight).ok().filter(|w| WEIGHTS.contains(w))
+}
+
+/// A backend name: 1 to 64 of `A-Z a-z 0-9 _ . -`, so it fits an admin URL and a metrics label.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if (1..=64).contains(&name.len()) && name.chars().all(ok_char) {
+        Ok(())
+    } else {
+        Err("invalid backend name: expected 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
+    }
+}
+
+/// A backend address: a literal `ip:port` that can be connected to (not port 0, not 0.0.0.0).
+pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = v
+        .parse()
+        .map_err(|_| format!("expected ip:port, got {v:?}"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!("{v:?} cannot be connected to"));
+    }
+    Ok(addr)
+}
 
 /// A backend's health as every thread sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +106,8 @@ pub enum State {
     Down = 0,
     /// Healthy: takes traffic.
     Up = 1,
-    /// Out of the pool for good (down longer than `remove_after_s`, or deleted through the
-    /// admin API): no traffic, no probes.
+    /// Out of the set for good (down longer than `remove_after_s`, or drained after it was
+    /// deleted through the admin API or left config.ini or DNS): no traffic, no probes.
     Removed = 2,
     /// Taking no new requests while those in flight finish (admin API drain or delete).
     Draining = 3,
@@ -52,12 +142,6 @@ pub struct ProbeReport {
     pub reason: String,
 }
 
-/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
-/// tried backends is a 64-bit mask. A slot whose backend left the pool for good and has no
-/// request in flight takes the next backend added (`place`), so this bounds the backends in
-/// the pool at once, not over the process's life.
-pub const MAX_BACKENDS: usize = 64;
-
 /// `up_since` of a backend that has not come back from a failure: no slow start.
 const STEADY: u64 = u64::MAX;
 
@@ -81,9 +165,7 @@ pub fn clock_ms(now: Instant) -> u64 {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    /// The `[backends]` entry whose DNS lookup found this address; `None` for an address given
-    /// as such (config, admin API, state file).
-    pub discovered_by: Option<String>,
+    pub source: Source,
     /// Changed live through the admin API.
     weight: AtomicU32,
     /// Deleted through the admin API: removed once drained.
@@ -113,13 +195,13 @@ pub struct Backend {
 struct Padded(AtomicUsize);
 
 impl Backend {
-    /// A backend that starts in `state` (`Up` at start-up; `Down` when added at run time, so it
-    /// takes traffic only once its health checks pass).
-    pub fn new(conf: &BackendConf, state: State) -> Backend {
+    /// A backend from `source` that starts in `state` (`Up` at start-up; `Down` when added at
+    /// run time, so it takes traffic only once its health checks pass).
+    pub fn new(conf: &BackendConf, state: State, source: Source) -> Backend {
         Backend {
             name: conf.name.clone(),
             addr: conf.addr,
-            discovered_by: None,
+            source,
             weight: AtomicU32::new(conf.weight),
             removing: AtomicBool::new(false),
             last_probe: Mutex::new(None),
@@ -133,17 +215,21 @@ impl Backend {
         }
     }
 
-    /// A backend that DNS entry `entry` found.
-    pub fn discovered(conf: &BackendConf, state: State, entry: &str) -> Backend {
-        Backend {
-            discovered_by: Some(entry.to_string()),
-            ..Backend::new(conf, state)
-        }
+    /// Not removed: the admin API and `/metrics` list it, and no other backend may take its
+    /// name (a draining one too, even when it is being removed).
+    pub fn is_listed(&self) -> bool {
+        self.state() != State::Removed
     }
 
-    /// Out of the pool for good with no request in flight: its slot can take a new backend.
-    pub fn vacated(&self) -> bool {
-        self.state() == State::Removed && self.active() == 0
+    /// Listed and staying: not removed, and not being removed once drained. A source that
+    /// looks at its backends looks at these.
+    pub fn is_live(&self) -> bool {
+        self.is_listed() && !self.removing()
+    }
+
+    /// Out of the set for good with no request in flight: its slot can take a new backend.
+    fn vacated(&self) -> bool {
+        !self.is_listed() && self.active() == 0
     }
 
     /// What a sticky-session cookie says for this backend: a hash of its name, so it reveals
@@ -162,22 +248,23 @@ impl Backend {
         self.weight.store(weight, Ordering::Relaxed);
     }
 
-    /// Stops new requests; with `remove`, the health thread removes it once idle.
+    /// Stops new requests; with `remove`, it leaves the set once idle (`retire`).
     pub fn drain(&self, remove: bool) {
         self.removing.fetch_or(remove, Ordering::Relaxed);
         self.state.store(State::Draining as u8, Ordering::Relaxed);
     }
 
-    /// Deleted (admin API) or gone from the config (reload): it leaves once drained.
+    /// Deleted (admin API), or gone from config.ini (reload) or from DNS (discovery): it leaves
+    /// once drained.
     pub fn removing(&self) -> bool {
         self.removing.load(Ordering::Relaxed)
     }
 
-    /// A deleted backend whose last request finished: it can leave the pool.
-    pub fn drained_for_removal(&self) -> bool {
-        self.state() == State::Draining
-            && self.removing.load(Ordering::Relaxed)
-            && self.active() == 0
+    /// Draining -> Removed, for a backend being removed whose last request finished: it leaves
+    /// the set, and its slot can take the next backend placed. True when this call moved it.
+    /// The health thread calls it for every backend, whoever drained it.
+    pub fn retire(&self) -> bool {
+        self.removing() && self.active() == 0 && self.transition(State::Draining, State::Removed)
     }
 
     pub fn last_probe(&self) -> Option<ProbeReport> {
@@ -272,13 +359,15 @@ impl Backend {
     }
 }
 
-/// All backends, in config order; a backend's position is its id in per-worker tables.
+/// The backend set: every backend, in the order they were placed; a backend's position is its
+/// id in per-worker tables.
 pub type Backends = Arc<[Arc<Backend>]>;
 
-pub fn from_config(confs: &[BackendConf]) -> Backends {
+/// The set lb-mio starts with: `confs` from `source`, all up.
+pub fn at_start(confs: &[BackendConf], source: &Source) -> Backends {
     confs
         .iter()
-        .map(|c| Arc::new(Backend::new(c, State::Up)))
+        .map(|c| Arc::new(Backend::new(c, State::Up, source.clone())))
         .collect()
 }
 
@@ -294,7 +383,7 @@ pub fn place(backends: &mut Vec<Arc<Backend>>, backend: Backend) -> Result<usize
     }
     if backends.len() >= MAX_BACKENDS {
         return Err(format!(
-            "no free backend slot: at most {MAX_BACKENDS} backends in the pool at once (removed ones free theirs once drained)"
+            "no free backend slot: at most {MAX_BACKENDS} backends at once (removed ones free theirs once drained)"
         ));
     }
     backends.push(backend);
@@ -339,60 +428,57 @@ mod tests {
         }
     }
 
+    fn given(n: usize, state: State) -> Backend {
+        Backend::new(&conf(n), state, Source::Config)
+    }
+
+    /// Deleted and drained: it leaves.
     fn remove(backend: &Backend) {
         backend.drain(true);
-        assert!(backend.transition(State::Draining, State::Removed));
+        assert!(backend.retire());
     }
 
     #[test]
     fn slots_of_drained_removed_backends_are_reused() {
         let mut backends = Vec::new();
         for n in 0..MAX_BACKENDS {
-            assert_eq!(
-                place(&mut backends, Backend::new(&conf(n), State::Up)),
-                Ok(n)
-            );
+            assert_eq!(place(&mut backends, given(n, State::Up)), Ok(n));
         }
-        let full = place(&mut backends, Backend::new(&conf(99), State::Down));
+        let full = place(&mut backends, given(99, State::Down));
         assert!(full.unwrap_err().contains("no free backend slot"));
 
-        // Removed but a request still in flight: the slot stays taken.
+        // Removed (down too long) but a request still in flight: the slot stays taken.
         let frozen: Backends = backends.clone().into();
         let lease = Lease::new(&frozen, 5);
-        remove(&backends[5]);
+        assert!(backends[5].transition(State::Up, State::Down));
+        assert!(backends[5].transition(State::Down, State::Removed));
         remove(&backends[9]);
         let old = Arc::clone(&backends[9]);
-        assert_eq!(
-            place(&mut backends, Backend::new(&conf(100), State::Down)),
-            Ok(9)
-        );
+        assert_eq!(place(&mut backends, given(100, State::Down)), Ok(9));
         assert!(
             !Arc::ptr_eq(&old, &backends[9]),
             "a new record in the old slot"
         );
         assert_eq!(backends[9].name, "b100");
-        assert!(place(&mut backends, Backend::new(&conf(101), State::Down)).is_err());
+        assert!(place(&mut backends, given(101, State::Down)).is_err());
         drop(lease);
-        assert_eq!(
-            place(&mut backends, Backend::new(&conf(101), State::Down)),
-            Ok(5)
-        );
+        assert_eq!(place(&mut backends, given(101, State::Down)), Ok(5));
         assert_eq!(backends.len(), MAX_BACKENDS);
 
         // A draining backend (not yet removed) keeps its slot, however idle.
         backends[7].drain(true);
-        assert!(place(&mut backends, Backend::new(&conf(102), State::Down)).is_err());
+        assert!(place(&mut backends, given(102, State::Down)).is_err());
     }
 
     #[test]
     fn churn_never_runs_out_of_ids() {
+        let api = Source::Dns {
+            entry: "api".into(),
+        };
         let mut backends = Vec::new();
         for n in 0..10 * MAX_BACKENDS {
-            let id = place(
-                &mut backends,
-                Backend::discovered(&conf(n), State::Down, "api"),
-            )
-            .expect("a slot");
+            let found = Backend::new(&conf(n), State::Down, api.clone());
+            let id = place(&mut backends, found).expect("a slot");
             if n >= 3 {
                 // Keep three live, remove the one added three turns ago.
                 let old = backends
@@ -404,6 +490,70 @@ mod tests {
             assert!(id < 4, "{n}: id {id}");
         }
         assert!(backends.len() <= 4);
-        assert_eq!(backends[0].discovered_by.as_deref(), Some("api"));
+        assert_eq!(backends[0].source, api);
+        assert_eq!(backends[0].source.dns_entry(), Some("api"));
+    }
+
+    #[test]
+    fn live_means_listed_and_staying() {
+        let backend = given(0, State::Up);
+        assert!(backend.is_live() && backend.is_listed());
+        assert!(backend.transition(State::Up, State::Down));
+        assert!(backend.is_live(), "down is still live: it may come back");
+
+        // Drained to take no traffic, but staying.
+        let drained = given(1, State::Up);
+        drained.drain(false);
+        assert!(drained.is_live());
+
+        // Being removed: listed (and holding its name) until it has left, but no longer live.
+        let leaving = given(2, State::Up);
+        leaving.drain(true);
+        assert!(!leaving.is_live() && leaving.is_listed());
+        assert!(leaving.retire());
+        assert!(!leaving.is_live() && !leaving.is_listed());
+    }
+
+    #[test]
+    fn only_a_drained_backend_being_removed_retires_and_only_once() {
+        let set: Backends = vec![Arc::new(given(0, State::Up))].into();
+        let backend = &set[0];
+        assert!(!backend.retire(), "up");
+        backend.drain(false);
+        assert!(!backend.retire(), "draining, but not being removed");
+
+        backend.drain(true);
+        let lease = Lease::new(&set, 0);
+        assert!(!backend.retire(), "a request in flight");
+        assert_eq!(backend.state(), State::Draining);
+        drop(lease);
+        assert!(backend.retire());
+        assert_eq!(backend.state(), State::Removed);
+        assert!(!backend.retire(), "already removed");
+    }
+
+    #[test]
+    fn weights_are_1_to_1000() {
+        assert_eq!(WEIGHTS, 1..=1000);
+        assert_eq!(check_weight(1), Some(1));
+        assert_eq!(check_weight(1000), Some(1000));
+        for bad in [0, 1001, u64::from(u32::MAX) + 2] {
+            assert_eq!(check_weight(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_and_addresses_follow_the_rules() {
+        assert_eq!(check_name("api-10.0.0.5-8080"), Ok(()));
+        for bad in ["", "a b", "a:b", "<b>", &"a".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_addr("[::1]:80"),
+            Ok(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 80)))
+        );
+        for bad in ["127.0.0.1", "127.0.0.1:0", "0.0.0.0:80", "localhost:80"] {
+            assert!(parse_addr(bad).is_err(), "{bad:?}");
+        }
     }
 }
