@@ -145,7 +145,7 @@ mod tests {
         let mut config = Config::with_backends(confs.clone());
         config.lb.workers = 1;
         extra(&mut config);
-        Snapshot::new(config, pool::from_config(&confs))
+        Snapshot::new(config, backend::at_start(&confs, &Source::Config))
     }
 
     fn request(sticky: Option<u64>) -> Request {
