@@ -30,7 +30,7 @@ use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
-use crate::http::request::{self, HeadLimits, IdHeader, Request, STICKY_COOKIE};
+use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
@@ -41,7 +41,7 @@ use crate::transport::Transport;
 use crate::upstream::Upstreams;
 use ending::At;
 use exchange::{Exchange, Failure, Held, Next, ResponseState};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::Registry;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -406,6 +406,10 @@ impl Conn {
             }
         };
         let head = &cin.data()[..request.head_len];
+        if request.id == IdFrom::Replaced {
+            let header = config.lb.request_id.as_deref().unwrap_or_default();
+            info!("{}: invalid {header} replaced by a fresh one", self.peer);
+        }
         let mut ex = Exchange::new(request, config.lb.retries, self.head_started);
         ex.record.set_id(request.id, head, &fresh);
         if config.log.access_log != AccessLog::Off {
@@ -679,6 +683,7 @@ impl Conn {
             backend: lb.expose_backend.then_some(backend.name.as_str()),
             set_cookie: cookie.as_deref().map(str::as_bytes),
             server: lb.server_header.as_deref(),
+            request_id: lb.request_id.as_deref().zip(ex.record.id()),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -843,7 +848,9 @@ impl Conn {
     fn send_reply(&mut self, ctx: &mut Ctx, reply: Reply) -> u64 {
         let cout = buf(&mut self.cout, ctx.buffers);
         let before = cout.len();
-        reply.write(ctx.snap.config.lb.server_header.as_deref(), cout);
+        let lb = &ctx.snap.config.lb;
+        let id = self.exchange.as_ref().and_then(|ex| ex.record.id());
+        reply.write(lb.server_header.as_deref(), lb.request_id.as_deref().zip(id), cout);
         (cout.len() - before) as u64
     }
 

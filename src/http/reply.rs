@@ -70,14 +70,18 @@ impl Reply {
         }
     }
 
-    /// Appends the reply to `out` (empty, or with room for a reply: it is under 300 bytes),
-    /// with `Server: <server>` after the status line when one is configured.
-    pub fn write(self, server: Option<&str>, out: &mut Buffer) {
+    /// Appends the reply to `out` (empty, or with room for a reply: it is under 500 bytes),
+    /// with `Server: <server>` after the status line when one is configured, and the request's
+    /// id when it has one: `(header, id)`.
+    pub fn write(self, server: Option<&str>, request_id: Option<(&str, &[u8])>, out: &mut Buffer) {
         let bytes = self.bytes();
         let line = head::first_line_len(bytes);
         out.put(&bytes[..line]);
         if let Some(server) = server {
             let _ = head::put_header(out, b"Server", server.as_bytes());
+        }
+        if let Some((header, id)) = request_id {
+            let _ = head::put_header(out, header.as_bytes(), id);
         }
         out.put(&bytes[line..]);
     }
@@ -126,12 +130,12 @@ mod tests {
     #[test]
     fn a_configured_server_header_follows_the_status_line() {
         let mut out = crate::buffer::BufferPool::new(0).take();
-        Reply::BadGateway.write(Some("edge"), &mut out);
+        Reply::BadGateway.write(Some("edge"), Some(("X-Request-Id", b"abc")), &mut out);
         assert!(out
             .data()
-            .starts_with(b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nContent-Type"));
+            .starts_with(b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nX-Request-Id: abc\r\nContent-Type"));
         let mut plain = crate::buffer::BufferPool::new(0).take();
-        Reply::BadGateway.write(None, &mut plain);
+        Reply::BadGateway.write(None, None, &mut plain);
         assert_eq!(plain.data(), Reply::BadGateway.bytes());
     }
 

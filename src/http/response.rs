@@ -96,11 +96,8 @@ fn write_client_head(
 ) -> Result<(), HeadError> {
     head::put_all(out, &head[..head::first_line_len(head)])?;
     let switching = response.kind == Kind::Switch;
-    // A configured `Server` replaces the backend's, which would name its software.
-    let replace_server = added.server.is_some();
     for h in headers {
-        let replaced = replace_server && h.name.eq_ignore_ascii_case("server");
-        if !replaced && !hop.is_hop_by_hop(h.name, switching) {
+        if !added.replaces(h.name) && !hop.is_hop_by_hop(h.name, switching) {
             head::copy_header_line(head, h, out)?;
         }
     }
@@ -123,6 +120,9 @@ fn write_client_head(
         if let Some(cookie) = added.set_cookie {
             head::put_header(out, b"Set-Cookie", cookie)?;
         }
+        if let Some((header, id)) = added.request_id {
+            head::put_header(out, header.as_bytes(), id)?;
+        }
     }
     head::put_all(out, b"\r\n")
 }
@@ -136,9 +136,18 @@ pub struct Added<'a> {
     pub set_cookie: Option<&'a [u8]>,
     /// `Server: <value>` in place of the backend's (`server_header`).
     pub server: Option<&'a str>,
+    /// `(header, id)`: the request's id, in place of any the backend sent (`request_id`).
+    pub request_id: Option<(&'a str, &'a [u8])>,
 }
 
 impl<'a> Added<'a> {
+    /// The backend's header `name` gives way to one lb-mio adds: a configured `Server`
+    /// (the backend's would name its software), or the request's id.
+    fn replaces(&self, name: &str) -> bool {
+        let server = self.server.is_some() && name.eq_ignore_ascii_case("server");
+        server || self.request_id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
+    }
+
     pub fn backend(name: Option<&'a str>) -> Added<'a> {
         Added {
             backend: name,
@@ -815,6 +824,22 @@ mod tests {
         assert_eq!(
             passed, input,
             "without server_header the backend's passes through"
+        );
+    }
+
+    #[test]
+    fn the_request_id_replaces_any_the_backend_sent() {
+        let req = request(GET);
+        let input = b"HTTP/1.1 200 OK\r\nx-request-id: other\r\nContent-Length: 0\r\n\r\n";
+        let added = Added {
+            request_id: Some(("X-Request-Id", b"abc")),
+            ..Added::default()
+        };
+        let mut out = BufferPool::new(0).take();
+        parse(input, MAX, &req, added, &mut out).unwrap().unwrap();
+        assert_eq!(
+            show(out.data()),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: abc\r\n\r\n"
         );
     }
 }
