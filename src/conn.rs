@@ -769,7 +769,7 @@ impl Conn {
             .config
             .lb
             .expose_backend
-            .then_some(backend.name.as_str());
+            .then_some(("X-Backend", backend.name.as_str()));
         let before = cout.len();
         // A stopping worker closes each connection after its response, and says so in it.
         let request = Request {
