@@ -13,7 +13,7 @@
 
 use crate::balance::{Pick, Tried};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
-use crate::config::{Sticky, Strategy};
+use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
@@ -461,11 +461,7 @@ impl Conn {
                 return Err(Stop::Reply(head_reply(e)));
             }
         };
-        let line = ctx
-            .snap
-            .config
-            .log
-            .access_log
+        let line = (ctx.snap.config.log.access_log != AccessLog::Off)
             .then(|| RequestLine::new(cin.data()));
         let key = hash_key(ctx, self.peer.ip(), &cin.data()[..request.head_len]);
         cin.consume(request.head_len);
@@ -769,7 +765,8 @@ impl Conn {
             .config
             .lb
             .expose_backend
-            .then_some(("X-Backend", backend.name.as_str()));
+            .as_deref()
+            .map(|header| (header, backend.name.as_str()));
         let before = cout.len();
         // A stopping worker closes each connection after its response, and says so in it.
         let request = Request {
