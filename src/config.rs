@@ -16,10 +16,15 @@ use log::LevelFilter;
 
 use crate::backend::{self, BackendConf, MAX_BACKENDS, WEIGHTS};
 use crate::dns;
+use crate::http::chunked::is_token;
 use crate::proxy_protocol::Version;
 
+pub mod keys;
+
 const MAX_WORKERS: usize = 256;
-const MAX_MS: u64 = 3_600_000;
+const MAX_MS: u32 = 3_600_000;
+/// Longest header name `expose_backend` and `request_id` take.
+const MAX_HEADER_NAME: usize = 64;
 /// Most `listen` addresses (each worker holds a listener for each).
 pub const MAX_LISTEN: usize = 8;
 
@@ -46,8 +51,8 @@ pub struct Lb {
     pub strategy: Strategy,
     /// How many other backends a request may try when connecting fails.
     pub retries: u32,
-    /// Adds an `X-Backend: <name>` response header.
-    pub expose_backend: bool,
+    /// A response header naming the backend (`X-Backend: <name>`); `None`: off.
+    pub expose_backend: Option<String>,
     /// The header that carries each request's id; `None`: off.
     pub request_id: Option<String>,
     /// Idle upstream connections kept per backend per worker.
@@ -312,7 +317,7 @@ impl Default for Lb {
             workers: auto_workers(),
             strategy: Strategy::RoundRobin,
             retries: 2,
-            expose_backend: false,
+            expose_backend: None,
             request_id: None,
             upstream_keepalive: 256,
             retry_budget: 20,
@@ -420,25 +425,14 @@ impl Config {
     }
 }
 
-/// Applies one `key = value` of a section; the error is the bare message.
-type Setter = fn(&mut Config, &str, &str) -> Result<(), String>;
-
-const SECTIONS: [(&str, Setter); 8] = [
-    ("lb", set_lb),
-    ("timeouts", set_timeouts),
-    ("limits", set_limits),
-    ("health", set_health),
-    ("admin", set_admin),
-    ("log", set_log),
-    ("dns", set_dns),
-    ("backends", set_backend),
-];
+/// The section whose keys are backend names (parsed by `set_backend`, not from the key table).
+const BACKENDS: &str = "backends";
 
 struct Parser<'a> {
     file: &'a str,
     config: Config,
-    /// Current section name and its setter.
-    section: Option<(&'a str, Setter)>,
+    /// Current section name.
+    section: Option<&'a str>,
     /// Header line of each section seen, to reject repeats and to point
     /// the "no backends" error at `[backends]`.
     headers: HashMap<&'a str, usize>,
@@ -483,27 +477,28 @@ impl<'a> Parser<'a> {
 
     fn enter(&mut self, line: usize, name: &'a str) -> Result<(), ConfigError> {
         let label = format!("[{name}]");
-        let Some(&(_, setter)) = SECTIONS.iter().find(|(n, _)| *n == name) else {
-            let known: Vec<&str> = SECTIONS.iter().map(|(n, _)| *n).collect();
+        let mut known = keys::sections();
+        known.push(BACKENDS);
+        if !known.contains(&name) {
             let message = format!("unknown section (expected one of {})", known.join(", "));
             return Err(self.error(line, label, message));
-        };
+        }
         if let Some(first) = self.headers.insert(name, line) {
             let message = format!("duplicate section (first at line {first})");
             return Err(self.error(line, label, message));
         }
-        self.section = Some((name, setter));
+        self.section = Some(name);
         Ok(())
     }
 
     fn set(&mut self, line: usize, key: &'a str, value: &str) -> Result<(), ConfigError> {
-        let Some((section, setter)) = self.section else {
+        let Some(section) = self.section else {
             let message = "key outside any [section]".to_string();
             return Err(self.error(line, key.to_string(), message));
         };
         let label = format!("[{section}] {key}");
         if let Some(first) = self.keys.insert((section, key), line) {
-            let what = if section == "backends" {
+            let what = if section == BACKENDS {
                 "backend name"
             } else {
                 "key"
@@ -511,7 +506,15 @@ impl<'a> Parser<'a> {
             let message = format!("duplicate {what} (first at line {first})");
             return Err(self.error(line, label, message));
         }
-        setter(&mut self.config, key, value).map_err(|message| self.error(line, label, message))
+        let set = if section == BACKENDS {
+            set_backend(&mut self.config, key, value)
+        } else {
+            match keys::find(section, key) {
+                Some(k) => k.set(&mut self.config, value),
+                None => Err("unknown key".to_string()),
+            }
+        };
+        set.map_err(|message| self.error(line, label, message))
     }
 
     fn finish(self) -> Result<Config, ConfigError> {
@@ -565,119 +568,6 @@ fn strip_comment(line: &str) -> &str {
         after_space = c.is_whitespace();
     }
     line
-}
-
-fn unknown_key() -> Result<(), String> {
-    Err("unknown key".to_string())
-}
-
-fn set_lb(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    let lb = &mut c.lb;
-    match key {
-        "listen" => lb.listen = parse_listen(v)?,
-        "workers" => lb.workers = parse_workers(v)?,
-        "strategy" => lb.strategy = parse_strategy(v)?,
-        "retries" => lb.retries = parse_range(v, 0, 10)?,
-        "expose_backend" => lb.expose_backend = parse_bool(v)?,
-        "upstream_keepalive" => lb.upstream_keepalive = parse_range(v, 0, 10_000)?,
-        "retry_budget" => lb.retry_budget = parse_range(v, 0, 100)?,
-        "drain_timeout_s" => lb.drain_timeout = parse_secs(v)?,
-        "sticky" => lb.sticky = parse_sticky(v)?,
-        "hash_key" => lb.hash_key = parse_hash_key(v)?,
-        "server_header" => lb.server_header = parse_server_header(v)?,
-        "accept_proxy" => lb.accept_proxy = parse_bool(v)?,
-        "proxy_from" => lb.proxy_from = parse_list(v, parse_cidr)?,
-        "send_proxy" => lb.send_proxy = parse_send_proxy(v)?,
-        "request_id" => lb.request_id = (v != "off").then(|| v.to_string()),
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_timeouts(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    let t = &mut c.timeouts;
-    match key {
-        "connect_ms" => t.connect = parse_ms(v, 1)?,
-        "header_ms" => t.header = parse_ms(v, 1)?,
-        "idle_ms" => t.idle = parse_ms(v, 1)?,
-        "backend_ms" => t.backend = parse_ms(v, 1)?,
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_limits(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    let l = &mut c.limits;
-    match key {
-        "max_connections" => l.max_connections = parse_range(v, 1, 1_000_000)?,
-        "max_header_bytes" => l.max_header_bytes = parse_range(v, 1024, 15_360)?,
-        "max_headers" => l.max_headers = parse_range(v, 8, 128)?,
-        "rate" => l.rate = parse_range(v, 0, 10_000_000)?,
-        "rate_burst" => l.rate_burst = parse_range(v, 0, 10_000_000)?,
-        "client_rate" => l.client_rate = parse_range(v, 0, 10_000_000)?,
-        "client_burst" => l.client_burst = parse_range(v, 0, 10_000_000)?,
-        "client_connections" => l.client_connections = parse_range(v, 0, 1_000_000)?,
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_health(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    let h = &mut c.health;
-    match key {
-        "path" => h.path = parse_path(v)?,
-        "interval_ms" => h.interval = parse_ms(v, 10)?,
-        "timeout_ms" => h.timeout = parse_ms(v, 1)?,
-        "rise" => h.rise = parse_range(v, 1, 100)?,
-        "fall" => h.fall = parse_range(v, 1, 100)?,
-        "status" => h.status = parse_status_range(v)?,
-        "slow_ms" => h.slow = parse_ms(v, 0).map(off_if_zero)?,
-        "remove_after_s" => h.remove_after = parse_secs(v).map(off_if_zero)?,
-        "max_fails" => h.max_fails = parse_range(v, 0, 1000)?,
-        "slow_start_s" => h.slow_start = parse_secs(v)?,
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_admin(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    match key {
-        "listen" => c.admin.listen = parse_optional_addr(v)?,
-        "token" => c.admin.token = Some(parse_token(v)?),
-        "state_file" => c.admin.state_file = Some(PathBuf::from(v)),
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_log(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    match key {
-        "level" => c.log.level = parse_level(v)?,
-        "access_log" => {
-            c.log.access_log = match v {
-                "text" => AccessLog::Text,
-                "json" => AccessLog::Json,
-                v if parse_bool(v)? => AccessLog::Text,
-                _ => AccessLog::Off,
-            }
-        }
-        "access_log_file" => c.log.access_log_file = Some(PathBuf::from(v)),
-        _ => return unknown_key(),
-    }
-    Ok(())
-}
-
-fn set_dns(c: &mut Config, key: &str, v: &str) -> Result<(), String> {
-    let d = &mut c.dns;
-    match key {
-        "resolver" => d.resolver = Some(parse_resolver(v)?),
-        "resolve_interval_s" => {
-            d.resolve_interval = parse_range(v, 1, 3600).map(Duration::from_secs)?
-        }
-        "timeout_ms" => d.timeout = parse_range(v, 10, 60_000).map(Duration::from_millis)?,
-        _ => return unknown_key(),
-    }
-    Ok(())
 }
 
 /// `ip:port` or `ip` (port 53) of a DNS server.
@@ -762,10 +652,6 @@ where
     }
 }
 
-fn parse_ms(v: &str, min: u64) -> Result<Duration, String> {
-    parse_range(v, min, MAX_MS).map(Duration::from_millis)
-}
-
 /// A bearer token: 16 or more visible ASCII characters, so it fits a header unquoted.
 fn parse_token(v: &str) -> Result<String, String> {
     if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -809,10 +695,6 @@ fn parse_sticky(v: &str) -> Result<Sticky, String> {
         "client_ip" => Ok(Sticky::ClientIp),
         _ => Err(format!("expected off, cookie or client_ip, got {v:?}")),
     }
-}
-
-fn parse_secs(v: &str) -> Result<Duration, String> {
-    parse_range(v, 0, MAX_MS / 1000).map(Duration::from_secs)
 }
 
 fn off_if_zero(d: Duration) -> Option<Duration> {
@@ -895,6 +777,36 @@ fn parse_bool(v: &str) -> Result<bool, String> {
         "true" | "on" | "yes" | "1" => Ok(true),
         "false" | "off" | "no" | "0" => Ok(false),
         _ => Err(format!("expected true|false|on|off|yes|no|1|0, got {v:?}")),
+    }
+}
+
+/// `off`, `on` (the header named `on`) or a header name (an RFC 9110 token, at most 64 characters); the
+/// other spellings of a bool mean what they mean for one.
+fn parse_header_name(v: &str, on: &str) -> Result<Option<String>, String> {
+    match parse_bool(v) {
+        Ok(true) => Ok(Some(on.to_string())),
+        Ok(false) => Ok(None),
+        Err(_) if (1..=MAX_HEADER_NAME).contains(&v.len()) && v.bytes().all(is_token) => {
+            Ok(Some(v.to_string()))
+        }
+        Err(_) => Err(format!(
+            "expected off, on or a header name (1 to {MAX_HEADER_NAME} of A-Z a-z 0-9 !#$%&'*+-.^_`|~), got {v:?}"
+        )),
+    }
+}
+
+/// `off`, `text` or `json`; a bool's other spellings keep meaning off and (for true) text.
+fn parse_access_log(v: &str) -> Result<AccessLog, String> {
+    match v {
+        "text" => Ok(AccessLog::Text),
+        "json" => Ok(AccessLog::Json),
+        _ => match parse_bool(v) {
+            Ok(true) => Ok(AccessLog::Text),
+            Ok(false) => Ok(AccessLog::Off),
+            Err(_) => Err(format!(
+                "expected off, text or json (or true|false|on|yes|no|1|0), got {v:?}"
+            )),
+        },
     }
 }
 
@@ -1005,6 +917,7 @@ workers = 4
 strategy = least_conn
 retries = 0
 expose_backend = yes
+request_id = X-Trace-Id
 upstream_keepalive = 0
 retry_budget = 50
 server_header = edge/2 (test)
@@ -1044,7 +957,8 @@ listen = 127.0.0.1:9900
 
 [log]
 level = trace
-access_log = on
+access_log = json
+access_log_file = /var/log/lb-mio/access.log
 
 [dns]
 resolver = [::1]:5353
@@ -1066,8 +980,8 @@ web = srv:_http._tcp.web.consul
                 workers: 4,
                 strategy: Strategy::LeastConn,
                 retries: 0,
-                expose_backend: true,
-                request_id: None,
+                expose_backend: Some("X-Backend".to_string()),
+                request_id: Some("X-Trace-Id".to_string()),
                 upstream_keepalive: 0,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
@@ -1116,8 +1030,8 @@ web = srv:_http._tcp.web.consul
             },
             log: Log {
                 level: LevelFilter::Trace,
-                access_log: AccessLog::Text,
-                access_log_file: None,
+                access_log: AccessLog::Json,
+                access_log_file: Some(PathBuf::from("/var/log/lb-mio/access.log")),
             },
             backends: vec![
                 backend("s1", "127.0.0.1:9001", 1),
@@ -1210,8 +1124,70 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             ("no", false),
             ("0", false),
         ] {
+            assert_eq!(parse_bool(v), Ok(want), "{v}");
+            // The keys that were bools keep every spelling: true is their usual "on".
+            let text = format!("[lb]\nexpose_backend = {v}\n[log]\naccess_log = {v}\n{MINIMAL}");
+            let config = parse(&text).unwrap();
+            let access_log = if want {
+                AccessLog::Text
+            } else {
+                AccessLog::Off
+            };
+            assert_eq!(config.log.access_log, access_log, "{v}");
+            let header = want.then(|| "X-Backend".to_string());
+            assert_eq!(config.lb.expose_backend, header, "{v}");
+        }
+    }
+
+    #[test]
+    fn access_log_formats_and_file() {
+        for (v, want) in [
+            ("off", AccessLog::Off),
+            ("text", AccessLog::Text),
+            ("json", AccessLog::Json),
+        ] {
             let config = parse(&format!("[log]\naccess_log = {v}\n{MINIMAL}")).unwrap();
-            assert_eq!(config.log.access_log != AccessLog::Off, want, "{v}");
+            assert_eq!(config.log.access_log, want, "{v}");
+        }
+        let config = parse(&format!("[log]\naccess_log_file = access.log\n{MINIMAL}")).unwrap();
+        assert_eq!(
+            config.log.access_log_file,
+            Some(PathBuf::from("access.log"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().log.access_log_file, None, "stderr");
+    }
+
+    #[test]
+    fn header_names_of_expose_backend_and_request_id() {
+        let header = |key: &str, v: &str| {
+            let config = parse(&format!("[lb]\n{key} = {v}\n{MINIMAL}")).unwrap();
+            match key {
+                "expose_backend" => config.lb.expose_backend,
+                _ => config.lb.request_id,
+            }
+        };
+        let some = |h: &str| Some(h.to_string());
+        assert_eq!(header("expose_backend", "on"), some("X-Backend"));
+        assert_eq!(
+            header("expose_backend", "X-Forwarded-Server"),
+            some("X-Forwarded-Server")
+        );
+        assert_eq!(header("expose_backend", "off"), None);
+        assert_eq!(header("request_id", "on"), some("X-Request-Id"));
+        assert_eq!(header("request_id", "X-Request-Id"), some("X-Request-Id"));
+        assert_eq!(
+            header("request_id", "x-correlation-id"),
+            some("x-correlation-id")
+        );
+        assert_eq!(header("request_id", &"a".repeat(64)), Some("a".repeat(64)));
+        assert_eq!(header("request_id", "false"), None);
+        for key in ["expose_backend", "request_id"] {
+            for bad in ["", "X Id", "X-Id:", "X-\u{e9}", "(id)", &"a".repeat(65)] {
+                let err = parse(&format!("[lb]\n{key} = {bad}\n{MINIMAL}")).unwrap_err();
+                assert_eq!(err.line, 2, "{key} = {bad:?}");
+                let want = format!("[lb] {key}: expected off, on or a header name (1 to 64 of ");
+                assert!(err.to_string().contains(&want), "{key} = {bad:?}: {err}");
+            }
         }
     }
 
@@ -1472,9 +1448,39 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             ),
             (
                 "bad bool",
-                "[lb]\nexpose_backend = maybe\n",
+                "[lb]\naccept_proxy = maybe\n",
                 2,
-                "[lb] expose_backend: expected true|false|on|off|yes|no|1|0, got \"maybe\"",
+                "[lb] accept_proxy: expected true|false|on|off|yes|no|1|0, got \"maybe\"",
+            ),
+            (
+                "bad access log format",
+                "[log]\naccess_log = csv\n",
+                2,
+                "[log] access_log: expected off, text or json (or true|false|on|yes|no|1|0), got \"csv\"",
+            ),
+            (
+                "empty access log file",
+                "[log]\naccess_log_file =\n",
+                2,
+                "[log] access_log_file: expected a file path",
+            ),
+            (
+                "bad request id header",
+                "[lb]\nrequest_id = X Request Id\n",
+                2,
+                "[lb] request_id: expected off, on or a header name",
+            ),
+            (
+                "bad expose_backend header",
+                "[lb]\nexpose_backend = X-Backend:\n",
+                2,
+                "[lb] expose_backend: expected off, on or a header name",
+            ),
+            (
+                "unknown log key",
+                "[log]\naccess_log_path = a.log\n",
+                2,
+                "[log] access_log_path: unknown key",
             ),
             (
                 "accept_proxy without proxy_from",

@@ -39,7 +39,7 @@ fn parse_response(
         input,
         max_bytes,
         req,
-        response::Added::backend(backend),
+        response::Added::backend(backend.map(|name| ("X-Backend", name))),
         &mut out,
     );
     (result, out.data().to_vec())

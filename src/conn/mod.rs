@@ -680,7 +680,7 @@ impl Conn {
         let cookie = (lb.sticky == Sticky::Cookie && request.sticky != Some(token))
             .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
         let added = Added {
-            backend: lb.expose_backend.then_some(backend.name.as_str()),
+            backend: lb.expose_backend.as_deref().zip(Some(backend.name.as_str())),
             set_cookie: cookie.as_deref().map(str::as_bytes),
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(ex.record.id()),

@@ -406,7 +406,7 @@ fn is_ctl(b: u8) -> bool {
 }
 
 /// RFC 9110 `tchar`: the characters allowed in a field name.
-fn is_token(b: u8) -> bool {
+pub fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

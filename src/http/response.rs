@@ -32,7 +32,7 @@ pub struct Response {
 
 /// Parses a response head at the start of `input` (at most `max_bytes` long) to `request`.
 /// `Ok(None)`: not complete yet. On success the client's head has been appended to `out`, with
-/// `X-Backend: <backend>` when a backend name is given.
+/// the headers in `added`.
 pub fn parse(
     input: &[u8],
     max_bytes: usize,
@@ -114,8 +114,8 @@ fn write_client_head(
         if let Some(server) = added.server {
             head::put_header(out, b"Server", server.as_bytes())?;
         }
-        if let Some(name) = added.backend {
-            head::put_header(out, b"X-Backend", name.as_bytes())?;
+        if let Some((header, name)) = added.backend {
+            head::put_header(out, header.as_bytes(), name.as_bytes())?;
         }
         if let Some(cookie) = added.set_cookie {
             head::put_header(out, b"Set-Cookie", cookie)?;
@@ -130,8 +130,9 @@ fn write_client_head(
 /// Headers lb-mio adds to a final response.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Added<'a> {
-    /// `X-Backend: <name>` (`expose_backend`).
-    pub backend: Option<&'a str>,
+    /// `(header, name)`: the header that names the backend, `X-Backend: <name>` by default
+    /// (`expose_backend`).
+    pub backend: Option<(&'a str, &'a str)>,
     /// `Set-Cookie: <value>` (sticky sessions).
     pub set_cookie: Option<&'a [u8]>,
     /// `Server: <value>` in place of the backend's (`server_header`).
@@ -148,9 +149,9 @@ impl<'a> Added<'a> {
         server || self.request_id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
     }
 
-    pub fn backend(name: Option<&'a str>) -> Added<'a> {
+    pub fn backend(header_and_name: Option<(&'a str, &'a str)>) -> Added<'a> {
         Added {
-            backend: name,
+            backend: header_and_name,
             ..Added::default()
         }
     }
@@ -185,7 +186,13 @@ mod tests {
         backend: Option<&str>,
     ) -> (Result<Option<Response>, HeadError>, Vec<u8>) {
         let mut out = BufferPool::new(0).take();
-        let result = parse(input, MAX, &request(req), Added::backend(backend), &mut out);
+        let result = parse(
+            input,
+            MAX,
+            &request(req),
+            Added::backend(backend.map(|name| ("X-Backend", name))),
+            &mut out,
+        );
         (result, out.data().to_vec())
     }
 
@@ -765,16 +772,17 @@ mod tests {
         let req = request(GET);
         let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let want = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Backend: b1\r\n\r\n";
+        let added = Added::backend(Some(("X-Backend", "b1")));
         for room in [0, 1, want.len() - 1] {
             let mut out = BufferPool::new(0).take();
             out.put(&vec![b'.'; BUF_SIZE - room]);
-            let result = parse(input, MAX, &req, Added::backend(Some("b1")), &mut out);
+            let result = parse(input, MAX, &req, added, &mut out);
             assert_eq!(result, Err(HeadError::TooLarge), "room {room}");
         }
         let mut out = BufferPool::new(0).take();
         out.put(&vec![b'.'; BUF_SIZE - want.len()]);
         assert!(matches!(
-            parse(input, MAX, &req, Added::backend(Some("b1")), &mut out),
+            parse(input, MAX, &req, added, &mut out),
             Ok(Some(_))
         ));
         assert!(out.data().ends_with(want));
@@ -785,24 +793,30 @@ mod tests {
         let req = request(GET);
         let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let mut out = BufferPool::new(0).take();
-        let first = parse(wire, MAX, &req, Added::backend(Some("b")), &mut out)
+        let added = Added::backend(Some(("X-Backend", "b")));
+        let first = parse(wire, MAX, &req, added, &mut out).unwrap().unwrap();
+        assert_eq!(first.kind, Kind::Interim);
+        let second = parse(&wire[first.head_len..], MAX, &req, added, &mut out)
             .unwrap()
             .unwrap();
-        assert_eq!(first.kind, Kind::Interim);
-        let second = parse(
-            &wire[first.head_len..],
-            MAX,
-            &req,
-            Added::backend(Some("b")),
-            &mut out,
-        )
-        .unwrap()
-        .unwrap();
         assert_eq!(second.kind, Kind::Final);
         assert_eq!(first.head_len + second.head_len, wire.len());
         assert_eq!(
             show(out.data()),
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Backend: b\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_backend_is_named_in_the_configured_header() {
+        let req = request(GET);
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let added = Added::backend(Some(("X-Forwarded-Server", "b1")));
+        let mut out = BufferPool::new(0).take();
+        parse(input, MAX, &req, added, &mut out).unwrap().unwrap();
+        assert_eq!(
+            show(out.data()),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Forwarded-Server: b1\r\n\r\n"
         );
     }
 

@@ -183,7 +183,7 @@ fuzz_target!(|data: &[u8]| {
     let req = &requests()[usize::from(selector & 7)];
     let mut added = Added::default();
     if selector & 8 != 0 {
-        added.backend = Some("s1");
+        added.backend = Some(("X-Backend", "s1"));
     }
     if selector & 16 != 0 {
         added.set_cookie = Some(COOKIE);
