@@ -12,6 +12,11 @@
 #   SYSCALLS  auto | perf | strace | off: how syscalls are counted [auto: perf if it works]
 #   COUNT_DURATION  length of the separate syscall-counting runs [5s]
 #   LB_UPSTREAM_KEEPALIVE  lb-mio's idle upstream connections per backend per worker [256, its default]
+#   BASE_BIN  another lb-mio binary, measured as target lb-mio-base (a commit before a change)
+#
+# Targets: direct (one backend alone), lb-mio, nginx, haproxy; and lb-mio-base (BASE_BIN),
+# lb-mio-log (lb-mio with the text access log to a file), nginx-log (nginx with
+# `access_log ... buffer=64k flush=1s`).
 #   RESULTS   markdown file written [benches/results/load-YYYY-MM-DD.md]
 #   KEEP_TMP  1 keeps the work directory (configs, logs, raw wrk output) [0]
 #
@@ -35,6 +40,7 @@ PORT_BASE=${PORT_BASE:-27000}
 SYSCALLS=${SYSCALLS:-auto}
 LB_UPSTREAM_KEEPALIVE=${LB_UPSTREAM_KEEPALIVE:-256}
 KEEP_TMP=${KEEP_TMP:-0}
+BASE_BIN=${BASE_BIN:-}
 RESULTS=${RESULTS:-"$BENCH_DIR/results/load-$(date +%F).md"}
 # Syscalls are counted in separate runs of this length (see count_syscalls).
 COUNT_DURATION=${COUNT_DURATION:-5s}
@@ -106,38 +112,53 @@ start_backends() {
     wait_http "${B[3]}" "$pid" direct
 }
 
-start_lb-mio() {
-    local workers=$1 cfg="$WORK/lb-mio.ini"
-    render "$BENCH_DIR/lb-mio.ini.in" "$cfg" "$LB_PORT" "$workers" KEEPALIVE="$LB_UPSTREAM_KEEPALIVE"
-    LOGS[lb-mio]="$WORK/lb-mio.log"
-    "${BAL_PIN[@]}" "$LB_BIN" "$cfg" >>"${LOGS[lb-mio]}" 2>&1 &
+# lb-mio as TARGET NAME, binary BIN, access log ACCESS (false | text | json, to a file).
+start_lb() {
+    local workers=$1 name=$2 bin=$3 access=$4 cfg="$WORK/$2.ini"
+    [ -x "$bin" ] || die "$name: no binary at $bin"
+    render "$BENCH_DIR/lb-mio.ini.in" "$cfg" "$(target_port "$name")" "$workers" \
+        KEEPALIVE="$LB_UPSTREAM_KEEPALIVE" ACCESS_LOG="$access"
+    # [log] is the template's last section; the base binary may predate access_log_file.
+    [ "$access" = false ] || echo "access_log_file = $WORK/$name-access.log" >>"$cfg"
+    LOGS[$name]="$WORK/$name.log"
+    "${BAL_PIN[@]}" "$bin" "$cfg" >>"${LOGS[$name]}" 2>&1 &
     local pid=$!
     SERVICE_PIDS+=("$pid")
-    PIDS[lb-mio]=$pid
-    wait_http "$LB_PORT" "$pid" lb-mio
+    PIDS[$name]=$pid
+    wait_http "$(target_port "$name")" "$pid" "$name"
 }
 
-start_nginx() {
-    local workers=$1 cfg="$WORK/nginx.conf" pid i
-    mkdir -p "$WORK/nginx-tmp"
-    render "$BENCH_DIR/nginx.conf.in" "$cfg" "$NGINX_PORT" "$workers"
-    LOGS[nginx]="$WORK/nginx-error.log"
-    touch "${LOGS[nginx]}"
+start_lb-mio() { start_lb "$1" lb-mio "$LB_BIN" false; }
+start_lb-mio-log() { start_lb "$1" lb-mio-log "$LB_BIN" text; }
+start_lb-mio-base() { start_lb "$1" lb-mio-base "$BASE_BIN" false; }
+
+# nginx as TARGET NAME, with ACCESS as its access_log directive's arguments.
+start_nginx_as() {
+    local workers=$1 name=$2 access=$3 cfg="$WORK/$2.conf" pid i
+    mkdir -p "$WORK/$name-tmp"
+    render "$BENCH_DIR/nginx.conf.in" "$cfg" "$(target_port "$name")" "$workers" \
+        NAME="$name" ACCESS_LOG="$access"
+    LOGS[$name]="$WORK/$name-error.log"
+    touch "${LOGS[$name]}"
     # -e: the error log nginx uses before it has read the config (default /var/log/nginx).
-    nginx -t -q -p "$WORK" -e "${LOGS[nginx]}" -c "$cfg" || die "nginx config test failed"
-    "${BAL_PIN[@]}" nginx -p "$WORK" -e "${LOGS[nginx]}" -c "$cfg" -g 'daemon off;' \
-        >>"$WORK/nginx-stdout.log" 2>&1 &
+    nginx -t -q -p "$WORK" -e "${LOGS[$name]}" -c "$cfg" || die "$name config test failed"
+    "${BAL_PIN[@]}" nginx -p "$WORK" -e "${LOGS[$name]}" -c "$cfg" -g 'daemon off;' \
+        >>"$WORK/$name-stdout.log" 2>&1 &
     pid=$!
     SERVICE_PIDS+=("$pid")
-    wait_http "$NGINX_PORT" "$pid" nginx
+    wait_http "$(target_port "$name")" "$pid" "$name"
     # The master and its workers: all of them count for CPU and syscalls.
     for i in $(seq 50); do
-        PIDS[nginx]="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
-        [ "$(wc -w <<<"${PIDS[nginx]}")" -eq $((workers + 1)) ] && break
+        PIDS[$name]="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
+        [ "$(wc -w <<<"${PIDS[$name]}")" -eq $((workers + 1)) ] && break
         sleep 0.1
     done
-    SERVICE_PIDS+=(${PIDS[nginx]#"$pid"})
+    SERVICE_PIDS+=(${PIDS[$name]#"$pid"})
 }
+
+start_nginx() { start_nginx_as "$1" nginx off; }
+# Buffered like lb-mio's: written in 64 KiB batches, at least every second.
+start_nginx-log() { start_nginx_as "$1" nginx-log "$WORK/nginx-log-access.log combined buffer=64k flush=1s"; }
 
 start_haproxy() {
     local threads=$1 cfg="$WORK/haproxy.cfg" pid
@@ -166,7 +187,7 @@ start_mode() {
         all) BAL_PIN=() LOAD_PIN=() workers=2 ;;
         *) die "unknown mode $mode (pinned | all)" ;;
     esac
-    check_ports "${B[1]}" "${B[2]}" "${B[3]}" "$LB_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
+    check_ports "${B[1]}" "${B[2]}" "${B[3]}" $(for t in $TARGETS; do target_port "$t"; done)
     start_backends
     for t in $TARGETS; do
         [ "$t" = direct ] || "start_$t" "$workers"
@@ -381,7 +402,7 @@ machine_info() {
 
 write_results() {
     local table=$1 elapsed=$2 cmd
-    cmd="DURATION=$DURATION ROUNDS=$ROUNDS CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$TARGETS\" WARMUP=$WARMUP PORT_BASE=$PORT_BASE SYSCALLS=$SYSCALLS COUNT_DURATION=$COUNT_DURATION LB_UPSTREAM_KEEPALIVE=$LB_UPSTREAM_KEEPALIVE benches/load.sh"
+    cmd="DURATION=$DURATION ROUNDS=$ROUNDS CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$TARGETS\" WARMUP=$WARMUP PORT_BASE=$PORT_BASE SYSCALLS=$SYSCALLS COUNT_DURATION=$COUNT_DURATION LB_UPSTREAM_KEEPALIVE=$LB_UPSTREAM_KEEPALIVE${BASE_BIN:+ BASE_BIN=$BASE_BIN} benches/load.sh"
     mkdir -p "$(dirname "$RESULTS")"
     {
         echo "# Load comparison, $(date +%F)"
