@@ -396,7 +396,11 @@ mod tests {
 
     fn at_epoch(format: fn(&mut Vec<u8>, SystemTime, &Entry), e: &Entry) -> String {
         let mut out = Vec::new();
-        format(&mut out, UNIX_EPOCH + Duration::from_millis(1_764_902_751_123), e);
+        format(
+            &mut out,
+            UNIX_EPOCH + Duration::from_millis(1_764_902_751_123),
+            e,
+        );
         String::from_utf8(out).unwrap()
     }
 

@@ -341,7 +341,12 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         "Client connections lb-mio closed without an answer, by reason.",
     );
     for (reason, n) in &totals.closed {
-        line(&mut out, "lbmio_closed_total", &format!("reason=\"{reason}\""), *n);
+        line(
+            &mut out,
+            "lbmio_closed_total",
+            &format!("reason=\"{reason}\""),
+            *n,
+        );
     }
     header(
         &mut out,

@@ -3,9 +3,9 @@
 //! is shared with other workers but the read-mostly backend pool.
 
 use crate::accept::{self, Next};
+use crate::access_log;
 use crate::buffer::BufferPool;
 use crate::config;
-use crate::access_log;
 use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
 use crate::metrics::WorkerMetrics;
 use crate::request_id::RequestIds;
@@ -286,7 +286,13 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let id = entry.key();
         if limit.is_some_and(|limit| !limit.open(peer.ip())) {
-            entry.insert(Conn::new(Transport::Plain(stream), peer, proxied, now, header));
+            entry.insert(Conn::new(
+                Transport::Plain(stream),
+                peer,
+                proxied,
+                now,
+                header,
+            ));
             self.with_conn(id, now, Conn::refuse);
             return;
         }

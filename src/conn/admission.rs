@@ -4,10 +4,10 @@
 
 use super::ending::Cause;
 use super::exchange::GiveUp;
+use crate::backend::{self, Lease};
 use crate::balance::{Pick, Tried};
 use crate::config::{Sticky, Strategy};
 use crate::http::request::{self, Request};
-use crate::backend::{self, Lease};
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;

@@ -267,8 +267,18 @@ mod tests {
                 "PR",
                 Some(400),
             ),
-            (Cause::BadHead(HeadError::TooLarge), At::Head, "PR", Some(431)),
-            (Cause::BadHead(HeadError::UriTooLong), At::Head, "PR", Some(414)),
+            (
+                Cause::BadHead(HeadError::TooLarge),
+                At::Head,
+                "PR",
+                Some(431),
+            ),
+            (
+                Cause::BadHead(HeadError::UriTooLong),
+                At::Head,
+                "PR",
+                Some(414),
+            ),
             (
                 Cause::BadHead(HeadError::NotImplemented("x")),
                 At::Head,

@@ -197,7 +197,9 @@ impl Exchange {
     }
 
     pub fn lease(&self) -> &Lease {
-        self.lease.as_ref().expect("an exchange talks to a backend only once admitted")
+        self.lease
+            .as_ref()
+            .expect("an exchange talks to a backend only once admitted")
     }
 
     /// Some of the response went to the client already: no other answer can follow.
@@ -249,7 +251,7 @@ impl Exchange {
 /// holds only a `None`.
 #[derive(Default)]
 pub struct Exchanges {
-    free: Vec<Box<Option<Exchange>>>,
+    free: Vec<Held>,
 }
 
 /// An exchange in its reused box (always `Some` while held).
@@ -260,16 +262,16 @@ const KEEP: usize = 1024;
 
 impl Exchanges {
     pub fn start(&mut self, exchange: Exchange) -> Held {
-        let mut slot = self.free.pop().unwrap_or_default();
-        *slot = Some(exchange);
-        Held(slot)
+        let mut held = self.free.pop().unwrap_or_else(|| Held(Box::default()));
+        *held.0 = Some(exchange);
+        held
     }
 
     /// Ends the exchange (its lease with it) and keeps the box.
     pub fn end(&mut self, mut held: Held) {
         *held.0 = None;
         if self.free.len() < KEEP {
-            self.free.push(held.0);
+            self.free.push(held);
         }
     }
 }
@@ -392,7 +394,8 @@ mod tests {
     fn the_record_keeps_the_clients_id_or_the_fresh_one() {
         let mut ex = exchange(Method::Get);
         let head = b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n";
-        ex.record.set_id(IdFrom::Client { at: 30, len: 3 }, head, b"fresh");
+        ex.record
+            .set_id(IdFrom::Client { at: 30, len: 3 }, head, b"fresh");
         assert_eq!(ex.record.id(), Some(&b"abc"[..]));
         ex.record.set_id(IdFrom::Replaced, head, b"fresh");
         assert_eq!(ex.record.id(), Some(&b"fresh"[..]));

@@ -183,7 +183,13 @@ fn held(slot: &Option<Buffer>) -> usize {
 impl Conn {
     /// A new client connection: it must send a request head (after a PROXY protocol header
     /// when `proxied`) within the header timeout.
-    pub fn new(client: Transport, peer: SocketAddr, proxied: bool, now: Instant, header: Duration) -> Conn {
+    pub fn new(
+        client: Transport,
+        peer: SocketAddr,
+        proxied: bool,
+        now: Instant,
+        header: Duration,
+    ) -> Conn {
         Conn {
             client,
             peer,
@@ -662,7 +668,10 @@ impl Conn {
     }
 
     fn relay_head(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let ex = self.exchange.as_deref_mut().expect("relay needs an exchange");
+        let ex = self
+            .exchange
+            .as_deref_mut()
+            .expect("relay needs an exchange");
         let uin = buf(&mut self.uin, ctx.buffers);
         let cout = buf(&mut self.cout, ctx.buffers);
         // The snapshot's record: a slot cannot take another backend while a lease holds it.
@@ -680,7 +689,10 @@ impl Conn {
         let cookie = (lb.sticky == Sticky::Cookie && request.sticky != Some(token))
             .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
         let added = Added {
-            backend: lb.expose_backend.as_deref().zip(Some(backend.name.as_str())),
+            backend: lb
+                .expose_backend
+                .as_deref()
+                .zip(Some(backend.name.as_str())),
             set_cookie: cookie.as_deref().map(str::as_bytes),
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(ex.record.id()),
@@ -850,12 +862,23 @@ impl Conn {
         let before = cout.len();
         let lb = &ctx.snap.config.lb;
         let id = self.exchange.as_ref().and_then(|ex| ex.record.id());
-        reply.write(lb.server_header.as_deref(), lb.request_id.as_deref().zip(id), cout);
+        reply.write(
+            lb.server_header.as_deref(),
+            lb.request_id.as_deref().zip(id),
+            cout,
+        );
         (cout.len() - before) as u64
     }
 
     /// The access line of a request that got as far as an exchange.
-    fn log_exchange(&self, ctx: &mut Ctx, ex: &Exchange, code: [u8; 2], reply: Option<u16>, sent: u64) {
+    fn log_exchange(
+        &self,
+        ctx: &mut Ctx,
+        ex: &Exchange,
+        code: [u8; 2],
+        reply: Option<u16>,
+        sent: u64,
+    ) {
         let format = ctx.snap.config.log.access_log;
         if format == AccessLog::Off {
             return;
@@ -920,7 +943,9 @@ impl Conn {
 
     /// Some of this exchange's response went to the client already: no other answer can follow.
     fn response_started(&self) -> bool {
-        self.exchange.as_ref().is_some_and(|ex| ex.response_started())
+        self.exchange
+            .as_ref()
+            .is_some_and(|ex| ex.response_started())
     }
 
     /// A backend connection failed before any response byte. The request goes to another
@@ -930,7 +955,10 @@ impl Conn {
         let ex = self.exchange.as_mut().expect("retry needs an exchange");
         let reused = ex.upstream.is_some_and(|up| ctx.upstreams.get(up).reused);
         let backend = ex.lease().id;
-        warn!("{peer}: backend {} failed: {failure}", ex.lease().backend().name);
+        warn!(
+            "{peer}: backend {} failed: {failure}",
+            ex.lease().backend().name
+        );
         if let Some(up) = ex.upstream.take() {
             ctx.upstreams.close(ctx.registry, up);
         }

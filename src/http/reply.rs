@@ -131,9 +131,9 @@ mod tests {
     fn a_configured_server_header_follows_the_status_line() {
         let mut out = crate::buffer::BufferPool::new(0).take();
         Reply::BadGateway.write(Some("edge"), Some(("X-Request-Id", b"abc")), &mut out);
-        assert!(out
-            .data()
-            .starts_with(b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nX-Request-Id: abc\r\nContent-Type"));
+        assert!(out.data().starts_with(
+            b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nX-Request-Id: abc\r\nContent-Type"
+        ));
         let mut plain = crate::buffer::BufferPool::new(0).take();
         Reply::BadGateway.write(None, None, &mut plain);
         assert_eq!(plain.data(), Reply::BadGateway.bytes());

@@ -146,7 +146,10 @@ impl<'a> Added<'a> {
     /// (the backend's would name its software), or the request's id.
     fn replaces(&self, name: &str) -> bool {
         let server = self.server.is_some() && name.eq_ignore_ascii_case("server");
-        server || self.request_id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
+        server
+            || self
+                .request_id
+                .is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
     }
 
     pub fn backend(header_and_name: Option<(&'a str, &'a str)>) -> Added<'a> {
