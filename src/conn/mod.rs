@@ -674,8 +674,8 @@ impl Conn {
             .expect("relay needs an exchange");
         let uin = buf(&mut self.uin, ctx.buffers);
         let cout = buf(&mut self.cout, ctx.buffers);
-        // The snapshot's record: a slot cannot take another backend while a lease holds it.
-        let backend = &ctx.snap.backends[ex.lease().id];
+        let backend = ex.lease.as_ref().expect("only an admitted request is answered");
+        let backend = backend.backend();
         let lb = &ctx.snap.config.lb;
         let before = cout.len();
         // A stopping worker closes each connection after its response, and says so in it.
@@ -712,6 +712,9 @@ impl Conn {
         uin.consume(response.head_len);
         ex.record.bytes_out += (cout.len() - before) as u64;
         backend.record_success();
+        if response.kind == Kind::Final {
+            observe_latency(ctx, backend, ctx.now - ex.record.started);
+        }
         ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
         ex.status = response.status;
         match response.kind {
@@ -723,7 +726,6 @@ impl Conn {
                 self.enter(Phase::Tunnel, ctx);
             }
             Kind::Final => {
-                observe_latency(ctx, backend, ctx.now - ex.record.started);
                 ex.reusable = response.reusable;
                 ex.client_keep_alive = response.client_keep_alive;
                 let body = Body::new(response.framing);
