@@ -93,7 +93,7 @@ impl Read for Timed<'_> {
 }
 
 /// An admin request, read whole.
-struct Request {
+struct ApiRequest {
     method: String,
     path: String,
     authorization: Option<String>,
@@ -101,23 +101,23 @@ struct Request {
 }
 
 /// An admin answer.
-struct Answer {
+struct ApiAnswer {
     status: u16,
     content_type: &'static str,
     body: String,
 }
 
-impl Answer {
-    fn json(status: u16, value: Value) -> Answer {
-        Answer {
+impl ApiAnswer {
+    fn json(status: u16, value: Value) -> ApiAnswer {
+        ApiAnswer {
             status,
             content_type: "application/json",
             body: value.to_string() + "\n",
         }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Answer {
-        Answer::json(status, json!({ "error": message.into() }))
+    fn error(status: u16, message: impl Into<String>) -> ApiAnswer {
+        ApiAnswer::json(status, json!({ "error": message.into() }))
     }
 }
 
@@ -133,7 +133,7 @@ fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Res
             Ok(()) => route(shared, &request),
             Err(answer) => answer,
         },
-        Err(message) => Answer::error(400, message),
+        Err(message) => ApiAnswer::error(400, message),
     };
     let reason = reason(answer.status);
     let head = format!(
@@ -147,7 +147,11 @@ fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Res
 }
 
 /// With a token, every request must carry it; without one, only loopback clients are served.
-fn check_access(request: &Request, peer: SocketAddr, token: Option<&str>) -> Result<(), Answer> {
+fn check_access(
+    request: &ApiRequest,
+    peer: SocketAddr,
+    token: Option<&str>,
+) -> Result<(), ApiAnswer> {
     match token {
         Some(token) => {
             let given = request
@@ -157,18 +161,18 @@ fn check_access(request: &Request, peer: SocketAddr, token: Option<&str>) -> Res
             if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
                 Ok(())
             } else {
-                Err(Answer::error(401, "a valid bearer token is required"))
+                Err(ApiAnswer::error(401, "a valid bearer token is required"))
             }
         }
         None if peer.ip().is_loopback() => Ok(()),
-        None => Err(Answer::error(
+        None => Err(ApiAnswer::error(
             403,
             "loopback clients only (no [admin] token is set)",
         )),
     }
 }
 
-fn read_request(stream: &mut Timed) -> Result<Request, String> {
+fn read_request(stream: &mut Timed) -> Result<ApiRequest, String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -189,7 +193,7 @@ fn read_request(stream: &mut Timed) -> Result<Request, String> {
             if head_len + length > MAX_REQUEST {
                 return Err("request too large".into());
             }
-            let request = Request {
+            let request = ApiRequest {
                 method: req.method.unwrap_or_default().to_string(),
                 path: req.path.unwrap_or_default().to_string(),
                 authorization: header("authorization"),
@@ -213,8 +217,8 @@ fn read_body(
     mut buf: Vec<u8>,
     head_len: usize,
     length: usize,
-    mut request: Request,
-) -> Result<Request, String> {
+    mut request: ApiRequest,
+) -> Result<ApiRequest, String> {
     buf.drain(..head_len);
     let mut rest = vec![0u8; length.saturating_sub(buf.len())];
     stream
@@ -226,7 +230,7 @@ fn read_body(
     Ok(request)
 }
 
-fn route(shared: &Shared, request: &Request) -> Answer {
+fn route(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
     let answer = answer(shared, request);
     if request.method != "GET" && answer.status < 300 {
         state_file::persist(&shared.load());
@@ -234,11 +238,11 @@ fn route(shared: &Shared, request: &Request) -> Answer {
     answer
 }
 
-fn answer(shared: &Shared, request: &Request) -> Answer {
+fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
     let path = request.path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), parts.as_slice()) {
-        ("GET", [""]) => Answer {
+        ("GET", [""]) => ApiAnswer {
             status: 200,
             content_type: "text/html; charset=utf-8",
             body: STATUS_PAGE.to_string(),
@@ -246,23 +250,23 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
         ("GET", ["metrics"]) => {
             let snap = shared.load();
             let body = metrics::render(&shared.totals(), &snap.backends);
-            Answer {
+            ApiAnswer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
                 body,
             }
         }
-        ("GET", ["api", "backends"]) => Answer::json(200, list_backends(shared)),
+        ("GET", ["api", "backends"]) => ApiAnswer::json(200, list_backends(shared)),
         ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
         ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
             b.drain(false);
             info!("backend {} draining (admin API)", b.name);
-            Answer::json(200, json!({ "name": b.name, "state": b.state().name() }))
+            ApiAnswer::json(200, json!({ "name": b.name, "state": b.state().name() }))
         }),
         ("DELETE", ["api", "backends", name]) => with_backend(shared, name, |b| {
             b.drain(true);
             info!("backend {} draining, then removed (admin API)", b.name);
-            Answer::json(202, json!({ "name": b.name, "state": b.state().name() }))
+            ApiAnswer::json(202, json!({ "name": b.name, "state": b.state().name() }))
         }),
         ("PUT", ["api", "backends", name]) => {
             let answer = with_backend(shared, name, |b| set_weight(b, &request.body));
@@ -281,9 +285,9 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
             answer
         }
         (_, ["", ..] | ["metrics"] | ["api", "backends", ..]) => {
-            Answer::error(405, "method not allowed")
+            ApiAnswer::error(405, "method not allowed")
         }
-        _ => Answer::error(404, "not found"),
+        _ => ApiAnswer::error(404, "not found"),
     }
 }
 
@@ -328,7 +332,7 @@ fn list_backends(shared: &Shared) -> Value {
     })
 }
 
-fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answer) -> Answer {
+fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> ApiAnswer) -> ApiAnswer {
     let snap = shared.load();
     match snap
         .backends
@@ -336,11 +340,11 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> Answe
         .find(|b| b.name == name && b.is_listed())
     {
         Some(backend) => act(backend),
-        None => Answer::error(404, format!("no backend named {name:?}")),
+        None => ApiAnswer::error(404, format!("no backend named {name:?}")),
     }
 }
 
-fn set_weight(backend: &Backend, body: &[u8]) -> Answer {
+fn set_weight(backend: &Backend, body: &[u8]) -> ApiAnswer {
     let weight = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("weight").and_then(Value::as_u64))
@@ -349,18 +353,18 @@ fn set_weight(backend: &Backend, body: &[u8]) -> Answer {
         Some(w) => {
             backend.set_weight(w);
             info!("backend {} weight is now {w} (admin API)", backend.name);
-            Answer::json(200, json!({ "name": backend.name, "weight": w }))
+            ApiAnswer::json(200, json!({ "name": backend.name, "weight": w }))
         }
-        None => Answer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)),
+        None => ApiAnswer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)),
     }
 }
 
 /// `{"address": "ip:port", "weight": N, "name": "..."}`: the new backend starts down and takes
 /// traffic once its health checks pass.
-fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
+fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
     let conf = match parse_new_backend(body) {
         Ok(conf) => conf,
-        Err(message) => return Answer::error(400, message),
+        Err(message) => return ApiAnswer::error(400, message),
     };
     let mut placed = None;
     let added = shared.update(|snap| {
@@ -377,7 +381,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 .unwrap_or_default(),
         };
         if taken(&name) {
-            return Err(Answer::error(
+            return Err(ApiAnswer::error(
                 409,
                 format!("a backend named {name:?} exists"),
             ));
@@ -391,7 +395,7 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
             Source::Admin,
         );
         let mut backends = snap.backends.to_vec();
-        let id = backend::place(&mut backends, backend).map_err(|e| Answer::error(409, e))?;
+        let id = backend::place(&mut backends, backend).map_err(|e| ApiAnswer::error(409, e))?;
         placed = Some(Arc::clone(&backends[id]));
         Ok(Snapshot::new(snap.config.clone(), backends.into()))
     });
@@ -401,13 +405,13 @@ fn add_backend(shared: &Shared, body: &[u8]) -> Answer {
                 "backend {} at {} added (admin API); down until its health checks pass",
                 backend.name, backend.addr
             );
-            Answer::json(
+            ApiAnswer::json(
                 201,
                 json!({ "name": backend.name, "address": backend.addr.to_string(), "weight": backend.weight(), "state": backend.state().name() }),
             )
         }
         (Err(answer), _) => answer,
-        (Ok(()), None) => Answer::error(500, "backend not added"),
+        (Ok(()), None) => ApiAnswer::error(500, "backend not added"),
     }
 }
 
@@ -446,7 +450,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
-        400 => "Bad Request",
+        400 => "Bad ApiRequest",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",

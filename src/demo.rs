@@ -96,7 +96,7 @@ fn serve(mut listener: TcpListener, responses: &Responses) -> io::Result<()> {
 fn accept_all(
     listener: &TcpListener,
     poll: &Poll,
-    conns: &mut Slab<Conn>,
+    conns: &mut Slab<DemoConn>,
     pool: &mut BufferPool,
 ) -> Option<Instant> {
     loop {
@@ -117,7 +117,7 @@ fn accept_all(
 fn add_conn(
     mut socket: TcpStream,
     poll: &Poll,
-    conns: &mut Slab<Conn>,
+    conns: &mut Slab<DemoConn>,
     pool: &mut BufferPool,
 ) -> io::Result<()> {
     // Responses are small and each one is complete: send it now, not after the next ACK.
@@ -127,11 +127,11 @@ fn add_conn(
     let interest = Interest::READABLE | Interest::WRITABLE;
     poll.registry()
         .register(&mut socket, Token(entry.key()), interest)?;
-    entry.insert(Conn::new(socket, pool));
+    entry.insert(DemoConn::new(socket, pool));
     Ok(())
 }
 
-fn on_ready(key: usize, conns: &mut Slab<Conn>, pool: &mut BufferPool, responses: &Responses) {
+fn on_ready(key: usize, conns: &mut Slab<DemoConn>, pool: &mut BufferPool, responses: &Responses) {
     // An event queued for a connection closed earlier in the same batch finds no entry, or a
     // new connection in its slot, which then just finds nothing to do.
     let Some(conn) = conns.get_mut(key) else {
@@ -148,11 +148,11 @@ fn on_ready(key: usize, conns: &mut Slab<Conn>, pool: &mut BufferPool, responses
 }
 
 /// Where a connection is in its request stream.
-enum State {
+enum DemoPhase {
     /// Waiting for (the rest of) a request head.
     Head,
     /// Discarding a request body; `then` is the answer once it has all been read.
-    Body { body: Body, then: Answer },
+    Body { body: Body, then: DemoAnswer },
     /// The last response is queued; the write side closes once it is written.
     Closing,
     /// The write side is closed. Input is read and dropped until the client closes too:
@@ -162,20 +162,20 @@ enum State {
     Draining,
 }
 
-struct Conn {
+struct DemoConn {
     socket: TcpStream,
     input: Buffer,
     output: Buffer,
-    state: State,
+    state: DemoPhase,
 }
 
-impl Conn {
-    fn new(socket: TcpStream, pool: &mut BufferPool) -> Conn {
-        Conn {
+impl DemoConn {
+    fn new(socket: TcpStream, pool: &mut BufferPool) -> DemoConn {
+        DemoConn {
             socket,
             input: pool.take(),
             output: pool.take(),
-            state: State::Head,
+            state: DemoPhase::Head,
         }
     }
 
@@ -193,9 +193,9 @@ impl Conn {
                 // The socket is full; its writable edge brings us back.
                 return Ok(true);
             }
-            if matches!(self.state, State::Closing) {
+            if matches!(self.state, DemoPhase::Closing) {
                 self.socket.shutdown(Shutdown::Write)?;
-                self.state = State::Draining;
+                self.state = DemoPhase::Draining;
             }
             if !wants_input {
                 // `answer` stopped for room in `output`, which is empty now.
@@ -217,17 +217,17 @@ impl Conn {
             match self.next_request() {
                 Ok(Some(answer)) => self.respond(answer, responses),
                 Ok(None) => return true,
-                Err(Malformed) => self.respond(Answer::BAD_REQUEST, responses),
+                Err(Malformed) => self.respond(DemoAnswer::BAD_REQUEST, responses),
             }
         }
         false
     }
 
     /// Consumes input up to the end of the next request: `Ok(None)` when that needs more input.
-    fn next_request(&mut self) -> Result<Option<Answer>, Malformed> {
+    fn next_request(&mut self) -> Result<Option<DemoAnswer>, Malformed> {
         loop {
             match &mut self.state {
-                State::Head => {
+                DemoPhase::Head => {
                     let Some(head) = parse_head(self.input.data())? else {
                         // A head that fills the whole buffer is too large to ever complete.
                         return if self.input.is_full() {
@@ -237,17 +237,17 @@ impl Conn {
                         };
                     };
                     self.input.consume(head.len);
-                    self.state = State::Body {
+                    self.state = DemoPhase::Body {
                         body: Body::new(head.framing),
                         then: head.answer,
                     };
                 }
-                State::Body { body, then } => {
+                DemoPhase::Body { body, then } => {
                     let used = body.scan(self.input.data()).map_err(|_| Malformed)?;
                     self.input.consume(used);
                     return Ok(body.is_done().then_some(*then));
                 }
-                State::Closing | State::Draining => {
+                DemoPhase::Closing | DemoPhase::Draining => {
                     // Nothing after the last response gets an answer.
                     self.input.consume(self.input.len());
                     return Ok(None);
@@ -256,11 +256,11 @@ impl Conn {
         }
     }
 
-    fn respond(&mut self, answer: Answer, responses: &Responses) {
+    fn respond(&mut self, answer: DemoAnswer, responses: &Responses) {
         responses.write(answer, &mut self.output);
         self.state = match answer.conn {
-            Persist::KeepAlive | Persist::KeepAlive10 => State::Head,
-            Persist::Close => State::Closing,
+            Persist::KeepAlive | Persist::KeepAlive10 => DemoPhase::Head,
+            Persist::Close => DemoPhase::Closing,
         };
     }
 
@@ -285,7 +285,7 @@ struct Head {
     /// Bytes the head took.
     len: usize,
     framing: Framing,
-    answer: Answer,
+    answer: DemoAnswer,
 }
 
 /// Parses the request head at the start of `input`; `Ok(None)` when it is not complete yet.
@@ -321,7 +321,7 @@ fn parse_head(input: &[u8]) -> Result<Option<Head>, Malformed> {
     Ok(Some(Head {
         len,
         framing,
-        answer: Answer {
+        answer: DemoAnswer {
             page,
             head_only,
             conn,
@@ -331,15 +331,15 @@ fn parse_head(input: &[u8]) -> Result<Option<Head>, Malformed> {
 
 /// Which response a request gets.
 #[derive(Clone, Copy)]
-struct Answer {
+struct DemoAnswer {
     page: Page,
     /// A `HEAD` request: the response head only.
     head_only: bool,
     conn: Persist,
 }
 
-impl Answer {
-    const BAD_REQUEST: Answer = Answer {
+impl DemoAnswer {
+    const BAD_REQUEST: DemoAnswer = DemoAnswer {
         page: Page::BadRequest,
         head_only: false,
         conn: Persist::Close,
@@ -405,7 +405,7 @@ impl Responses {
         }
     }
 
-    fn write(&self, answer: Answer, out: &mut Buffer) {
+    fn write(&self, answer: DemoAnswer, out: &mut Buffer) {
         let page = answer.page as usize;
         out.put(&self.heads[page][answer.conn as usize]);
         if !answer.head_only {

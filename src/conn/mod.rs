@@ -674,7 +674,10 @@ impl Conn {
             .expect("relay needs an exchange");
         let uin = buf(&mut self.uin, ctx.buffers);
         let cout = buf(&mut self.cout, ctx.buffers);
-        let backend = ex.lease.as_ref().expect("only an admitted request is answered");
+        let backend = ex
+            .lease
+            .as_ref()
+            .expect("only an admitted request is answered");
         let backend = backend.backend();
         let lb = &ctx.snap.config.lb;
         let before = cout.len();

@@ -73,7 +73,7 @@ pub struct Scan {
 
 /// Where the decoder is in the chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Part {
     /// Reading the hex digits of a chunk size.
     Size,
     /// Reading whitespace after the chunk size; only `;` may follow.
@@ -121,7 +121,7 @@ enum Quote {
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     /// Where we are in the body.
-    state: State,
+    state: Part,
     /// Value of the chunk size read so far on the current size line.
     size: u64,
     /// Hex digits read so far on the current size line.
@@ -142,7 +142,7 @@ impl ChunkedDecoder {
     /// most `max_trailer_bytes` bytes (CRLFs included, final empty line not).
     pub fn new(max_trailer_bytes: usize) -> Self {
         ChunkedDecoder {
-            state: State::Size,
+            state: Part::Size,
             size: 0,
             digits: 0,
             ext_len: 0,
@@ -163,15 +163,15 @@ impl ChunkedDecoder {
     /// On error the body must be dropped (and the connection closed): the
     /// decoder stays failed and every later call returns the same error.
     pub fn scan(&mut self, input: &[u8]) -> Result<Scan, ChunkError> {
-        if let State::Failed(err) = self.state {
+        if let Part::Failed(err) = self.state {
             return Err(err);
         }
         let mut used = 0;
-        while used < input.len() && self.state != State::Done {
+        while used < input.len() && self.state != Part::Done {
             match self.step(&input[used..]) {
                 Ok(n) => used += n,
                 Err(err) => {
-                    self.state = State::Failed(err);
+                    self.state = Part::Failed(err);
                     return Err(err);
                 }
             }
@@ -184,7 +184,7 @@ impl ChunkedDecoder {
 
     /// Whether the whole body, final CRLF included, has been scanned.
     pub fn is_done(&self) -> bool {
-        self.state == State::Done
+        self.state == Part::Done
     }
 
     /// Consumes the start of `input` (never empty) and returns how many
@@ -195,20 +195,20 @@ impl ChunkedDecoder {
             self.count_trailer_byte()?;
         }
         self.state = match self.state {
-            State::Data { remaining } => return Ok(self.skip_data(remaining, input)),
-            State::Size => self.on_size(b)?,
-            State::SizeWs => self.on_size_ws(b)?,
-            State::Ext => self.on_ext(b)?,
-            State::SizeLf => expect_lf(b, self.after_size_line())?,
-            State::DataCr => expect_cr(b, State::DataLf)?,
-            State::DataLf => expect_lf(b, self.start_chunk())?,
-            State::TrailerStart => on_trailer_start(b)?,
-            State::TrailerName => on_trailer_name(b)?,
-            State::TrailerValue => on_trailer_value(b)?,
-            State::TrailerLf => expect_lf(b, State::TrailerStart)?,
-            State::FinalLf => expect_lf(b, State::Done)?,
+            Part::Data { remaining } => return Ok(self.skip_data(remaining, input)),
+            Part::Size => self.on_size(b)?,
+            Part::SizeWs => self.on_size_ws(b)?,
+            Part::Ext => self.on_ext(b)?,
+            Part::SizeLf => expect_lf(b, self.after_size_line())?,
+            Part::DataCr => expect_cr(b, Part::DataLf)?,
+            Part::DataLf => expect_lf(b, self.start_chunk())?,
+            Part::TrailerStart => on_trailer_start(b)?,
+            Part::TrailerName => on_trailer_name(b)?,
+            Part::TrailerValue => on_trailer_value(b)?,
+            Part::TrailerLf => expect_lf(b, Part::TrailerStart)?,
+            Part::FinalLf => expect_lf(b, Part::Done)?,
             // `scan` never steps in these states; consume nothing.
-            State::Done | State::Failed(_) => return Ok(0),
+            Part::Done | Part::Failed(_) => return Ok(0),
         };
         Ok(1)
     }
@@ -218,35 +218,35 @@ impl ChunkedDecoder {
         let n = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
         let left = remaining - n as u64;
         self.state = if left == 0 {
-            State::DataCr
+            Part::DataCr
         } else {
-            State::Data { remaining: left }
+            Part::Data { remaining: left }
         };
         n
     }
 
     /// Resets the size-line counters and returns the state for a new chunk.
-    fn start_chunk(&mut self) -> State {
+    fn start_chunk(&mut self) -> Part {
         self.size = 0;
         self.digits = 0;
         self.ext_len = 0;
-        State::Size
+        Part::Size
     }
 
-    /// State after a complete size line: chunk data, or trailers after the
+    /// Part after a complete size line: chunk data, or trailers after the
     /// last (zero-size) chunk.
-    fn after_size_line(&self) -> State {
+    fn after_size_line(&self) -> Part {
         if self.size == 0 {
-            State::TrailerStart
+            Part::TrailerStart
         } else {
-            State::Data {
+            Part::Data {
                 remaining: self.size,
             }
         }
     }
 
     /// A byte of the chunk size, or the byte ending it.
-    fn on_size(&mut self, b: u8) -> Result<State, ChunkError> {
+    fn on_size(&mut self, b: u8) -> Result<Part, ChunkError> {
         if let Some(digit) = hex_value(b) {
             return self.push_digit(digit);
         }
@@ -255,16 +255,16 @@ impl ChunkedDecoder {
             return Err(ChunkError::BadSize);
         }
         match b {
-            b'\r' => Ok(State::SizeLf),
+            b'\r' => Ok(Part::SizeLf),
             b'\n' => Err(ChunkError::BadLineEnding),
-            b' ' | b'\t' => self.push_ext_byte(State::SizeWs),
-            b';' => self.push_ext_byte(State::Ext),
+            b' ' | b'\t' => self.push_ext_byte(Part::SizeWs),
+            b';' => self.push_ext_byte(Part::Ext),
             _ => Err(ChunkError::BadSize),
         }
     }
 
     /// Appends a hex digit to the chunk size.
-    fn push_digit(&mut self, digit: u8) -> Result<State, ChunkError> {
+    fn push_digit(&mut self, digit: u8) -> Result<Part, ChunkError> {
         let size = self
             .size
             .checked_mul(16)
@@ -276,26 +276,26 @@ impl ChunkedDecoder {
         }
         self.size = size;
         self.digits += 1;
-        Ok(State::Size)
+        Ok(Part::Size)
     }
 
     /// Whitespace after the size: tolerated only before a `;`.
-    fn on_size_ws(&mut self, b: u8) -> Result<State, ChunkError> {
+    fn on_size_ws(&mut self, b: u8) -> Result<Part, ChunkError> {
         match b {
-            b' ' | b'\t' => self.push_ext_byte(State::SizeWs),
-            b';' => self.push_ext_byte(State::Ext),
+            b' ' | b'\t' => self.push_ext_byte(Part::SizeWs),
+            b';' => self.push_ext_byte(Part::Ext),
             b'\n' => Err(ChunkError::BadLineEnding),
             _ => Err(ChunkError::BadSize),
         }
     }
 
     /// A byte of a chunk extension, or the CR ending the size line.
-    fn on_ext(&mut self, b: u8) -> Result<State, ChunkError> {
+    fn on_ext(&mut self, b: u8) -> Result<Part, ChunkError> {
         match b {
             // A quoted-string holds no CR: one still open here is malformed, and a parser
             // that reads it on to its closing quote would end the size line elsewhere.
             b'\r' if self.quote != Quote::Outside => Err(ChunkError::BadExtension),
-            b'\r' => Ok(State::SizeLf),
+            b'\r' => Ok(Part::SizeLf),
             b'\n' => Err(ChunkError::BadLineEnding),
             _ if is_ctl(b) => Err(ChunkError::BadExtension),
             _ => {
@@ -306,13 +306,13 @@ impl ChunkedDecoder {
                     (Quote::Escaped, _) => Quote::Inside,
                     (quote, _) => quote,
                 };
-                self.push_ext_byte(State::Ext)
+                self.push_ext_byte(Part::Ext)
             }
         }
     }
 
     /// Counts one more extension byte against the per-line limit.
-    fn push_ext_byte(&mut self, next: State) -> Result<State, ChunkError> {
+    fn push_ext_byte(&mut self, next: Part) -> Result<Part, ChunkError> {
         self.ext_len += 1;
         if self.ext_len > MAX_EXTENSION_BYTES {
             return Err(ChunkError::BadExtension);
@@ -324,8 +324,8 @@ impl ChunkedDecoder {
     /// trailer limit). The final empty line does not count.
     fn in_trailer_line(&self, b: u8) -> bool {
         match self.state {
-            State::TrailerStart => b != b'\r',
-            State::TrailerName | State::TrailerValue | State::TrailerLf => true,
+            Part::TrailerStart => b != b'\r',
+            Part::TrailerName | Part::TrailerValue | Part::TrailerLf => true,
             _ => false,
         }
     }
@@ -341,38 +341,38 @@ impl ChunkedDecoder {
 }
 
 /// First byte of a trailer line: a field name, or the CR of the final line.
-fn on_trailer_start(b: u8) -> Result<State, ChunkError> {
+fn on_trailer_start(b: u8) -> Result<Part, ChunkError> {
     match b {
-        b'\r' => Ok(State::FinalLf),
+        b'\r' => Ok(Part::FinalLf),
         b'\n' => Err(ChunkError::BadLineEnding),
         // A line starting with whitespace is an obs-fold continuation.
-        _ if is_token(b) => Ok(State::TrailerName),
+        _ if is_token(b) => Ok(Part::TrailerName),
         _ => Err(ChunkError::BadTrailer),
     }
 }
 
 /// A byte of a trailer field name, or the `:` ending it.
-fn on_trailer_name(b: u8) -> Result<State, ChunkError> {
+fn on_trailer_name(b: u8) -> Result<Part, ChunkError> {
     match b {
-        b':' => Ok(State::TrailerValue),
+        b':' => Ok(Part::TrailerValue),
         b'\n' => Err(ChunkError::BadLineEnding),
-        _ if is_token(b) => Ok(State::TrailerName),
+        _ if is_token(b) => Ok(Part::TrailerName),
         _ => Err(ChunkError::BadTrailer),
     }
 }
 
 /// A byte of a trailer field value, or the CR ending the line.
-fn on_trailer_value(b: u8) -> Result<State, ChunkError> {
+fn on_trailer_value(b: u8) -> Result<Part, ChunkError> {
     match b {
-        b'\r' => Ok(State::TrailerLf),
+        b'\r' => Ok(Part::TrailerLf),
         b'\n' => Err(ChunkError::BadLineEnding),
         _ if is_ctl(b) => Err(ChunkError::BadTrailer),
-        _ => Ok(State::TrailerValue),
+        _ => Ok(Part::TrailerValue),
     }
 }
 
 /// Moves to `next` if `b` is the CR of a required CRLF.
-fn expect_cr(b: u8, next: State) -> Result<State, ChunkError> {
+fn expect_cr(b: u8, next: Part) -> Result<Part, ChunkError> {
     if b == b'\r' {
         Ok(next)
     } else {
@@ -381,7 +381,7 @@ fn expect_cr(b: u8, next: State) -> Result<State, ChunkError> {
 }
 
 /// Moves to `next` if `b` is the LF completing a CRLF.
-fn expect_lf(b: u8, next: State) -> Result<State, ChunkError> {
+fn expect_lf(b: u8, next: Part) -> Result<Part, ChunkError> {
     if b == b'\n' {
         Ok(next)
     } else {
