@@ -63,6 +63,14 @@ impl RequestLine {
         version: Field::EMPTY,
     };
 
+    /// Forgets the last request's line (its bytes stay, unread).
+    pub fn clear(&mut self) {
+        self.method.len = 0;
+        self.target.len = 0;
+        self.target.cut = false;
+        self.version.len = 0;
+    }
+
     /// Takes method, target and version from the first line of `head` (what there is of it:
     /// a head refused as malformed may have fewer parts).
     pub fn fill(&mut self, head: &[u8]) {

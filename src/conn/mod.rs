@@ -389,7 +389,10 @@ impl Conn {
             max_bytes: config.limits.max_header_bytes,
             max_headers: config.limits.max_headers,
         };
-        let fresh = ctx.ids.fresh();
+        // Drawn only when ids are on (then even when the client brings its own: it is cheap).
+        let fresh = (config.lb.request_id.as_ref())
+            .map(|_| ctx.ids.fresh())
+            .unwrap_or_default();
         let id = config.lb.request_id.as_deref().map(|name| IdHeader {
             name,
             fresh: &fresh,
@@ -416,16 +419,18 @@ impl Conn {
             let header = config.lb.request_id.as_deref().unwrap_or_default();
             info!("{}: invalid {header} replaced by a fresh one", self.peer);
         }
-        let mut ex = Exchange::new(request, config.lb.retries, self.head_started);
-        ex.record.set_id(request.id, head, &fresh);
+        let ex = Exchange::new(request, config.lb.retries, self.head_started);
+        let mut held = ctx.exchanges.start(ex);
+        let text = held.text_mut();
+        text.set_id(request.id, head, &fresh);
         if config.log.access_log != AccessLog::Off {
-            ex.record.line.fill(head);
+            text.line.fill(head);
         }
         let admitted = ctx
             .admission
             .admit(ctx.snap, self.peer.ip(), &request, head, ctx.now);
         cin.consume(request.head_len);
-        self.exchange = Some(ctx.exchanges.start(ex));
+        self.exchange = Some(held);
         let admitted = admitted?;
         let ex = self.exchange.as_mut().expect("just started");
         ex.lease = Some(admitted.lease);
@@ -668,10 +673,8 @@ impl Conn {
     }
 
     fn relay_head(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let ex = self
-            .exchange
-            .as_deref_mut()
-            .expect("relay needs an exchange");
+        let held = self.exchange.as_mut().expect("relay needs an exchange");
+        let (ex, text) = held.parts();
         let uin = buf(&mut self.uin, ctx.buffers);
         let cout = buf(&mut self.cout, ctx.buffers);
         let backend = ex
@@ -698,7 +701,7 @@ impl Conn {
                 .zip(Some(backend.name.as_str())),
             set_cookie: cookie.as_deref().map(str::as_bytes),
             server: lb.server_header.as_deref(),
-            request_id: lb.request_id.as_deref().zip(ex.record.id()),
+            request_id: lb.request_id.as_deref().zip(text.id()),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -866,7 +869,7 @@ impl Conn {
         let cout = buf(&mut self.cout, ctx.buffers);
         let before = cout.len();
         let lb = &ctx.snap.config.lb;
-        let id = self.exchange.as_ref().and_then(|ex| ex.record.id());
+        let id = self.exchange.as_ref().and_then(|held| held.text().id());
         reply.write(
             lb.server_header.as_deref(),
             lb.request_id.as_deref().zip(id),
@@ -879,7 +882,7 @@ impl Conn {
     fn log_exchange(
         &self,
         ctx: &mut Ctx,
-        ex: &Exchange,
+        held: &Held,
         code: [u8; 2],
         reply: Option<u16>,
         sent: u64,
@@ -888,10 +891,10 @@ impl Conn {
         if format == AccessLog::Off {
             return;
         }
-        let r = &ex.record;
+        let (ex, r, text) = (&**held, &held.record, held.text());
         let entry = Entry {
             client: self.peer,
-            line: &r.line,
+            line: &text.line,
             status: reply.or((ex.status != 0).then_some(ex.status)),
             backend: ex.lease.as_ref().map(|l| l.backend().name.as_str()),
             bytes_in: r.bytes_in,
@@ -901,7 +904,7 @@ impl Conn {
             first_byte: r.first_byte,
             retries: r.retries,
             code,
-            request_id: r.id(),
+            request_id: text.id(),
         };
         ctx.log.write(format, &entry, ctx.sink);
     }
