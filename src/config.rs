@@ -25,6 +25,24 @@ const MAX_WORKERS: usize = 256;
 const MAX_MS: u32 = 3_600_000;
 /// Longest header name `expose_backend` and `request_id` take.
 const MAX_HEADER_NAME: usize = 64;
+/// Headers `expose_backend` and `request_id` may not name: they frame or route a message, are
+/// hop-by-hop, or lb-mio writes them itself.
+const RESERVED_HEADERS: [&str; 14] = [
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Upgrade",
+    "Host",
+    "Server",
+    "Set-Cookie",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+];
 /// Most `listen` addresses (each worker holds a listener for each).
 pub const MAX_LISTEN: usize = 8;
 
@@ -786,6 +804,9 @@ fn parse_header_name(v: &str, on: &str) -> Result<Option<String>, String> {
     match parse_bool(v) {
         Ok(true) => Ok(Some(on.to_string())),
         Ok(false) => Ok(None),
+        Err(_) if RESERVED_HEADERS.iter().any(|h| v.eq_ignore_ascii_case(h)) => Err(format!(
+            "{v:?} frames or routes the message, or lb-mio sets it: choose another header"
+        )),
         Err(_) if (1..=MAX_HEADER_NAME).contains(&v.len()) && v.bytes().all(is_token) => {
             Ok(Some(v.to_string()))
         }
@@ -1475,6 +1496,18 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[lb]\nexpose_backend = X-Backend:\n",
                 2,
                 "[lb] expose_backend: expected off, on or a header name",
+            ),
+            (
+                "a framing header as the request id",
+                "[lb]\nrequest_id = content-length\n",
+                2,
+                "[lb] request_id: \"content-length\" frames or routes the message",
+            ),
+            (
+                "lb-mio's own header as the backend's name",
+                "[lb]\nexpose_backend = Server\n",
+                2,
+                "[lb] expose_backend: \"Server\" frames or routes the message",
             ),
             (
                 "unknown log key",
