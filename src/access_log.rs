@@ -157,6 +157,7 @@ fn append(path: &Path) -> io::Result<File> {
 pub struct Writer {
     buf: Vec<u8>,
     last_flush: Instant,
+    clock: Clock,
 }
 
 impl Writer {
@@ -164,16 +165,17 @@ impl Writer {
         Writer {
             buf: Vec::with_capacity(BATCH + MAX_TARGET * 6),
             last_flush: now,
+            clock: Clock::default(),
         }
     }
 
     /// Formats `entry` into the batch; hands the batch over once it is large.
     pub fn write(&mut self, format: Format, entry: &Entry, sink: &Sink) {
-        let wall = SystemTime::now();
+        let time = self.clock.stamp(SystemTime::now());
         match format {
             Format::Off => return,
-            Format::Text => text(&mut self.buf, wall, entry),
-            Format::Json => json(&mut self.buf, wall, entry),
+            Format::Text => text(&mut self.buf, &time, entry),
+            Format::Json => json(&mut self.buf, &time, entry),
         }
         if self.buf.len() >= BATCH {
             self.flush(sink);
@@ -198,11 +200,125 @@ impl Writer {
     }
 }
 
+/// `2026-12-05T02:45:51.123Z`.
+type Stamp = [u8; 24];
+
+/// Writes RFC 3339 times, the date and time of day worked out once per second.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    stamp: Stamp,
+}
+
+impl Clock {
+    fn stamp(&mut self, wall: SystemTime) -> Stamp {
+        let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.second || self.stamp[0] == 0 {
+            self.second = since.as_secs();
+            self.stamp = rfc3339_second(self.second);
+        }
+        let ms = since.subsec_millis();
+        self.stamp[20..23].copy_from_slice(&three_digits(ms));
+        self.stamp
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.000Z` for a second since the epoch (UTC).
+fn rfc3339_second(secs: u64) -> Stamp {
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let day_secs = secs % 86_400;
+    let mut stamp = *b"0000-00-00T00:00:00.000Z";
+    let year = year.clamp(0, 9999) as u32;
+    stamp[0..2].copy_from_slice(&two_digits(year / 100));
+    stamp[2..4].copy_from_slice(&two_digits(year % 100));
+    stamp[5..7].copy_from_slice(&two_digits(month));
+    stamp[8..10].copy_from_slice(&two_digits(day));
+    stamp[11..13].copy_from_slice(&two_digits((day_secs / 3600) as u32));
+    stamp[14..16].copy_from_slice(&two_digits((day_secs / 60 % 60) as u32));
+    stamp[17..19].copy_from_slice(&two_digits((day_secs % 60) as u32));
+    stamp
+}
+
+fn two_digits(n: u32) -> [u8; 2] {
+    [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
+}
+
+fn three_digits(n: u32) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+/// Decimal digits without the formatting machinery (a line has a dozen numbers), two at a time.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839404142434445464748495051525354555657585960616263\
+        6465666768697071727374757677787980818283848586878889909192939495969798\
+        99";
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
+    } else {
+        at -= 1;
+        digits[at] = b'0' + n as u8;
+    }
+    // Byte by byte: a call to memcpy costs more than these few stores.
+    for &digit in &digits[at..] {
+        out.push(digit);
+    }
+}
+
+/// Milliseconds with three decimals.
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros() as u64;
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    out.extend_from_slice(&three_digits((micros % 1000) as u32));
+}
+
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+/// A value, or what stands for none: `-` in text, `null` in JSON.
+fn push_or<T>(out: &mut Vec<u8>, value: Option<T>, none: &[u8], push: fn(&mut Vec<u8>, T)) {
+    match value {
+        Some(v) => push(out, v),
+        None => out.extend_from_slice(none),
+    }
+}
+
 /// `TIME CLIENT "METHOD TARGET VERSION" STATUS BACKEND IN OUT TOTAL CONNECT FIRST_BYTE RETRIES
 /// CODE ID`, times in milliseconds.
-fn text(out: &mut Vec<u8>, wall: SystemTime, e: &Entry) {
-    rfc3339(out, wall);
-    let _ = write!(out, " {} \"", e.client);
+fn text(out: &mut Vec<u8>, time: &Stamp, e: &Entry) {
+    out.extend_from_slice(time);
+    out.push(b' ');
+    push_addr(out, e.client);
+    out.extend_from_slice(b" \"");
     text_field(out, e.line.method.get());
     out.push(b' ');
     text_field(out, e.line.target.get());
@@ -212,38 +328,24 @@ fn text(out: &mut Vec<u8>, wall: SystemTime, e: &Entry) {
     out.push(b' ');
     text_field(out, e.line.version.get());
     out.extend_from_slice(b"\" ");
-    text_or_dash(out, e.status);
+    push_or(out, e.status.map(u64::from), b"-", push_u64);
     out.push(b' ');
     text_field(out, e.backend.map(str::as_bytes));
-    let _ = write!(out, " {} {} ", e.bytes_in, e.bytes_out);
-    text_or_dash(out, e.total.map(Ms));
+    for n in [e.bytes_in, e.bytes_out] {
+        out.push(b' ');
+        push_u64(out, n);
+    }
+    for d in [e.total, e.connect, e.first_byte] {
+        out.push(b' ');
+        push_or(out, d, b"-", push_ms);
+    }
     out.push(b' ');
-    text_or_dash(out, e.connect.map(Ms));
+    push_u64(out, u64::from(e.retries));
     out.push(b' ');
-    text_or_dash(out, e.first_byte.map(Ms));
-    let _ = write!(out, " {} ", e.retries);
     out.extend_from_slice(&e.code);
     out.push(b' ');
     text_field(out, e.request_id);
     out.push(b'\n');
-}
-
-/// Milliseconds with three decimals.
-struct Ms(Duration);
-
-impl std::fmt::Display for Ms {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{:.3}", self.0.as_secs_f64() * 1000.0)
-    }
-}
-
-fn text_or_dash(out: &mut Vec<u8>, value: Option<impl std::fmt::Display>) {
-    match value {
-        Some(v) => {
-            let _ = write!(out, "{v}");
-        }
-        None => out.push(b'-'),
-    }
 }
 
 /// Visible ASCII as it is, anything else (and `"`, `\`) as `\xNN`; `-` for nothing.
@@ -252,60 +354,85 @@ fn text_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
         out.push(b'-');
         return;
     };
-    for &b in value {
-        if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
-            out.push(b);
+    let plain = |b: &u8| b.is_ascii_graphic() && *b != b'"' && *b != b'\\';
+    if value.iter().all(plain) {
+        out.extend_from_slice(value);
+        return;
+    }
+    for b in value {
+        if plain(b) {
+            out.push(*b);
         } else {
-            let _ = write!(out, "\\x{b:02x}");
+            let hex = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                hex[usize::from(b >> 4)],
+                hex[usize::from(b & 15)],
+            ]);
         }
     }
 }
 
-fn json(out: &mut Vec<u8>, wall: SystemTime, e: &Entry) {
+fn json(out: &mut Vec<u8>, time: &Stamp, e: &Entry) {
     out.extend_from_slice(b"{\"time\":\"");
-    rfc3339(out, wall);
-    let _ = write!(out, "\",\"client\":\"{}\"", e.client);
+    out.extend_from_slice(time);
+    out.extend_from_slice(b"\",\"client\":\"");
+    push_addr(out, e.client);
+    out.push(b'"');
     json_pair(out, "method", e.line.method.get());
     json_pair(out, "target", e.line.target.get());
-    let _ = write!(out, ",\"target_cut\":{}", e.line.target.cut);
+    out.extend_from_slice(match e.line.target.cut {
+        true => b",\"target_cut\":true",
+        false => b",\"target_cut\":false",
+    });
     json_pair(out, "version", e.line.version.get());
-    json_number(out, "status", e.status);
+    json_key(out, "status");
+    push_or(out, e.status.map(u64::from), b"null", push_u64);
     json_pair(out, "backend", e.backend.map(str::as_bytes));
-    let _ = write!(
-        out,
-        ",\"bytes_in\":{},\"bytes_out\":{}",
-        e.bytes_in, e.bytes_out
-    );
-    json_number(out, "total_ms", e.total.map(Ms));
-    json_number(out, "connect_ms", e.connect.map(Ms));
-    json_number(out, "first_byte_ms", e.first_byte.map(Ms));
-    let _ = write!(out, ",\"retries\":{}", e.retries);
+    json_key(out, "bytes_in");
+    push_u64(out, e.bytes_in);
+    json_key(out, "bytes_out");
+    push_u64(out, e.bytes_out);
+    for (name, d) in [
+        ("total_ms", e.total),
+        ("connect_ms", e.connect),
+        ("first_byte_ms", e.first_byte),
+    ] {
+        json_key(out, name);
+        push_or(out, d, b"null", push_ms);
+    }
+    json_key(out, "retries");
+    push_u64(out, u64::from(e.retries));
     json_pair(out, "termination", Some(&e.code));
     json_pair(out, "request_id", e.request_id);
     out.extend_from_slice(b"}\n");
 }
 
-fn json_number(out: &mut Vec<u8>, name: &str, value: Option<impl std::fmt::Display>) {
-    let _ = write!(out, ",\"{name}\":");
-    text_or_dash(out, value);
-    if out.last() == Some(&b'-') {
-        out.pop();
-        out.extend_from_slice(b"null");
-    }
+/// `,"name":`
+fn json_key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 fn json_pair(out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
-    let _ = write!(out, ",\"{name}\":");
-    match value {
-        Some(value) => json_string(out, value),
-        None => out.extend_from_slice(b"null"),
-    }
+    json_key(out, name);
+    push_or(out, value, b"null", json_string);
 }
 
 /// A JSON string: valid UTF-8 passes, `"` `\` and control characters are escaped, and each
 /// byte of an invalid sequence becomes `\u00NN`, so no byte is lost.
 fn json_string(out: &mut Vec<u8>, mut value: &[u8]) {
     out.push(b'"');
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(value);
+        out.push(b'"');
+        return;
+    }
     while !value.is_empty() {
         let (valid, rest) = match std::str::from_utf8(value) {
             Ok(s) => (s, &b""[..]),
@@ -342,22 +469,6 @@ fn json_chars(out: &mut Vec<u8>, s: &str) {
             }
         }
     }
-}
-
-/// `2026-12-05T02:45:51.123Z`: UTC, milliseconds.
-fn rfc3339(out: &mut Vec<u8>, wall: SystemTime) {
-    let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let day_secs = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60,
-        since.subsec_millis()
-    );
 }
 
 /// Year, month, day of a count of days since 1970-01-01 (the proleptic Gregorian calendar;
@@ -402,13 +513,10 @@ mod tests {
         }
     }
 
-    fn at_epoch(format: fn(&mut Vec<u8>, SystemTime, &Entry), e: &Entry) -> String {
+    fn at_epoch(format: fn(&mut Vec<u8>, &Stamp, &Entry), e: &Entry) -> String {
         let mut out = Vec::new();
-        format(
-            &mut out,
-            UNIX_EPOCH + Duration::from_millis(1_764_902_751_123),
-            e,
-        );
+        let wall = UNIX_EPOCH + Duration::from_millis(1_764_902_751_123);
+        format(&mut out, &Clock::default().stamp(wall), e);
         String::from_utf8(out).unwrap()
     }
 
@@ -477,6 +585,48 @@ mod tests {
         assert_eq!(line.version.get(), None);
         let empty = super::tests::line(b"");
         assert_eq!(empty.method.get(), None);
+    }
+
+    #[test]
+    fn the_clock_works_the_date_out_again_when_the_second_changes() {
+        let mut clock = Clock::default();
+        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(
+            &clock.stamp(at(1_764_979_199_998)),
+            b"2025-12-05T23:59:59.998Z"
+        );
+        assert_eq!(
+            &clock.stamp(at(1_764_979_199_999)),
+            b"2025-12-05T23:59:59.999Z"
+        );
+        assert_eq!(
+            &clock.stamp(at(1_764_979_200_007)),
+            b"2025-12-06T00:00:00.007Z"
+        );
+    }
+
+    #[test]
+    fn numbers_are_written_as_decimal_text() {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            65_535,
+            1_234_567,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        let mut out = Vec::new();
+        push_ms(&mut out, Duration::from_micros(12_045));
+        assert_eq!(out, b"12.045");
     }
 
     #[test]

@@ -847,14 +847,16 @@ impl Conn {
                 }
             }
         }
-        let code = ending::code(cause, self.at());
-        let status = reply.map(Reply::status);
-        match &self.exchange {
-            Some(ex) => self.log_exchange(ctx, ex, code, status, sent),
-            None if self.phase == Phase::Head || cause.closed_label().is_some() => {
-                self.log_head(ctx, code, status, sent)
+        if ctx.snap.config.log.access_log != AccessLog::Off {
+            let code = ending::code(cause, self.at());
+            let status = reply.map(Reply::status);
+            match &self.exchange {
+                Some(ex) => self.log_exchange(ctx, ex, code, status, sent),
+                None if self.phase == Phase::Head || cause.closed_label().is_some() => {
+                    self.log_head(ctx, code, status, sent)
+                }
+                None => {}
             }
-            None => {}
         }
         if let Some(mut ex) = self.exchange.take() {
             if let Some(up) = ex.upstream.take() {
@@ -887,10 +889,6 @@ impl Conn {
         reply: Option<u16>,
         sent: u64,
     ) {
-        let format = ctx.snap.config.log.access_log;
-        if format == AccessLog::Off {
-            return;
-        }
         let (ex, r, text) = (&**held, &held.record, held.text());
         let entry = Entry {
             client: self.peer,
@@ -906,16 +904,13 @@ impl Conn {
             code,
             request_id: text.id(),
         };
-        ctx.log.write(format, &entry, ctx.sink);
+        ctx.log
+            .write(ctx.snap.config.log.access_log, &entry, ctx.sink);
     }
 
     /// The access line of a request refused in its head, or of a connection that ended before
     /// any request.
     fn log_head(&self, ctx: &mut Ctx, code: [u8; 2], reply: Option<u16>, sent: u64) {
-        let format = ctx.snap.config.log.access_log;
-        if format == AccessLog::Off {
-            return;
-        }
         let mut line = RequestLine::EMPTY;
         let head = self.cin.as_ref().map_or(&[][..], Buffer::data);
         if self.phase == Phase::Head {
@@ -935,7 +930,8 @@ impl Conn {
             code,
             request_id: None,
         };
-        ctx.log.write(format, &entry, ctx.sink);
+        ctx.log
+            .write(ctx.snap.config.log.access_log, &entry, ctx.sink);
     }
 
     /// Where the request was, for the termination code.
