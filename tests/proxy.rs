@@ -1205,67 +1205,6 @@ fn a_client_that_half_closes_after_its_request_gets_the_response_then_the_close(
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Access log
-// ---------------------------------------------------------------------------------------------
-
-/// Makes lb-mio log a line after everything before it: a malformed request is logged as
-/// "rejected request" by the same worker, so waiting for it orders the log.
-fn log_barrier(lb: &Lb) {
-    let before = lb.count_log("rejected request");
-    let resp = request(lb.addr, "NOT HTTP\r\n\r\n");
-    assert_eq!(resp.status, 400);
-    lb.expect_log_count("rejected request", before + 1, WAIT);
-}
-
-/// Three GETs on one connection; returns the client's address as lb-mio sees it.
-fn three_requests(lb: &Lb) -> String {
-    let mut client = connect(lb.addr);
-    for path in ["/x", "/y", "/z"] {
-        assert_eq!(get_on(&mut client, path).status, 200);
-    }
-    client.local_addr().unwrap().to_string()
-}
-
-fn access_lines(lb: &Lb, peer: &str) -> Vec<String> {
-    lb.log()
-        .into_iter()
-        .filter(|l| l.contains(peer) && l.contains(" 200 ") && l.contains("alpha"))
-        .collect()
-}
-
-#[test]
-fn access_log_writes_one_line_per_request() {
-    let a = Backend::named("alpha");
-    let lb = Lb::start(&ini(&[("alpha", a.addr)], "[log]\naccess_log = true\n"));
-
-    let peer = three_requests(&lb);
-    log_barrier(&lb);
-    let lines = access_lines(&lb, &peer);
-    assert_eq!(lines.len(), 3, "log:\n{}", lb.log_text());
-    for (line, path) in lines.iter().zip(["/x", "/y", "/z"]) {
-        assert!(
-            line.contains(&format!("GET {path} HTTP/1.1")),
-            "no request line for {path} in {line:?}"
-        );
-    }
-}
-
-#[test]
-fn access_log_is_off_by_default() {
-    let a = Backend::named("alpha");
-    let lb = Lb::start(&ini(&[("alpha", a.addr)], ""));
-
-    let peer = three_requests(&lb);
-    log_barrier(&lb);
-    assert_eq!(
-        access_lines(&lb, &peer),
-        Vec::<String>::new(),
-        "log:\n{}",
-        lb.log_text()
-    );
-}
-
 #[test]
 fn server_header_replaces_the_backends_and_marks_lb_mios_own_replies() {
     let a = Backend::start("a", |_| {
