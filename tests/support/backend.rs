@@ -1,8 +1,8 @@
 //! The scripted mock backend: an HTTP/1.1 server on loopback that records every request it
 //! receives and answers each with what the test's handler returns.
 
-use super::http::{chunk_encode, has_token, header, header_all, reason};
-use super::util::{find, wait_until};
+use super::http::{chunk_encode, has_token, parse_header_line, reason, Message, PROBE_USER_AGENT};
+use super::util::{find, show, wait_until};
 use super::{IO_TIMEOUT, MAX_HEAD};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -32,25 +32,21 @@ pub struct Request {
     pub seq_on_conn: usize,
 }
 
+impl Message for Request {
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 impl Request {
-    /// The first header with this name (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    /// Every value of headers with this name (case-insensitive), in order.
-    pub fn header_all(&self, name: &str) -> Vec<&str> {
-        header_all(&self.headers, name)
-    }
-
-    pub fn has_header(&self, name: &str) -> bool {
-        self.header(name).is_some()
-    }
-
-    pub fn head_str(&self) -> String {
-        String::from_utf8_lossy(&self.head).into_owned()
-    }
-
     /// The header lines as received, without the request line and the final empty line.
     pub fn header_lines(&self) -> Vec<String> {
         let text = self.head_str();
@@ -61,8 +57,9 @@ impl Request {
             .collect()
     }
 
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+    /// Whether it is one of lb-mio's health probes.
+    pub fn is_probe(&self) -> bool {
+        self.header("user-agent") == Some(PROBE_USER_AGENT)
     }
 }
 
@@ -527,23 +524,36 @@ fn accept_loop(listener: TcpListener, state: Arc<BackendState>) {
     }
 }
 
-/// A parsed request head: (method, target, version, headers, head length).
-type Head = (String, String, String, Vec<(String, String)>, usize);
-
-fn parse_head(bytes: &[u8]) -> Option<Head> {
+/// A request head at the start of `bytes`, if all there: the request (no body yet) and the
+/// head's length.
+fn parse_head(bytes: &[u8], conn: usize, seq_on_conn: usize) -> Option<(Request, usize)> {
     let end = find(bytes, b"\r\n\r\n")? + 4;
-    let text = String::from_utf8_lossy(&bytes[..end - 4]).into_owned();
+    let text = show(&bytes[..end - 4]);
     let mut lines = text.split("\r\n");
     let mut first = lines.next()?.splitn(3, ' ');
-    let method = first.next()?.to_string();
-    let target = first.next()?.to_string();
-    let version = first.next()?.to_string();
-    let mut headers = Vec::new();
-    for line in lines {
-        let (n, v) = line.split_once(':')?;
-        headers.push((n.to_string(), v.trim_matches([' ', '\t']).to_string()));
-    }
-    Some((method, target, version, headers, end))
+    let (method, target, version) = (first.next()?, first.next()?, first.next()?);
+    let request = Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        version: version.to_string(),
+        headers: lines.map(parse_header_line).collect::<Option<_>>()?,
+        head: bytes[..end].to_vec(),
+        body: Vec::new(),
+        raw_body: Vec::new(),
+        conn,
+        seq_on_conn,
+    };
+    Some((request, end))
+}
+
+/// Answers a health probe with `status` and closes, as a plain backend would.
+pub fn answer_probe(stream: &mut TcpStream, status: u16) {
+    let reply = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        reason(status)
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// A connection's input: bytes read but not yet used.
@@ -639,34 +649,29 @@ fn serve(stream: TcpStream, state: &BackendState, conn: usize) -> io::Result<()>
     let mut counted = false;
     // Bounded: a connection serves at most this many requests.
     for seq in 0..100_000 {
-        let (method, target, version, headers, head_len) = loop {
-            if let Some(head) = parse_head(&input.buf) {
-                break head;
+        let (mut request, head_len) = loop {
+            if let Some(parsed) = parse_head(&input.buf, conn, seq) {
+                break parsed;
             }
             if input.buf.len() > MAX_HEAD || !input.fill() {
                 return Ok(());
             }
         };
-        let head = input.take(head_len);
-        let probe = header(&headers, "user-agent") == Some("lb-mio-health");
-        if probe && state.options.answer_probes {
+        input.take(head_len);
+        if request.is_probe() && state.options.answer_probes {
             state.probes.fetch_add(1, Ordering::SeqCst);
-            let status = state.health_status.load(Ordering::SeqCst) as u16;
-            let reply = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                reason(status)
-            );
-            let _ = out.write_all(reply.as_bytes());
-            let _ = out.shutdown(Shutdown::Write);
+            answer_probe(&mut out, state.health_status.load(Ordering::SeqCst) as u16);
             return Ok(());
         }
-        if state.options.auto_continue && has_token(&headers, "expect", "100-continue") {
+        let has = |name, token| has_token(&request.headers, name, token);
+        if state.options.auto_continue && has("expect", "100-continue") {
             out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let chunked = has_token(&headers, "transfer-encoding", "chunked");
-        let length = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let length = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok());
         input.slow = slow;
-        let body = if chunked {
+        let body = if has("transfer-encoding", "chunked") {
             input.chunked()
         } else if let Some(n) = length {
             input.exact(n).map(|b| (b.clone(), b))
@@ -677,26 +682,16 @@ fn serve(stream: TcpStream, state: &BackendState, conn: usize) -> io::Result<()>
         let Some((body, raw_body)) = body else {
             return Ok(());
         };
-        let close_requested = has_token(&headers, "connection", "close")
-            || (version == "HTTP/1.0" && !has_token(&headers, "connection", "keep-alive"));
-        let request = Request {
-            method: method.clone(),
-            target,
-            version,
-            headers,
-            head,
-            body,
-            raw_body,
-            conn,
-            seq_on_conn: seq,
-        };
+        let close_requested = has("connection", "close")
+            || (request.version == "HTTP/1.0" && !has("connection", "keep-alive"));
+        (request.body, request.raw_body) = (body, raw_body);
         if !counted {
             counted = true;
             state.connections.fetch_add(1, Ordering::SeqCst);
         }
         state.requests.lock().unwrap().push(request.clone());
         let response = (state.handler)(&request);
-        for step in response.steps(&method) {
+        for step in response.steps(&request.method) {
             match step {
                 Step::Send(bytes) => out.write_all(&bytes)?,
                 Step::Sleep(d) => thread::sleep(d),

@@ -1,6 +1,6 @@
 //! The raw-socket client: connect, send bytes as given, read responses exactly as they come.
 
-use super::http::{has_token, header, header_all};
+use super::http::{has_token, parse_header_line, Message};
 use super::{IO_TIMEOUT, MAX_HEAD};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +25,12 @@ pub fn send(stream: &mut TcpStream, bytes: impl AsRef<[u8]>) {
         .unwrap_or_else(|e| panic!("send: {e}"));
 }
 
+/// Writes what it can of `bytes`, ignoring errors: lb-mio may answer and close before a long
+/// request is all sent.
+pub fn send_lenient(stream: &mut TcpStream, bytes: impl AsRef<[u8]>) {
+    let _ = stream.write_all(bytes.as_ref());
+}
+
 /// A response as the client received it.
 #[derive(Debug, Clone)]
 pub struct Resp {
@@ -42,30 +48,24 @@ pub struct Resp {
     pub raw_body: Vec<u8>,
 }
 
+impl Message for Resp {
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    pub fn header_all(&self, name: &str) -> Vec<&str> {
-        header_all(&self.headers, name)
-    }
-
-    pub fn has_header(&self, name: &str) -> bool {
-        self.header(name).is_some()
-    }
-
     /// Whether a `Connection` header lists this token.
     pub fn connection_has(&self, token: &str) -> bool {
         has_token(&self.headers, "connection", token)
-    }
-
-    pub fn head_str(&self) -> String {
-        String::from_utf8_lossy(&self.head).into_owned()
-    }
-
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -153,13 +153,9 @@ pub fn try_read_head(stream: &mut TcpStream) -> io::Result<Resp> {
     if !version.starts_with("HTTP/1.") {
         return Err(bad(format!("bad status line {status_line:?}")));
     }
-    let mut headers = Vec::new();
-    for line in lines {
-        let (n, v) = line
-            .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line {line:?}")))?;
-        headers.push((n.to_string(), v.trim_matches([' ', '\t']).to_string()));
-    }
+    let headers = lines
+        .map(|line| parse_header_line(line).ok_or_else(|| bad(format!("bad header line {line:?}"))))
+        .collect::<io::Result<_>>()?;
     Ok(Resp {
         version,
         status,

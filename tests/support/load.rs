@@ -1,6 +1,7 @@
 //! Steady load: client threads that keep requests going while a test changes things.
 
 use super::client::try_read_response;
+use super::http::Message;
 use super::util::wait_until;
 use super::IO_TIMEOUT;
 use std::io::Write;
