@@ -153,17 +153,6 @@ fn answer_probe(mut stream: TcpStream) {
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
-/// Makes the worker log a line (a request rejected for its missing Host) and waits for it.
-/// Everything lb-mio logged before this call is then in `lb.log()`.
-#[track_caller]
-fn sync_log(lb: &Lb) {
-    let before = lb.count_log("rejected request");
-    let mut stream = connect(lb.addr);
-    send(&mut stream, "GET /sync HTTP/1.1\r\n\r\n");
-    let _ = try_read_to_close(&mut stream);
-    lb.expect_log_count("rejected request", before + 1, WAIT);
-}
-
 /// One `GET path` on a new connection: the status and body, or what went wrong.
 fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
@@ -176,14 +165,6 @@ fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("send: {e}"))?;
     let resp = try_read_response(&mut stream).map_err(|e| format!("read: {e}"))?;
     Ok((resp.status, resp.body_str()))
-}
-
-/// The lines of the log that contain `substr`, for assertion messages.
-fn lines_with(lb: &Lb, substr: &str) -> Vec<String> {
-    lb.log()
-        .into_iter()
-        .filter(|l| l.contains(substr))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,8 +313,9 @@ fn a_backend_killed_mid_stream_costs_the_clients_nothing() {
         .count();
     assert!(from_doomed > 0, "no answer came from doomed");
     // Requests were in flight on it: they went elsewhere.
-    sync_log(&lb);
-    let cut = lines_with(&lb, "backend doomed failed")
+    lb.sync_log();
+    let cut = lb
+        .log_lines_with("backend doomed failed")
         .into_iter()
         .filter(|l| l.contains("before responding"))
         .count();
@@ -771,14 +753,14 @@ fn flapping(rise: u32, fall: u32) -> (Lb, Vec<u16>, Backend) {
         probes.load(Ordering::SeqCst)
     );
     // Probe 22 started after the result of probe 21 was acted on (and logged).
-    sync_log(&lb);
+    lb.sync_log();
     (lb, statuses, flap)
 }
 
 #[test]
 fn a_flapping_health_check_does_not_flip_a_backend_with_rise_2_fall_2() {
     let (lb, statuses, _flap) = flapping(2, 2);
-    let changes = lines_with(&lb, "backend flap ");
+    let changes = lb.log_lines_with("backend flap ");
     assert!(changes.is_empty(), "state changes logged: {changes:#?}");
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
@@ -890,8 +872,8 @@ fn refused_connections_mark_a_backend_down_after_max_fails_and_it_gets_no_more_a
         "backend dead is down: 4 failures in a row, the last: connect",
         WAIT,
     );
-    sync_log(&lb);
-    let attempts = lines_with(&lb, "backend dead failed");
+    lb.sync_log();
+    let attempts = lb.log_lines_with("backend dead failed");
     assert_eq!(attempts.len(), 4, "attempts on dead: {attempts:#?}");
     assert_eq!(lb.count_log("backend dead is down"), 1, "{}", lb.log_text());
     assert_eq!(live.request_count(), 20);
@@ -954,7 +936,7 @@ fn a_health_answer_outside_the_status_range_fails_the_probe() {
     // Five more 301s for the default balancer (with fall = 1 any one would mark it down).
     let seen = count_path(&moved, "/default");
     assert!(wait_until(WAIT, || count_path(&moved, "/default") >= seen + 5));
-    sync_log(&default);
+    default.sync_log();
     assert_eq!(
         default.count_log("backend moved is"),
         0,
@@ -988,8 +970,8 @@ fn a_slow_health_answer_fails_the_probe_when_slow_ms_is_set() {
     lb.expect_log("backend slowpoke is down: slow", WAIT);
     // Three slow answers for `off`: the third is sent after the second was acted on.
     assert!(wait_until(WAIT, || count_path(&slowpoke, "/off") >= 3));
-    sync_log(&lb);
-    sync_log(&off);
+    lb.sync_log();
+    off.sync_log();
     assert_eq!(lb.count_log("backend quick is"), 0, "{}", lb.log_text());
     assert_eq!(off.count_log(" is down"), 0, "{}", off.log_text());
     for i in 0..4 {
@@ -1022,7 +1004,7 @@ fn a_backend_down_for_remove_after_s_is_removed_for_good() {
     // Ten more probe intervals (counted at the backend that stays): gone, probed, would be
     // up after one (rise = 1).
     assert!(stay.wait_for_probes(10, WAIT));
-    sync_log(&lb);
+    lb.sync_log();
     assert_eq!(lb.count_log("backend gone is up"), 0, "{}", lb.log_text());
     assert_eq!(lb.count_log("backend gone removed"), 1, "{}", lb.log_text());
     for i in 0..10 {
@@ -1162,7 +1144,7 @@ fn round_robin_keeps_its_rotation_across_a_failover() {
         let resp = get(lb.addr, &format!("/{i}"));
         assert_eq!(resp.status, 200, "request {i}\n{}", lb.log_text());
     }
-    sync_log(&lb);
+    lb.sync_log();
     let attempts = lb.count_log("backend dead failed");
     assert!(
         attempts <= 12,

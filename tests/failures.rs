@@ -7,7 +7,6 @@ mod support;
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -617,18 +616,6 @@ fn max_connections_holds_the_next_connection_until_one_closes() {
     assert_eq!(read_response(&mut d).status, 200);
 }
 
-/// lb-mio started as `sh -c "ulimit -n N; exec lb-mio CONFIG"`, killed on drop.
-#[track_caller]
-fn start_limited(fds: u32, ini: &str) -> Lb {
-    let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
-    Lb::try_start_as(ini, |config| {
-        let mut command = Command::new("sh");
-        command.args(["-c", &script, BIN]).arg(config);
-        command
-    })
-    .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"))
-}
-
 /// User plus system CPU time of a process so far, from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
@@ -660,7 +647,7 @@ fn try_get(addr: SocketAddr) -> Option<u16> {
 #[test]
 fn out_of_file_descriptors_lb_mio_backs_off_without_spinning_and_recovers() {
     let backend = Backend::named("b");
-    let lb = start_limited(
+    let lb = Lb::start_with_nofile(
         64,
         &ini(
             &[("b", backend.addr)],

@@ -6,7 +6,6 @@ mod support;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -21,18 +20,8 @@ const RISE: u64 = 2;
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 100\nrise = 2\n";
 
 // ---------------------------------------------------------------------------------------------
-// Local helpers: signals, config rewrites, waiting for the exit
+// Local helpers: config rewrites, backends that hold a request
 // ---------------------------------------------------------------------------------------------
-
-/// Sends `signal` (`HUP`, `TERM`, `INT`) to the balancer with kill(1).
-fn signal(lb: &Lb, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(lb.pid().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {} failed", lb.pid());
-}
 
 /// Lines that end a reload attempt, one way or the other.
 fn reload_outcomes(lb: &Lb) -> Vec<String> {
@@ -48,7 +37,7 @@ fn reload_outcomes(lb: &Lb) -> Vec<String> {
 fn reload(lb: &Lb, ini: &str) -> String {
     std::fs::write(lb.config_path(), ini).expect("rewrite the config file");
     let before = reload_outcomes(lb).len();
-    signal(lb, "HUP");
+    lb.signal("HUP");
     let done = wait_until(WAIT, || reload_outcomes(lb).len() > before);
     assert!(
         done,
@@ -66,20 +55,6 @@ fn reload_ok(lb: &Lb, ini: &str) {
         outcome.contains("reloaded "),
         "the reload failed: {outcome}\nconfig:\n{ini}"
     );
-}
-
-/// Waits (≤ `timeout`) for the process to exit on its own.
-fn wait_exit(lb: &mut Lb, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = lb.exited() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The body of a response, which the test backends set to their name.
@@ -400,7 +375,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     );
 
     let term = Instant::now();
-    signal(&lb, "TERM");
+    lb.signal("TERM");
 
     for (i, conn) in idle.iter_mut().enumerate() {
         assert!(
@@ -445,7 +420,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
         "a response relayed while stopping must say Connection: close:\n{}",
         resp.head_str()
     );
-    let status = wait_exit(&mut lb, drain.saturating_sub(term.elapsed()));
+    let status = lb.wait_exit(drain.saturating_sub(term.elapsed()));
     let status = status.unwrap_or_else(|| {
         panic!(
             "lb-mio still running {:?} after SIGTERM; log:\n{}",
@@ -477,8 +452,8 @@ fn sigint_stops_waiting_for_a_request_at_the_drain_timeout() {
         "the slow request never arrived"
     );
     let int = Instant::now();
-    signal(&lb, "INT");
-    let status = wait_exit(&mut lb, drain + Duration::from_secs(2));
+    lb.signal("INT");
+    let status = lb.wait_exit(drain + Duration::from_secs(2));
     let took = int.elapsed();
     let status = status.unwrap_or_else(|| {
         panic!(
@@ -701,8 +676,8 @@ fn a_new_lb_mio_on_the_same_port_takes_over_without_a_failed_request() {
         thread::sleep(Duration::from_millis(300));
         let term = Instant::now();
         let term_at = load.started.elapsed();
-        signal(&current, "TERM");
-        let status = wait_exit(&mut current, WAIT);
+        current.signal("TERM");
+        let status = current.wait_exit(WAIT);
         let exit_after = term.elapsed();
         let ok_at_exit = load.ok.load(Ordering::SeqCst);
         timeline.push(format!(

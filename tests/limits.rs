@@ -164,16 +164,6 @@ fn raise_nofile(want: u64) -> u64 {
     nofile().0
 }
 
-/// lb-mio started as `sh -c "ulimit -n FDS && exec lb-mio CONFIG"`.
-fn start_with_nofile(fds: u64, ini: &str) -> Result<Lb, String> {
-    let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
-    Lb::try_start_as(ini, |config| {
-        let mut command = Command::new("sh");
-        command.args(["-c", &script, BIN]).arg(config);
-        command
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // A backend that streams a large response and counts what it managed to write
 // ---------------------------------------------------------------------------------------------
@@ -807,14 +797,13 @@ fn a_flood_of_connections_does_not_disturb_an_established_client_and_leaves_noth
         return;
     }
     let backend = Backend::named("b");
-    let lb = start_with_nofile(
+    let lb = Lb::start_with_nofile(
         8192,
         &ini(
             &[("b", backend.addr)],
             &format!("[timeouts]\nheader_ms = 10000\nidle_ms = 30000\n{NO_HEALTH}"),
         ),
-    )
-    .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"));
+    );
     let pid = lb.pid();
     let mut steady = connect(lb.addr);
     assert_eq!(get_on(&mut steady, "/first").status, 200);
@@ -1094,7 +1083,7 @@ fn ten_thousand_idle_keep_alive_connections_cost_under_4_kib_each() {
             "[timeouts]\nheader_ms = 60000\nidle_ms = 300000\n[limits]\nmax_connections = 30000\n{NO_HEALTH}"
         ),
     );
-    let lb = match start_with_nofile(limit.min(30_000), &config) {
+    let lb = match Lb::try_start_with_nofile(limit.min(30_000), &config) {
         Ok(lb) => lb,
         Err(log) => {
             eprintln!("SKIPPED: lb-mio could not start with {limit} descriptors:\n{log}");

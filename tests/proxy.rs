@@ -1185,15 +1185,6 @@ fn a_client_that_half_closes_after_its_request_gets_the_response_then_the_close(
 // Access log
 // ---------------------------------------------------------------------------------------------
 
-/// Makes lb-mio log a line after everything before it: a malformed request is logged as
-/// "rejected request" by the same worker, so waiting for it orders the log.
-fn log_barrier(lb: &Lb) {
-    let before = lb.count_log("rejected request");
-    let resp = request(lb.addr, "NOT HTTP\r\n\r\n");
-    assert_eq!(resp.status, 400);
-    lb.expect_log_count("rejected request", before + 1, WAIT);
-}
-
 /// Three GETs on one connection; returns the client's address as lb-mio sees it.
 fn three_requests(lb: &Lb) -> String {
     let mut client = connect(lb.addr);
@@ -1216,7 +1207,7 @@ fn access_log_writes_one_line_per_request() {
     let lb = Lb::start(&ini(&[("alpha", a.addr)], "[log]\naccess_log = true\n"));
 
     let peer = three_requests(&lb);
-    log_barrier(&lb);
+    lb.sync_log();
     let lines = access_lines(&lb, &peer);
     assert_eq!(lines.len(), 3, "log:\n{}", lb.log_text());
     for (line, path) in lines.iter().zip(["/x", "/y", "/z"]) {
@@ -1233,7 +1224,7 @@ fn access_log_is_off_by_default() {
     let lb = Lb::start(&ini(&[("alpha", a.addr)], ""));
 
     let peer = three_requests(&lb);
-    log_barrier(&lb);
+    lb.sync_log();
     assert_eq!(
         access_lines(&lb, &peer),
         Vec::<String>::new(),

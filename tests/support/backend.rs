@@ -330,6 +330,12 @@ struct BackendState {
     live: AtomicUsize,
 }
 
+/// An address on loopback where nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
 /// A scripted HTTP/1.1 server on `127.0.0.1:0`, one thread per connection. Records every
 /// request (health probes apart); answers with its handler. Stops on `stop()` or drop.
 pub struct Backend {

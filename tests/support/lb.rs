@@ -1,13 +1,13 @@
 //! The balancer under test: `lb-mio CONFIG` started, watched through its log and stopped on drop;
 //! one-shot command lines; config files built from backends.
 
+use super::client::request;
+use super::http::Message;
+use super::process::{run_within, Pipe, Process};
 use super::util::TempFile;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -16,6 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lb-mio");
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `run_cli` lets the binary run before killing it.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `Lb::sync_log` waits for its line.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A config for the given backends: `[lb]` with `listen = 127.0.0.1:0` and `workers = 1`, then
 /// `extra` (raw INI text: any sections), then `[backends]`. Keys of an `[lb]` section in `extra`
@@ -81,19 +83,11 @@ pub fn ini(backends: &[(&str, SocketAddr)], extra: &str) -> String {
     out
 }
 
-/// An address on loopback where nothing listens (bound, then released).
-pub fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
-}
-
-type LogLines = Arc<(Mutex<Vec<String>>, Condvar)>;
-
 /// A running `lb-mio CONFIG`; killed (and its config removed) on drop.
 pub struct Lb {
+    /// The first address it listens on.
     pub addr: SocketAddr,
-    child: Child,
-    log: LogLines,
+    process: Process,
     config: TempFile,
 }
 
@@ -117,52 +111,43 @@ impl Lb {
         })
     }
 
+    /// `start`, with the soft limit on open descriptors (`ulimit -n`) set to `fds`.
+    #[track_caller]
+    pub fn start_with_nofile(fds: u64, ini: &str) -> Lb {
+        Lb::try_start_with_nofile(fds, ini)
+            .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"))
+    }
+
+    /// `try_start` as `sh -c "ulimit -n FDS && exec lb-mio CONFIG"`.
+    pub fn try_start_with_nofile(fds: u64, ini: &str) -> Result<Lb, String> {
+        let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
+        Lb::try_start_as(ini, |config| {
+            let mut command = Command::new("sh");
+            command.args(["-c", &script, BIN]).arg(config);
+            command
+        })
+    }
+
     /// Like `try_start`, but runs the command `command` makes of the config file's path: one
     /// that ends up as (or `exec`s) `lb-mio CONFIG`.
     pub fn try_start_as(ini: &str, command: impl FnOnce(&Path) -> Command) -> Result<Lb, String> {
         let config = TempFile::new(".ini", ini.as_bytes());
-        let mut child = command(config.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lb-mio");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log: LogLines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        let reader_thread = thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                        let (lock, cv) = &*sink;
-                        lock.lock().unwrap().push(text);
-                        cv.notify_all();
-                    }
-                }
-            }
-            // Wake waiters so they notice the end promptly.
-            sink.1.notify_all();
-        });
+        let process =
+            Process::spawn(&mut command(config.path()), Pipe::Stderr).expect("spawn lb-mio");
         let mut lb = Lb {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-            log,
+            process,
             config,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(addr) = lb.log().iter().find_map(|l| parse_listening(l)) {
-                lb.addr = addr;
+            if let Some(addrs) = lb.log().iter().find_map(|l| listening_on(l)) {
+                lb.addr = addrs[0];
                 return Ok(lb);
             }
-            if let Ok(Some(status)) = lb.child.try_wait() {
-                // The pipe is at EOF once the process is gone: let the reader drain it.
-                let _ = reader_thread.join();
+            if let Some(status) = lb.exited() {
+                // The pipe is at EOF once the process is gone: let every line in.
+                lb.process.wait_for_eof(START_TIMEOUT);
                 return Err(format!("(exited: {status})\n{}", lb.log_text()));
             }
             if Instant::now() >= deadline {
@@ -171,15 +156,13 @@ impl Lb {
                     lb.log_text()
                 ));
             }
-            let (lock, cv) = &*lb.log;
-            let guard = lock.lock().unwrap();
-            let _ = cv.wait_timeout(guard, Duration::from_millis(20)).unwrap();
+            lb.process.wait_for_more(Duration::from_millis(20));
         }
     }
 
     /// Every stderr line so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().clone()
+        self.process.lines()
     }
 
     /// The whole stderr so far, one line per line.
@@ -187,15 +170,17 @@ impl Lb {
         self.log().join("\n")
     }
 
+    /// The stderr lines so far that contain `substr`.
+    pub fn log_lines_with(&self, substr: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains(substr))
+            .collect()
+    }
+
     /// How many stderr lines so far contain `substr`.
     pub fn count_log(&self, substr: &str) -> usize {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(substr))
-            .count()
+        self.process.count_lines(substr)
     }
 
     /// Waits until some stderr line contains `substr`; false if `timeout` passed first.
@@ -205,21 +190,7 @@ impl Lb {
 
     /// Waits until at least `count` stderr lines contain `substr`.
     pub fn wait_for_log_count(&self, substr: &str, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.log;
-        let mut guard = lock.lock().unwrap();
-        loop {
-            if guard.iter().filter(|l| l.contains(substr)).count() >= count {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            // Bounded slices, so a process that dies (no more notifications) cannot stall us.
-            let slice = (deadline - now).min(Duration::from_millis(50));
-            guard = cv.wait_timeout(guard, slice).unwrap().0;
-        }
+        self.process.wait_for_lines(substr, count, timeout)
     }
 
     /// Waits (≤`within`) until some stderr line contains `needle`; panics, showing the log, if
@@ -246,9 +217,31 @@ impl Lb {
         }
     }
 
+    /// Makes lb-mio log a line and waits for it: a request without `Host`, which the worker
+    /// that takes it rejects and logs after everything it logged before. With one worker,
+    /// `log()` then holds every line about what came before this call.
+    #[track_caller]
+    pub fn sync_log(&self) {
+        let before = self.count_log("rejected request");
+        let resp = request(self.addr, "GET /sync-log HTTP/1.1\r\n\r\n");
+        assert_eq!(resp.status, 400, "{}", resp.head_str());
+        self.expect_log_count("rejected request", before + 1, SYNC_TIMEOUT);
+    }
+
     /// The process's exit status if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
+        self.process.exited()
+    }
+
+    /// Waits (≤ `timeout`) for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout)
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `INT`...) to the process.
+    #[track_caller]
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
     }
 
     /// Panics (showing the log) if the process exited or any thread panicked.
@@ -266,7 +259,16 @@ impl Lb {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    /// Every address in the `lb-mio listening on A, B: ...` line.
+    #[track_caller]
+    pub fn listening_on(&self) -> Vec<SocketAddr> {
+        self.log()
+            .iter()
+            .find_map(|l| listening_on(l))
+            .unwrap_or_else(|| panic!("no listening line; log:\n{}", self.log_text()))
     }
 
     /// The admin address from `admin API listening on http://127.0.0.1:PORT/` (logged before
@@ -287,49 +289,19 @@ impl Lb {
     }
 }
 
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in `... lb-mio listening on 127.0.0.1:PORT: ...`.
-fn parse_listening(line: &str) -> Option<SocketAddr> {
+/// The addresses in a `... lb-mio listening on A, B: ...` line.
+fn listening_on(line: &str) -> Option<Vec<SocketAddr>> {
     let rest = &line[line.find("lb-mio listening on ")? + "lb-mio listening on ".len()..];
-    let word = rest.split_whitespace().next()?;
-    word.trim_end_matches([':', ',']).parse().ok()
+    let list = &rest[..rest.find(": ")?];
+    list.split(", ").map(|a| a.parse().ok()).collect()
 }
 
 /// Runs `lb-mio ARGS` (≤10 s, then killed); returns (exit status, stdout, stderr).
+#[track_caller]
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lb-mio");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let status = child.wait().expect("wait");
-            panic!("lb-mio {args:?} still running after {CLI_TIMEOUT:?}; killed ({status})");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
+    let out = run_within(Command::new(BIN).args(args), CLI_TIMEOUT).expect("spawn lb-mio");
+    match out.status {
+        Some(status) => (status, out.stdout, out.stderr),
+        None => panic!("lb-mio {args:?} still running after {CLI_TIMEOUT:?}; killed"),
+    }
 }

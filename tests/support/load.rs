@@ -22,14 +22,21 @@ pub struct Load {
 }
 
 impl Load {
+    /// `clients` threads with a pause of 0.5 ms after each request, which leaves the two
+    /// shared cores some room for the balancer's other threads.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::paced(addr, clients, Duration::from_micros(500))
+    }
+
+    /// `clients` threads, each pausing `pause` after each request.
+    pub fn paced(addr: SocketAddr, clients: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..clients)
             .map(|_| {
                 let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                thread::spawn(move || load_client(addr, &stop, &ok, &failures))
+                thread::spawn(move || load_client(addr, pause, &stop, &ok, &failures))
             })
             .collect();
         Load {
@@ -83,6 +90,7 @@ impl Drop for Load {
 
 fn load_client(
     addr: SocketAddr,
+    pause: Duration,
     stop: &AtomicBool,
     ok: &AtomicUsize,
     failures: &Mutex<Vec<String>>,
@@ -122,7 +130,6 @@ fn load_client(
                 stream = None;
             }
         }
-        // Leave the two shared cores some room for the balancer's other threads.
-        thread::sleep(Duration::from_micros(500));
+        thread::sleep(pause);
     }
 }

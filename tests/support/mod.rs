@@ -21,6 +21,8 @@
 //! - `client`: [`connect`], [`send`] and the `read_*` functions speak raw HTTP/1.1 from the
 //!   client side; a [`Resp`] is a response exactly as received.
 //! - `load`: [`Load`] keeps requests going from client threads while a test changes things.
+//! - `process`: [`Process`] is a child beside the test (its output gathered by line, killed on
+//!   drop); [`run_within`] runs one to its end within a time limit.
 //! - `http`: what the backend and the client share (header lookup, reason phrases, chunks).
 //! - `util`: bounded waits, test data, byte comparison, [`Gate`], [`TempFile`].
 #![allow(dead_code)]
@@ -30,11 +32,12 @@ mod client;
 mod http;
 mod lb;
 mod load;
+mod process;
 mod util;
 
 // Each test file uses only part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
-pub use {backend::*, client::*, http::*, lb::*, load::*, util::*};
+pub use {backend::*, client::*, http::*, lb::*, load::*, process::*, util::*};
 
 use std::time::Duration;
 

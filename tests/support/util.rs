@@ -102,6 +102,17 @@ impl Gate {
     }
 }
 
+/// A fresh path in the temp directory, unique in this process and unlikely in any other.
+fn unique_temp_path(suffix: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("lb-mio-test-{}-{n}-{nanos}{suffix}", std::process::id());
+    std::env::temp_dir().join(name)
+}
+
 /// A temp file that is removed on drop.
 pub struct TempFile {
     pub path: PathBuf,
@@ -110,13 +121,7 @@ pub struct TempFile {
 impl TempFile {
     /// Writes `contents` to a fresh, uniquely named file in the temp directory.
     pub fn new(suffix: &str, contents: &[u8]) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("lb-mio-test-{}-{n}-{nanos}{suffix}", std::process::id());
-        let path = std::env::temp_dir().join(name);
+        let path = unique_temp_path(suffix);
         std::fs::write(&path, contents).expect("write temp file");
         TempFile { path }
     }
@@ -133,5 +138,28 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A fresh, empty temp directory, removed with what it holds on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(suffix: &str) -> TempDir {
+        let path = unique_temp_path(suffix);
+        std::fs::create_dir_all(&path).expect("create temp directory");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
