@@ -15,7 +15,6 @@
 
 mod support;
 
-use socket2::SockRef;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -197,12 +196,6 @@ impl Drop for Mock {
             let _ = acceptor.join();
         }
     }
-}
-
-/// Closes with a reset (SO_LINGER 0), as the kernel does for a killed process's sockets.
-fn reset(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<MockShared>, life: Arc<Life>) {
@@ -413,11 +406,12 @@ struct Sent {
     took: Duration,
 }
 
+/// A client connection: connected within 2 s, then every read and write within
+/// `CLIENT_TIMEOUT`.
 fn open(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let stream = try_connect(addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
@@ -630,21 +624,10 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Usage {
-    let count = |dir: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
-            .unwrap_or_else(|e| panic!("/proc/{pid}/{dir}: {e}"))
-            .count()
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
     Usage {
-        fds: count("fd"),
-        rss_kib,
-        threads: count("task"),
+        fds: open_fds(pid),
+        rss_kib: rss(pid) / 1024,
+        threads: thread_count(pid),
     }
 }
 
@@ -915,14 +898,7 @@ fn chaos_under_load_keeps_the_promise() {
 
 /// One `GET /g/<id>` on its own connection: (status, body) or what went wrong.
 fn try_get_once(addr: SocketAddr, id: u64) -> Result<(u16, String), String> {
-    let mut stream = open(addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .write_all(
-            format!("GET /g/{id} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(|e| format!("send: {e}"))?;
-    let resp = try_read_response(&mut stream).map_err(|e| format!("read: {e}"))?;
+    let resp = try_get(addr, &format!("/g/{id}"), CLIENT_TIMEOUT)?;
     Ok((resp.status, resp.body_str()))
 }
 

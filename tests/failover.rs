@@ -4,13 +4,12 @@
 
 mod support;
 
-use socket2::SockRef;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -18,154 +17,6 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// Probe timeout where probes are meant to pass: a loaded machine must not fail them.
 const PROBE_TIMEOUT: &str = "timeout_ms = 3000";
-
-// ---------------------------------------------------------------------------------------------
-// Local helpers
-// ---------------------------------------------------------------------------------------------
-
-/// A loopback server that hands each accepted connection to its handler on a thread of its
-/// own. A handler that wants to reset its connection calls `reset`; on drop the listener closes
-/// and every connection still open is shut down.
-struct RawBackend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<(usize, TcpStream)>>>,
-    accepted: Arc<AtomicUsize>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl RawBackend {
-    fn start(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
-        let addr = listener.local_addr().expect("raw backend addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let acceptor = {
-            let (stop, open, accepted) =
-                (Arc::clone(&stop), Arc::clone(&open), Arc::clone(&accepted));
-            thread::spawn(move || {
-                for index in 0..100_000usize {
-                    let Ok((stream, _)) = listener.accept() else {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        continue;
-                    };
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                    let _ = stream.set_nodelay(true);
-                    let Ok(clone) = stream.try_clone() else {
-                        continue;
-                    };
-                    open.lock().unwrap().push((index, clone));
-                    let (handler, open) = (Arc::clone(&handler), Arc::clone(&open));
-                    thread::spawn(move || {
-                        handler(stream);
-                        // Drop the clone too: the socket closes now (with a reset if the
-                        // handler set SO_LINGER 0).
-                        open.lock().unwrap().retain(|(i, _)| *i != index);
-                    });
-                }
-            })
-        };
-        RawBackend {
-            addr,
-            stop,
-            open,
-            accepted,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    /// Connections accepted so far (health probes included).
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-            let _ = acceptor.join();
-        }
-        for (_, stream) in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Closes with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(stream);
-}
-
-/// Reads one request (head, then a `Content-Length` body): (head text, body). `None` if the
-/// connection ends or times out first.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&tmp[..n]),
-        }
-    }
-    body.truncate(length);
-    Some((head, body))
-}
-
-fn is_probe(head: &str) -> bool {
-    head.contains("User-Agent: lb-mio-health")
-}
-
-fn answer_probe(mut stream: TcpStream) {
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-}
-
-/// One `GET path` on a new connection: the status and body, or what went wrong.
-fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .map_err(|e| format!("send: {e}"))?;
-    let resp = try_read_response(&mut stream).map_err(|e| format!("read: {e}"))?;
-    Ok((resp.status, resp.body_str()))
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. A backend killed mid-stream
@@ -187,13 +38,8 @@ fn stream_of_gets(addr: SocketAddr, client: usize, stop: Arc<AtomicBool>) -> Vec
         }
         let stream = match conn.take() {
             Some(stream) => stream,
-            None => match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                    let _ = stream.set_nodelay(true);
-                    stream
-                }
+            None => match try_connect(addr, IO_TIMEOUT) {
+                Ok(stream) => stream,
                 Err(e) => {
                     outcomes.push(Outcome::Failed(format!("connect: {e}")));
                     continue;
@@ -333,11 +179,10 @@ fn black_hole_backend() -> (RawBackend, Arc<Mutex<Vec<String>>>) {
     let targets = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&targets);
     let backend = RawBackend::start(move |mut stream| {
-        let Some((head, _)) = read_request(&mut stream) else {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        let target = head.split(' ').nth(1).unwrap_or_default().to_string();
-        seen.lock().unwrap().push(target);
+        seen.lock().unwrap().push(request.target);
         let mut tmp = [0u8; 4096];
         for _ in 0..10_000 {
             match stream.read(&mut tmp) {
@@ -445,13 +290,13 @@ const HALF_CHUNKED: &[u8] =
 /// there is none), resets.
 fn half_then_reset(gate: Option<Gate>) -> RawBackend {
     RawBackend::start(move |mut stream| {
-        let Some((head, _)) = read_request(&mut stream) else {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        if is_probe(&head) {
-            return answer_probe(stream);
+        if request.is_probe() {
+            return answer_probe(&mut stream, 200);
         }
-        let half = if head.starts_with("GET /length") {
+        let half = if request.target == "/length" {
             HALF_LENGTH
         } else {
             HALF_CHUNKED
@@ -496,17 +341,11 @@ fn read_all_of(addr: SocketAddr, path: &str, until: Option<(&[u8], &Gate)>) -> V
     got
 }
 
-/// The body bytes after the head.
-fn body_of(bytes: &[u8]) -> &[u8] {
-    let end = find(bytes, b"\r\n\r\n").expect("a response head") + 4;
-    &bytes[end..]
-}
-
 #[track_caller]
 fn assert_cut_short(bytes: &[u8], path: &str) {
-    let text = String::from_utf8_lossy(bytes);
+    let text = show(bytes);
     assert!(text.starts_with("HTTP/1.1 200 "), "{path}: {text}");
-    let body = body_of(bytes);
+    let (_, body) = split_response(bytes);
     if path == "/length" {
         assert!(text.contains("Content-Length: 100\r\n"), "{path}: {text}");
         assert!(body.len() < 100, "{path}: a complete-looking body: {text}");
@@ -517,12 +356,12 @@ fn assert_cut_short(bytes: &[u8], path: &str) {
             "{path}: a last chunk the backend never sent: {text}"
         );
         assert!(
-            body_of(HALF_CHUNKED).starts_with(body),
+            split_response(HALF_CHUNKED).1.starts_with(&body),
             "{path}: bytes the backend never sent: {text}"
         );
     }
     assert!(
-        find(body, b"HTTP/1.").is_none(),
+        find(&body, b"HTTP/1.").is_none(),
         "{path}: a second response: {text}"
     );
 }
@@ -537,7 +376,11 @@ fn half_a_response_then_a_reset_never_looks_complete() {
     ));
     let got = read_all_of(lb.addr, "/length", Some((HALF_LENGTH, &gate)));
     assert_cut_short(&got, "/length");
-    assert_eq!(body_of(&got), body_of(HALF_LENGTH), "all the backend sent");
+    assert_eq!(
+        split_response(&got).1,
+        split_response(HALF_LENGTH).1,
+        "all the backend sent"
+    );
 
     let gate = Gate::new();
     let backend = half_then_reset(Some(gate.clone()));
@@ -578,15 +421,13 @@ fn a_post_whose_backend_resets_is_not_replayed_and_gets_502() {
     let swallowed: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&swallowed);
     let eater = RawBackend::start(move |mut stream| {
-        let Some((head, body)) = read_request(&mut stream) else {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        if is_probe(&head) {
-            return answer_probe(stream);
+        if request.is_probe() {
+            return answer_probe(&mut stream, 200);
         }
-        log.lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(&body).into_owned());
+        log.lock().unwrap().push(request.body_str());
         reset(stream);
     });
     let good = Backend::start("good", |_| Response::ok("stored"));
@@ -688,9 +529,12 @@ fn all_down_gives_a_fast_503_and_a_recovered_backend_gets_traffic_after_rise_pro
         if back.elapsed() > Duration::from_secs(5) {
             break;
         }
-        if let Ok((200, body)) = try_get(lb.addr, "/again") {
-            answered = Some((back.elapsed(), body));
-            break;
+        match try_get(lb.addr, "/again", IO_TIMEOUT) {
+            Ok(resp) if resp.status == 200 => {
+                answered = Some((back.elapsed(), resp.body_str()));
+                break;
+            }
+            _ => {}
         }
         thread::sleep(Duration::from_millis(5));
     }
@@ -727,7 +571,7 @@ fn flapping(rise: u32, fall: u32) -> (Lb, Vec<u16>, Backend) {
         ..BackendOptions::default()
     };
     let flap = Backend::with_options("flap", options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             return Response::status(if n.is_multiple_of(2) { 200 } else { 500 }, "").then_close();
         }
@@ -897,7 +741,7 @@ fn probed_backend(
     };
     let body = name.to_string();
     Backend::with_options(name, options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             Response::status(probe(), "").delay(delay).then_close()
         } else {
             Response::ok(body.clone())

@@ -57,6 +57,13 @@ fn reload_ok(lb: &Lb, ini: &str) {
     );
 }
 
+/// How a connect with a short timeout fails, if it does.
+fn connect_error(addr: SocketAddr) -> Option<io::ErrorKind> {
+    try_connect(addr, Duration::from_millis(500))
+        .err()
+        .map(|e| e.kind())
+}
+
 /// The body of a response, which the test backends set to their name.
 fn served_by(resp: &Resp) -> String {
     assert_eq!(resp.status, 200, "response:\n{}", resp.head_str());
@@ -112,7 +119,7 @@ fn tallied(name: &'static str) -> (Backend, Arc<Tally>) {
         ..BackendOptions::default()
     };
     let backend = Backend::with_options(name, options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             seen.probes.fetch_add(1, Ordering::SeqCst);
             return Response::ok("healthy").then_close();
         }
@@ -339,7 +346,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
     assert_eq!(get(lb.addr, "/new").header("x-backend"), Some("a"));
     for addr in [elsewhere, admin] {
         assert_eq!(
-            try_connect(addr).err(),
+            connect_error(addr),
             Some(io::ErrorKind::ConnectionRefused),
             "something listens on {addr} after the reload"
         );
@@ -349,11 +356,6 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
 // ---------------------------------------------------------------------------------------------
 // SIGTERM / SIGINT
 // ---------------------------------------------------------------------------------------------
-
-/// Connects with a short timeout; the error kind on failure.
-fn try_connect(addr: SocketAddr) -> Result<TcpStream, io::ErrorKind> {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.kind())
-}
 
 #[test]
 fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
@@ -388,7 +390,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
 
     // The listeners close: a new connection is refused, and stays refused.
     let refused = wait_until(Duration::from_secs(1), || {
-        try_connect(lb.addr).err() == Some(io::ErrorKind::ConnectionRefused)
+        connect_error(lb.addr) == Some(io::ErrorKind::ConnectionRefused)
     });
     assert!(
         refused,
@@ -397,7 +399,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     );
     for _ in 0..3 {
         assert_eq!(
-            try_connect(lb.addr).err(),
+            connect_error(lb.addr),
             Some(io::ErrorKind::ConnectionRefused)
         );
     }
@@ -542,17 +544,10 @@ impl Load {
 const LOAD_REQUEST: &str = "GET /load HTTP/1.1\r\nHost: lb.test\r\n\r\n";
 const LOAD_REQUEST_CLOSE: &str = "GET /load HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n";
 
-fn open(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// One request on a new connection: every error is a failure.
 fn fresh_request(addr: SocketAddr, request: &str) -> Result<(Resp, TcpStream), String> {
-    let mut stream = open(addr).map_err(|e| format!("connect: {e}"))?;
+    let mut stream =
+        try_connect(addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send on a new connection: {e}"))?;

@@ -238,7 +238,7 @@ fn connections_over_client_connections_are_closed_until_one_ends() {
     assert!(
         rest.is_empty(),
         "the third connection was served: {}",
-        String::from_utf8_lossy(&rest)
+        show(&rest)
     );
     lb.expect_log("over [limits] client_connections", Duration::from_secs(2));
     drop(first);

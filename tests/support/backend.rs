@@ -1,14 +1,17 @@
 //! The scripted mock backend: an HTTP/1.1 server on loopback that records every request it
 //! receives and answers each with what the test's handler returns.
 
-use super::http::{chunk_encode, has_token, parse_header_line, reason, Message, PROBE_USER_AGENT};
+use super::http::{
+    chunk_encode, has_token, impl_message, parse_header_line, reason, Message, PROBE_USER_AGENT,
+};
+use super::raw_backend::RawBackend;
 use super::util::{find, show, wait_until};
-use super::{IO_TIMEOUT, MAX_HEAD};
+use super::MAX_HEAD;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 /// One request as the backend received it.
@@ -32,19 +35,7 @@ pub struct Request {
     pub seq_on_conn: usize,
 }
 
-impl Message for Request {
-    fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-
-    fn head(&self) -> &[u8] {
-        &self.head
-    }
-
-    fn body(&self) -> &[u8] {
-        &self.body
-    }
-}
+impl_message!(Request);
 
 impl Request {
     /// The header lines as received, without the request line and the final empty line.
@@ -313,21 +304,13 @@ impl Default for BackendOptions {
 }
 
 struct BackendState {
-    name: String,
     handler: Handler,
     options: BackendOptions,
     requests: Mutex<Vec<Request>>,
     /// Connections that carried at least one recorded (non-probe) request.
     connections: AtomicUsize,
-    /// Every accepted connection, probes included.
-    accepted: AtomicUsize,
     probes: AtomicUsize,
     health_status: AtomicUsize,
-    stop: AtomicBool,
-    /// Open connections by index, to shut them down on stop.
-    open: Mutex<Vec<(usize, TcpStream)>>,
-    /// Connections currently open (accepted and not yet closed by either side).
-    live: AtomicUsize,
 }
 
 /// An address on loopback where nothing listens (bound, then released).
@@ -342,7 +325,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     state: Arc<BackendState>,
-    acceptor: Option<JoinHandle<()>>,
+    raw: RawBackend,
 }
 
 impl Backend {
@@ -381,31 +364,28 @@ impl Backend {
         options: BackendOptions,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> Backend {
-        let listener = TcpListener::bind(addr).expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
         let state = Arc::new(BackendState {
-            name: name.to_string(),
             handler: Arc::new(handler),
             options,
             requests: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
-            accepted: AtomicUsize::new(0),
             probes: AtomicUsize::new(0),
             health_status: AtomicUsize::new(200),
-            stop: AtomicBool::new(false),
-            open: Mutex::new(Vec::new()),
-            live: AtomicUsize::new(0),
         });
         let shared = Arc::clone(&state);
-        let acceptor = thread::Builder::new()
-            .name(format!("backend-{name}"))
-            .spawn(move || accept_loop(listener, shared))
-            .expect("spawn backend");
+        let raw = RawBackend::start_at(addr, name, move |stream, index| {
+            let end = stream.try_clone();
+            let _ = serve(stream, &shared, index);
+            // A FIN first, even with bytes left unread (a bare close would only reset).
+            if let Ok(end) = end {
+                let _ = end.shutdown(Shutdown::Both);
+            }
+        });
         Backend {
-            addr,
+            addr: raw.addr,
             name: name.to_string(),
             state,
-            acceptor: Some(acceptor),
+            raw,
         }
     }
 
@@ -434,12 +414,12 @@ impl Backend {
 
     /// Every accepted connection, probes included.
     pub fn accepted_count(&self) -> usize {
-        self.state.accepted.load(Ordering::SeqCst)
+        self.raw.accepted()
     }
 
     /// Connections open right now.
     pub fn open_connections(&self) -> usize {
-        self.state.live.load(Ordering::SeqCst)
+        self.raw.open_connections()
     }
 
     /// Health probes answered by the harness.
@@ -472,61 +452,7 @@ impl Backend {
 
     /// Stops accepting (the port then refuses connections) and closes every open connection.
     pub fn stop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(acceptor) = self.acceptor.take() {
-            // Wake the blocking accept.
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-            let _ = acceptor.join();
-        }
-        for (_, stream) in self.state.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn accept_loop(listener: TcpListener, state: Arc<BackendState>) {
-    let mut conn_index = 0;
-    loop {
-        let Ok((stream, _)) = listener.accept() else {
-            if state.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            continue;
-        };
-        if state.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        state.accepted.fetch_add(1, Ordering::SeqCst);
-        let index = conn_index;
-        conn_index += 1;
-        let Ok(clone) = stream.try_clone() else {
-            continue;
-        };
-        state.open.lock().unwrap().push((index, clone));
-        let shared = Arc::clone(&state);
-        state.live.fetch_add(1, Ordering::SeqCst);
-        let spawned = thread::Builder::new()
-            .name(format!("backend-{}-conn", state.name))
-            .spawn(move || {
-                let _ = serve(stream, &shared, index);
-                // Close for real (the clone kept for `stop` would otherwise hold it open).
-                let mut open = shared.open.lock().unwrap();
-                if let Some(i) = open.iter().position(|(id, _)| *id == index) {
-                    let (_, s) = open.swap_remove(i);
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-                drop(open);
-                shared.live.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            state.live.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.raw.stop();
     }
 }
 
@@ -562,6 +488,15 @@ pub fn answer_probe(stream: &mut TcpStream, status: u16) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
+/// Reads one request (head, and the body its headers frame) from `stream`; `None` if the
+/// connection ends, times out or sends no request head first. It may read past the request.
+pub fn read_request(stream: &TcpStream) -> Option<Request> {
+    let mut input = Input::new(stream).ok()?;
+    let mut request = input.head(0, 0)?;
+    input.body(&mut request)?;
+    Some(request)
+}
+
 /// A connection's input: bytes read but not yet used.
 struct Input {
     stream: TcpStream,
@@ -571,6 +506,44 @@ struct Input {
 }
 
 impl Input {
+    fn new(stream: &TcpStream) -> io::Result<Input> {
+        Ok(Input {
+            stream: stream.try_clone()?,
+            buf: Vec::new(),
+            slow: None,
+        })
+    }
+
+    /// The next request head: the request without its body yet.
+    fn head(&mut self, conn: usize, seq: usize) -> Option<Request> {
+        loop {
+            if let Some((request, len)) = parse_head(&self.buf, conn, seq) {
+                self.take(len);
+                return Some(request);
+            }
+            if self.buf.len() > MAX_HEAD || !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads the body `request`'s headers frame into it (none without a framing header).
+    fn body(&mut self, request: &mut Request) -> Option<()> {
+        let length = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok());
+        (request.body, request.raw_body) =
+            if has_token(&request.headers, "transfer-encoding", "chunked") {
+                self.chunked()?
+            } else if let Some(n) = length {
+                let body = self.exact(n)?;
+                (body.clone(), body)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+        Some(())
+    }
+
     /// Reads more; false at EOF or on error.
     fn fill(&mut self) -> bool {
         let mut tmp = [0u8; 64 * 1024];
@@ -641,29 +614,16 @@ impl Input {
 }
 
 fn serve(stream: TcpStream, state: &BackendState, conn: usize) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let _ = stream.set_nodelay(true);
-    let mut input = Input {
-        stream: stream.try_clone()?,
-        buf: Vec::new(),
-        slow: None,
-    };
+    let mut input = Input::new(&stream)?;
     let slow = (state.options.slow_body_read > 0)
         .then_some((state.options.slow_body_read, state.options.slow_body_pause));
     let mut out = stream;
     let mut counted = false;
     // Bounded: a connection serves at most this many requests.
     for seq in 0..100_000 {
-        let (mut request, head_len) = loop {
-            if let Some(parsed) = parse_head(&input.buf, conn, seq) {
-                break parsed;
-            }
-            if input.buf.len() > MAX_HEAD || !input.fill() {
-                return Ok(());
-            }
+        let Some(mut request) = input.head(conn, seq) else {
+            return Ok(());
         };
-        input.take(head_len);
         if request.is_probe() && state.options.answer_probes {
             state.probes.fetch_add(1, Ordering::SeqCst);
             answer_probe(&mut out, state.health_status.load(Ordering::SeqCst) as u16);
@@ -673,24 +633,14 @@ fn serve(stream: TcpStream, state: &BackendState, conn: usize) -> io::Result<()>
         if state.options.auto_continue && has("expect", "100-continue") {
             out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let length = request
-            .header("content-length")
-            .and_then(|v| v.parse().ok());
-        input.slow = slow;
-        let body = if has("transfer-encoding", "chunked") {
-            input.chunked()
-        } else if let Some(n) = length {
-            input.exact(n).map(|b| (b.clone(), b))
-        } else {
-            Some((Vec::new(), Vec::new()))
-        };
-        input.slow = None;
-        let Some((body, raw_body)) = body else {
-            return Ok(());
-        };
         let close_requested = has("connection", "close")
             || (request.version == "HTTP/1.0" && !has("connection", "keep-alive"));
-        (request.body, request.raw_body) = (body, raw_body);
+        input.slow = slow;
+        let read = input.body(&mut request);
+        input.slow = None;
+        if read.is_none() {
+            return Ok(());
+        }
         if !counted {
             counted = true;
             state.connections.fetch_add(1, Ordering::SeqCst);

@@ -1,20 +1,29 @@
 //! The raw-socket client: connect, send bytes as given, read responses exactly as they come.
 
-use super::http::{has_token, parse_header_line, Message};
+use super::http::{has_token, impl_message, parse_header_line, Message};
+use super::util::{find, show};
 use super::{IO_TIMEOUT, MAX_HEAD};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 /// A connection to `addr` with 5 s read and write timeouts and no Nagle delay.
 #[track_caller]
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    try_connect(addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+/// A connection to `addr` made within `timeout`, with 5 s read and write timeouts and no
+/// Nagle delay.
+pub fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
-    stream
+    Ok(stream)
 }
 
 /// Writes all of `bytes`. Panics on error.
@@ -48,19 +57,7 @@ pub struct Resp {
     pub raw_body: Vec<u8>,
 }
 
-impl Message for Resp {
-    fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-
-    fn head(&self) -> &[u8] {
-        &self.head
-    }
-
-    fn body(&self) -> &[u8] {
-        &self.body
-    }
-}
+impl_message!(Resp);
 
 impl Resp {
     /// Whether a `Connection` header lists this token.
@@ -291,15 +288,25 @@ pub fn get_on(stream: &mut TcpStream, path: &str) -> Resp {
     read_response(stream)
 }
 
-/// One `GET path` on a new connection (`Connection: close`).
+/// One `GET path` on a new connection (`Connection: close`). Panics on error.
 #[track_caller]
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
-    let mut stream = connect(addr);
-    send(
-        &mut stream,
-        format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n"),
-    );
-    read_response(&mut stream)
+    try_get(addr, path, IO_TIMEOUT).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// One `GET path` on a new connection (`Connection: close`), each step (connect, send, read)
+/// bounded by `timeout`; an error says which step failed.
+pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Resp, String> {
+    let mut stream = try_connect(addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("timeouts: {e}"))?;
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(raw.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    try_read_response(&mut stream).map_err(|e| format!("read: {e}"))
 }
 
 /// Sends raw request bytes on a new connection and reads one response.
@@ -308,4 +315,54 @@ pub fn request(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Resp {
     let mut stream = connect(addr);
     send(&mut stream, raw);
     read_response(&mut stream)
+}
+
+/// Bytes of a response as the client received them, split into the head (CRLFs included)
+/// and what follows it. Panics if there is no whole head.
+#[track_caller]
+pub fn split_response(bytes: &[u8]) -> (String, Vec<u8>) {
+    let end = find(bytes, b"\r\n\r\n").expect("a complete response head") + 4;
+    (show(&bytes[..end]), bytes[end..].to_vec())
+}
+
+/// Writes bytes one at a time, `every` apart, from a thread of its own, until all are sent,
+/// the connection fails or the `Trickle` is stopped (or dropped).
+pub struct Trickle {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Trickle {
+    pub fn start(stream: &TcpStream, bytes: Vec<u8>, every: Duration) -> Trickle {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
+        let mut writer = stream.try_clone().expect("clone the stream");
+        thread::spawn(move || {
+            for b in bytes {
+                if flag.load(Ordering::SeqCst) || writer.write_all(&[b]).is_err() {
+                    return;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(every);
+            }
+        });
+        Trickle { stop, sent }
+    }
+
+    /// Bytes written so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// No more bytes after the one being written, if any.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -113,6 +113,26 @@ pub trait Message {
     }
 }
 
+/// `impl Message` for a struct with `headers`, `head` and `body` fields.
+macro_rules! impl_message {
+    ($type:ty) => {
+        impl Message for $type {
+            fn headers(&self) -> &[(String, String)] {
+                &self.headers
+            }
+
+            fn head(&self) -> &[u8] {
+                &self.head
+            }
+
+            fn body(&self) -> &[u8] {
+                &self.body
+            }
+        }
+    };
+}
+pub(super) use impl_message;
+
 /// One header line (no CRLF) as (name as sent, value trimmed of spaces and tabs).
 pub(super) fn parse_header_line(line: &str) -> Option<(String, String)> {
     let (name, value) = line.split_once(':')?;

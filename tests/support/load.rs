@@ -1,6 +1,6 @@
 //! Steady load: client threads that keep requests going while a test changes things.
 
-use super::client::try_read_response;
+use super::client::{try_connect, try_read_response};
 use super::http::Message;
 use super::util::wait_until;
 use super::IO_TIMEOUT;
@@ -103,11 +103,7 @@ fn load_client(
         }
         let result = (|| {
             if stream.is_none() {
-                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                s.set_write_timeout(Some(IO_TIMEOUT))?;
-                s.set_nodelay(true)?;
-                stream = Some(s);
+                stream = Some(try_connect(addr, IO_TIMEOUT)?);
             }
             let s = stream.as_mut().expect("connected");
             s.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n")?;

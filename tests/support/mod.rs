@@ -1,6 +1,6 @@
 //! Shared test harness for lb-mio integration tests: run the real binary, scripted mock
-//! backends, raw HTTP/1.1 clients and config builders. Loopback only, std only, every wait
-//! bounded by a deadline and every socket by a timeout.
+//! backends, raw HTTP/1.1 clients and config builders. Loopback only, std (and socket2) only,
+//! every wait bounded by a deadline and every socket by a timeout.
 //!
 //! ```ignore
 //! mod support;
@@ -18,13 +18,18 @@
 //!   builds a config for some backends; [`run_cli`] runs the binary once to its end.
 //! - `backend`: [`Backend`] is a scripted HTTP/1.1 server that records each [`Request`] it
 //!   receives and answers with the [`Response`] its handler builds (or raw [`Step`]s).
+//! - `raw_backend`: [`RawBackend`] hands each connection to the test as a socket, for
+//!   backends that misbehave below HTTP; `Backend` runs on it.
 //! - `client`: [`connect`], [`send`] and the `read_*` functions speak raw HTTP/1.1 from the
 //!   client side; a [`Resp`] is a response exactly as received.
 //! - `load`: [`Load`] keeps requests going from client threads while a test changes things.
 //! - `process`: [`Process`] is a child beside the test (its output gathered by line, killed on
 //!   drop); [`run_within`] runs one to its end within a time limit.
-//! - `http`: what the backend and the client share (header lookup, reason phrases, chunks).
-//! - `util`: bounded waits, test data, byte comparison, [`Gate`], [`TempFile`].
+//! - `procfs`: what a process holds, from /proc (RSS, descriptors, threads, CPU time).
+//! - `http`: what the backend and the client share ([`Message`] for header lookup, reason
+//!   phrases, chunked coding) and what lb-mio rewrites ([`HOP_BY_HOP`], [`X_FORWARDED`]).
+//! - `util`: bounded waits, test data, byte comparison, [`Gate`], [`TempFile`], [`TempDir`],
+//!   [`reset`] (close with a RST).
 #![allow(dead_code)]
 
 mod backend;
@@ -33,11 +38,15 @@ mod http;
 mod lb;
 mod load;
 mod process;
+mod procfs;
+mod raw_backend;
 mod util;
 
 // Each test file uses only part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
-pub use {backend::*, client::*, http::*, lb::*, load::*, process::*, util::*};
+pub use {
+    backend::*, client::*, http::*, lb::*, load::*, process::*, procfs::*, raw_backend::*, util::*,
+};
 
 use std::time::Duration;
 

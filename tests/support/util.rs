@@ -1,11 +1,21 @@
 //! Small helpers every part of the harness uses: bounded waits, test data, byte comparison, a
-//! gate for handlers and temporary files.
+//! gate for handlers, temporary files, closing a socket with a reset.
 
+use socket2::SockRef;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(stream);
+}
 
 /// Polls `cond` (every 5 ms) until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
