@@ -906,13 +906,7 @@ fn the_default_retry_budget_retries_refused_connections() {
 #[test]
 fn a_request_cut_on_a_pooled_connection_is_retried_on_another_backend() {
     let gate = Gate::new();
-    let held = gate.clone();
-    let mut a = Backend::start("a", move |req| {
-        if req.target == "/slow" {
-            held.wait(IO_TIMEOUT);
-        }
-        Response::ok("a")
-    });
+    let mut a = Backend::gated("a", &gate);
     let b = Backend::named("b");
     let lb = Lb::start(&ini(
         &[("a", a.addr), ("b", b.addr)],

@@ -70,34 +70,11 @@ fn served_by(resp: &Resp) -> String {
     resp.body_str()
 }
 
-/// A backend named `name` whose `/slow` waits for `gate` (≤ 5 s) before answering.
-fn gated(name: &'static str, gate: &Gate) -> Backend {
-    let gate = gate.clone();
-    Backend::start(name, move |req| {
-        if req.target == "/slow" {
-            gate.wait(Duration::from_secs(5));
-        }
-        Response::ok(name)
-    })
-}
-
 /// Sends `GET /slow` (keep-alive) on a new connection and reads the answer on a thread.
 fn slow_request(addr: SocketAddr) -> JoinHandle<io::Result<Resp>> {
     let mut stream = connect(addr);
     send(&mut stream, "GET /slow HTTP/1.1\r\nHost: lb.test\r\n\r\n");
     thread::spawn(move || try_read_response(&mut stream))
-}
-
-/// Waits for the one request (the slow one) to reach `a` or `b`: (the one holding it, the other).
-#[track_caller]
-fn holder<'a>(a: &'a Backend, b: &'a Backend) -> (&'a Backend, &'a Backend) {
-    let got = wait_until(WAIT, || a.request_count() + b.request_count() == 1);
-    assert!(got, "the slow request never reached a backend");
-    if a.request_count() == 1 {
-        (a, b)
-    } else {
-        (b, a)
-    }
 }
 
 /// What the health thread and live traffic did to one backend: probes are counted apart from
@@ -187,12 +164,12 @@ fn reload_adds_a_backend_that_takes_traffic_once_its_health_checks_pass() {
 #[test]
 fn reload_removes_a_backend_after_its_request_in_flight_finishes() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
-    let b = gated("b", &gate);
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
 
     let slow = slow_request(lb.addr);
-    let (busy, other) = holder(&a, &b);
+    let (busy, other) = holder(&a, &b, WAIT);
     reload_ok(&lb, &ini(&[(other.name.as_str(), other.addr)], FAST_HEALTH));
     let draining = format!(
         "backend {} at {} is gone from the config: draining",
@@ -282,13 +259,13 @@ fn a_broken_config_is_refused_with_its_line_and_the_old_one_keeps_running() {
 #[test]
 fn reload_switches_round_robin_to_least_conn() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
-    let b = gated("b", &gate);
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let extra = format!("[lb]\nstrategy = round_robin\n{FAST_HEALTH}");
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], &extra));
 
     let slow = slow_request(lb.addr);
-    let (busy, idle) = holder(&a, &b);
+    let (busy, idle) = holder(&a, &b, WAIT);
 
     // Round robin takes turns whatever the load: the busy backend gets its share.
     for i in 0..6 {
@@ -360,7 +337,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
 #[test]
 fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
+    let a = Backend::gated("a", &gate);
     let drain = Duration::from_secs(5);
     let extra = format!("[lb]\nworkers = 2\ndrain_timeout_s = 5\n{FAST_HEALTH}");
     let mut lb = Lb::start(&ini(&[("a", a.addr)], &extra));

@@ -290,16 +290,8 @@ fn round_robin_spreads_requests_evenly_over_three_backends() {
 #[test]
 fn least_conn_sends_to_the_idle_backend_while_another_holds_a_slow_request() {
     let gate = Gate::new();
-    let slow_aware = |name: &'static str, gate: Gate| {
-        Backend::start(name, move |req| {
-            if req.target == "/slow" {
-                gate.wait(WAIT);
-            }
-            Response::ok(name)
-        })
-    };
-    let a = slow_aware("a", gate.clone());
-    let b = slow_aware("b", gate.clone());
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let lb = Lb::start(&ini(
         &[("a", a.addr), ("b", b.addr)],
         "[lb]\nstrategy = least_conn\n",
@@ -307,15 +299,7 @@ fn least_conn_sends_to_the_idle_backend_while_another_holds_a_slow_request() {
 
     let mut slow = connect(lb.addr);
     send(&mut slow, "GET /slow HTTP/1.1\r\nHost: lb.test\r\n\r\n");
-    assert!(
-        wait_until(WAIT, || a.request_count() + b.request_count() == 1),
-        "the slow request never reached a backend"
-    );
-    let (busy, idle) = if a.request_count() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    let (busy, idle) = holder(&a, &b, WAIT);
 
     for i in 0..10 {
         let resp = get(lb.addr, &format!("/quick/{i}"));

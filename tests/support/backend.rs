@@ -5,8 +5,8 @@ use super::http::{
     chunk_encode, has_token, impl_message, parse_header_line, reason, Message, PROBE_USER_AGENT,
 };
 use super::raw_backend::RawBackend;
-use super::util::{find, show, wait_until};
-use super::MAX_HEAD;
+use super::util::{find, show, wait_until, Gate};
+use super::{IO_TIMEOUT, MAX_HEAD};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -313,6 +313,19 @@ struct BackendState {
     health_status: AtomicUsize,
 }
 
+/// Waits (≤ `timeout`) for the one request sent to reach `a` or `b`: (the one holding it, the
+/// other). Panics if it reaches neither.
+#[track_caller]
+pub fn holder<'a>(a: &'a Backend, b: &'a Backend, timeout: Duration) -> (&'a Backend, &'a Backend) {
+    let got = wait_until(timeout, || a.request_count() + b.request_count() == 1);
+    assert!(got, "the slow request never reached a backend");
+    if a.request_count() == 1 {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 /// An address on loopback where nothing listens (bound, then released).
 pub fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -341,6 +354,18 @@ impl Backend {
     pub fn named(name: &str) -> Backend {
         let body = name.to_string();
         Backend::start(name, move |_| Response::ok(body.clone()))
+    }
+
+    /// A backend answering with its own name that holds a request for `/slow` until `gate`
+    /// opens (≤ 5 s).
+    pub fn gated(name: &str, gate: &Gate) -> Backend {
+        let (body, gate) = (name.to_string(), gate.clone());
+        Backend::start(name, move |req| {
+            if req.target == "/slow" {
+                gate.wait(IO_TIMEOUT);
+            }
+            Response::ok(body.clone())
+        })
     }
 
     pub fn with_options(
