@@ -22,6 +22,7 @@
 //!   backends that misbehave below HTTP; `Backend` runs on it.
 //! - `client`: [`connect`], [`send`] and the `read_*` functions speak raw HTTP/1.1 from the
 //!   client side; a [`Resp`] is a response exactly as received.
+//! - `admin`: [`admin_request`] and [`api_backends`] speak to lb-mio's admin listener.
 //! - `load`: [`Load`] keeps requests going from client threads while a test changes things.
 //! - `process`: [`Process`] is a child beside the test (its output gathered by line, killed on
 //!   drop); [`run_within`] runs one to its end within a time limit.
@@ -32,6 +33,7 @@
 //!   [`reset`] (close with a RST).
 #![allow(dead_code)]
 
+mod admin;
 mod backend;
 mod client;
 mod http;
@@ -45,7 +47,8 @@ mod util;
 // Each test file uses only part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use {
-    backend::*, client::*, http::*, lb::*, load::*, process::*, procfs::*, raw_backend::*, util::*,
+    admin::*, backend::*, client::*, http::*, lb::*, load::*, process::*, procfs::*,
+    raw_backend::*, util::*,
 };
 
 use std::time::Duration;
