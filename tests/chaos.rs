@@ -284,12 +284,12 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
     let mut idle_since = Instant::now();
     for _ in 0..1_000_000 {
         // The head; read even while hung (the kernel would buffer it for a stopped process).
-        let head_end = loop {
+        let (request, head_len) = loop {
             if life.dead.load(Ordering::SeqCst) {
                 return Served::Reset;
             }
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
+            if let Some(parsed) = parse_request_head(&buf) {
+                break parsed;
             }
             if buf.len() > 16 * 1024 {
                 return Served::Close;
@@ -304,22 +304,17 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
                 return Served::Close;
             }
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
-        let mut words = head.split(' ');
-        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let length: usize = head
-            .split("\r\n")
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
+        buf.drain(..head_len);
+        let (method, target) = (request.method.as_str(), request.target.as_str());
+        let length: usize = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if target == "/healthcheck" {
             if !wait_unhung(shared, life, || {}) {
                 return Served::Reset;
             }
-            let _ = (&*stream)
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            reply_and_close(stream, 200);
             return Served::Close;
         }
         let post = method == "POST";
@@ -327,9 +322,7 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
             .strip_prefix(if post { "/p/" } else { "/g/" })
             .and_then(|s| s.parse::<u64>().ok());
         let Some(id) = id else {
-            let _ = (&*stream).write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            reply_and_close(stream, 400);
             return Served::Close;
         };
         let index = {
@@ -359,9 +352,7 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
         }
         let body: Vec<u8> = buf.drain(..length).collect();
         if post && !body.starts_with(format!("id={id};").as_bytes()) {
-            let _ = (&*stream).write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            reply_and_close(stream, 400);
             return Served::Close;
         }
         // Some requests take a moment, so that kills and hangs land on requests in flight.

@@ -294,7 +294,7 @@ fn half_then_reset(gate: Option<Gate>) -> RawBackend {
             return;
         };
         if request.is_probe() {
-            return answer_probe(&mut stream, 200);
+            return reply_and_close(&stream, 200);
         }
         let half = if request.target == "/length" {
             HALF_LENGTH
@@ -420,12 +420,12 @@ fn half_a_response_then_an_immediate_reset_gives_a_cut_or_a_502() {
 fn a_post_whose_backend_resets_is_not_replayed_and_gets_502() {
     let swallowed: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&swallowed);
-    let eater = RawBackend::start(move |mut stream| {
+    let eater = RawBackend::start(move |stream| {
         let Some(request) = read_request(&stream) else {
             return;
         };
         if request.is_probe() {
-            return answer_probe(&mut stream, 200);
+            return reply_and_close(&stream, 200);
         }
         log.lock().unwrap().push(request.body_str());
         reset(stream);

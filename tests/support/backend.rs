@@ -483,7 +483,7 @@ impl Backend {
 
 /// A request head at the start of `bytes`, if all there: the request (no body yet) and the
 /// head's length.
-fn parse_head(bytes: &[u8], conn: usize, seq_on_conn: usize) -> Option<(Request, usize)> {
+pub fn parse_request_head(bytes: &[u8]) -> Option<(Request, usize)> {
     let end = find(bytes, b"\r\n\r\n")? + 4;
     let text = show(&bytes[..end - 4]);
     let mut lines = text.split("\r\n");
@@ -497,14 +497,15 @@ fn parse_head(bytes: &[u8], conn: usize, seq_on_conn: usize) -> Option<(Request,
         head: bytes[..end].to_vec(),
         body: Vec::new(),
         raw_body: Vec::new(),
-        conn,
-        seq_on_conn,
+        conn: 0,
+        seq_on_conn: 0,
     };
     Some((request, end))
 }
 
-/// Answers a health probe with `status` and closes, as a plain backend would.
-pub fn answer_probe(stream: &mut TcpStream, status: u16) {
+/// An empty `status` answer with `Connection: close`, then a FIN: what a plain backend gives
+/// a health probe, or a request it refuses.
+pub fn reply_and_close(mut stream: &TcpStream, status: u16) {
     let reply = format!(
         "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         reason(status)
@@ -542,9 +543,13 @@ impl Input {
     /// The next request head: the request without its body yet.
     fn head(&mut self, conn: usize, seq: usize) -> Option<Request> {
         loop {
-            if let Some((request, len)) = parse_head(&self.buf, conn, seq) {
+            if let Some((request, len)) = parse_request_head(&self.buf) {
                 self.take(len);
-                return Some(request);
+                return Some(Request {
+                    conn,
+                    seq_on_conn: seq,
+                    ..request
+                });
             }
             if self.buf.len() > MAX_HEAD || !self.fill() {
                 return None;
@@ -651,7 +656,7 @@ fn serve(stream: TcpStream, state: &BackendState, conn: usize) -> io::Result<()>
         };
         if request.is_probe() && state.options.answer_probes {
             state.probes.fetch_add(1, Ordering::SeqCst);
-            answer_probe(&mut out, state.health_status.load(Ordering::SeqCst) as u16);
+            reply_and_close(&out, state.health_status.load(Ordering::SeqCst) as u16);
             return Ok(());
         }
         let has = |name, token| has_token(&request.headers, name, token);
