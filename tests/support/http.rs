@@ -1,5 +1,5 @@
-//! HTTP/1.1 vocabulary shared by the mock backend and the raw client: header lookup, reason
-//! phrases, chunked coding.
+//! HTTP/1.1 vocabulary shared by the mock backend and the raw client (header lookup, reason
+//! phrases, chunked coding), and the headers lb-mio itself drops or sets.
 
 use super::util::show;
 
@@ -56,8 +56,8 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), lowercase: lb-mio forwards none of them, on either
-/// side (and none that `Connection` names).
+/// Hop-by-hop headers (RFC 9110 §7.6.1), lowercase: lb-mio does not forward them (nor those
+/// that `Connection` names), but for what an upgrade it relays needs.
 pub const HOP_BY_HOP: [&str; 5] = [
     "connection",
     "keep-alive",
@@ -66,8 +66,8 @@ pub const HOP_BY_HOP: [&str; 5] = [
     "upgrade",
 ];
 
-/// The headers lb-mio adds to each request it forwards, lowercase, replacing any the client
-/// sent.
+/// The headers lb-mio sets on each request it forwards, lowercase: `X-Forwarded-For` extends
+/// the client's list, the others replace what the client sent.
 pub const X_FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// The `User-Agent` of lb-mio's health probes.

@@ -66,9 +66,7 @@ impl Lines {
             if now >= deadline {
                 return false;
             }
-            // Bounded slices: a missed wake-up costs at most 50 ms.
-            let slice = (deadline - now).min(Duration::from_millis(50));
-            guard = cv.wait_timeout(guard, slice).unwrap().0;
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
 }
