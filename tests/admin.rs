@@ -22,49 +22,10 @@ const TOKEN: &str = "s3cret-token-0123456789";
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// One admin request on its own connection (the admin listener closes after each answer).
+/// One admin request without a token.
 #[track_caller]
 fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Resp {
-    call_with(admin, method, path, body, None)
-}
-
-#[track_caller]
-fn call_with(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    authorization: Option<&str>,
-) -> Resp {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n");
-    if let Some(value) = authorization {
-        raw.push_str(&format!("Authorization: {value}\r\n"));
-    }
-    if let Some(body) = body {
-        raw.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body.unwrap_or(""));
-    request(admin, raw)
-}
-
-/// The body as JSON. Panics (showing it) if it is not.
-#[track_caller]
-fn json(resp: &Resp) -> Value {
-    serde_json::from_slice(&resp.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", resp.body_str()))
-}
-
-/// `GET /api/backends`, checked for status and content type.
-#[track_caller]
-fn list(admin: SocketAddr) -> Value {
-    let resp = call(admin, "GET", "/api/backends", None);
-    assert_eq!(resp.status, 200, "{}", resp.body_str());
-    assert_eq!(resp.header("content-type"), Some("application/json"));
-    json(&resp)
+    admin_request(admin, method, path, body, None)
 }
 
 /// The listed backend with this name, if listed.
@@ -80,7 +41,7 @@ fn listed(list: &Value, name: &str) -> Option<Value> {
 /// The listed backend with this name; panics if it is not listed.
 #[track_caller]
 fn backend(admin: SocketAddr, name: &str) -> Value {
-    let list = list(admin);
+    let list = api_backends(admin);
     listed(&list, name).unwrap_or_else(|| panic!("{name} not listed: {list}"))
 }
 
@@ -99,7 +60,7 @@ fn wait_for_field(admin: SocketAddr, name: &str, field: &str, want: Value) {
 #[track_caller]
 fn assert_error(resp: &Resp, status: u16) {
     assert_eq!(resp.status, status, "{}", resp.body_str());
-    let body = json(resp);
+    let body = json_body(resp);
     let message = body["error"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "no error message: {body}");
 }
@@ -178,7 +139,7 @@ fn list_shows_every_backend_with_its_counters() {
     let admin = lb.admin_addr();
 
     // Before any traffic: both configured backends, up, idle, and the totals' shape.
-    let first = list(admin);
+    let first = api_backends(admin);
     let backends = first["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 2, "{first}");
     for (listed, (name, addr)) in backends.iter().zip([("a", a.addr), ("b", b.addr)]) {
@@ -208,12 +169,12 @@ fn list_shows_every_backend_with_its_counters() {
 
     // The probes report in: ok, with a latency, no reason.
     let probed = wait_until(WAIT, || {
-        let list = list(admin);
+        let list = api_backends(admin);
         ["a", "b"]
             .iter()
             .all(|n| listed(&list, n).is_some_and(|b| b["last_probe"]["ok"] == true))
     });
-    assert!(probed, "no passing probe listed: {}", list(admin));
+    assert!(probed, "no passing probe listed: {}", api_backends(admin));
     let probe = backend(admin, "a")["last_probe"].clone();
     assert!(
         probe["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
@@ -235,7 +196,7 @@ fn list_shows_every_backend_with_its_counters() {
     // Counted when each response ends, which may be a moment after the client has it.
     let mut last = Value::Null;
     let counted = wait_until(WAIT, || {
-        last = list(admin);
+        last = api_backends(admin);
         last["totals"]["requests"] == 6
     });
     assert!(counted, "totals.requests never reached 6: {last}");
@@ -310,7 +271,7 @@ fn an_added_backend_comes_up_and_takes_traffic_under_load() {
     let body = format!(r#"{{"address":"{}","weight":2,"name":"c"}}"#, c.addr);
     let resp = call(admin, "POST", "/api/backends", Some(&body));
     assert_eq!(resp.status, 201, "{}", resp.body_str());
-    let added = json(&resp);
+    let added = json_body(&resp);
     assert_eq!(added["name"], "c");
     assert_eq!(added["address"], c.addr.to_string());
     assert_eq!(added["weight"], 2);
@@ -349,7 +310,7 @@ fn a_drained_backend_finishes_in_flight_requests_and_gets_no_new_ones() {
 
     let resp = call(admin, "POST", "/api/backends/b/drain", None);
     assert_eq!(resp.status, 200, "{}", resp.body_str());
-    assert_eq!(json(&resp)["state"], "draining");
+    assert_eq!(json_body(&resp)["state"], "draining");
     // What was in flight finishes; once nothing is, b's count must not move again.
     wait_for_field(admin, "b", "active", 0.into());
     let settled = b.request_count();
@@ -382,10 +343,10 @@ fn a_deleted_backend_drains_then_leaves_the_list() {
 
     let resp = call(admin, "DELETE", "/api/backends/b", None);
     assert_eq!(resp.status, 202, "{}", resp.body_str());
-    assert_eq!(json(&resp)["name"], "b");
+    assert_eq!(json_body(&resp)["name"], "b");
     let mut last = Value::Null;
     let gone = wait_until(WAIT, || {
-        last = list(admin);
+        last = api_backends(admin);
         listed(&last, "b").is_none()
     });
     assert!(gone, "b is still listed: {last}");
@@ -414,7 +375,7 @@ fn a_new_weight_shows_in_the_list() {
 
     let resp = call(admin, "PUT", "/api/backends/a", Some(r#"{"weight": 7}"#));
     assert_eq!(resp.status, 200, "{}", resp.body_str());
-    assert_eq!(json(&resp)["weight"], 7);
+    assert_eq!(json_body(&resp)["weight"], 7);
     assert_eq!(backend(admin, "a")["weight"], 7);
 
     for bad in [
@@ -475,15 +436,18 @@ fn bad_requests_get_a_4xx_and_a_json_error() {
     );
 
     // None of that changed the pool.
-    let pool = list(admin);
+    let pool = api_backends(admin);
     assert_eq!(pool["backends"].as_array().map(Vec::len), Some(1), "{pool}");
 
     // A name is made up when none is given.
     let resp = post(&format!(r#"{{"address": "{addr}"}}"#));
     assert_eq!(resp.status, 201, "{}", resp.body_str());
-    let name = json(&resp)["name"].as_str().expect("a name").to_string();
+    let name = json_body(&resp)["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
     assert!(!name.is_empty() && name != "a", "{name:?}");
-    assert!(listed(&list(admin), &name).is_some());
+    assert!(listed(&api_backends(admin), &name).is_some());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,9 +462,9 @@ fn a_token_is_required_when_set() {
     let bearer = format!("Bearer {TOKEN}");
 
     for path in ["/", "/metrics", "/api/backends"] {
-        assert_error(&call_with(admin, "GET", path, None, None), 401);
+        assert_error(&admin_request(admin, "GET", path, None, None), 401);
         assert_error(
-            &call_with(
+            &admin_request(
                 admin,
                 "GET",
                 path,
@@ -509,16 +473,16 @@ fn a_token_is_required_when_set() {
             ),
             401,
         );
-        assert_error(&call_with(admin, "GET", path, None, Some(TOKEN)), 401); // no "Bearer "
-        let resp = call_with(admin, "GET", path, None, Some(&bearer));
+        assert_error(&admin_request(admin, "GET", path, None, Some(TOKEN)), 401); // no "Bearer "
+        let resp = admin_request(admin, "GET", path, None, Some(&bearer));
         assert_eq!(resp.status, 200, "{path}: {}", resp.body_str());
     }
     // Changes need it too.
     let drain = "/api/backends/a/drain";
-    assert_error(&call_with(admin, "POST", drain, None, None), 401);
+    assert_error(&admin_request(admin, "POST", drain, None, None), 401);
     assert_eq!(backend_with(admin, &bearer, "a")["state"], "up");
     assert_eq!(
-        call_with(admin, "POST", drain, None, Some(&bearer)).status,
+        admin_request(admin, "POST", drain, None, Some(&bearer)).status,
         200
     );
     assert_eq!(backend_with(admin, &bearer, "a")["state"], "draining");
@@ -526,9 +490,9 @@ fn a_token_is_required_when_set() {
 
 #[track_caller]
 fn backend_with(admin: SocketAddr, authorization: &str, name: &str) -> Value {
-    let resp = call_with(admin, "GET", "/api/backends", None, Some(authorization));
+    let resp = admin_request(admin, "GET", "/api/backends", None, Some(authorization));
     assert_eq!(resp.status, 200);
-    listed(&json(&resp), name).unwrap_or_else(|| panic!("{name} not listed"))
+    listed(&json_body(&resp), name).unwrap_or_else(|| panic!("{name} not listed"))
 }
 
 #[test]
@@ -694,9 +658,9 @@ fn deleted_backends_free_their_ids_for_the_next_ones() {
             assert_eq!(resp.status, 202, "{}", resp.body_str());
         }
         let left = wait_until(WAIT, || {
-            list(admin)["backends"].as_array().map(Vec::len) == Some(1)
+            api_backends(admin)["backends"].as_array().map(Vec::len) == Some(1)
         });
-        assert!(left, "round {round}: {}", list(admin));
+        assert!(left, "round {round}: {}", api_backends(admin));
     }
     assert_eq!(get(lb.addr, "/").body_str(), "a");
     assert_eq!(lb.count_log("no free backend slot"), 0);

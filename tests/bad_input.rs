@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
 
@@ -53,11 +51,6 @@ use Outcome::{Forward, Reject};
 
 /// A complete request that must never reach the backend when it rides inside a rejected one.
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
-
-/// Writes what it can: lb-mio may answer and close before a long request is all sent.
-fn send_lenient(stream: &mut TcpStream, bytes: &[u8]) {
-    let _ = stream.write_all(bytes);
-}
 
 /// An lb-mio in front of one recording backend.
 struct Rig {

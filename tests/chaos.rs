@@ -15,7 +15,6 @@
 
 mod support;
 
-use socket2::SockRef;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -199,12 +198,6 @@ impl Drop for Mock {
     }
 }
 
-/// Closes with a reset (SO_LINGER 0), as the kernel does for a killed process's sockets.
-fn reset(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
 fn accept_loop(listener: TcpListener, shared: Arc<MockShared>, life: Arc<Life>) {
     for _ in 0..10_000_000u64 {
         let accepted = listener.accept();
@@ -291,12 +284,12 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
     let mut idle_since = Instant::now();
     for _ in 0..1_000_000 {
         // The head; read even while hung (the kernel would buffer it for a stopped process).
-        let head_end = loop {
+        let (request, head_len) = loop {
             if life.dead.load(Ordering::SeqCst) {
                 return Served::Reset;
             }
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
+            if let Some(parsed) = parse_request_head(&buf) {
+                break parsed;
             }
             if buf.len() > 16 * 1024 {
                 return Served::Close;
@@ -311,22 +304,17 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
                 return Served::Close;
             }
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
-        let mut words = head.split(' ');
-        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let length: usize = head
-            .split("\r\n")
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
+        buf.drain(..head_len);
+        let (method, target) = (request.method.as_str(), request.target.as_str());
+        let length: usize = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if target == "/healthcheck" {
             if !wait_unhung(shared, life, || {}) {
                 return Served::Reset;
             }
-            let _ = (&*stream)
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            reply_and_close(stream, 200);
             return Served::Close;
         }
         let post = method == "POST";
@@ -334,9 +322,7 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
             .strip_prefix(if post { "/p/" } else { "/g/" })
             .and_then(|s| s.parse::<u64>().ok());
         let Some(id) = id else {
-            let _ = (&*stream).write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            reply_and_close(stream, 400);
             return Served::Close;
         };
         let index = {
@@ -366,9 +352,7 @@ fn serve(stream: &TcpStream, shared: &MockShared, life: &Life) -> Served {
         }
         let body: Vec<u8> = buf.drain(..length).collect();
         if post && !body.starts_with(format!("id={id};").as_bytes()) {
-            let _ = (&*stream).write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            reply_and_close(stream, 400);
             return Served::Close;
         }
         // Some requests take a moment, so that kills and hangs land on requests in flight.
@@ -413,11 +397,12 @@ struct Sent {
     took: Duration,
 }
 
+/// A client connection: connected within 2 s, then every read and write within
+/// `CLIENT_TIMEOUT`.
 fn open(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let stream = try_connect(addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
@@ -630,21 +615,10 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Usage {
-    let count = |dir: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
-            .unwrap_or_else(|e| panic!("/proc/{pid}/{dir}: {e}"))
-            .count()
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
     Usage {
-        fds: count("fd"),
-        rss_kib,
-        threads: count("task"),
+        fds: open_fds(pid),
+        rss_kib: rss(pid) / 1024,
+        threads: thread_count(pid),
     }
 }
 
@@ -915,14 +889,7 @@ fn chaos_under_load_keeps_the_promise() {
 
 /// One `GET /g/<id>` on its own connection: (status, body) or what went wrong.
 fn try_get_once(addr: SocketAddr, id: u64) -> Result<(u16, String), String> {
-    let mut stream = open(addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .write_all(
-            format!("GET /g/{id} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(|e| format!("send: {e}"))?;
-    let resp = try_read_response(&mut stream).map_err(|e| format!("read: {e}"))?;
+    let resp = try_get(addr, &format!("/g/{id}"), CLIENT_TIMEOUT)?;
     Ok((resp.status, resp.body_str()))
 }
 

@@ -3,12 +3,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::Command;
 use support::*;
 
 /// A config error as the user sees it: non-zero exit, nothing on stdout, and exactly one line on
@@ -199,18 +196,6 @@ fn a_missing_config_file_is_named() {
     }
 }
 
-/// `lb-mio --demo ...`, killed on drop.
-struct Demo {
-    child: Child,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The `http://ADDR/` in a demo stdout line.
 fn demo_url(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("http://")? + "http://".len()..];
@@ -219,27 +204,16 @@ fn demo_url(line: &str) -> Option<SocketAddr> {
 
 #[test]
 fn demo_serves_from_three_backends_and_prints_its_url() {
-    let mut child = Command::new(BIN)
-        .args(["--demo", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn lb-mio --demo");
-    let stdout = child.stdout.take().unwrap();
-    let demo = Demo { child };
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(START_TIMEOUT)
-        .expect("the demo prints a line on stdout");
+    let demo = Process::spawn(
+        Command::new(BIN).args(["--demo", "--listen", "127.0.0.1:0"]),
+        Pipe::Stdout,
+    )
+    .expect("spawn lb-mio --demo");
+    assert!(
+        demo.wait_for_lines("", 1, START_TIMEOUT),
+        "the demo prints a line on stdout"
+    );
+    let first = demo.lines().swap_remove(0);
     let addr = demo_url(&first).unwrap_or_else(|| panic!("no http://ADDR/ in {first:?}"));
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(

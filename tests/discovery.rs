@@ -148,11 +148,10 @@ fn listed(admin: SocketAddr) -> Vec<(String, String, Option<String>)> {
 
 /// `GET /api/backends`: the `backends` array.
 fn listing(admin: SocketAddr) -> Vec<Value> {
-    let raw = "GET /api/backends HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n";
-    let resp = request(admin, raw);
-    assert_eq!(resp.status, 200, "{}", resp.body_str());
-    let list: Value = serde_json::from_slice(&resp.body).expect("JSON");
-    list["backends"].as_array().expect("backends").clone()
+    api_backends(admin)["backends"]
+        .as_array()
+        .expect("backends")
+        .clone()
 }
 
 fn ip(last: u8) -> Ipv4Addr {

@@ -4,13 +4,12 @@
 
 mod support;
 
-use socket2::SockRef;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -18,173 +17,6 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// Probe timeout where probes are meant to pass: a loaded machine must not fail them.
 const PROBE_TIMEOUT: &str = "timeout_ms = 3000";
-
-// ---------------------------------------------------------------------------------------------
-// Local helpers
-// ---------------------------------------------------------------------------------------------
-
-/// A loopback server that hands each accepted connection to its handler on a thread of its
-/// own. A handler that wants to reset its connection calls `reset`; on drop the listener closes
-/// and every connection still open is shut down.
-struct RawBackend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<(usize, TcpStream)>>>,
-    accepted: Arc<AtomicUsize>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl RawBackend {
-    fn start(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
-        let addr = listener.local_addr().expect("raw backend addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let acceptor = {
-            let (stop, open, accepted) =
-                (Arc::clone(&stop), Arc::clone(&open), Arc::clone(&accepted));
-            thread::spawn(move || {
-                for index in 0..100_000usize {
-                    let Ok((stream, _)) = listener.accept() else {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        continue;
-                    };
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                    let _ = stream.set_nodelay(true);
-                    let Ok(clone) = stream.try_clone() else {
-                        continue;
-                    };
-                    open.lock().unwrap().push((index, clone));
-                    let (handler, open) = (Arc::clone(&handler), Arc::clone(&open));
-                    thread::spawn(move || {
-                        handler(stream);
-                        // Drop the clone too: the socket closes now (with a reset if the
-                        // handler set SO_LINGER 0).
-                        open.lock().unwrap().retain(|(i, _)| *i != index);
-                    });
-                }
-            })
-        };
-        RawBackend {
-            addr,
-            stop,
-            open,
-            accepted,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    /// Connections accepted so far (health probes included).
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-            let _ = acceptor.join();
-        }
-        for (_, stream) in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Closes with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(stream);
-}
-
-/// Reads one request (head, then a `Content-Length` body): (head text, body). `None` if the
-/// connection ends or times out first.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&tmp[..n]),
-        }
-    }
-    body.truncate(length);
-    Some((head, body))
-}
-
-fn is_probe(head: &str) -> bool {
-    head.contains("User-Agent: lb-mio-health")
-}
-
-fn answer_probe(mut stream: TcpStream) {
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-}
-
-/// Makes the worker log a line (a request rejected for its missing Host) and waits for it.
-/// Everything lb-mio logged before this call is then in `lb.log()`.
-#[track_caller]
-fn sync_log(lb: &Lb) {
-    let before = lb.count_log("rejected request");
-    let mut stream = connect(lb.addr);
-    send(&mut stream, "GET /sync HTTP/1.1\r\n\r\n");
-    let _ = try_read_to_close(&mut stream);
-    lb.expect_log_count("rejected request", before + 1, WAIT);
-}
-
-/// One `GET path` on a new connection: the status and body, or what went wrong.
-fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .map_err(|e| format!("send: {e}"))?;
-    let resp = try_read_response(&mut stream).map_err(|e| format!("read: {e}"))?;
-    Ok((resp.status, resp.body_str()))
-}
-
-/// The lines of the log that contain `substr`, for assertion messages.
-fn lines_with(lb: &Lb, substr: &str) -> Vec<String> {
-    lb.log()
-        .into_iter()
-        .filter(|l| l.contains(substr))
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. A backend killed mid-stream
@@ -206,13 +38,8 @@ fn stream_of_gets(addr: SocketAddr, client: usize, stop: Arc<AtomicBool>) -> Vec
         }
         let stream = match conn.take() {
             Some(stream) => stream,
-            None => match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                    let _ = stream.set_nodelay(true);
-                    stream
-                }
+            None => match try_connect(addr, IO_TIMEOUT) {
+                Ok(stream) => stream,
                 Err(e) => {
                     outcomes.push(Outcome::Failed(format!("connect: {e}")));
                     continue;
@@ -332,8 +159,9 @@ fn a_backend_killed_mid_stream_costs_the_clients_nothing() {
         .count();
     assert!(from_doomed > 0, "no answer came from doomed");
     // Requests were in flight on it: they went elsewhere.
-    sync_log(&lb);
-    let cut = lines_with(&lb, "backend doomed failed")
+    lb.sync_log();
+    let cut = lb
+        .log_lines_with("backend doomed failed")
         .into_iter()
         .filter(|l| l.contains("before responding"))
         .count();
@@ -351,11 +179,10 @@ fn black_hole_backend() -> (RawBackend, Arc<Mutex<Vec<String>>>) {
     let targets = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&targets);
     let backend = RawBackend::start(move |mut stream| {
-        let Some((head, _)) = read_request(&mut stream) else {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        let target = head.split(' ').nth(1).unwrap_or_default().to_string();
-        seen.lock().unwrap().push(target);
+        seen.lock().unwrap().push(request.target);
         let mut tmp = [0u8; 4096];
         for _ in 0..10_000 {
             match stream.read(&mut tmp) {
@@ -463,13 +290,13 @@ const HALF_CHUNKED: &[u8] =
 /// there is none), resets.
 fn half_then_reset(gate: Option<Gate>) -> RawBackend {
     RawBackend::start(move |mut stream| {
-        let Some((head, _)) = read_request(&mut stream) else {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        if is_probe(&head) {
-            return answer_probe(stream);
+        if request.is_probe() {
+            return reply_and_close(&stream, 200);
         }
-        let half = if head.starts_with("GET /length") {
+        let half = if request.target == "/length" {
             HALF_LENGTH
         } else {
             HALF_CHUNKED
@@ -514,17 +341,11 @@ fn read_all_of(addr: SocketAddr, path: &str, until: Option<(&[u8], &Gate)>) -> V
     got
 }
 
-/// The body bytes after the head.
-fn body_of(bytes: &[u8]) -> &[u8] {
-    let end = find(bytes, b"\r\n\r\n").expect("a response head") + 4;
-    &bytes[end..]
-}
-
 #[track_caller]
 fn assert_cut_short(bytes: &[u8], path: &str) {
-    let text = String::from_utf8_lossy(bytes);
+    let text = show(bytes);
     assert!(text.starts_with("HTTP/1.1 200 "), "{path}: {text}");
-    let body = body_of(bytes);
+    let (_, body) = split_response(bytes);
     if path == "/length" {
         assert!(text.contains("Content-Length: 100\r\n"), "{path}: {text}");
         assert!(body.len() < 100, "{path}: a complete-looking body: {text}");
@@ -535,12 +356,12 @@ fn assert_cut_short(bytes: &[u8], path: &str) {
             "{path}: a last chunk the backend never sent: {text}"
         );
         assert!(
-            body_of(HALF_CHUNKED).starts_with(body),
+            split_response(HALF_CHUNKED).1.starts_with(&body),
             "{path}: bytes the backend never sent: {text}"
         );
     }
     assert!(
-        find(body, b"HTTP/1.").is_none(),
+        find(&body, b"HTTP/1.").is_none(),
         "{path}: a second response: {text}"
     );
 }
@@ -555,7 +376,11 @@ fn half_a_response_then_a_reset_never_looks_complete() {
     ));
     let got = read_all_of(lb.addr, "/length", Some((HALF_LENGTH, &gate)));
     assert_cut_short(&got, "/length");
-    assert_eq!(body_of(&got), body_of(HALF_LENGTH), "all the backend sent");
+    assert_eq!(
+        split_response(&got).1,
+        split_response(HALF_LENGTH).1,
+        "all the backend sent"
+    );
 
     let gate = Gate::new();
     let backend = half_then_reset(Some(gate.clone()));
@@ -595,16 +420,14 @@ fn half_a_response_then_an_immediate_reset_gives_a_cut_or_a_502() {
 fn a_post_whose_backend_resets_is_not_replayed_and_gets_502() {
     let swallowed: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&swallowed);
-    let eater = RawBackend::start(move |mut stream| {
-        let Some((head, body)) = read_request(&mut stream) else {
+    let eater = RawBackend::start(move |stream| {
+        let Some(request) = read_request(&stream) else {
             return;
         };
-        if is_probe(&head) {
-            return answer_probe(stream);
+        if request.is_probe() {
+            return reply_and_close(&stream, 200);
         }
-        log.lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(&body).into_owned());
+        log.lock().unwrap().push(request.body_str());
         reset(stream);
     });
     let good = Backend::start("good", |_| Response::ok("stored"));
@@ -706,9 +529,12 @@ fn all_down_gives_a_fast_503_and_a_recovered_backend_gets_traffic_after_rise_pro
         if back.elapsed() > Duration::from_secs(5) {
             break;
         }
-        if let Ok((200, body)) = try_get(lb.addr, "/again") {
-            answered = Some((back.elapsed(), body));
-            break;
+        match try_get(lb.addr, "/again", IO_TIMEOUT) {
+            Ok(resp) if resp.status == 200 => {
+                answered = Some((back.elapsed(), resp.body_str()));
+                break;
+            }
+            _ => {}
         }
         thread::sleep(Duration::from_millis(5));
     }
@@ -745,7 +571,7 @@ fn flapping(rise: u32, fall: u32) -> (Lb, Vec<u16>, Backend) {
         ..BackendOptions::default()
     };
     let flap = Backend::with_options("flap", options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             return Response::status(if n.is_multiple_of(2) { 200 } else { 500 }, "").then_close();
         }
@@ -771,14 +597,14 @@ fn flapping(rise: u32, fall: u32) -> (Lb, Vec<u16>, Backend) {
         probes.load(Ordering::SeqCst)
     );
     // Probe 22 started after the result of probe 21 was acted on (and logged).
-    sync_log(&lb);
+    lb.sync_log();
     (lb, statuses, flap)
 }
 
 #[test]
 fn a_flapping_health_check_does_not_flip_a_backend_with_rise_2_fall_2() {
     let (lb, statuses, _flap) = flapping(2, 2);
-    let changes = lines_with(&lb, "backend flap ");
+    let changes = lb.log_lines_with("backend flap ");
     assert!(changes.is_empty(), "state changes logged: {changes:#?}");
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
@@ -890,8 +716,8 @@ fn refused_connections_mark_a_backend_down_after_max_fails_and_it_gets_no_more_a
         "backend dead is down: 4 failures in a row, the last: connect",
         WAIT,
     );
-    sync_log(&lb);
-    let attempts = lines_with(&lb, "backend dead failed");
+    lb.sync_log();
+    let attempts = lb.log_lines_with("backend dead failed");
     assert_eq!(attempts.len(), 4, "attempts on dead: {attempts:#?}");
     assert_eq!(lb.count_log("backend dead is down"), 1, "{}", lb.log_text());
     assert_eq!(live.request_count(), 20);
@@ -915,7 +741,7 @@ fn probed_backend(
     };
     let body = name.to_string();
     Backend::with_options(name, options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             Response::status(probe(), "").delay(delay).then_close()
         } else {
             Response::ok(body.clone())
@@ -954,7 +780,7 @@ fn a_health_answer_outside_the_status_range_fails_the_probe() {
     // Five more 301s for the default balancer (with fall = 1 any one would mark it down).
     let seen = count_path(&moved, "/default");
     assert!(wait_until(WAIT, || count_path(&moved, "/default") >= seen + 5));
-    sync_log(&default);
+    default.sync_log();
     assert_eq!(
         default.count_log("backend moved is"),
         0,
@@ -988,8 +814,8 @@ fn a_slow_health_answer_fails_the_probe_when_slow_ms_is_set() {
     lb.expect_log("backend slowpoke is down: slow", WAIT);
     // Three slow answers for `off`: the third is sent after the second was acted on.
     assert!(wait_until(WAIT, || count_path(&slowpoke, "/off") >= 3));
-    sync_log(&lb);
-    sync_log(&off);
+    lb.sync_log();
+    off.sync_log();
     assert_eq!(lb.count_log("backend quick is"), 0, "{}", lb.log_text());
     assert_eq!(off.count_log(" is down"), 0, "{}", off.log_text());
     for i in 0..4 {
@@ -1022,7 +848,7 @@ fn a_backend_down_for_remove_after_s_is_removed_for_good() {
     // Ten more probe intervals (counted at the backend that stays): gone, probed, would be
     // up after one (rise = 1).
     assert!(stay.wait_for_probes(10, WAIT));
-    sync_log(&lb);
+    lb.sync_log();
     assert_eq!(lb.count_log("backend gone is up"), 0, "{}", lb.log_text());
     assert_eq!(lb.count_log("backend gone removed"), 1, "{}", lb.log_text());
     for i in 0..10 {
@@ -1080,13 +906,7 @@ fn the_default_retry_budget_retries_refused_connections() {
 #[test]
 fn a_request_cut_on_a_pooled_connection_is_retried_on_another_backend() {
     let gate = Gate::new();
-    let held = gate.clone();
-    let mut a = Backend::start("a", move |req| {
-        if req.target == "/slow" {
-            held.wait(IO_TIMEOUT);
-        }
-        Response::ok("a")
-    });
+    let mut a = Backend::gated("a", &gate);
     let b = Backend::named("b");
     let lb = Lb::start(&ini(
         &[("a", a.addr), ("b", b.addr)],
@@ -1162,7 +982,7 @@ fn round_robin_keeps_its_rotation_across_a_failover() {
         let resp = get(lb.addr, &format!("/{i}"));
         assert_eq!(resp.status, 200, "request {i}\n{}", lb.log_text());
     }
-    sync_log(&lb);
+    lb.sync_log();
     let attempts = lb.count_log("backend dead failed");
     assert!(
         attempts <= 12,

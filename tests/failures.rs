@@ -4,11 +4,9 @@
 
 mod support;
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,15 +17,6 @@ use support::*;
 const NO_HEALTH: &str = "[health]\ninterval_ms = 3600000\n";
 
 const WAIT: Duration = Duration::from_secs(3);
-
-/// Bytes of a response as the client received them, split into head and body.
-fn split_response(bytes: &[u8]) -> (String, Vec<u8>) {
-    let end = find(bytes, b"\r\n\r\n").expect("a complete response head") + 4;
-    (
-        String::from_utf8_lossy(&bytes[..end]).into_owned(),
-        bytes[end..].to_vec(),
-    )
-}
 
 #[track_caller]
 fn assert_names_no_backend(resp: &Resp, backends: &[(&str, SocketAddr)]) {
@@ -296,7 +285,7 @@ fn a_backend_dying_mid_body_gives_a_truncated_response_and_a_close() {
     assert!(
         !body.ends_with(b"0\r\n\r\n"),
         "the client must not get a last chunk the backend never sent: {:?}",
-        String::from_utf8_lossy(&body)
+        show(&body)
     );
     assert!(
         find(&body, b"HTTP/1.1").is_none(),
@@ -407,24 +396,6 @@ fn a_hanging_connect_is_retried_on_another_backend() {
 // Slow, idle and silent clients
 // ---------------------------------------------------------------------------------------------
 
-/// Writes `bytes` one byte per `every` from another thread until done, told to stop, or the
-/// connection fails.
-fn trickle(stream: &TcpStream, bytes: Vec<u8>, every: Duration) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let mut writer = stream.try_clone().unwrap();
-    thread::spawn(move || {
-        for b in bytes {
-            if flag.load(Ordering::SeqCst) || std::io::Write::write_all(&mut writer, &[b]).is_err()
-            {
-                return;
-            }
-            thread::sleep(every);
-        }
-    });
-    stop
-}
-
 #[test]
 fn a_slowloris_head_gets_408_at_header_ms() {
     let backend = Backend::named("b");
@@ -438,10 +409,10 @@ fn a_slowloris_head_gets_408_at_header_ms() {
         "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: {}\r\n\r\n",
         "z".repeat(60)
     );
-    let stop = trickle(&stream, slow.into_bytes(), Duration::from_millis(25));
+    let trickle = Trickle::start(&stream, slow.into_bytes(), Duration::from_millis(25));
     let resp = read_response(&mut stream);
     let took = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
+    trickle.stop();
     assert_eq!(resp.status, 408, "{}", resp.head_str());
     assert!(
         took >= Duration::from_millis(250),
@@ -462,7 +433,7 @@ fn a_slow_head_that_finishes_in_time_is_served() {
     ));
     let mut stream = connect(lb.addr);
     let head = "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n";
-    let _stop = trickle(&stream, head.as_bytes().to_vec(), Duration::from_millis(5));
+    let _trickle = Trickle::start(&stream, head.as_bytes().to_vec(), Duration::from_millis(5));
     let resp = read_response(&mut stream);
     assert_eq!(resp.status, 200, "{}", resp.head_str());
     assert_eq!(backend.last_request().target, "/slow");
@@ -481,7 +452,7 @@ fn closed_within(stream: &mut TcpStream, limit: Duration, lb: &Lb) -> Duration {
         )
     });
     if !rest.is_empty() {
-        let text = String::from_utf8_lossy(&rest);
+        let text = show(&rest);
         assert!(
             text.starts_with("HTTP/1.1 408 "),
             "unexpected bytes before the close: {text}"
@@ -534,7 +505,7 @@ fn a_client_closing_right_after_sending_is_let_go_at_once() {
             assert!(
                 took < Duration::from_millis(1000),
                 "{stage} #{i}: closed after {took:?} with {:?}",
-                String::from_utf8_lossy(&bytes)
+                show(&bytes)
             );
         }
     }
@@ -617,57 +588,20 @@ fn max_connections_holds_the_next_connection_until_one_closes() {
     assert_eq!(read_response(&mut d).status, 200);
 }
 
-/// lb-mio started as `sh -c "ulimit -n N; exec lb-mio CONFIG"`, killed on drop.
-#[track_caller]
-fn start_limited(fds: u32, ini: &str) -> Lb {
-    let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
-    Lb::try_start_as(ini, |config| {
-        let mut command = Command::new("sh");
-        command.args(["-c", &script, BIN]).arg(config);
-        command
-    })
-    .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"))
-}
-
-/// User plus system CPU time of a process so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
-}
-
-/// One request on a fresh connection with a short read timeout; `None` if it does not work.
-fn try_get(addr: SocketAddr) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .ok()?;
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    text.split(' ').nth(1)?.parse().ok()
-}
-
 #[test]
 fn out_of_file_descriptors_lb_mio_backs_off_without_spinning_and_recovers() {
     let backend = Backend::named("b");
-    let lb = start_limited(
+    let lb = Lb::start_with_nofile(
         64,
         &ini(
             &[("b", backend.addr)],
             &format!("[timeouts]\nheader_ms = 5000\nidle_ms = 5000\n{NO_HEALTH}"),
         ),
     );
-    assert_eq!(try_get(lb.addr), Some(200), "{}", lb.log_text());
+    // Short timeouts: a request lb-mio cannot take must not hold the test up.
+    let quick = Duration::from_millis(500);
+    let status = || try_get(lb.addr, "/", quick).map(|resp| resp.status);
+    assert_eq!(status(), Ok(200), "{}", lb.log_text());
 
     let clients: Vec<TcpStream> = (0..120).map(|_| connect(lb.addr)).collect();
     let ran_out = wait_until(WAIT, || lb.log_text().contains("Too many open files"));
@@ -688,21 +622,13 @@ fn out_of_file_descriptors_lb_mio_backs_off_without_spinning_and_recovers() {
     );
 
     drop(clients);
-    let recovered = wait_until(Duration::from_secs(4), || try_get(lb.addr) == Some(200));
+    let recovered = wait_until(Duration::from_secs(4), || status() == Ok(200));
     assert!(recovered, "lb-mio did not serve again:\n{}", lb.log_text());
 }
 
 // ---------------------------------------------------------------------------------------------
 // Clients that vanish
 // ---------------------------------------------------------------------------------------------
-
-/// Closes with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(stream);
-}
 
 #[test]
 fn clients_vanishing_mid_request_or_mid_response_do_not_disturb_others() {

@@ -6,7 +6,6 @@ mod support;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -21,18 +20,8 @@ const RISE: u64 = 2;
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 100\nrise = 2\n";
 
 // ---------------------------------------------------------------------------------------------
-// Local helpers: signals, config rewrites, waiting for the exit
+// Local helpers: config rewrites, backends that hold a request
 // ---------------------------------------------------------------------------------------------
-
-/// Sends `signal` (`HUP`, `TERM`, `INT`) to the balancer with kill(1).
-fn signal(lb: &Lb, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(lb.pid().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {} failed", lb.pid());
-}
 
 /// Lines that end a reload attempt, one way or the other.
 fn reload_outcomes(lb: &Lb) -> Vec<String> {
@@ -48,7 +37,7 @@ fn reload_outcomes(lb: &Lb) -> Vec<String> {
 fn reload(lb: &Lb, ini: &str) -> String {
     std::fs::write(lb.config_path(), ini).expect("rewrite the config file");
     let before = reload_outcomes(lb).len();
-    signal(lb, "HUP");
+    lb.signal("HUP");
     let done = wait_until(WAIT, || reload_outcomes(lb).len() > before);
     assert!(
         done,
@@ -68,18 +57,11 @@ fn reload_ok(lb: &Lb, ini: &str) {
     );
 }
 
-/// Waits (≤ `timeout`) for the process to exit on its own.
-fn wait_exit(lb: &mut Lb, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = lb.exited() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+/// How a connect with a short timeout fails, if it does.
+fn connect_error(addr: SocketAddr) -> Option<io::ErrorKind> {
+    try_connect(addr, Duration::from_millis(500))
+        .err()
+        .map(|e| e.kind())
 }
 
 /// The body of a response, which the test backends set to their name.
@@ -88,34 +70,11 @@ fn served_by(resp: &Resp) -> String {
     resp.body_str()
 }
 
-/// A backend named `name` whose `/slow` waits for `gate` (≤ 5 s) before answering.
-fn gated(name: &'static str, gate: &Gate) -> Backend {
-    let gate = gate.clone();
-    Backend::start(name, move |req| {
-        if req.target == "/slow" {
-            gate.wait(Duration::from_secs(5));
-        }
-        Response::ok(name)
-    })
-}
-
 /// Sends `GET /slow` (keep-alive) on a new connection and reads the answer on a thread.
 fn slow_request(addr: SocketAddr) -> JoinHandle<io::Result<Resp>> {
     let mut stream = connect(addr);
     send(&mut stream, "GET /slow HTTP/1.1\r\nHost: lb.test\r\n\r\n");
     thread::spawn(move || try_read_response(&mut stream))
-}
-
-/// Waits for the one request (the slow one) to reach `a` or `b`: (the one holding it, the other).
-#[track_caller]
-fn holder<'a>(a: &'a Backend, b: &'a Backend) -> (&'a Backend, &'a Backend) {
-    let got = wait_until(WAIT, || a.request_count() + b.request_count() == 1);
-    assert!(got, "the slow request never reached a backend");
-    if a.request_count() == 1 {
-        (a, b)
-    } else {
-        (b, a)
-    }
 }
 
 /// What the health thread and live traffic did to one backend: probes are counted apart from
@@ -137,7 +96,7 @@ fn tallied(name: &'static str) -> (Backend, Arc<Tally>) {
         ..BackendOptions::default()
     };
     let backend = Backend::with_options(name, options, move |req| {
-        if req.header("user-agent") == Some("lb-mio-health") {
+        if req.is_probe() {
             seen.probes.fetch_add(1, Ordering::SeqCst);
             return Response::ok("healthy").then_close();
         }
@@ -205,12 +164,12 @@ fn reload_adds_a_backend_that_takes_traffic_once_its_health_checks_pass() {
 #[test]
 fn reload_removes_a_backend_after_its_request_in_flight_finishes() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
-    let b = gated("b", &gate);
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
 
     let slow = slow_request(lb.addr);
-    let (busy, other) = holder(&a, &b);
+    let (busy, other) = holder(&a, &b, WAIT);
     reload_ok(&lb, &ini(&[(other.name.as_str(), other.addr)], FAST_HEALTH));
     let draining = format!(
         "backend {} at {} is gone from the config: draining",
@@ -300,13 +259,13 @@ fn a_broken_config_is_refused_with_its_line_and_the_old_one_keeps_running() {
 #[test]
 fn reload_switches_round_robin_to_least_conn() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
-    let b = gated("b", &gate);
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let extra = format!("[lb]\nstrategy = round_robin\n{FAST_HEALTH}");
     let lb = Lb::start(&ini(&[("a", a.addr), ("b", b.addr)], &extra));
 
     let slow = slow_request(lb.addr);
-    let (busy, idle) = holder(&a, &b);
+    let (busy, idle) = holder(&a, &b, WAIT);
 
     // Round robin takes turns whatever the load: the busy backend gets its share.
     for i in 0..6 {
@@ -364,7 +323,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
     assert_eq!(get(lb.addr, "/new").header("x-backend"), Some("a"));
     for addr in [elsewhere, admin] {
         assert_eq!(
-            try_connect(addr).err(),
+            connect_error(addr),
             Some(io::ErrorKind::ConnectionRefused),
             "something listens on {addr} after the reload"
         );
@@ -375,15 +334,10 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
 // SIGTERM / SIGINT
 // ---------------------------------------------------------------------------------------------
 
-/// Connects with a short timeout; the error kind on failure.
-fn try_connect(addr: SocketAddr) -> Result<TcpStream, io::ErrorKind> {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.kind())
-}
-
 #[test]
 fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     let gate = Gate::new();
-    let a = gated("a", &gate);
+    let a = Backend::gated("a", &gate);
     let drain = Duration::from_secs(5);
     let extra = format!("[lb]\nworkers = 2\ndrain_timeout_s = 5\n{FAST_HEALTH}");
     let mut lb = Lb::start(&ini(&[("a", a.addr)], &extra));
@@ -400,7 +354,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     );
 
     let term = Instant::now();
-    signal(&lb, "TERM");
+    lb.signal("TERM");
 
     for (i, conn) in idle.iter_mut().enumerate() {
         assert!(
@@ -413,7 +367,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
 
     // The listeners close: a new connection is refused, and stays refused.
     let refused = wait_until(Duration::from_secs(1), || {
-        try_connect(lb.addr).err() == Some(io::ErrorKind::ConnectionRefused)
+        connect_error(lb.addr) == Some(io::ErrorKind::ConnectionRefused)
     });
     assert!(
         refused,
@@ -422,7 +376,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
     );
     for _ in 0..3 {
         assert_eq!(
-            try_connect(lb.addr).err(),
+            connect_error(lb.addr),
             Some(io::ErrorKind::ConnectionRefused)
         );
     }
@@ -445,7 +399,7 @@ fn sigterm_finishes_the_request_in_flight_closes_the_rest_and_exits_zero() {
         "a response relayed while stopping must say Connection: close:\n{}",
         resp.head_str()
     );
-    let status = wait_exit(&mut lb, drain.saturating_sub(term.elapsed()));
+    let status = lb.wait_exit(drain.saturating_sub(term.elapsed()));
     let status = status.unwrap_or_else(|| {
         panic!(
             "lb-mio still running {:?} after SIGTERM; log:\n{}",
@@ -477,8 +431,8 @@ fn sigint_stops_waiting_for_a_request_at_the_drain_timeout() {
         "the slow request never arrived"
     );
     let int = Instant::now();
-    signal(&lb, "INT");
-    let status = wait_exit(&mut lb, drain + Duration::from_secs(2));
+    lb.signal("INT");
+    let status = lb.wait_exit(drain + Duration::from_secs(2));
     let took = int.elapsed();
     let status = status.unwrap_or_else(|| {
         panic!(
@@ -567,17 +521,10 @@ impl Load {
 const LOAD_REQUEST: &str = "GET /load HTTP/1.1\r\nHost: lb.test\r\n\r\n";
 const LOAD_REQUEST_CLOSE: &str = "GET /load HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n";
 
-fn open(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// One request on a new connection: every error is a failure.
 fn fresh_request(addr: SocketAddr, request: &str) -> Result<(Resp, TcpStream), String> {
-    let mut stream = open(addr).map_err(|e| format!("connect: {e}"))?;
+    let mut stream =
+        try_connect(addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send on a new connection: {e}"))?;
@@ -701,8 +648,8 @@ fn a_new_lb_mio_on_the_same_port_takes_over_without_a_failed_request() {
         thread::sleep(Duration::from_millis(300));
         let term = Instant::now();
         let term_at = load.started.elapsed();
-        signal(&current, "TERM");
-        let status = wait_exit(&mut current, WAIT);
+        current.signal("TERM");
+        let status = current.wait_exit(WAIT);
         let exit_after = term.elapsed();
         let ok_at_exit = load.ok.load(Ordering::SeqCst);
         timeline.push(format!(

@@ -11,7 +11,7 @@ mod support;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,42 +41,11 @@ fn heavy() -> MutexGuard<'static, ()> {
 // What a process holds, from /proc
 // ---------------------------------------------------------------------------------------------
 
-/// Resident memory of a process in bytes (`VmRSS`).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in kB");
-    kib * KIB
-}
-
-/// Open file descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("/proc/PID/fd")
-        .count()
-}
-
-/// User plus system CPU time of a process so far (`/proc/PID/stat`, USER_HZ = 100).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 /// Waits until `pid` holds at most `most` descriptors; returns the last count seen.
 fn wait_for_fds_at_most(pid: u32, most: usize, timeout: Duration) -> usize {
-    let mut last = fds(pid);
+    let mut last = open_fds(pid);
     wait_until(timeout, || {
-        last = fds(pid);
+        last = open_fds(pid);
         last <= most
     });
     last
@@ -86,10 +55,10 @@ fn wait_for_fds_at_most(pid: u32, most: usize, timeout: Duration) -> usize {
 /// baseline without the sockets that are just closing (a finished exchange's backend
 /// connection, the start-up health probe).
 fn settled_fds(pid: u32) -> usize {
-    let mut last = fds(pid);
+    let mut last = open_fds(pid);
     for _ in 0..15 {
         thread::sleep(Duration::from_millis(200));
-        let now = fds(pid);
+        let now = open_fds(pid);
         if now == last {
             break;
         }
@@ -164,16 +133,6 @@ fn raise_nofile(want: u64) -> u64 {
     nofile().0
 }
 
-/// lb-mio started as `sh -c "ulimit -n FDS && exec lb-mio CONFIG"`.
-fn start_with_nofile(fds: u64, ini: &str) -> Result<Lb, String> {
-    let script = format!("ulimit -n {fds} && exec \"$0\" \"$1\"");
-    Lb::try_start_as(ini, |config| {
-        let mut command = Command::new("sh");
-        command.args(["-c", &script, BIN]).arg(config);
-        command
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // A backend that streams a large response and counts what it managed to write
 // ---------------------------------------------------------------------------------------------
@@ -236,7 +195,6 @@ struct StreamState {
     /// When and how the stream ended (when it did).
     outcome: Mutex<Option<(Instant, Result<(), io::ErrorKind>)>>,
     requests: AtomicUsize,
-    stop: AtomicBool,
 }
 
 /// Answers `GET /big` with `BIG` bytes of `fill_pattern` (`Content-Length`), written 64 KiB at
@@ -245,25 +203,19 @@ struct StreamState {
 struct Streamer {
     addr: SocketAddr,
     state: Arc<StreamState>,
+    _server: RawBackend,
 }
 
 impl Streamer {
     fn start() -> Streamer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(StreamState::default());
         let shared = Arc::clone(&state);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if shared.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let state = Arc::clone(&shared);
-                thread::spawn(move || serve_stream(stream, &state));
-            }
-        });
-        Streamer { addr, state }
+        let server = RawBackend::start(move |stream| serve_stream(stream, &shared));
+        Streamer {
+            addr: server.addr,
+            state,
+            _server: server,
+        }
     }
 
     fn written(&self) -> u64 {
@@ -290,13 +242,6 @@ impl Streamer {
             );
             last = now;
         }
-    }
-}
-
-impl Drop for Streamer {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }
 
@@ -639,31 +584,6 @@ fn a_reader_that_stops_is_cut_off_after_backend_ms_without_blaming_the_backend()
 // Slow uploaders
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `head`, then `body` one byte per `every`, from another thread, until done or stopped.
-/// Returns the stop flag and the count of body bytes written.
-fn trickle_body(
-    stream: &TcpStream,
-    head: &str,
-    body: Vec<u8>,
-    every: Duration,
-) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
-    let mut writer = stream.try_clone().unwrap();
-    writer.write_all(head.as_bytes()).unwrap();
-    thread::spawn(move || {
-        for b in body {
-            if flag.load(Ordering::SeqCst) || writer.write_all(&[b]).is_err() {
-                return;
-            }
-            count.fetch_add(1, Ordering::SeqCst);
-            thread::sleep(every);
-        }
-    });
-    (stop, sent)
-}
-
 /// A request body that pauses longer than `backend_ms` between bytes gets 408 (no response
 /// has begun) that long after its last byte, and the backend never sees a complete request.
 #[test]
@@ -676,19 +596,15 @@ fn an_upload_slower_than_backend_ms_per_byte_gets_408_and_never_reaches_the_back
     let mut stream = connect(lb.addr);
     let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
     let started = Instant::now();
-    let (stop, sent) = trickle_body(
-        &stream,
-        head,
-        b"0123456789".to_vec(),
-        Duration::from_millis(1000),
-    );
+    send(&mut stream, head);
+    let body = Trickle::start(&stream, b"0123456789".to_vec(), Duration::from_millis(1000));
     let resp = read_response(&mut stream);
     let took = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
+    body.stop();
     assert_eq!(resp.status, 408, "{}", resp.head_str());
     assert!(resp.connection_has("close"), "{}", resp.head_str());
     // The head and the first byte went out at once; the second was due after 1 s.
-    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(body.sent(), 1);
     assert!(
         took >= Duration::from_millis(300),
         "408 too early: {took:?}"
@@ -718,12 +634,8 @@ fn an_upload_that_keeps_coming_is_served_however_long_it_takes() {
     let mut stream = connect(lb.addr);
     let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
     let started = Instant::now();
-    let _trickle = trickle_body(
-        &stream,
-        head,
-        b"0123456789".to_vec(),
-        Duration::from_millis(120),
-    );
+    send(&mut stream, head);
+    let _body = Trickle::start(&stream, b"0123456789".to_vec(), Duration::from_millis(120));
     let resp = read_response(&mut stream);
     let took = started.elapsed();
     assert_eq!(resp.status, 200, "{}", resp.head_str());
@@ -784,12 +696,6 @@ fn assert_all_ok(results: &SteadyResults, min: usize) -> Duration {
     results.iter().map(|(_, t)| *t).max().unwrap_or_default()
 }
 
-/// Closes with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
 /// 2,000 connections as fast as one thread can open them (a quarter closed at once, a quarter
 /// reset, a quarter sending half a head, a quarter silent) while a client on an established
 /// keep-alive connection keeps asking: every one of its requests succeeds, and once the flood
@@ -807,14 +713,13 @@ fn a_flood_of_connections_does_not_disturb_an_established_client_and_leaves_noth
         return;
     }
     let backend = Backend::named("b");
-    let lb = start_with_nofile(
+    let lb = Lb::start_with_nofile(
         8192,
         &ini(
             &[("b", backend.addr)],
             &format!("[timeouts]\nheader_ms = 10000\nidle_ms = 30000\n{NO_HEALTH}"),
         ),
-    )
-    .unwrap_or_else(|log| panic!("lb-mio did not start:\n{log}"));
+    );
     let pid = lb.pid();
     let mut steady = connect(lb.addr);
     assert_eq!(get_on(&mut steady, "/first").status, 200);
@@ -858,7 +763,7 @@ fn a_flood_of_connections_does_not_disturb_an_established_client_and_leaves_noth
     let want = fds0 + kept.len();
     let mut seen = 0;
     let accepted = wait_until(Duration::from_secs(5), || {
-        seen = fds(pid);
+        seen = open_fds(pid);
         seen >= want
     });
     let overflows = listen_overflows() - overflows0;
@@ -942,7 +847,7 @@ fn a_flood_beyond_max_connections_waits_while_accepted_clients_are_served() {
     let mut seen = 0;
     assert!(
         wait_until(Duration::from_secs(3), || {
-            seen = fds(pid);
+            seen = open_fds(pid);
             seen >= full
         }),
         "lb-mio holds {seen} descriptors, {full} expected at the limit"
@@ -975,7 +880,7 @@ fn a_flood_beyond_max_connections_waits_while_accepted_clients_are_served() {
         thread::sleep(Duration::from_millis(20));
     }
     let (cpu, wall) = (cpu_time(pid) - cpu0, wall0.elapsed());
-    let held = fds(pid);
+    let held = open_fds(pid);
     let excess_served = backend
         .requests()
         .iter()
@@ -1094,7 +999,7 @@ fn ten_thousand_idle_keep_alive_connections_cost_under_4_kib_each() {
             "[timeouts]\nheader_ms = 60000\nidle_ms = 300000\n[limits]\nmax_connections = 30000\n{NO_HEALTH}"
         ),
     );
-    let lb = match start_with_nofile(limit.min(30_000), &config) {
+    let lb = match Lb::try_start_with_nofile(limit.min(30_000), &config) {
         Ok(lb) => lb,
         Err(log) => {
             eprintln!("SKIPPED: lb-mio could not start with {limit} descriptors:\n{log}");
@@ -1121,10 +1026,8 @@ fn ten_thousand_idle_keep_alive_connections_cost_under_4_kib_each() {
             started.elapsed() < Duration::from_secs(40),
             "only {i} connections after 40 s"
         );
-        let mut stream = TcpStream::connect(lb.addr)
+        let mut stream = try_connect(lb.addr, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("connection {i}: {e}; log:\n{}", lb.log_text()));
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let _ = stream.set_nodelay(true);
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
@@ -1135,7 +1038,7 @@ fn ten_thousand_idle_keep_alive_connections_cost_under_4_kib_each() {
     }
     let opened = started.elapsed();
     thread::sleep(Duration::from_millis(300));
-    let (rss1, fds1) = (rss(pid), fds(pid));
+    let (rss1, fds1) = (rss(pid), open_fds(pid));
     let per_conn = rss1.saturating_sub(rss0) as f64 / N as f64;
     eprintln!(
         "{N} idle keep-alive connections (opened in {opened:?}): lb-mio RSS {} KiB -> {} KiB, {per_conn:.0} bytes per connection; fds {fds0} -> {fds1}; size_of::<Conn>() = {} bytes",

@@ -34,18 +34,6 @@ fn ipv4_clients_reach_ipv6_backends_and_back() {
     assert_eq!(bodies, HashSet::from(["v6".to_string(), "v4".to_string()]));
 }
 
-/// Every address in the `lb-mio listening on A, B: ...` line.
-fn listening_on(lb: &Lb) -> Vec<SocketAddr> {
-    let log = lb.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("lb-mio listening on "))
-        .expect("the listening line");
-    let rest = &line[line.find("listening on ").unwrap() + 13..];
-    let list = &rest[..rest.find(": ").unwrap()];
-    list.split(", ").map(|a| a.parse().unwrap()).collect()
-}
-
 #[test]
 fn one_process_listens_on_several_addresses() {
     let a = Backend::named("a");
@@ -53,7 +41,7 @@ fn one_process_listens_on_several_addresses() {
         &[("a", a.addr)],
         "[lb]\nworkers = 2\nlisten = 127.0.0.1:0, [::1]:0\n",
     ));
-    let addrs = listening_on(&lb);
+    let addrs = lb.listening_on();
     assert_eq!(addrs.len(), 2, "{addrs:?}");
     assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
     for addr in &addrs {

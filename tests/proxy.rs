@@ -16,10 +16,6 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Fast health checks that flip a backend after one probe.
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 50\ntimeout_ms = 2000\nrise = 1\nfall = 1\n";
 
-fn body_of(resp: &Resp) -> String {
-    resp.body_str()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Balancing
 // ---------------------------------------------------------------------------------------------
@@ -51,7 +47,7 @@ fn weighted_round_robin_follows_the_weights_in_smooth_order() {
         a.addr, b.addr
     ));
     let served: Vec<String> = (0..8)
-        .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
+        .map(|i| get(lb.addr, &format!("/{i}")).body_str())
         .collect();
     // Weights 3 and 1 interleave as a a b a, not a a a b.
     assert_eq!(served, ["a", "a", "b", "a", "a", "a", "b", "a"]);
@@ -62,7 +58,7 @@ fn weighted_round_robin_follows_the_weights_in_smooth_order() {
 fn one_client_stays_on_one_backend(extra: &str) {
     let (backends, lb) = three_backends(extra);
     let served: Vec<String> = (0..100)
-        .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
+        .map(|i| get(lb.addr, &format!("/{i}")).body_str())
         .collect();
     assert!(served.iter().all(|name| *name == served[0]), "{served:?}");
     let counts: Vec<usize> = backends.iter().map(Backend::request_count).collect();
@@ -88,7 +84,7 @@ fn hash_on_a_header_keeps_each_user_on_one_backend_and_spreads_users() {
                 let raw = format!(
                     "GET / HTTP/1.1\r\nHost: h\r\nX-User: {user}\r\nConnection: close\r\n\r\n"
                 );
-                body_of(&request(lb.addr, raw))
+                request(lb.addr, raw).body_str()
             })
             .collect()
     };
@@ -205,10 +201,10 @@ fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes_down() 
         "the cookie names no address"
     );
     let cookie = set.split(';').next().unwrap().to_string();
-    let home = body_of(&first);
+    let home = first.body_str();
     for i in 0..100 {
         let resp = get_with_cookie(lb.addr, &format!("x=1; {cookie}"));
-        assert_eq!(body_of(&resp), home, "request {i}");
+        assert_eq!(resp.body_str(), home, "request {i}");
         assert_eq!(
             resp.header("set-cookie"),
             None,
@@ -220,7 +216,7 @@ fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_backend_goes_down() 
     home_backend.set_healthy(false);
     lb.expect_log(&format!("backend {home} is down"), Duration::from_secs(3));
     let moved = get_with_cookie(lb.addr, &cookie);
-    assert_ne!(body_of(&moved), home);
+    assert_ne!(moved.body_str(), home);
     let rewritten = moved.header("set-cookie").expect("a new cookie");
     assert_ne!(rewritten.split(';').next().unwrap(), cookie);
 }
@@ -242,7 +238,7 @@ fn connections_over_client_connections_are_closed_until_one_ends() {
     assert!(
         rest.is_empty(),
         "the third connection was served: {}",
-        String::from_utf8_lossy(&rest)
+        show(&rest)
     );
     lb.expect_log("over [limits] client_connections", Duration::from_secs(2));
     drop(first);
@@ -277,7 +273,7 @@ fn round_robin_spreads_requests_evenly_over_three_backends() {
     let (backends, lb) = three_backends("[lb]\nstrategy = round_robin\n");
 
     let served: Vec<String> = (0..30)
-        .map(|i| body_of(&get(lb.addr, &format!("/{i}"))))
+        .map(|i| get(lb.addr, &format!("/{i}")).body_str())
         .collect();
 
     for b in &backends {
@@ -294,16 +290,8 @@ fn round_robin_spreads_requests_evenly_over_three_backends() {
 #[test]
 fn least_conn_sends_to_the_idle_backend_while_another_holds_a_slow_request() {
     let gate = Gate::new();
-    let slow_aware = |name: &'static str, gate: Gate| {
-        Backend::start(name, move |req| {
-            if req.target == "/slow" {
-                gate.wait(WAIT);
-            }
-            Response::ok(name)
-        })
-    };
-    let a = slow_aware("a", gate.clone());
-    let b = slow_aware("b", gate.clone());
+    let a = Backend::gated("a", &gate);
+    let b = Backend::gated("b", &gate);
     let lb = Lb::start(&ini(
         &[("a", a.addr), ("b", b.addr)],
         "[lb]\nstrategy = least_conn\n",
@@ -311,20 +299,12 @@ fn least_conn_sends_to_the_idle_backend_while_another_holds_a_slow_request() {
 
     let mut slow = connect(lb.addr);
     send(&mut slow, "GET /slow HTTP/1.1\r\nHost: lb.test\r\n\r\n");
-    assert!(
-        wait_until(WAIT, || a.request_count() + b.request_count() == 1),
-        "the slow request never reached a backend"
-    );
-    let (busy, idle) = if a.request_count() == 1 {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    let (busy, idle) = holder(&a, &b, WAIT);
 
     for i in 0..10 {
         let resp = get(lb.addr, &format!("/quick/{i}"));
         assert_eq!(
-            body_of(&resp),
+            resp.body_str(),
             idle.name,
             "quick request {i} went to the busy backend"
         );
@@ -335,7 +315,7 @@ fn least_conn_sends_to_the_idle_backend_while_another_holds_a_slow_request() {
     gate.open();
     let resp = read_response(&mut slow);
     assert_eq!(resp.status, 200);
-    assert_eq!(body_of(&resp), busy.name);
+    assert_eq!(resp.body_str(), busy.name);
 }
 
 #[test]
@@ -347,7 +327,7 @@ fn a_backend_failing_health_checks_gets_no_traffic_and_returns_when_healthy() {
     b.set_healthy(false);
     lb.expect_log("backend b is down", WAIT);
     for i in 0..10 {
-        assert_eq!(body_of(&get(lb.addr, &format!("/down/{i}"))), "a");
+        assert_eq!(get(lb.addr, &format!("/down/{i}")).body_str(), "a");
     }
     assert_eq!(b.request_count(), 0, "a backend marked down got traffic");
 
@@ -356,7 +336,7 @@ fn a_backend_failing_health_checks_gets_no_traffic_and_returns_when_healthy() {
     let mut served = HashMap::new();
     for i in 0..10 {
         *served
-            .entry(body_of(&get(lb.addr, &format!("/up/{i}"))))
+            .entry(get(lb.addr, &format!("/up/{i}")).body_str())
             .or_insert(0) += 1;
     }
     assert_eq!(served.get("a"), Some(&5), "{served:?}");
@@ -377,7 +357,7 @@ fn ten_requests_share_one_client_connection() {
         let path = format!("/ka/{i}");
         let resp = get_on(&mut client, &path);
         assert_eq!(resp.status, 200, "request {i}");
-        assert_eq!(body_of(&resp), path);
+        assert_eq!(resp.body_str(), path);
         assert!(
             !resp.connection_has("close"),
             "request {i}: {}",
@@ -424,7 +404,7 @@ fn pipelined_requests_are_answered_in_order() {
          GET /three HTTP/1.1\r\nHost: lb.test\r\n\r\n",
     );
     let bodies: Vec<String> = (0..3)
-        .map(|_| body_of(&read_response(&mut client)))
+        .map(|_| read_response(&mut client).body_str())
         .collect();
     let targets: Vec<&str> = bodies
         .iter()
@@ -444,7 +424,7 @@ fn http10_client_gets_its_response_and_the_connection_closes() {
     send(&mut client, "GET /old HTTP/1.0\r\n\r\n");
     let resp = read_response(&mut client);
     assert_eq!(resp.status, 200);
-    assert_eq!(body_of(&resp), "a");
+    assert_eq!(resp.body_str(), "a");
     assert!(
         closes_within(&mut client, WAIT),
         "an HTTP/1.0 connection without keep-alive stayed open"
@@ -465,7 +445,7 @@ fn http10_client_with_keep_alive_keeps_its_connection() {
         );
         let resp = read_response(&mut client);
         assert_eq!(resp.status, 200, "{path}");
-        assert_eq!(body_of(&resp), path);
+        assert_eq!(resp.body_str(), path);
         assert!(
             resp.connection_has("keep-alive"),
             "an HTTP/1.0 keep-alive response must say so: {}",
@@ -487,7 +467,7 @@ fn a_backend_closing_its_connection_does_not_close_the_clients() {
     for path in ["/1", "/2", "/3"] {
         let resp = get_on(&mut client, path);
         assert_eq!(resp.status, 200);
-        assert_eq!(body_of(&resp), path);
+        assert_eq!(resp.body_str(), path);
         assert!(!resp.connection_has("close"), "{}", resp.head_str());
     }
     assert_eq!(
@@ -572,15 +552,7 @@ fn hop_by_hop_headers_are_not_forwarded() {
     assert_eq!(resp.status, 200);
 
     let got = a.last_request();
-    for name in [
-        "Connection",
-        "X-Secret",
-        "X-Other-Secret",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Upgrade",
-    ] {
+    for name in HOP_BY_HOP.into_iter().chain(["X-Secret", "X-Other-Secret"]) {
         assert!(
             !got.has_header(name),
             "{name} reached the backend: {:?}",
@@ -612,7 +584,7 @@ fn hop_by_hop_headers_of_the_response_are_not_relayed() {
     }
     assert!(!resp.connection_has("X-Internal"), "{}", resp.head_str());
     assert_eq!(resp.header("X-Public"), Some("yes"));
-    assert_eq!(body_of(&resp), "body");
+    assert_eq!(resp.body_str(), "body");
 }
 
 #[test]
@@ -658,7 +630,7 @@ fn expose_backend_names_the_backend_in_each_response() {
 
     for i in 0..4 {
         let resp = get(lb.addr, &format!("/{i}"));
-        let name = body_of(&resp);
+        let name = resp.body_str();
         assert_eq!(
             resp.header_all("X-Backend"),
             [name.as_str()],
@@ -704,7 +676,7 @@ fn a_one_mebibyte_upload_arrives_byte_for_byte() {
     send(&mut client, &data);
     let resp = read_response(&mut client);
     assert_eq!(resp.status, 200);
-    assert_eq!(body_of(&resp), data.len().to_string());
+    assert_eq!(resp.body_str(), data.len().to_string());
     let got = a.last_request();
     assert_same_bytes(&got.body, &data, "uploaded body");
     assert_eq!(got.header("Content-Length"), Some("1048576"));
@@ -716,19 +688,7 @@ fn a_chunked_upload_arrives_byte_for_byte() {
     let lb = Lb::start(&ini(&[("a", a.addr)], ""));
     let data = lcg_bytes(700_000, 2);
     // Odd chunk sizes, some larger than the proxy's 16 KiB buffers.
-    let mut wire = Vec::new();
-    let mut rest = &data[..];
-    for size in [1usize, 17, 4096, 70_000, 333].iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (chunk, tail) = rest.split_at((*size).min(rest.len()));
-        wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        wire.extend_from_slice(chunk);
-        wire.extend_from_slice(b"\r\n");
-        rest = tail;
-    }
-    wire.extend_from_slice(b"0\r\n\r\n");
+    let wire = chunk_encode_sizes(&data, &[1, 17, 4096, 70_000, 333]);
 
     let mut client = connect(lb.addr);
     send(
@@ -738,7 +698,7 @@ fn a_chunked_upload_arrives_byte_for_byte() {
     send(&mut client, &wire);
     let resp = read_response(&mut client);
     assert_eq!(resp.status, 200);
-    assert_eq!(body_of(&resp), data.len().to_string());
+    assert_eq!(resp.body_str(), data.len().to_string());
     let got = a.last_request();
     assert_same_bytes(&got.body, &data, "de-chunked upload");
     assert_same_bytes(&got.raw_body, &wire, "chunked upload on the wire");
@@ -896,7 +856,7 @@ fn a_trickled_upload_to_a_slow_backend_arrives_byte_for_byte() {
                 a.request_count()
             )
         });
-        assert_eq!(body_of(&resp), size.to_string(), "attempt {attempt}");
+        assert_eq!(resp.body_str(), size.to_string(), "attempt {attempt}");
         assert_same_bytes(
             &a.last_request().body,
             &data,
@@ -1034,7 +994,7 @@ fn no_content_and_not_modified_have_no_body_and_the_connection_goes_on() {
         assert!(resp.body.is_empty());
         let next = get_on(&mut client, "/plain");
         assert_eq!(next.status, 200, "request after {path}");
-        assert_eq!(body_of(&next), "plain", "request after {path}");
+        assert_eq!(next.body_str(), "plain", "request after {path}");
     }
 }
 
@@ -1055,7 +1015,7 @@ fn expect_100_continue_gets_the_backends_interim_response_before_the_body() {
     send(&mut client, "hello world");
     let fin = read_response(&mut client);
     assert_eq!(fin.status, 200);
-    assert_eq!(body_of(&fin), "11");
+    assert_eq!(fin.body_str(), "11");
     assert_eq!(a.last_request().body, b"hello world");
 }
 
@@ -1163,7 +1123,7 @@ fn an_interim_103_response_is_relayed_before_the_final_one() {
     assert_eq!(hints.header("Link"), Some("</style.css>; rel=preload"));
     let fin = read_response(&mut client);
     assert_eq!(fin.status, 200);
-    assert_eq!(body_of(&fin), "final");
+    assert_eq!(fin.body_str(), "final");
     assert_eq!(get_on(&mut client, "/again").status, 103);
 }
 
@@ -1182,7 +1142,7 @@ fn connection_close_from_the_client_gets_the_response_then_the_close() {
         "GET / HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n",
     );
     let resp = read_response(&mut client);
-    assert_eq!(body_of(&resp), "a");
+    assert_eq!(resp.body_str(), "a");
     assert!(resp.connection_has("close"), "{}", resp.head_str());
     assert!(closes_within(&mut client, PROMPT), "connection left open");
 }
@@ -1197,7 +1157,7 @@ fn a_client_that_half_closes_after_its_request_gets_the_response_then_the_close(
         send(&mut client, "GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n");
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let resp = read_response(&mut client);
-        assert_eq!(body_of(&resp), "a", "attempt {attempt}");
+        assert_eq!(resp.body_str(), "a", "attempt {attempt}");
         assert!(
             closes_within(&mut client, PROMPT),
             "attempt {attempt}: lb-mio kept a half-closed connection open"

@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -93,11 +92,7 @@ fn a_bad_header_from_a_trusted_source_closes_the_connection_unanswered() {
         let mut client = connect(lb.addr);
         send(&mut client, format!("{bad}{GET}"));
         let rest = read_to_close(&mut client);
-        assert!(
-            rest.is_empty(),
-            "{bad:?} got {:?}",
-            String::from_utf8_lossy(&rest)
-        );
+        assert!(rest.is_empty(), "{bad:?} got {:?}", show(&rest));
     }
     lb.expect_log_count("bad PROXY protocol header", 4, Duration::from_secs(2));
     assert_eq!(a.request_count(), 0);
@@ -141,34 +136,24 @@ fn an_untrusted_source_cannot_choose_its_address() {
 }
 
 /// A raw backend: records each connection's bytes up to the end of the first request head
-/// and answers `200 ok`. Handles at most `max` connections, each for at most 5 s.
-fn recording_backend(max: usize) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+/// and answers `200 ok`.
+fn recording_backend() -> (RawBackend, Arc<Mutex<Vec<Vec<u8>>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
-    thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
-            let Ok(mut stream) = stream else { return };
-            let record = Arc::clone(&record);
-            thread::spawn(move || {
-                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                let mut bytes = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while find(&bytes, b"\r\n\r\n").is_none() && bytes.len() < 65536 {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                record.lock().unwrap().push(bytes);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
+    let backend = RawBackend::start(move |mut stream| {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while find(&bytes, b"\r\n\r\n").is_none() && bytes.len() < 65536 {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
         }
+        record.lock().unwrap().push(bytes);
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
     });
-    (addr, seen)
+    (backend, seen)
 }
 
 fn recorded_with(seen: &Mutex<Vec<Vec<u8>>>, needle: &str) -> Option<Vec<u8>> {
@@ -186,20 +171,16 @@ fn send_proxy_puts_a_header_before_each_request_and_each_probe() {
             b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01".to_vec(),
         ),
     ] {
-        let (addr, seen) = recording_backend(100);
+        let (raw, seen) = recording_backend();
         let extra = format!("[lb]\nsend_proxy = {version}\n[health]\ninterval_ms = 50\n");
-        let lb = Lb::start(&ini(&[("raw", addr)], &extra));
+        let lb = Lb::start(&ini(&[("raw", raw.addr)], &extra));
         let mut client = connect(lb.addr);
         let local_port = client.local_addr().unwrap().port();
         for path in ["/first", "/second"] {
             let resp = get_on(&mut client, path);
             assert_eq!(resp.status, 200, "{version}");
             let bytes = recorded_with(&seen, path).expect("the request reached the backend");
-            assert!(
-                bytes.starts_with(&want),
-                "{version}: {:?}",
-                String::from_utf8_lossy(&bytes)
-            );
+            assert!(bytes.starts_with(&want), "{version}: {:?}", show(&bytes));
             let port = match version {
                 "v1" => format!(" {local_port} {}\r\nGET {path} ", lb.addr.port()),
                 _ => String::new(),

@@ -8,14 +8,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 /// Chromium gets this long before it is killed and the test fails (it takes about a second).
@@ -68,93 +63,45 @@ fn chromium() -> PathBuf {
     })
 }
 
-/// A fresh directory for Chromium's profile, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "lb-mio-chromium-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).expect("create the profile directory");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs headless Chromium on `url` and returns the DOM it dumps once its virtual time budget
 /// (5 s of page time: timers fire, but the page waits for no real second) is spent.
 fn dump_dom(url: &str) -> String {
-    let profile = TempDir::new();
-    let mut child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run chromium: {e} (install it: apt-get install -y chromium)")
-        });
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
+    let profile = TempDir::new("-chromium");
+    let out = run_within(
+        Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url),
+        BROWSER_TIMEOUT,
+    )
+    .unwrap_or_else(|e| {
+        panic!("cannot run chromium: {e} (install it: apt-get install -y chromium)")
+    });
+    let Some(status) = out.status else {
+        panic!(
+            "chromium did not finish in {BROWSER_TIMEOUT:?}; its stderr:\n{}",
+            out.stderr
+        );
     };
-    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "chromium did not finish in {BROWSER_TIMEOUT:?}; its stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let dom = stdout.join().unwrap_or_default();
-    let errors = stderr.join().unwrap_or_default();
     assert!(
-        status.success() && dom.contains("</html>"),
-        "chromium failed ({status}); stderr:\n{errors}\nstdout:\n{dom}"
+        status.success() && out.stdout.contains("</html>"),
+        "chromium failed ({status}); stderr:\n{}\nstdout:\n{}",
+        out.stderr,
+        out.stdout
     );
-    dom
+    out.stdout
 }
 
 /// Every value of attribute `name` in `html`, in order.
@@ -192,56 +139,6 @@ fn text_of<'a>(html: &'a str, id: &str) -> &'a str {
     &rest[..rest.find('<').unwrap_or(rest.len())]
 }
 
-/// Keeps `GET /` going on a keep-alive connection until dropped (at most 60 s).
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(addr: SocketAddr) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut stream: Option<TcpStream> = None;
-            for _ in 0..1_000_000 {
-                if flag.load(Ordering::SeqCst) || Instant::now() >= deadline {
-                    return;
-                }
-                let connected = match stream.take() {
-                    Some(s) => Ok(s),
-                    None => TcpStream::connect_timeout(&addr, IO_TIMEOUT).and_then(|s| {
-                        s.set_read_timeout(Some(IO_TIMEOUT))?;
-                        Ok(s)
-                    }),
-                };
-                if let Ok(mut s) = connected {
-                    let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: lb.test\r\n\r\n");
-                    if sent.is_ok() && try_read_response(&mut s).is_ok() {
-                        stream = Some(s); // keep the connection for the next request
-                    }
-                }
-                // A pause per request: a steady trickle, not a flood that starves the browser.
-                thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[test]
 fn the_status_page_lists_backends_and_draws_live_charts() {
     let browser = chromium();
@@ -252,7 +149,8 @@ fn the_status_page_lists_backends_and_draws_live_charts() {
         "[health]\ninterval_ms = 100\n[admin]\nlisten = 127.0.0.1:0\n",
     ));
     let admin = lb.admin_addr();
-    let _traffic = Traffic::start(lb.addr);
+    // A steady trickle of requests, not a flood that starves the browser.
+    let _traffic = Load::paced(lb.addr, 1, Duration::from_millis(2));
     assert!(
         a.wait_for_requests(5, Duration::from_secs(5))
             && b.wait_for_requests(5, Duration::from_secs(5)),

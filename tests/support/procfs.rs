@@ -1,0 +1,46 @@
+//! What a process holds, as /proc tells it: memory, descriptors, threads, CPU time.
+
+use std::time::Duration;
+
+/// Resident memory of a process in bytes (`VmRSS`).
+#[track_caller]
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in kB in /proc/PID/status");
+    kib * 1024
+}
+
+/// Open file descriptors of a process.
+#[track_caller]
+pub fn open_fds(pid: u32) -> usize {
+    count_entries(pid, "fd")
+}
+
+/// Threads of a process.
+#[track_caller]
+pub fn thread_count(pid: u32) -> usize {
+    count_entries(pid, "task")
+}
+
+#[track_caller]
+fn count_entries(pid: u32, dir: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{dir}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/{dir}: {e}"))
+        .count()
+}
+
+/// User plus system CPU time of a process so far, from `/proc/PID/stat`.
+#[track_caller]
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
+    let after = &stat[stat.rfind(')').expect("(comm) in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
