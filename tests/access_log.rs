@@ -11,12 +11,10 @@
 mod support;
 
 use serde_json::Value;
-use socket2::SockRef;
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
@@ -351,22 +349,16 @@ fn wait_file_line(path: &Path, format: Format, client: SocketAddr) -> Access {
 // Driving lb-mio and clients
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `SIG<name>` to lb-mio with kill(1).
-fn signal(lb: &Lb, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), lb.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name}: {status}");
-}
-
 /// Stops lb-mio with SIGTERM (which flushes every worker's lines) and waits until it exited
 /// and its last line, logged after the workers stopped, has been read.
 #[track_caller]
 fn stop(lb: &mut Lb) {
-    signal(lb, "TERM");
-    let exited = wait_until(STOP_WAIT, || lb.exited().is_some());
-    assert!(exited, "lb-mio still running {STOP_WAIT:?} after SIGTERM");
+    lb.signal("TERM");
+    let exited = lb.wait_exit(STOP_WAIT);
+    assert!(
+        exited.is_some(),
+        "lb-mio still running {STOP_WAIT:?} after SIGTERM"
+    );
     lb.expect_log("lb-mio stopped", LINE_WAIT);
 }
 
@@ -421,14 +413,6 @@ fn reset_after_head(lb: SocketAddr, raw: &[u8]) -> Sent {
         sent: raw.to_vec(),
         received,
     }
-}
-
-/// Closes with a reset (linger 0) rather than a FIN.
-fn reset(stream: TcpStream) {
-    SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(stream);
 }
 
 /// `GET target` with `Connection: close`.
@@ -1060,7 +1044,7 @@ fn lines_go_to_the_file_and_to_a_new_one_after_a_move_and_sigusr1() {
         wait_file_line(file.path(), format, before.client);
 
         std::fs::rename(file.path(), moved.path()).expect("move the log");
-        signal(&lb, "USR1");
+        lb.signal("USR1");
         lb.expect_log(&format!("access log: {}", file.path_str()), LINE_WAIT);
         let after = exchange(lb.addr, &get_req("/after"));
         assert_eq!(after.status(), Some(200), "{}", after.shown());
