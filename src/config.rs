@@ -17,6 +17,7 @@ use log::LevelFilter;
 use crate::backend::{self, BackendConf, MAX_BACKENDS, WEIGHTS};
 use crate::dns;
 use crate::http::chunked::is_token;
+pub use crate::http::request::HashKey;
 use crate::proxy_protocol::Version;
 
 pub mod keys;
@@ -110,17 +111,6 @@ impl Cidr {
         let shift = width - u32::from(self.bits);
         net.checked_shr(shift).unwrap_or(0) == ip.checked_shr(shift).unwrap_or(0)
     }
-}
-
-/// What the `hash` strategy balances by.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum HashKey {
-    #[default]
-    ClientIp,
-    /// A request header's value (requests without it fall back to the client address).
-    Header(String),
-    /// A cookie's value (requests without it fall back to the client address).
-    Cookie(String),
 }
 
 /// How a client is kept on one backend.

@@ -5,7 +5,6 @@
 use super::body::Framing;
 use super::head::{self, HeadError, HopHeaders};
 use crate::buffer::Buffer;
-use crate::config::HashKey;
 use crate::request_id;
 use std::io::Write;
 use std::net::IpAddr;
@@ -60,6 +59,17 @@ impl Method {
                 | Method::Trace
         )
     }
+}
+
+/// What the `hash` strategy balances by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    #[default]
+    ClientIp,
+    /// A request header's value (requests without it fall back to the client address).
+    Header(String),
+    /// A cookie's value (requests without it fall back to the client address).
+    Cookie(String),
 }
 
 /// What the proxy keeps of a request head once it has been forwarded.
