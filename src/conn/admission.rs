@@ -6,8 +6,8 @@ use super::ending::Cause;
 use super::exchange::GiveUp;
 use crate::backend::{self, Lease};
 use crate::balance::{Pick, Tried};
-use crate::config::{Sticky, Strategy};
-use crate::http::request::{self, Request};
+use crate::config::{HashKey, Sticky, Strategy};
+use crate::http::request::Request;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
@@ -59,7 +59,10 @@ impl Admission {
             return Err(Cause::RateLimited);
         }
         self.budget.on_request();
-        let key = hash_key(snap, client, head);
+        let key = match wanted_hash_key(snap) {
+            Some(_) => hash_key(client, request, head),
+            None => 0,
+        };
         let lease = match sticky_backend(snap, request.sticky) {
             Some(id) => Lease::new(&snap.backends, id),
             None => self
@@ -108,19 +111,22 @@ fn sticky_backend(snap: &Snapshot, token: Option<u64>) -> Option<usize> {
 }
 
 /// What `hash` balances a request by: a hash of the configured header or cookie, or of the
-/// client address (also when the request lacks that header or cookie). Computed only when the
-/// `hash` strategy is in use.
-fn hash_key(snap: &Snapshot, client: IpAddr, head: &[u8]) -> u64 {
-    let lb = &snap.config.lb;
-    if lb.strategy != Strategy::Hash && lb.sticky != Sticky::ClientIp {
-        return 0;
-    }
+/// client address (also when the request lacks that header or cookie). The parse found the
+/// value (`Wanted::hash_key`) only when the `hash` strategy is in use.
+fn hash_key(client: IpAddr, request: &Request, head: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
-    match request::hash_source(head, &lb.hash_key) {
-        Some(value) => value.hash(&mut hasher),
+    match request.hash_source {
+        Some(span) => span.of(head).hash(&mut hasher),
         None => client.hash(&mut hasher),
     }
     hasher.finish()
+}
+
+/// The hash key the parse must look for: `hash` balances by it.
+pub fn wanted_hash_key(snap: &Snapshot) -> Option<&HashKey> {
+    let lb = &snap.config.lb;
+    let hashing = lb.strategy == Strategy::Hash || lb.sticky == Sticky::ClientIp;
+    hashing.then_some(&lb.hash_key)
 }
 
 #[cfg(test)]
@@ -158,6 +164,7 @@ mod tests {
             head_len: 0,
             sticky,
             id: IdFrom::Off,
+            hash_source: None,
         }
     }
 

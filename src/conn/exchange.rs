@@ -135,7 +135,7 @@ impl Text {
     pub fn set_id(&mut self, from: IdFrom, head: &[u8], fresh: &[u8]) {
         let id = match from {
             IdFrom::Off => &[][..],
-            IdFrom::Client { at, len } => &head[at..at + len],
+            IdFrom::Client(span) => span.of(head),
             IdFrom::Fresh | IdFrom::Replaced => fresh,
         };
         self.id_len = id.len().min(MAX_CLIENT_ID);
@@ -331,7 +331,7 @@ impl DerefMut for Held {
 mod tests {
     use super::*;
     use crate::http::body::Framing;
-    use crate::http::request::Method;
+    use crate::http::request::{Method, Span};
 
     fn exchange(method: Method) -> Exchange {
         let request = Request {
@@ -343,6 +343,7 @@ mod tests {
             head_len: 40,
             sticky: None,
             id: IdFrom::Off,
+            hash_source: None,
         };
         Exchange::new(request, 2, Instant::now())
     }
@@ -433,7 +434,7 @@ mod tests {
         let mut held = Exchanges::default().start(exchange(Method::Get));
         let text = held.text_mut();
         let head = b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n";
-        text.set_id(IdFrom::Client { at: 30, len: 3 }, head, b"fresh");
+        text.set_id(IdFrom::Client(Span { at: 30, len: 3 }), head, b"fresh");
         assert_eq!(text.id(), Some(&b"abc"[..]));
         text.set_id(IdFrom::Replaced, head, b"fresh");
         assert_eq!(text.id(), Some(&b"fresh"[..]));

@@ -30,7 +30,7 @@ use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
-use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, STICKY_COOKIE};
+use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Wanted, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
@@ -393,17 +393,20 @@ impl Conn {
         let fresh = (config.lb.request_id.as_ref())
             .map(|_| ctx.ids.fresh())
             .unwrap_or_default();
-        let id = config.lb.request_id.as_deref().map(|name| IdHeader {
-            name,
-            fresh: &fresh,
-        });
+        let wanted = Wanted {
+            id: config.lb.request_id.as_deref().map(|name| IdHeader {
+                name,
+                fresh: &fresh,
+            }),
+            hash_key: admission::wanted_hash_key(ctx.snap),
+        };
         let dest = self.dest_addr(ctx);
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if let Some((version, dest)) = dest {
             proxy_protocol::write(version, self.peer, dest, uout);
         }
-        let request = match request::parse_with_id(cin.data(), limits, self.peer.ip(), id, uout) {
+        let request = match request::parse_with(cin.data(), limits, self.peer.ip(), wanted, uout) {
             Ok(Some(request)) => request,
             Ok(None) => {
                 uout.truncate(0);

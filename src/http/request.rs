@@ -88,6 +88,39 @@ pub struct Request {
     pub sticky: Option<u64>,
     /// Where the request's id comes from (`[lb] request_id`).
     pub id: IdFrom,
+    /// The value `hash` balances by, when it was asked for (`Wanted::hash_key`) and the
+    /// request has it.
+    pub hash_source: Option<Span>,
+}
+
+/// Bytes of the parsed input, by offset: what a `Request` keeps instead of a borrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub at: usize,
+    pub len: usize,
+}
+
+impl Span {
+    /// `value`, a slice of `input`, as a span of it.
+    fn within(input: &[u8], value: &[u8]) -> Span {
+        Span {
+            at: value.as_ptr() as usize - input.as_ptr() as usize,
+            len: value.len(),
+        }
+    }
+
+    pub fn of<'a>(&self, input: &'a [u8]) -> &'a [u8] {
+        &input[self.at..self.at + self.len]
+    }
+}
+
+/// What a parse looks for besides what every request needs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// `[lb] request_id`.
+    pub id: Option<IdHeader<'a>>,
+    /// `[lb] hash_key`, when `hash` balances.
+    pub hash_key: Option<&'a HashKey>,
 }
 
 /// `[lb] request_id`: the header that carries request ids, and the fresh id a request gets
@@ -103,8 +136,8 @@ pub struct IdHeader<'a> {
 pub enum IdFrom {
     /// Request ids are off.
     Off,
-    /// The client's own, kept: `len` bytes at offset `at` of the input.
-    Client { at: usize, len: usize },
+    /// The client's own, kept.
+    Client(Span),
     /// The client sent none: the fresh one.
     Fresh,
     /// The client's was invalid (too long, not visible ASCII, or more than one): the fresh one.
@@ -116,10 +149,9 @@ fn id_from(input: &[u8], headers: &[httparse::Header], name: &str) -> IdFrom {
     let mut ids = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
     match (ids.next(), ids.next()) {
         (None, _) => IdFrom::Fresh,
-        (Some(h), None) if request_id::valid(h.value) => IdFrom::Client {
-            at: h.value.as_ptr() as usize - input.as_ptr() as usize,
-            len: h.value.len(),
-        },
+        (Some(h), None) if request_id::valid(h.value) => {
+            IdFrom::Client(Span::within(input, h.value))
+        }
         _ => IdFrom::Replaced,
     }
 }
@@ -147,20 +179,15 @@ fn cookie<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> 
         })
 }
 
-/// What `hash` balances a request by, when that is a header or a cookie of a head that
-/// `parse` accepted: the value, or `None` when the request has none.
-pub fn hash_source<'a>(head: &'a [u8], key: &HashKey) -> Option<&'a [u8]> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage);
-    req.parse(head).ok()?;
+/// Where the value `hash` balances by is in `headers`: the configured header or cookie.
+fn hash_source<'a>(headers: &[httparse::Header<'a>], key: &HashKey) -> Option<&'a [u8]> {
     match key {
         HashKey::ClientIp => None,
-        HashKey::Header(name) => req
-            .headers
+        HashKey::Header(name) => headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value),
-        HashKey::Cookie(name) => cookie(req.headers, name),
+        HashKey::Cookie(name) => cookie(headers, name),
     }
 }
 
@@ -172,18 +199,19 @@ pub fn parse(
     client: IpAddr,
     out: &mut Buffer,
 ) -> Result<Option<Request>, HeadError> {
-    parse_with_id(input, limits, client, None, out)
+    parse_with(input, limits, client, Wanted::default(), out)
 }
 
-/// `parse`, and with `id` the request's id header: the client's kept when valid, else the
-/// fresh one written in its place.
-pub fn parse_with_id(
+/// `parse`, and what `wanted` asks for: with an id header, the client's id kept when valid, else
+/// the fresh one written in its place; with a hash key, where its value is.
+pub fn parse_with(
     input: &[u8],
     limits: HeadLimits,
     client: IpAddr,
-    id: Option<IdHeader>,
+    wanted: Wanted,
     out: &mut Buffer,
 ) -> Result<Option<Request>, HeadError> {
+    let id = wanted.id;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage[..limits.max_headers.min(MAX_HEADERS)]);
     let head_len = match req.parse(input).map_err(head::from_httparse)? {
@@ -219,6 +247,9 @@ pub fn parse_with_id(
         head_len,
         sticky: sticky_token(req.headers),
         id: id.map_or(IdFrom::Off, |id| id_from(input, req.headers, id.name)),
+        hash_source: (wanted.hash_key)
+            .and_then(|key| hash_source(req.headers, key))
+            .map(|value| Span::within(input, value)),
     };
     let forward = Forward {
         hop: &hop,
@@ -440,7 +471,7 @@ mod tests {
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
     /// Parses with the given limits and client; returns the result and the forwarded head.
-    fn parse_with(
+    fn parse_limited(
         input: &[u8],
         limits: HeadLimits,
         client: IpAddr,
@@ -451,7 +482,7 @@ mod tests {
     }
 
     fn run(input: &[u8]) -> (Result<Option<Request>, HeadError>, Vec<u8>) {
-        parse_with(input, LIMITS, CLIENT)
+        parse_limited(input, LIMITS, CLIENT)
     }
 
     /// Parses with `X-Request-Id` on and fresh id `new-id`; returns the id source and the
@@ -462,7 +493,11 @@ mod tests {
             name: "X-Request-Id",
             fresh: b"new-id",
         };
-        let request = parse_with_id(input, LIMITS, CLIENT, Some(id), &mut out)
+        let wanted = Wanted {
+            id: Some(id),
+            ..Wanted::default()
+        };
+        let request = super::parse_with(input, LIMITS, CLIENT, wanted, &mut out)
             .unwrap()
             .unwrap();
         (request.id, String::from_utf8(out.data().to_vec()).unwrap())
@@ -471,7 +506,7 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
         let (from, head) = with_id(b"GET / HTTP/1.1\r\nHost: h\r\nx-request-id: abc-1\r\n\r\n");
-        assert_eq!(from, IdFrom::Client { at: 39, len: 5 });
+        assert_eq!(from, IdFrom::Client(Span { at: 39, len: 5 }));
         assert!(head.contains("\r\nx-request-id: abc-1\r\n"), "{head}");
         assert!(!head.contains("new-id"), "{head}");
 
@@ -597,7 +632,7 @@ mod tests {
             ),
         ];
         for (client, text) in rows {
-            let (result, out) = parse_with(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", LIMITS, client);
+            let (result, out) = parse_limited(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", LIMITS, client);
             assert!(matches!(result, Ok(Some(_))), "{client}");
             let want = format!("\r\nX-Forwarded-For: {text}\r\n");
             assert!(show(&out).contains(&want), "{client}: {}", show(&out));
@@ -857,14 +892,25 @@ mod tests {
     #[test]
     fn hash_sources_are_found_in_headers_and_cookies() {
         let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-User: alice\r\nCookie: a=1; sid=xyz\r\n\r\n";
-        let header = HashKey::Header("x-user".into());
-        assert_eq!(hash_source(head, &header), Some(&b"alice"[..]));
+        let found = |key: HashKey| {
+            let wanted = Wanted {
+                hash_key: Some(&key),
+                ..Wanted::default()
+            };
+            let mut out = BufferPool::new(0).take();
+            let request = super::parse_with(head, LIMITS, CLIENT, wanted, &mut out);
+            let span = request.unwrap().unwrap().hash_source;
+            span.map(|span| span.of(head).to_vec())
+        };
         assert_eq!(
-            hash_source(head, &HashKey::Cookie("sid".into())),
-            Some(&b"xyz"[..])
+            found(HashKey::Header("x-user".into())),
+            Some(b"alice".to_vec())
         );
-        assert_eq!(hash_source(head, &HashKey::Cookie("none".into())), None);
-        assert_eq!(hash_source(head, &HashKey::ClientIp), None);
+        assert_eq!(found(HashKey::Cookie("sid".into())), Some(b"xyz".to_vec()));
+        assert_eq!(found(HashKey::Cookie("none".into())), None);
+        assert_eq!(found(HashKey::ClientIp), None);
+        let (plain, _) = run(head);
+        assert_eq!(plain.unwrap().unwrap().hash_source, None, "only when asked");
     }
 
     #[test]
@@ -896,6 +942,7 @@ mod tests {
                 head_len: head_end(input),
                 sticky: None,
                 id: IdFrom::Off,
+                hash_source: None,
             };
             assert_eq!(got, want, "{name}");
             assert!(out.ends_with(b"\r\n\r\n"), "{name}: {}", show(&out));
@@ -1460,7 +1507,7 @@ mod tests {
             max_bytes: 100,
             max_headers: 4,
         };
-        let at = |input: &[u8]| parse_with(input, limits, CLIENT).0;
+        let at = |input: &[u8]| parse_limited(input, limits, CLIENT).0;
         let line = |len: usize| format!("GET /{} HTTP/1.1\r\n", "u".repeat(len - 16));
         assert_eq!(line(100).len(), 100);
         // The whole line, CRLF included, fits: a long head is a header problem.
@@ -1537,7 +1584,7 @@ mod tests {
             max_bytes: 100,
             max_headers: 4,
         };
-        let at = |input: &[u8]| parse_with(input, limits, CLIENT).0;
+        let at = |input: &[u8]| parse_limited(input, limits, CLIENT).0;
 
         let exact = head_of_len(100);
         assert!(matches!(at(&exact), Ok(Some(r)) if r.head_len == 100));
@@ -1569,11 +1616,14 @@ mod tests {
         };
         let four = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
         let five = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
-        assert!(matches!(parse_with(four, limits, CLIENT).0, Ok(Some(_))));
-        assert_eq!(parse_with(five, limits, CLIENT).0, Err(HeadError::TooLarge));
+        assert!(matches!(parse_limited(four, limits, CLIENT).0, Ok(Some(_))));
+        assert_eq!(
+            parse_limited(five, limits, CLIENT).0,
+            Err(HeadError::TooLarge)
+        );
         // Even before the head is complete.
         assert_eq!(
-            parse_with(&five[..five.len() - 2], limits, CLIENT).0,
+            parse_limited(&five[..five.len() - 2], limits, CLIENT).0,
             Err(HeadError::TooLarge)
         );
         let max = HeadLimits {
@@ -1585,11 +1635,11 @@ mod tests {
             many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_with(&many, max, CLIENT).0, Ok(Some(_))));
+        assert!(matches!(parse_limited(&many, max, CLIENT).0, Ok(Some(_))));
         let mut too_many = many[..many.len() - 2].to_vec();
         too_many.extend_from_slice(b"X-last: v\r\n\r\n");
         assert_eq!(
-            parse_with(&too_many, max, CLIENT).0,
+            parse_limited(&too_many, max, CLIENT).0,
             Err(HeadError::TooLarge)
         );
     }
