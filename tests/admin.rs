@@ -552,6 +552,7 @@ fn metrics_parse_and_count_every_request() {
             SampleType::Histogram,
         ),
         ("lbmio_rejected_total", SampleType::Counter),
+        ("lbmio_closed_total", SampleType::Counter),
         ("lbmio_retries_total", SampleType::Counter),
         ("lbmio_upstream_connections_total", SampleType::Counter),
         ("lbmio_client_bytes_total", SampleType::Counter),

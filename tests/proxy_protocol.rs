@@ -82,7 +82,8 @@ fn a_header_split_over_many_writes_is_put_together() {
 #[test]
 fn a_bad_header_from_a_trusted_source_closes_the_connection_unanswered() {
     let a = Backend::named("a");
-    let lb = Lb::start(&ini(&[("a", a.addr)], TRUST_LOOPBACK));
+    let extra = format!("{TRUST_LOOPBACK}[admin]\nlisten = 127.0.0.1:0\n");
+    let lb = Lb::start(&ini(&[("a", a.addr)], &extra));
     for bad in [
         "PROXY TCP4 192.0.2.7 10.0.0.1 56324\r\n",
         "PROXY TCP4 ::1 10.0.0.1 1 2\r\n",
@@ -96,6 +97,17 @@ fn a_bad_header_from_a_trusted_source_closes_the_connection_unanswered() {
     }
     lb.expect_log_count("bad PROXY protocol header", 4, Duration::from_secs(2));
     assert_eq!(a.request_count(), 0);
+    // Counted as what happened (closed, unanswered), not as a 400 that was never sent.
+    let metrics = admin_request(lb.admin_addr(), "GET", "/metrics", None, None).body_str();
+    let has = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        has("lbmio_closed_total{reason=\"bad_proxy_header\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        has("lbmio_rejected_total{reason=\"bad_request\",status=\"400\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]
