@@ -641,6 +641,24 @@ fn expose_backend_names_the_backend_in_each_response() {
 }
 
 #[test]
+fn expose_backend_takes_the_header_to_name_it_in() {
+    let a = Backend::named("alpha");
+    let lb = Lb::start(&ini(
+        &[("alpha", a.addr)],
+        "[lb]\nexpose_backend = X-Forwarded-Server\n",
+    ));
+
+    let resp = get(lb.addr, "/");
+    assert_eq!(
+        resp.header_all("X-Forwarded-Server"),
+        ["alpha"],
+        "{}",
+        resp.head_str()
+    );
+    assert!(!resp.has_header("X-Backend"), "{}", resp.head_str());
+}
+
+#[test]
 fn no_backend_name_in_responses_by_default() {
     let a = Backend::named("alpha");
     let lb = Lb::start(&ini(&[("alpha", a.addr)], ""));
