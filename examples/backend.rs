@@ -18,7 +18,7 @@ fn main() {
         match DemoBackend::spawn(&name, SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
             Ok(backend) => println!("{} listening on {}", backend.name(), backend.addr()),
             Err(e) => {
-                eprintln!("{name}: cannot listen on 127.0.0.1:{port}: {e}");
+                eprintln!("{name}: {e}"); // the error names the call and the address
                 exit(1);
             }
         }
