@@ -63,6 +63,13 @@ impl RequestLine {
         version: Field::EMPTY,
     };
 
+    /// The line of `head`.
+    pub fn of(head: &[u8]) -> RequestLine {
+        let mut line = RequestLine::EMPTY;
+        line.fill(head);
+        line
+    }
+
     /// Forgets the last request's line (its bytes stay, unread).
     pub fn clear(&mut self) {
         self.method.len = 0;
@@ -491,9 +498,7 @@ mod tests {
     use super::*;
 
     fn line(head: &[u8]) -> RequestLine {
-        let mut line = RequestLine::EMPTY;
-        line.fill(head);
-        line
+        RequestLine::of(head)
     }
 
     fn entry(line: &RequestLine) -> Entry<'_> {

@@ -15,13 +15,15 @@
 //! | `s` | the backend was too slow (timeout) | `-` | completed |
 //! | `K` | lb-mio stopped before it finished | | |
 
-use super::exchange::{Failure, GiveUp};
+use super::exchange::{Failure, GiveUp, Held};
+use crate::access_log::{Entry, RequestLine};
 use crate::http::chunked::ChunkError;
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
 use log::{debug, info, warn};
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Why a request or connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +237,63 @@ impl At {
             At::Body => b'D',
             At::Tunnel => b'T',
             At::Done => b'-',
+        }
+    }
+}
+
+/// How a request ended, for its access line.
+pub struct Outcome {
+    pub code: [u8; 2],
+    /// The status of lb-mio's own reply, if it sent one.
+    pub reply: Option<u16>,
+    /// Its length.
+    pub sent: u64,
+    pub now: Instant,
+}
+
+impl Outcome {
+    /// The line of a request that got as far as an exchange.
+    pub fn of_exchange<'a>(&self, client: SocketAddr, held: &'a Held) -> Entry<'a> {
+        let (ex, record, text) = (&**held, &held.record, held.text());
+        Entry {
+            client,
+            line: &text.line,
+            status: self.reply.or((ex.status != 0).then_some(ex.status)),
+            backend: ex.lease.as_ref().map(|l| l.backend().name.as_str()),
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out + self.sent,
+            total: Some(self.now - record.started),
+            connect: record.connect,
+            first_byte: record.first_byte,
+            retries: record.retries,
+            code: self.code,
+            request_id: text.id(),
+        }
+    }
+
+    /// The line of a head refused before an exchange began (`bytes_in` of it arrived, the
+    /// first `started`), or of a connection that ended before any request (`started` is
+    /// `None`; `bytes_in` is what it sent, a PROXY header say).
+    pub fn before_exchange<'a>(
+        &self,
+        client: SocketAddr,
+        line: &'a RequestLine,
+        bytes_in: usize,
+        started: Option<Instant>,
+    ) -> Entry<'a> {
+        Entry {
+            client,
+            line,
+            status: self.reply,
+            backend: None,
+            bytes_in: bytes_in as u64,
+            bytes_out: self.sent,
+            total: started.map(|started| self.now - started),
+            connect: None,
+            first_byte: None,
+            retries: 0,
+            code: self.code,
+            request_id: None,
         }
     }
 }

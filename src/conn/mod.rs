@@ -23,7 +23,7 @@ pub use admission::Admission;
 pub use ending::Cause;
 pub use exchange::Exchanges;
 
-use crate::access_log::{self, Entry, RequestLine, Sink};
+use crate::access_log::{self, RequestLine, Sink};
 use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
@@ -39,7 +39,7 @@ use crate::shared::Snapshot;
 use crate::token::Readiness;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
-use ending::At;
+use ending::{At, Outcome};
 use exchange::{Exchange, Failure, Held, Next, ResponseState};
 use log::{debug, info, warn};
 use mio::Registry;
@@ -850,15 +850,32 @@ impl Conn {
                 }
             }
         }
-        if ctx.snap.config.log.access_log != AccessLog::Off {
-            let code = ending::code(cause, self.at());
-            let status = reply.map(Reply::status);
-            match &self.exchange {
-                Some(ex) => self.log_exchange(ctx, ex, code, status, sent),
-                None if self.phase == Phase::Head || cause.closed_label().is_some() => {
-                    self.log_head(ctx, code, status, sent)
+        let format = ctx.snap.config.log.access_log;
+        if format != AccessLog::Off {
+            let outcome = Outcome {
+                code: ending::code(cause, self.at()),
+                reply: reply.map(Reply::status),
+                sent,
+                now: ctx.now,
+            };
+            let sent_in = self.cin.as_ref().map_or(&[][..], Buffer::data);
+            // Made only for a head refused before its exchange: it is 2 KiB.
+            let line;
+            let entry = match &self.exchange {
+                Some(held) => Some(outcome.of_exchange(self.peer, held)),
+                None if self.phase == Phase::Head => {
+                    line = RequestLine::of(sent_in);
+                    let started = Some(self.head_started);
+                    Some(outcome.before_exchange(self.peer, &line, sent_in.len(), started))
                 }
-                None => {}
+                None if cause.closed_label().is_some() => {
+                    let line = &RequestLine::EMPTY;
+                    Some(outcome.before_exchange(self.peer, line, sent_in.len(), None))
+                }
+                None => None,
+            };
+            if let Some(entry) = entry {
+                ctx.log.write(format, &entry, ctx.sink);
             }
         }
         if let Some(mut ex) = self.exchange.take() {
@@ -881,60 +898,6 @@ impl Conn {
             cout,
         );
         (cout.len() - before) as u64
-    }
-
-    /// The access line of a request that got as far as an exchange.
-    fn log_exchange(
-        &self,
-        ctx: &mut Ctx,
-        held: &Held,
-        code: [u8; 2],
-        reply: Option<u16>,
-        sent: u64,
-    ) {
-        let (ex, r, text) = (&**held, &held.record, held.text());
-        let entry = Entry {
-            client: self.peer,
-            line: &text.line,
-            status: reply.or((ex.status != 0).then_some(ex.status)),
-            backend: ex.lease.as_ref().map(|l| l.backend().name.as_str()),
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out + sent,
-            total: Some(ctx.now - r.started),
-            connect: r.connect,
-            first_byte: r.first_byte,
-            retries: r.retries,
-            code,
-            request_id: text.id(),
-        };
-        ctx.log
-            .write(ctx.snap.config.log.access_log, &entry, ctx.sink);
-    }
-
-    /// The access line of a request refused in its head, or of a connection that ended before
-    /// any request.
-    fn log_head(&self, ctx: &mut Ctx, code: [u8; 2], reply: Option<u16>, sent: u64) {
-        let mut line = RequestLine::EMPTY;
-        let head = self.cin.as_ref().map_or(&[][..], Buffer::data);
-        if self.phase == Phase::Head {
-            line.fill(head);
-        }
-        let entry = Entry {
-            client: self.peer,
-            line: &line,
-            status: reply,
-            backend: None,
-            bytes_in: head.len() as u64,
-            bytes_out: sent,
-            total: (self.phase == Phase::Head).then(|| ctx.now - self.head_started),
-            connect: None,
-            first_byte: None,
-            retries: 0,
-            code,
-            request_id: None,
-        };
-        ctx.log
-            .write(ctx.snap.config.log.access_log, &entry, ctx.sink);
     }
 
     /// Where the request was, for the termination code.
