@@ -8,11 +8,14 @@ use std::io::{self, Read, Write};
 /// Size of every buffer: large enough for any request or response head we accept.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// A byte buffer: bytes `start..end` are held, `end..BUF_SIZE` is free space.
-pub struct Buffer {
-    bytes: Box<[u8]>,
+/// A byte buffer: bytes `start..end` are held, `end..BUF_SIZE` is free space. One pointer, so
+/// a connection's four empty buffer slots cost 32 bytes of its slab entry.
+pub struct Buffer(Box<Space>);
+
+struct Space {
     start: usize,
     end: usize,
+    bytes: [u8; BUF_SIZE],
 }
 
 /// What one socket read or write did.
@@ -28,24 +31,24 @@ pub enum Io {
 
 impl Buffer {
     fn new() -> Buffer {
-        Buffer {
-            bytes: vec![0; BUF_SIZE].into_boxed_slice(),
+        Buffer(Box::new(Space {
             start: 0,
             end: 0,
-        }
+            bytes: [0; BUF_SIZE],
+        }))
     }
 
     /// The bytes held.
     pub fn data(&self) -> &[u8] {
-        &self.bytes[self.start..self.end]
+        &self.0.bytes[self.0.start..self.0.end]
     }
 
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.0.end - self.0.start
     }
 
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.0.start == self.0.end
     }
 
     pub fn is_full(&self) -> bool {
@@ -55,17 +58,17 @@ impl Buffer {
     /// Drops `n` bytes from the front (they were written or parsed).
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+        self.0.start += n;
+        if self.0.start == self.0.end {
+            self.0.start = 0;
+            self.0.end = 0;
         }
     }
 
     /// Drops held bytes past the first `len` (undoes a partly written head).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {
-            self.end = self.start + len;
+            self.0.end = self.0.start + len;
         }
     }
 
@@ -76,10 +79,10 @@ impl Buffer {
 
     /// Free space at the back, moving held bytes to the front first when the back is full.
     pub fn spare(&mut self) -> &mut [u8] {
-        if self.end == BUF_SIZE {
+        if self.0.end == BUF_SIZE {
             self.compact();
         }
-        &mut self.bytes[self.end..]
+        &mut self.0.bytes[self.0.end..]
     }
 
     /// How many bytes the next `read_from` can take: a read that fills it may have left more
@@ -89,23 +92,23 @@ impl Buffer {
     }
 
     fn compact(&mut self) {
-        self.bytes.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
+        self.0.bytes.copy_within(self.0.start..self.0.end, 0);
+        self.0.end -= self.0.start;
+        self.0.start = 0;
     }
 
     /// Marks `n` bytes written into `spare()` as held.
     pub fn commit(&mut self, n: usize) {
-        debug_assert!(self.end + n <= BUF_SIZE);
-        self.end += n;
+        debug_assert!(self.0.end + n <= BUF_SIZE);
+        self.0.end += n;
     }
 
     /// Appends as much of `bytes` as fits (up to `room()`); returns how much did.
     pub fn put(&mut self, bytes: &[u8]) -> usize {
-        if bytes.len() > BUF_SIZE - self.end {
+        if bytes.len() > BUF_SIZE - self.0.end {
             self.compact();
         }
-        let spare = &mut self.bytes[self.end..];
+        let spare = &mut self.0.bytes[self.0.end..];
         let n = bytes.len().min(spare.len());
         spare[..n].copy_from_slice(&bytes[..n]);
         self.commit(n);
@@ -142,8 +145,8 @@ impl Buffer {
     }
 
     fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
+        self.0.start = 0;
+        self.0.end = 0;
     }
 }
 
