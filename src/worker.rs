@@ -375,7 +375,7 @@ impl Worker {
     fn close_all(&mut self, now: Instant) {
         let open: Vec<usize> = self.conns.iter().map(|(id, _)| id).collect();
         for id in open {
-            self.with_conn(id, now, Conn::close);
+            self.with_conn(id, now, Conn::cut_short);
         }
     }
 }

@@ -1020,6 +1020,25 @@ fn request_ids_are_forwarded_returned_and_logged_alike() {
     }
 }
 
+#[test]
+fn a_head_refused_before_its_exchange_gets_a_fresh_id_in_its_reply_and_line() {
+    for format in FORMATS {
+        let backend = Backend::named("a");
+        let extra = format!("[lb]\nrequest_id = X-Request-Id\n{NO_HEALTH}");
+        let lb = Lb::start(&ini(&[("a", backend.addr)], &format.config("", &extra)));
+        let refused = exchange(lb.addr, b"GET / HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n");
+        assert_eq!(refused.status(), Some(400), "{}", refused.shown());
+        let id = refused
+            .shown()
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Request-Id: ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no id in {}", refused.shown()));
+        assert!(is_fresh_id(&id), "{id:?}");
+        let line = wait_line(&lb, format, refused.client);
+        assert_eq!(line.request_id.as_deref(), Some(id.as_str()), "{line:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Where lines go
 // ---------------------------------------------------------------------------------------------
@@ -1123,6 +1142,57 @@ fn a_connection_over_client_connections_gets_a_pr_line_without_a_request() {
         assert_eq!(lines_for(&lb, format, first_addr).len(), 1, "{what}");
         assert_log_well_formed(&lb, format);
     }
+}
+
+/// A balancer's health check sends its PROXY header and closes (or goes silent): that is no
+/// request, so no line and no 408.
+#[test]
+fn a_proxy_header_with_nothing_after_it_gets_no_line() {
+    let header = b"PROXY TCP4 192.0.2.9 10.0.0.1 40000 80\r\n";
+    let backend = Backend::named("a");
+    let extra = format!(
+        "[lb]\naccept_proxy = true\nproxy_from = 127.0.0.1\n[timeouts]\nheader_ms = 300\n{NO_HEALTH}"
+    );
+    let mut lb = Lb::start(&ini(
+        &[("a", backend.addr)],
+        &Format::Text.config("", &extra),
+    ));
+    let mut closed = connect(lb.addr);
+    send(&mut closed, header);
+    drop(closed);
+    let mut silent = connect(lb.addr);
+    send(&mut silent, header);
+    let rest = read_to_close(&mut silent);
+    assert!(rest.is_empty(), "a silent connection got {:?}", show(&rest));
+    stop(&mut lb);
+    let client: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+    assert_eq!(
+        lines_for(&lb, Format::Text, client).len(),
+        0,
+        "{}",
+        lb.log_text()
+    );
+}
+
+/// A head still arriving when the drain time runs out ends with a `K` line.
+#[test]
+fn a_head_cut_short_by_the_drain_deadline_gets_a_k_line() {
+    let backend = Backend::named("a");
+    let extra = format!("[lb]\ndrain_timeout_s = 1\n{NO_HEALTH}");
+    let mut lb = Lb::start(&ini(
+        &[("a", backend.addr)],
+        &Format::Json.config("", &extra),
+    ));
+    let mut client = connect(lb.addr);
+    let addr = client.local_addr().unwrap();
+    send(&mut client, "GET /half HTTP/1.1\r\nHost: a\r\n");
+    // The head is in the worker before it is told to stop.
+    lb.sync_log();
+    stop(&mut lb);
+    let found = lines_for(&lb, Format::Json, addr);
+    assert_eq!(found.len(), 1, "{}", lb.log_text());
+    assert_eq!(found[0].code, "KR", "{:?}", found[0]);
+    assert_eq!(found[0].target.as_deref(), Some("/half"), "{:?}", found[0]);
 }
 
 #[test]

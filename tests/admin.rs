@@ -7,6 +7,7 @@ mod support;
 use prometheus_parse::{Sample, SampleType, Scrape, Value as Metric};
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::thread;
 use std::time::Duration;
 use support::*;
 
@@ -520,6 +521,52 @@ fn an_admin_address_off_loopback_needs_a_token() {
 // ---------------------------------------------------------------------------------------------
 // /metrics
 // ---------------------------------------------------------------------------------------------
+
+/// Regression: the latency a backend is measured by (and `ewma` balances by) began when the
+/// head's first byte arrived, so a client slow to send its head made a fast backend look slow.
+#[test]
+fn a_slow_head_is_not_counted_as_backend_latency() {
+    let a = Backend::named("a");
+    let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
+    let mut client = connect(lb.addr);
+    send(&mut client, "GET / HTTP/1.1\r\nHost: a\r\n");
+    thread::sleep(Duration::from_millis(600));
+    send(&mut client, "\r\n");
+    assert_eq!(read_response(&mut client).status, 200);
+    let name = "lbmio_request_duration_seconds";
+    let buckets = wait_until(WAIT, || {
+        histogram(&scrape(lb.admin_addr()), name, &[])
+            .last()
+            .map(|b| b.1)
+            == Some(1.0)
+    });
+    assert!(buckets, "the response was never counted");
+    let histogram = histogram(&scrape(lb.admin_addr()), name, &[]);
+    let under_half = histogram.iter().find(|(le, _)| *le == 0.5).map(|b| b.1);
+    assert_eq!(under_half, Some(1.0), "{histogram:?}");
+}
+
+/// Regression: a `101` was counted only when its tunnel ended with a clean close.
+#[test]
+fn a_tunnel_that_times_out_is_counted_as_its_101() {
+    let a = Backend::start("a", |_| Response::upgrade_echo("websocket"));
+    let lb = Lb::start(&ini(
+        &[("a", a.addr)],
+        &format!("{ADMIN}[timeouts]\nidle_ms = 200\n"),
+    ));
+    let mut client = connect(lb.addr);
+    send(
+        &mut client,
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert_eq!(read_head_response(&mut client).status, 101);
+    assert!(closes_within(&mut client, Duration::from_secs(3)));
+    let onexx = [("backend", "a"), ("class", "1xx")];
+    let counted = wait_until(WAIT, || {
+        value(&scrape(lb.admin_addr()), "lbmio_responses_total", &onexx) == 1.0
+    });
+    assert!(counted, "the 101 was not counted");
+}
 
 #[test]
 fn metrics_parse_and_count_every_request() {

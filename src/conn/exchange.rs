@@ -48,6 +48,13 @@ impl std::fmt::Display for Failure {
 }
 
 impl Failure {
+    /// It counts against the backend (passive health, `errors`): any failure on a fresh
+    /// connection, but on a reused idle one only a timeout (the backend may just have closed
+    /// it while idle, which says nothing of its health).
+    pub fn blames_backend(self, reused: bool) -> bool {
+        !reused || self == Failure::Timeout
+    }
+
     /// It failed while connecting (the termination code's `C`), not while waiting for an answer.
     pub fn connecting(self) -> bool {
         matches!(self, Failure::Connect(_) | Failure::ConnectTimeout)
@@ -166,7 +173,10 @@ pub struct Exchange {
     pub reusable: bool,
     pub client_keep_alive: bool,
     pub status: u16,
-    /// For a tunnel, from the start to the switching response head: its latency in the
+    /// When the head was parsed: the backend's latency (for the metrics and `ewma`) runs from
+    /// here, so a client slow to send its head cannot make a backend look slow.
+    pub admitted: Instant,
+    /// For a tunnel, from `admitted` to the switching response head: its latency in the
     /// metrics (a final response's runs to its last byte).
     pub took: Option<Duration>,
     /// What `hash` balances by (see `admission`).
@@ -175,7 +185,8 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(request: Request, retries: u32, now: Instant) -> Exchange {
+    /// A request whose head began to arrive at `started` and was parsed `now`.
+    pub fn new(request: Request, retries: u32, started: Instant, now: Instant) -> Exchange {
         Exchange {
             request,
             req_body: Body::new(request.framing),
@@ -191,10 +202,11 @@ impl Exchange {
             reusable: false,
             client_keep_alive: request.keep_alive,
             status: 0,
+            admitted: now,
             took: None,
             key: 0,
             record: Record {
-                started: now,
+                started,
                 bytes_in: request.head_len as u64,
                 bytes_out: 0,
                 attempt: now,
@@ -345,7 +357,7 @@ mod tests {
             id: IdFrom::Off,
             hash_source: None,
         };
-        Exchange::new(request, 2, Instant::now())
+        Exchange::new(request, 2, Instant::now(), Instant::now())
     }
 
     const REFUSED: Failure = Failure::Connect(io::ErrorKind::ConnectionRefused);
@@ -406,6 +418,14 @@ mod tests {
             large.after_failure(RESET, false),
             Next::GiveUp(GiveUp::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_reused_connection_that_fails_blames_the_backend_only_by_timing_out() {
+        assert!(RESET.blames_backend(false));
+        assert!(!RESET.blames_backend(true));
+        assert!(!Failure::Closed.blames_backend(true));
+        assert!(Failure::Timeout.blames_backend(true));
     }
 
     #[test]

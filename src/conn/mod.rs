@@ -23,7 +23,7 @@ pub use admission::Admission;
 pub use ending::Cause;
 pub use exchange::Exchanges;
 
-use crate::access_log::{self, RequestLine, Sink};
+use crate::access_log::{self, Entry, RequestLine, Sink};
 use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
@@ -34,7 +34,7 @@ use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Wanted, 
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
-use crate::request_id::RequestIds;
+use crate::request_id::{RequestIds, ID_LEN};
 use crate::shared::Snapshot;
 use crate::token::Readiness;
 use crate::transport::Transport;
@@ -370,8 +370,15 @@ impl Conn {
                 if let Some((client, dest)) = header.addrs {
                     (self.peer, self.dest) = (client, Some(dest));
                 }
+                // The request may have come with the header; if not, the connection is as
+                // fresh as one that just arrived (a balancer's health check may now close it).
                 self.head_started = ctx.now;
-                self.enter(Phase::Head, ctx);
+                let next = if cin.is_empty() {
+                    Phase::Fresh
+                } else {
+                    Phase::Head
+                };
+                self.enter(next, ctx);
                 Ok(true)
             }
             Err(why) => Err(Cause::BadProxyHeader(why).into()),
@@ -422,7 +429,7 @@ impl Conn {
             let header = config.lb.request_id.as_deref().unwrap_or_default();
             info!("{}: invalid {header} replaced by a fresh one", self.peer);
         }
-        let ex = Exchange::new(request, config.lb.retries, self.head_started);
+        let ex = Exchange::new(request, config.lb.retries, self.head_started, ctx.now);
         let mut held = ctx.exchanges.start(ex);
         let text = held.text_mut();
         text.set_id(request.id, head, &fresh);
@@ -722,14 +729,14 @@ impl Conn {
         ex.record.bytes_out += (cout.len() - before) as u64;
         backend.record_success();
         if response.kind == Kind::Final {
-            observe_latency(ctx, backend, ctx.now - ex.record.started);
+            observe_latency(ctx, backend, ctx.now - ex.admitted);
         }
         ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
         ex.status = response.status;
         match response.kind {
             Kind::Interim => {}
             Kind::Switch => {
-                ex.took = Some(ctx.now - ex.record.started);
+                ex.took = Some(ctx.now - ex.admitted);
                 ex.req_body = Body::new(Framing::UntilClose);
                 ex.response = ResponseState::Body(Body::new(Framing::UntilClose));
                 self.enter(Phase::Tunnel, ctx);
@@ -837,11 +844,23 @@ impl Conn {
         let lease = self.exchange.as_ref().and_then(|ex| ex.lease.as_ref());
         cause.log(self.peer, lease.map(|l| l.backend().name.as_str()));
         let reply = cause.reply().filter(|_| !self.response_started());
-        let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply));
+        // A head refused before its exchange gets an id of its own, in its reply and its line.
+        let fresh = (self.exchange.is_none() && self.phase == Phase::Head)
+            .then(|| {
+                ctx.snap
+                    .config
+                    .lb
+                    .request_id
+                    .as_ref()
+                    .map(|_| ctx.ids.fresh())
+            })
+            .flatten();
+        let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply, fresh.as_ref()));
         match (reply, &self.exchange) {
             (Some(reply), _) => ctx.metrics.reply(reply),
-            (None, Some(ex)) if cause == Cause::Completed => {
-                let took = ex.took.unwrap_or(ctx.now - ex.record.started);
+            // A tunnel is counted however it ends: its response was the 101.
+            (None, Some(ex)) if cause == Cause::Completed || ex.took.is_some() => {
+                let took = ex.took.unwrap_or(ctx.now - ex.admitted);
                 ctx.metrics.response(ex.lease().id, ex.status, took);
             }
             _ => {
@@ -866,7 +885,11 @@ impl Conn {
                 None if self.phase == Phase::Head => {
                     line = RequestLine::of(sent_in);
                     let started = Some(self.head_started);
-                    Some(outcome.before_exchange(self.peer, &line, sent_in.len(), started))
+                    let entry = outcome.before_exchange(self.peer, &line, sent_in.len(), started);
+                    Some(Entry {
+                        request_id: fresh.as_ref().map(|id| &id[..]),
+                        ..entry
+                    })
                 }
                 None if cause.closed_label().is_some() => {
                     let line = &RequestLine::EMPTY;
@@ -886,12 +909,13 @@ impl Conn {
         }
     }
 
-    /// Writes `reply` for the client; returns its length.
-    fn send_reply(&mut self, ctx: &mut Ctx, reply: Reply) -> u64 {
+    /// Writes `reply` for the client, with the exchange's id (or `fresh`); returns its length.
+    fn send_reply(&mut self, ctx: &mut Ctx, reply: Reply, fresh: Option<&[u8; ID_LEN]>) -> u64 {
         let cout = buf(&mut self.cout, ctx.buffers);
         let before = cout.len();
         let lb = &ctx.snap.config.lb;
         let id = self.exchange.as_ref().and_then(|held| held.text().id());
+        let id = id.or(fresh.map(|id| &id[..]));
         reply.write(
             lb.server_header.as_deref(),
             lb.request_id.as_deref().zip(id),
@@ -933,7 +957,7 @@ impl Conn {
             ctx.upstreams.close(ctx.registry, up);
         }
         let next = ex.after_failure(failure, reused);
-        if next != Next::Fresh {
+        if failure.blames_backend(reused) {
             ex.tried.add(backend);
             count_failure(ctx, ex.lease(), failure);
         }
@@ -1030,12 +1054,17 @@ impl Conn {
         }
     }
 
-    /// Releases everything; the worker then deregisters the socket and frees the slot. A
-    /// request still in progress (when a stopping worker's drain time is over) ends here.
-    pub fn close(&mut self, ctx: &mut Ctx) -> Drive {
-        if self.exchange.is_some() {
+    /// A stopping worker's drain time is over: a request still in progress (or a head that
+    /// began to arrive) ends here, with its line.
+    pub fn cut_short(&mut self, ctx: &mut Ctx) -> Drive {
+        if self.exchange.is_some() || self.phase == Phase::Head {
             self.conclude(ctx, Cause::Stopped);
         }
+        self.close(ctx)
+    }
+
+    /// Releases everything; the worker then deregisters the socket and frees the slot.
+    pub fn close(&mut self, ctx: &mut Ctx) -> Drive {
         self.drop_buffers(ctx);
         if let Some(buffer) = self.cout.take() {
             ctx.buffers.give(buffer);

@@ -409,11 +409,17 @@ fn write_upstream_head(
     let fresh = fwd.fresh_id();
     head::put_all(out, &head[..head::first_line_len(head)])?;
     for h in headers {
-        let replaced_id = fresh.is_some_and(|id| h.name.eq_ignore_ascii_case(id.name));
-        if !fwd.hop.is_hop_by_hop(h.name, request.upgrade)
-            && !is_forwarding_header(h.name)
-            && !replaced_id
-        {
+        let is_id = fwd
+            .id
+            .is_some_and(|id| h.name.eq_ignore_ascii_case(id.name));
+        // The id is end to end whatever `Connection` says: the client's own goes on (a fresh
+        // one replaces it below when it is not kept).
+        let copied = if is_id {
+            fresh.is_none()
+        } else {
+            !fwd.hop.is_hop_by_hop(h.name, request.upgrade) && !is_forwarding_header(h.name)
+        };
+        if copied {
             head::copy_header_line(head, h, out)?;
         }
     }
@@ -518,6 +524,13 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {}\r\n\r\n",
             "x".repeat(129)
         );
+        // Named in Connection, it still goes on: ids are end to end.
+        let (from, head) = with_id(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Request-Id\r\nX-Request-Id: abc\r\n\r\n",
+        );
+        assert!(matches!(from, IdFrom::Client(_)));
+        assert!(head.contains("\r\nX-Request-Id: abc\r\n"), "{head}");
+
         let twice = "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n";
         for input in [long.as_str(), twice] {
             let (from, head) = with_id(input.as_bytes());

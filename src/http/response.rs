@@ -97,7 +97,7 @@ fn write_client_head(
     head::put_all(out, &head[..head::first_line_len(head)])?;
     let switching = response.kind == Kind::Switch;
     for h in headers {
-        if !added.replaces(h.name) && !hop.is_hop_by_hop(h.name, switching) {
+        if !added.replaces(h.name, response.kind) && !hop.is_hop_by_hop(h.name, switching) {
             head::copy_header_line(head, h, out)?;
         }
     }
@@ -120,9 +120,9 @@ fn write_client_head(
         if let Some(cookie) = added.set_cookie {
             head::put_header(out, b"Set-Cookie", cookie)?;
         }
-        if let Some((header, id)) = added.request_id {
-            head::put_header(out, header.as_bytes(), id)?;
-        }
+    }
+    if let Some((header, id)) = added.request_id.filter(|_| response.kind != Kind::Interim) {
+        head::put_header(out, header.as_bytes(), id)?;
     }
     head::put_all(out, b"\r\n")
 }
@@ -137,19 +137,18 @@ pub struct Added<'a> {
     pub set_cookie: Option<&'a [u8]>,
     /// `Server: <value>` in place of the backend's (`server_header`).
     pub server: Option<&'a str>,
-    /// `(header, id)`: the request's id, in place of any the backend sent (`request_id`).
+    /// `(header, id)`: the request's id, in place of any the backend sent (`request_id`); on
+    /// the final response and a `101`, not on interim ones.
     pub request_id: Option<(&'a str, &'a [u8])>,
 }
 
 impl<'a> Added<'a> {
-    /// The backend's header `name` gives way to one lb-mio adds: a configured `Server`
-    /// (the backend's would name its software), or the request's id.
-    fn replaces(&self, name: &str) -> bool {
+    /// The backend's header `name` in a head of `kind` gives way to one lb-mio adds: a
+    /// configured `Server` (the backend's would name its software), or the request's id.
+    fn replaces(&self, name: &str, kind: Kind) -> bool {
         let server = self.server.is_some() && name.eq_ignore_ascii_case("server");
-        server
-            || self
-                .request_id
-                .is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
+        let id = self.request_id.filter(|_| kind != Kind::Interim);
+        server || id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
     }
 
     pub fn backend(header_and_name: Option<(&'a str, &'a str)>) -> Added<'a> {
