@@ -9,8 +9,10 @@
 
 use crate::buffer::{Buffer, Io};
 use mio::net::TcpStream;
+use socket2::SockRef;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
 
 /// A client connection's byte stream.
 pub enum Transport {
@@ -50,6 +52,12 @@ impl Transport {
     /// Ends our sending side (after the last response), keeping the receiving side open.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         self.socket().shutdown(Shutdown::Write)
+    }
+
+    /// Makes the coming close a reset (RST, `SO_LINGER` 0) rather than an orderly end.
+    pub fn abort(&mut self) {
+        // Failing leaves an orderly close: the reset is the better answer, not the only one.
+        let _ = SockRef::from(&*self.socket()).set_linger(Some(Duration::ZERO));
     }
 
     /// The address the client connected to.

@@ -5,7 +5,7 @@
 mod support;
 
 use socket2::{Domain, Socket, Type};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -291,6 +291,34 @@ fn a_backend_dying_mid_body_gives_a_truncated_response_and_a_close() {
         find(&body, b"HTTP/1.1").is_none(),
         "no second response after a cut"
     );
+}
+
+/// Regression: a close-delimited body ends where the connection ends, so when its backend broke
+/// mid-body lb-mio's orderly close made the cut body look complete. The client gets a reset.
+#[test]
+fn a_close_delimited_body_cut_by_a_backend_reset_ends_in_a_reset_not_an_end() {
+    let backend = RawBackend::start(|stream| {
+        if read_request(&stream).is_some() {
+            let head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe first part";
+            if (&stream).write_all(head).is_ok() {
+                thread::sleep(Duration::from_millis(100));
+                reset(stream);
+            }
+        }
+    });
+    let lb = Lb::start(&ini(&[("cut", backend.addr)], NO_HEALTH));
+    let mut stream = connect(lb.addr);
+    send(&mut stream, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    let err = end.expect_err("an orderly end: the cut body looks complete");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
 /// A backend that sends its last bytes and closes at once: lb-mio must see the close at once

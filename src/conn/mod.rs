@@ -828,7 +828,14 @@ impl Conn {
                 },
             }
         };
+        let cut = cause != Cause::Completed && self.response_started();
         self.conclude(ctx, cause);
+        if cut {
+            // Part of a response went out: the client gets a reset, never an end it could take
+            // for the response's own (a close-delimited body ends with the connection).
+            self.client.abort();
+            return Drive::Closed;
+        }
         if cause.closes_at_once() {
             return Drive::Closed;
         }
