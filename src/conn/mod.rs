@@ -247,6 +247,8 @@ impl Conn {
     pub fn expire(&mut self, ctx: &mut Ctx) -> Drive {
         debug!("{} timed out while {}", self.peer, self.phase.name());
         let stop = match self.phase {
+            // A head waiting behind responses its client does not read: no reply would fit.
+            Phase::Head if self.client_not_reading() => Cause::ClientStoppedReading.into(),
             Phase::Head => Cause::HeadTimeout.into(),
             Phase::Proxy => Cause::ProxyTimeout.into(),
             Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
@@ -389,6 +391,11 @@ impl Conn {
     /// request and starts the exchange with its backend.
     fn start_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         if self.phase != Phase::Head || self.exchange.is_some() || held(&self.cin) == 0 {
+            return Ok(false);
+        }
+        // Whatever ends this request, lb-mio's own reply must fit behind the responses queued
+        // for a pipelining client: the next request waits until they drained that far.
+        if held(&self.cout) > BUF_SIZE - Reply::MAX_LEN {
             return Ok(false);
         }
         let config = &ctx.snap.config;

@@ -28,6 +28,9 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// Room a reply needs at most, with the longest `Server` and request id headers.
+    pub const MAX_LEN: usize = 512;
+
     /// Every reply, in a fixed order (metrics count them by position).
     pub const ALL: [Reply; 9] = [
         Reply::BadRequest,
@@ -137,6 +140,25 @@ mod tests {
         let mut plain = crate::buffer::BufferPool::new(0).take();
         Reply::BadGateway.write(None, None, &mut plain);
         assert_eq!(plain.data(), Reply::BadGateway.bytes());
+    }
+
+    #[test]
+    fn every_reply_fits_in_max_len_with_the_longest_added_headers() {
+        let server = "s".repeat(128);
+        let id = [b'i'; 128];
+        let header = "h".repeat(64);
+        for reply in Reply::ALL {
+            let mut out = crate::buffer::BufferPool::new(0).take();
+            reply.write(Some(&server), Some((&header, &id)), &mut out);
+            assert!(
+                out.len() <= Reply::MAX_LEN,
+                "{reply:?}: {} bytes",
+                out.len()
+            );
+            assert!(out
+                .data()
+                .ends_with(&reply.bytes()[reply.bytes().len() - 10..]));
+        }
     }
 
     #[test]
