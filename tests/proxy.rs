@@ -1078,6 +1078,28 @@ fn websocket_upgrade_tunnels_bytes_both_ways() {
     }
 }
 
+/// Regression: a client that half-closed a tunnel (sent its last bytes, then FIN) had the tunnel
+/// torn down at once, so its last bytes could miss the backend and the answer never came back.
+#[test]
+fn a_client_half_closing_a_tunnel_still_gets_the_backends_answer() {
+    let a = Backend::start("a", |_| Response::upgrade_echo("websocket"));
+    let lb = Lb::start(&ini(&[("a", a.addr)], ""));
+    for attempt in 0..10 {
+        let mut client = connect(lb.addr);
+        send(
+            &mut client,
+            "GET /chat HTTP/1.1\r\nHost: lb.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(read_response(&mut client).status, 101);
+        let last = lcg_bytes(50_000, attempt);
+        send(&mut client, &last);
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let echoed = try_read_to_close(&mut client)
+            .unwrap_or_else(|e| panic!("attempt {attempt}: no orderly end: {e}"));
+        assert_same_bytes(&echoed, &last, "the echo after a half-close");
+    }
+}
+
 #[test]
 fn when_the_backend_ends_a_tunnel_the_client_gets_its_last_bytes_and_the_close() {
     // The backend sends its last bytes and closes at once; `/big` sends 4 MiB.

@@ -169,6 +169,8 @@ pub struct Exchange {
     pub answered: bool,
     /// The backend closed its side of the connection.
     pub upstream_eof: bool,
+    /// lb-mio closed its sending side of the backend connection (a tunnel the client ended).
+    pub upstream_shut: bool,
     /// The final response allows reusing the upstream connection.
     pub reusable: bool,
     pub client_keep_alive: bool,
@@ -199,6 +201,7 @@ impl Exchange {
             replayable: true,
             answered: false,
             upstream_eof: false,
+            upstream_shut: false,
             reusable: false,
             client_keep_alive: request.keep_alive,
             status: 0,

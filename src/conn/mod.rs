@@ -44,7 +44,7 @@ use exchange::{Exchange, Failure, Held, Next, ResponseState};
 use log::{debug, info, warn};
 use mio::Registry;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Most pump rounds per event, so one busy connection cannot starve the others; a connection
@@ -280,7 +280,7 @@ impl Conn {
         moved |= self.start_request(ctx)?;
         moved |= self.check_connected(ctx)?;
         moved |= self.forward_request(ctx)?;
-        moved |= self.check_client_eof()?;
+        moved |= self.check_client_eof(ctx)?;
         moved |= self.write_upstream(ctx)?;
         moved |= self.read_upstream(ctx)?;
         moved |= self.relay_response(ctx)?;
@@ -339,9 +339,9 @@ impl Conn {
     }
 
     /// The client closed its side and everything it sent before has been used. After a whole
-    /// request that is a half-close and the response still goes out; a request cut short, or
-    /// a connection with no request, is over.
-    fn check_client_eof(&self) -> Result<bool, Stop> {
+    /// request that is a half-close and the response still goes out; in a tunnel it is passed
+    /// on to the backend; a request cut short, or a connection with no request, is over.
+    fn check_client_eof(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         if !self.client_eof {
             return Ok(false);
         }
@@ -351,10 +351,26 @@ impl Conn {
             (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(false),
             (Some(_), Phase::Connecting | Phase::Forwarding) if !drained => Ok(false),
             (_, Phase::Tunnel) if !drained => Ok(false),
-            (_, Phase::Tunnel) => Err(Cause::Completed.into()),
+            (Some(_), Phase::Tunnel) => Ok(self.half_close_upstream(ctx)),
+            (None, Phase::Tunnel) => Err(Cause::Completed.into()),
             // Between requests, a head that can no longer complete, or a request body cut short.
             _ => Err(self.client_gone()),
         }
+    }
+
+    /// Once every byte the client sent before ending its side of a tunnel is with the backend,
+    /// the backend sees the end too; the tunnel lasts until the backend ends its side (or
+    /// `idle_ms` passes).
+    fn half_close_upstream(&mut self, ctx: &mut Ctx) -> bool {
+        let ex = self.exchange.as_mut().expect("a tunnel has its exchange");
+        if ex.upstream_shut || held(&self.uout) > 0 {
+            return false;
+        }
+        ex.upstream_shut = true;
+        if let Some(up) = ex.upstream {
+            let _ = ctx.upstreams.get(up).stream.shutdown(Shutdown::Write);
+        }
+        true
     }
 
     /// Takes the PROXY protocol header off the front of `cin`: from then on the client is the
