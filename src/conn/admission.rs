@@ -97,10 +97,6 @@ impl Admission {
         let id = snap.balancer.pick(&snap.backends, &mut pick)?;
         Some(Lease::new(&snap.backends, id))
     }
-
-    pub fn rng(&mut self) -> &mut SmallRng {
-        &mut self.rng
-    }
 }
 
 /// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
