@@ -121,39 +121,40 @@ pub struct Entry<'a> {
 
 /// Where every worker's lines go: stderr, or a file that SIGUSR1 reopens (for logrotate).
 pub struct Sink {
-    path: Mutex<Option<PathBuf>>,
-    file: Mutex<Option<File>>,
+    /// The file and its path; `None` for stderr.
+    file: Mutex<Option<(PathBuf, File)>>,
 }
 
 impl Sink {
     /// Opens `path` for appending (creating it), or stderr with `None`.
     pub fn open(path: Option<&Path>) -> io::Result<Sink> {
-        let file = path.map(append).transpose()?;
         Ok(Sink {
-            path: Mutex::new(path.map(Path::to_path_buf)),
-            file: Mutex::new(file),
+            file: Mutex::new(opened(path)?),
         })
     }
 
     /// Opens the file again (after logrotate moved it), or `path` instead when it changed on a
     /// reload. On failure the old file stays in use.
     pub fn reopen(&self, path: Option<&Path>) -> io::Result<()> {
-        let file = path.map(append).transpose()?;
-        *self.file.lock() = file;
-        *self.path.lock() = path.map(Path::to_path_buf);
+        *self.file.lock() = opened(path)?;
         Ok(())
     }
 
     pub fn path(&self) -> Option<PathBuf> {
-        self.path.lock().clone()
+        self.file.lock().as_ref().map(|(path, _)| path.clone())
     }
 
     fn write(&self, bytes: &[u8]) -> io::Result<()> {
         match &mut *self.file.lock() {
-            Some(file) => file.write_all(bytes),
+            Some((_, file)) => file.write_all(bytes),
             None => io::stderr().lock().write_all(bytes),
         }
     }
+}
+
+fn opened(path: Option<&Path>) -> io::Result<Option<(PathBuf, File)>> {
+    path.map(|path| Ok((path.to_path_buf(), append(path)?)))
+        .transpose()
 }
 
 fn append(path: &Path) -> io::Result<File> {
