@@ -17,7 +17,9 @@ use log::LevelFilter;
 use crate::backend::{self, BackendConf, MAX_BACKENDS, WEIGHTS};
 use crate::dns;
 use crate::http::chunked::is_token;
+use crate::http::head::HOP_BY_HOP;
 pub use crate::http::request::HashKey;
+use crate::http::request::FORWARDING_HEADERS;
 use crate::proxy_protocol::Version;
 
 pub mod keys;
@@ -26,23 +28,16 @@ const MAX_WORKERS: usize = 256;
 const MAX_MS: u32 = 3_600_000;
 /// Longest header name `expose_backend` and `request_id` take.
 const MAX_HEADER_NAME: usize = 64;
-/// Headers `expose_backend` and `request_id` may not name: they frame or route a message, are
-/// hop-by-hop, or lb-mio writes them itself.
-const RESERVED_HEADERS: [&str; 14] = [
+/// Headers `expose_backend` and `request_id` may not name, besides the hop-by-hop ones and the
+/// `X-Forwarded-*` lb-mio writes: they frame or route a message, or lb-mio writes them itself.
+const RESERVED_HEADERS: [&str; 7] = [
     "Content-Length",
     "Transfer-Encoding",
-    "Connection",
-    "Keep-Alive",
-    "Proxy-Connection",
-    "TE",
     "Trailer",
     "Upgrade",
     "Host",
     "Server",
     "Set-Cookie",
-    "X-Forwarded-For",
-    "X-Forwarded-Proto",
-    "X-Forwarded-Host",
 ];
 /// Most `listen` addresses (each worker holds a listener for each).
 pub const MAX_LISTEN: usize = 8;
@@ -794,7 +789,7 @@ fn parse_header_name(v: &str, on: &str) -> Result<Option<String>, String> {
     match parse_bool(v) {
         Ok(true) => Ok(Some(on.to_string())),
         Ok(false) => Ok(None),
-        Err(_) if RESERVED_HEADERS.iter().any(|h| v.eq_ignore_ascii_case(h)) => Err(format!(
+        Err(_) if reserved_header(v) => Err(format!(
             "{v:?} frames or routes the message, or lb-mio sets it: choose another header"
         )),
         Err(_) if (1..=MAX_HEADER_NAME).contains(&v.len()) && v.bytes().all(is_token) => {
@@ -804,6 +799,12 @@ fn parse_header_name(v: &str, on: &str) -> Result<Option<String>, String> {
             "expected off, on or a header name (1 to {MAX_HEADER_NAME} of A-Z a-z 0-9 !#$%&'*+-.^_`|~), got {v:?}"
         )),
     }
+}
+
+fn reserved_header(name: &str) -> bool {
+    let set_per_hop = HOP_BY_HOP.iter().chain(&FORWARDING_HEADERS);
+    let mut all = RESERVED_HEADERS.iter().chain(set_per_hop);
+    all.any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// `off`, `text` or `json`; a bool's other spellings keep meaning off and (for true) text.

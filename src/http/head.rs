@@ -24,6 +24,10 @@ pub enum HeadError {
     NotImplemented(&'static str),
 }
 
+/// Headers that are hop-by-hop whatever `Connection` names (besides `Upgrade`, kept when
+/// upgrading).
+pub const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "te"];
+
 /// The facts of a head's connection-level headers (`Connection`, framing, `Upgrade`).
 #[derive(Debug, Default)]
 pub struct HopHeaders<'a> {
@@ -106,11 +110,10 @@ impl<'a> HopHeaders<'a> {
     /// Whether a header is hop-by-hop: it describes this connection and is never forwarded.
     /// `Upgrade` is forwarded only when `keep_upgrade` (an upgrade is under way).
     pub fn is_hop_by_hop(&self, name: &str, keep_upgrade: bool) -> bool {
-        const HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "te"];
         if name.eq_ignore_ascii_case("upgrade") {
             return !keep_upgrade;
         }
-        HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || self.named[..self.named_len]
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))

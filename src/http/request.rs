@@ -377,10 +377,14 @@ fn check_target(method: &str, target: &[u8], host: Option<&[u8]>) -> Result<(), 
 
 /// Headers lb-mio sets itself; the client's copies are replaced (`X-Forwarded-For` extended).
 fn is_forwarding_header(name: &str) -> bool {
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+    FORWARDING_HEADERS
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
 }
+
+/// The `X-Forwarded-*` headers lb-mio writes.
+pub const FORWARDING_HEADERS: [&str; 3] =
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// What decides the head the backend gets besides the client's head.
 struct Forward<'a> {
