@@ -271,15 +271,15 @@ impl Outcome {
         }
     }
 
-    /// The line of a head refused before an exchange began (`bytes_in` of it arrived, the
-    /// first `started`), or of a connection that ended before any request (`started` is
-    /// `None`; `bytes_in` is what it sent, a PROXY header say).
+    /// The line of a head refused before an exchange began (`bytes_in` of it arrived; `head`
+    /// is when the first did and the id it was given), or of a connection that ended before
+    /// any request (`head` is `None`; `bytes_in` is what it sent, a PROXY header say).
     pub fn before_exchange<'a>(
         &self,
         client: SocketAddr,
         line: &'a RequestLine,
         bytes_in: usize,
-        started: Option<Instant>,
+        head: Option<(Instant, Option<&'a [u8]>)>,
     ) -> Entry<'a> {
         Entry {
             client,
@@ -288,12 +288,12 @@ impl Outcome {
             backend: None,
             bytes_in: bytes_in as u64,
             bytes_out: self.sent,
-            total: started.map(|started| self.now - started),
+            total: head.map(|(started, _)| self.now - started),
             connect: None,
             first_byte: None,
             retries: 0,
             code: self.code,
-            request_id: None,
+            request_id: head.and_then(|(_, id)| id),
         }
     }
 }

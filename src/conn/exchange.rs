@@ -160,7 +160,8 @@ pub struct Exchange {
     /// The backend connection (in the worker's upstream table), once there is one.
     pub upstream: Option<usize>,
     pub tried: Tried,
-    pub retries_left: u32,
+    /// `[lb] retries` when the request began; `record.retries` counts those spent.
+    pub max_retries: u32,
     /// While the request can still be replayed, written bytes stay in `uout` and this counts
     /// them; afterwards written bytes are dropped at once and it stays 0.
     pub sent: usize,
@@ -196,7 +197,7 @@ impl Exchange {
             lease: None,
             upstream: None,
             tried: Tried::default(),
-            retries_left: retries,
+            max_retries: retries,
             sent: 0,
             replayable: true,
             answered: false,
@@ -256,7 +257,7 @@ impl Exchange {
         match stop {
             None if reused => Next::Fresh,
             Some(why) => Next::GiveUp(why),
-            None if self.retries_left == 0 => Next::GiveUp(GiveUp::NoRetriesLeft),
+            None if self.record.retries >= self.max_retries => Next::GiveUp(GiveUp::NoRetriesLeft),
             None => Next::Retry,
         }
     }
@@ -434,7 +435,7 @@ mod tests {
     #[test]
     fn retries_run_out() {
         let mut get = exchange(Method::Get);
-        get.retries_left = 0;
+        get.record.retries = get.max_retries;
         assert_eq!(
             get.after_failure(REFUSED, false),
             Next::GiveUp(GiveUp::NoRetriesLeft)

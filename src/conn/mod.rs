@@ -23,7 +23,7 @@ pub use admission::Admission;
 pub use ending::Cause;
 pub use exchange::Exchanges;
 
-use crate::access_log::{self, Entry, RequestLine, Sink};
+use crate::access_log::{self, RequestLine, Sink};
 use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
@@ -875,16 +875,9 @@ impl Conn {
         cause.log(self.peer, lease.map(|l| l.backend().name.as_str()));
         let reply = cause.reply().filter(|_| !self.response_started());
         // A head refused before its exchange gets an id of its own, in its reply and its line.
-        let fresh = (self.exchange.is_none() && self.phase == Phase::Head)
-            .then(|| {
-                ctx.snap
-                    .config
-                    .lb
-                    .request_id
-                    .as_ref()
-                    .map(|_| ctx.ids.fresh())
-            })
-            .flatten();
+        let refused_head = self.exchange.is_none() && self.phase == Phase::Head;
+        let fresh =
+            (refused_head && ctx.snap.config.lb.request_id.is_some()).then(|| ctx.ids.fresh());
         let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply, fresh.as_ref()));
         match (reply, &self.exchange) {
             (Some(reply), _) => ctx.metrics.reply(reply),
@@ -912,14 +905,10 @@ impl Conn {
             let line;
             let entry = match &self.exchange {
                 Some(held) => Some(outcome.of_exchange(self.peer, held)),
-                None if self.phase == Phase::Head => {
+                None if refused_head => {
                     line = RequestLine::of(sent_in);
-                    let started = Some(self.head_started);
-                    let entry = outcome.before_exchange(self.peer, &line, sent_in.len(), started);
-                    Some(Entry {
-                        request_id: fresh.as_ref().map(|id| &id[..]),
-                        ..entry
-                    })
+                    let head = Some((self.head_started, fresh.as_ref().map(|id| &id[..])));
+                    Some(outcome.before_exchange(self.peer, &line, sent_in.len(), head))
                 }
                 None if cause.closed_label().is_some() => {
                     let line = &RequestLine::EMPTY;
@@ -1005,7 +994,6 @@ impl Conn {
         match next {
             Some(lease) => {
                 ctx.metrics.retry();
-                ex.retries_left -= 1;
                 ex.record.retries += 1;
                 ex.lease = Some(lease);
             }
