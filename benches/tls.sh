@@ -3,7 +3,7 @@
 # certificate (a test CA and both certificates made by this script with the openssl CLI).
 #
 #   benches/tls.sh                           # full run: about 15 minutes
-#   ROUNDS=1 DURATION=3s benches/tls.sh      # short look: about 3 minutes
+#   ROUNDS=1 DURATION=3s benches/tls.sh      # short look: about 2 minutes
 #
 # Measurements, for each certificate, each target fresh for that certificate:
 #   full       HS_CLIENTS parallel `openssl s_time -new`: every connection is a new TCP
@@ -346,12 +346,14 @@ summarize() {
         }
         END {
             for (i = 1; i <= n; i++) { k = order[i]; mrate[k] = median(rate[k]); mcpu[k] = median(cpu[k]) }
+            for (i = 1; i <= n; i++) { split(order[i], f, ","); has[f[2] == "keepalive" ? 2 : 1] = 1 }
             for (pass = 1; pass <= 2; pass++) {
+                if (!has[pass]) continue
+                if (pass == 2 && has[1]) print ""
                 if (pass == 1) {
                     print "| cert | handshake | TLS | target | handshakes/s (median) | min–max | CPU µs / handshake | handshakes per CPU-second | CPU cores busy | resumed (all rounds) | handshakes/s vs lb-mio | CPU / handshake vs lb-mio | errors |"
                     print "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
                 } else {
-                    print ""
                     print "| cert | conns | target | req/s (median) | min–max | p50 ms | p99 ms | CPU µs / req | CPU cores busy | req/s vs lb-mio | CPU / req vs lb-mio | errors |"
                     print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
                 }
@@ -405,8 +407,9 @@ write_results() {
         echo "- Each target: one worker on CPU 0 (lb-mio workers = 1, nginx worker_processes 1, HAProxy nbthread 1); the clients and the backends on CPU 1. Medians over $ROUNDS interleaved rounds of $DURATION each; min–max shows the spread between rounds."
         echo "- Certificates: made for the run by a test CA, ECDSA P-256 (ecdsa) or RSA-2048 (rsa); each target serves one at a time."
         echo "- full: $HS_CLIENTS parallel \`openssl s_time -new -tlsX -www / -time N\`: each connection a new TCP connection, a full handshake and one \`GET / HTTP/1.0\`, then the server closes. resumed: the same with \`-reuse\` (every connection after each process's first resumes its session). \"resumed\" counts the connections s_time marked resumed: ~0% for full, ~100% for resumed."
-        echo "- The handshake rates are those of $HS_CLIENTS sequential clients sharing CPU 1 with the backends: CPU cores busy well under 1 means the clients, not the target, set the pace. CPU µs / handshake (utime + stime of all the target's processes from /proc, per connection; includes accepting the TCP connection and proxying its one request) does not depend on that pace; handshakes per CPU-second = 1 / that, what one core would do."
+        echo "- CPU µs / handshake: utime + stime of all the target's processes (from /proc, before and after the run) per connection; it includes accepting the TCP connection and proxying its one request. handshakes per CPU-second = 1 / that: what the target would do with its core to itself."
         echo "- keepalive: \`wrk --latency -t2 -cN -d$DURATION https://...\` (GET /, 14-byte body) over TLS keep-alive connections; CPU µs / req as above, per request."
+        echo "- CPU cores busy: the target's CPU time over the run's length (at most 1). Well under 1 means something else set the pace: the clients (each s_time process is sequential; wrk encrypts too) and the backends sharing CPU 1, or other load on the machine. Rates then say little about the target; CPU per handshake or request still compares."
         echo "- vs lb-mio: the target's median over lb-mio's in the same row group (above 1: more handshakes or requests per second, or more CPU per handshake or request, than lb-mio)."
         echo "- errors: failed s_time processes or wrk's non-2xx and socket errors, new lines in the server's own log during the runs, and crashes."
         echo "- Configs: benches/tls-lb-mio.ini.in (lb-mio's TLS defaults: tickets, session cache 20000), benches/tls-nginx.conf.in (ssl_protocols TLSv1.2 TLSv1.3, ssl_session_cache shared:SSL:10m, tickets on), benches/tls-haproxy.cfg.in (bind ssl, ssl-min-ver TLSv1.2, its default cache and tickets); round robin over three backends with upstream keep-alive, no logging."
