@@ -2,7 +2,7 @@
 # testssl.sh against lb-mio's TLS listener on loopback, with certificates of a test CA made for
 # the run (ECDSA P-256 and RSA-2048 for the same name, as a site serving both would).
 #
-#   benches/testssl.sh                  # about 3 minutes (most of it testssl.sh itself)
+#   benches/testssl.sh                  # about a minute (the scan of lb-mio: 30-60 s)
 #   TARGET=nginx benches/testssl.sh     # the same scan of nginx with the same certificates
 #
 # testssl.sh (Debian's package, installed if missing) runs with --add-ca for the test CA, so
