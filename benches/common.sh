@@ -1,7 +1,6 @@
 # Helpers shared by the benches in this folder, sourced by each once its settings (PORT_BASE,
-# KEEP_TMP, ...) are read. Only what is the same in several
-# lives here, so a fix to setup, port checks, measuring or cleanup reaches them all; what differs
-# stays in each script.
+# KEEP_TMP, ...) are read. Only what is the same in several lives here, so a fix to setup, port
+# checks, measuring or cleanup reaches them all; what differs stays in each script.
 # Not meant to be run on its own.
 
 # ---------------------------------------------------------------------------------------------
