@@ -58,7 +58,7 @@ HOLDER="$BENCH_DIR/idle_hold.py"
 # How long the holder may take to open N connections (and the warm-up its few).
 OPEN_TIMEOUT=${OPEN_TIMEOUT:-180}
 # TLS=1: the name the certificate is for, sent as SNI (and the Host the holder sends).
-TLS_NAME=idle.bench
+TLS_NAME=localhost # the name make_test_certs' certificates carry
 
 # Ports (B[1], LB_PORT, ...), binaries, WORK, SERVICE_PIDS, HELPER_PIDS, LOGS, NOTES, and the
 # helpers shared with load.sh and failover.sh.
@@ -87,27 +87,6 @@ raise_nofile() {
     MAXCONN=$((N + WAVE + 500))
 }
 
-# TLS=1: a throwaway CA and an ECDSA P-256 certificate for $TLS_NAME signed by it, in
-# $WORK/tls: leaf.pem + leaf.key (lb-mio, nginx), leaf-with-key.pem (HAProxy), ca.pem (holder).
-# Valid 30 days, so that lb-mio's check (expiring within 14 days) has nothing to warn about.
-make_certs() {
-    local d="$WORK/tls"
-    mkdir -p "$d"
-    printf '%s\n' "subjectAltName = DNS:$TLS_NAME" "basicConstraints = critical, CA:FALSE" \
-        "keyUsage = critical, digitalSignature" "extendedKeyUsage = serverAuth" \
-        "subjectKeyIdentifier = hash" "authorityKeyIdentifier = keyid" >"$d/leaf.ext"
-    {
-        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-            -subj "/CN=lb-mio idle bench CA" -addext "basicConstraints = critical, CA:TRUE" \
-            -addext "keyUsage = critical, keyCertSign" -keyout "$d/ca.key" -out "$d/ca.pem" &&
-            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-                -subj "/CN=$TLS_NAME" -keyout "$d/leaf.key" -out "$d/leaf.csr" &&
-            openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
-                -set_serial "0x$(openssl rand -hex 8)" -days 30 -extfile "$d/leaf.ext" -out "$d/leaf.pem"
-    } >"$d/openssl.log" 2>&1 || die "making the test certificates failed: $(tail -n 3 "$d/openssl.log")"
-    cat "$d/leaf.pem" "$d/leaf.key" >"$d/leaf-with-key.pem"
-}
-
 # ---------------------------------------------------------------------------------------------
 # Starting and stopping servers (see common.sh).
 
@@ -118,13 +97,7 @@ wait_up() {
         wait_http "$port" "$pid" "$name"
         return
     fi
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited at startup (see ${LOGS[$name]:-$WORK})"
-        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' --cacert "$WORK/tls/ca.pem" \
-            --resolve "$TLS_NAME:$port:127.0.0.1" "https://$TLS_NAME:$port/")" = 200 ] && return 0
-        sleep 0.1
-    done
-    die "$name did not answer over TLS on 127.0.0.1:$port within 10 s"
+    wait_https "$port" "$pid" "$name" "$WORK/tls/ca.pem"
 }
 
 start_backend() {
@@ -370,7 +343,7 @@ main() {
     build backend
     prepare_run "$TEMPLATE"
     : >"$WORK/runs.csv"
-    [ "$TLS" = 1 ] && make_certs
+    [ "$TLS" = 1 ] && make_test_certs "$WORK/tls"
     check_ports "${B[1]}" "$LB_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
     log "work directory $WORK; $ROUNDS rounds x patterns ($PATTERNS) x targets ($TARGETS), $N idle$([ "$TLS" = 1 ] && echo " TLS") connections each; open files $NOFILE"
     start_backend

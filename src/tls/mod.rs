@@ -130,6 +130,9 @@ fn rustls_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(resolver) as _);
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Our order, not the client's (rustls's: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305), as
+    // scanners expect of a server; every suite on offer is AEAD with forward secrecy anyway.
+    server.ignore_client_order = true;
     server.ticketer = Arc::clone(tickets) as _;
     server.session_storage = match config.tls.session_cache {
         0 => Arc::new(NoServerSessionStorage {}) as Arc<dyn StoresServerSessions>,
