@@ -194,10 +194,31 @@ pub struct Tls {
     pub ticket_key_file: Option<PathBuf>,
     /// TLS 1.2 sessions remembered by id, for clients without tickets; 0: none.
     pub session_cache: usize,
-    /// Plain listeners answer every request with a 308 to the same URL over https.
-    pub redirect_http: bool,
+    /// Which plain listeners answer every request with a 308 to the same URL over https.
+    pub redirect_http: RedirectHttp,
     /// The `Strict-Transport-Security` value for responses over TLS (`max-age=N`).
     pub hsts: Option<String>,
+}
+
+/// `[tls] redirect_http`: which plain listeners send their requests to https.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RedirectHttp {
+    #[default]
+    Off,
+    All,
+    /// These `listen` addresses (as configured).
+    Only(Vec<SocketAddr>),
+}
+
+impl RedirectHttp {
+    /// Requests to the plain listener configured as `listen` redirect.
+    pub fn covers(&self, listen: SocketAddr) -> bool {
+        match self {
+            RedirectHttp::Off => false,
+            RedirectHttp::All => true,
+            RedirectHttp::Only(addrs) => addrs.contains(&listen),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -584,7 +605,16 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error(line, key.to_string(), message.to_string()));
         }
-        if let Some(addr) = lb.tls_listen.iter().find(|a| lb.listen.contains(a)) {
+        if let RedirectHttp::Only(addrs) = &self.config.tls.redirect_http {
+            if let Some(addr) = addrs.iter().find(|a| !lb.listen.contains(a)) {
+                let line = self.keys.get(&("tls", "redirect_http")).copied().unwrap_or(0);
+                let message = format!("{addr} is not in [lb] listen");
+                return Err(self.error(line, "[tls] redirect_http".to_string(), message));
+            }
+        }
+        // (Port 0 twice is two ports, each the kernel's choice.)
+        let shared = |a: &&SocketAddr| a.port() != 0 && lb.listen.contains(a);
+        if let Some(addr) = lb.tls_listen.iter().find(shared) {
             let line = self.keys.get(&("lb", "tls_listen")).copied().unwrap_or(0);
             let message = format!("{addr} is also in [lb] listen");
             return Err(self.error(line, "[lb] tls_listen".to_string(), message));
@@ -855,6 +885,17 @@ fn parse_optional_addr(v: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| format!("expected ip:port or \"off\", got {v:?}"))
 }
 
+/// `off`, `on` (every plain listener), or the `listen` addresses that redirect.
+fn parse_redirect_http(v: &str) -> Result<RedirectHttp, String> {
+    match parse_bool(v) {
+        Ok(true) => Ok(RedirectHttp::All),
+        Ok(false) => Ok(RedirectHttp::Off),
+        Err(_) => parse_listen(v)
+            .map(RedirectHttp::Only)
+            .map_err(|_| format!("expected on, off, or [lb] listen addresses, got {v:?}")),
+    }
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "true" | "on" | "yes" | "1" => Ok(true),
@@ -1062,7 +1103,7 @@ timeout_ms = 10
 handshake_rate = 500
 ticket_key_file = /etc/lb-mio/tickets.key
 session_cache = 0
-redirect_http = on
+redirect_http = [::1]:8081
 hsts = 31536000
 
 [certificates]
@@ -1162,7 +1203,7 @@ web = srv:_http._tcp.web.consul
                 handshake_rate: 500,
                 ticket_key_file: Some(PathBuf::from("/etc/lb-mio/tickets.key")),
                 session_cache: 0,
-                redirect_http: true,
+                redirect_http: RedirectHttp::Only(vec!["[::1]:8081".parse().unwrap()]),
                 hsts: Some("max-age=31536000".to_string()),
             },
             certificates: vec![CertConf {

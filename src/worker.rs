@@ -276,6 +276,7 @@ impl Worker {
                 return;
             };
             let tls = listener.tls;
+            let index = i as u8; // at most 16 listeners
             // Left in the kernel's queue, they are accepted at the next tick with budget.
             if tls && !self.handshakes.has_room(rate, now) {
                 return;
@@ -285,7 +286,7 @@ impl Worker {
                     if tls {
                         self.handshakes.spend();
                     }
-                    self.add_conn(stream, peer, tls, now)
+                    self.add_conn(stream, peer, index, tls, now)
                 }
                 Err(e) => match accept::after_error(&e, now) {
                     Next::Retry => {}
@@ -299,7 +300,14 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
+    fn add_conn(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        listener: u8,
+        tls: bool,
+        now: Instant,
+    ) {
         // A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; it is a.b.c.d.
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let lb = &self.snap.config.lb;
@@ -310,7 +318,8 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let id = entry.key();
         if limit.is_some_and(|limit| !limit.open(peer.ip())) {
-            let conn = Conn::new(Transport::Plain(stream), peer, proxied, now, header);
+            let plain = Transport::Plain(stream);
+            let conn = Conn::new(plain, peer, listener, proxied, now, header);
             entry.insert(conn);
             self.with_conn(id, now, Conn::refuse);
             return;
@@ -336,7 +345,7 @@ impl Worker {
             warn!("register {peer}: {e}");
             return forget_count(limit, peer);
         }
-        let mut conn = Conn::new(transport, peer, proxied, now, header);
+        let mut conn = Conn::new(transport, peer, listener, proxied, now, header);
         conn.counted = limit.map(|_| peer.ip());
         entry.insert(conn);
         self.metrics.set_connections(self.conns.len());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{
     off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_hash_key, parse_header_name,
     parse_level, parse_list, parse_listen, parse_optional_addr, parse_path, parse_range,
-    parse_resolver, parse_send_proxy, parse_server_header, parse_status_range, parse_sticky,
+    parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header, parse_status_range, parse_sticky,
     parse_strategy, parse_token, parse_workers, Config, MAX_MS,
 };
 
@@ -591,12 +591,12 @@ pub const KEYS: &[Key] = &[
     Key {
         section: "tls",
         name: "redirect_http",
-        default: DefaultValue::Is("false"),
+        default: DefaultValue::Is("off"),
         value: Value::Text {
-            accepts: "`true` or `false`",
-            set: |c, v| parse_bool(v).map(|b| c.tls.redirect_http = b),
+            accepts: "`off`, `on`, or `listen` addresses",
+            set: |c, v| parse_redirect_http(v).map(|r| c.tls.redirect_http = r),
         },
-        meaning: "plain listeners answer every request with `308` to the same host and target over https (the first `tls_listen` port, left out when 443)",
+        meaning: "plain listeners that answer every request with `308` to the same host and target over https (the first `tls_listen` port, left out when 443): `on` = all of them, or some `listen` addresses (`0.0.0.0:80`)",
     },
     Key {
         section: "tls",

@@ -161,6 +161,8 @@ pub struct Conn {
     dest: Option<SocketAddr>,
     /// The address counted in `[limits] client_connections`, released at close.
     pub counted: Option<IpAddr>,
+    /// The listener it came in on: its place in `[lb] listen`, then `tls_listen`.
+    listener: u8,
     pub ready: Readiness,
     phase: Phase,
     cin: Option<Buffer>,
@@ -190,6 +192,7 @@ impl Conn {
     pub fn new(
         client: Transport,
         peer: SocketAddr,
+        listener: u8,
         proxied: bool,
         now: Instant,
         header: Duration,
@@ -199,6 +202,7 @@ impl Conn {
             peer,
             dest: None,
             counted: None,
+            listener,
             ready: Readiness::default(),
             phase: if proxied { Phase::Proxy } else { Phase::Fresh },
             cin: None,
@@ -312,15 +316,16 @@ impl Conn {
             Phase::Proxy => self.client.read_clear(cin),
             _ => self.client.read(cin),
         };
+        // Whatever the read gave: a handshake may finish with no request behind it.
+        if let Some(handshake) = self.client.finished_handshake() {
+            ctx.metrics.tls_handshake(handshake);
+        }
         match read {
             Ok(Io::Moved(n)) => {
                 ctx.metrics.bytes(n as u64, 0);
                 // A short read drained the socket: wait for the next event instead of a
                 // read that would only say WouldBlock.
                 self.ready.after_read(n, room);
-                if let Some(handshake) = self.client.finished_handshake() {
-                    ctx.metrics.tls_handshake(handshake);
-                }
                 // (TLS records may give no plaintext: a handshake is no request yet.)
                 if self.phase.between_requests() && n > 0 {
                     self.head_started = ctx.now;
@@ -480,7 +485,7 @@ impl Conn {
             }
         };
         let head = &cin.data()[..request.head_len];
-        if let Some(refused) = refused_by_listener(&self.client, ctx, head) {
+        if let Some(refused) = refused_by_listener(&self.client, self.listener, ctx, head) {
             uout.truncate(0);
             return Err(refused.into());
         }
@@ -1141,12 +1146,20 @@ impl Conn {
 
 /// What the listener itself answers instead of forwarding: a plain HTTP request that came
 /// to a TLS port, or any request to a plain port that `[tls] redirect_http` sends to https.
-fn refused_by_listener(client: &Transport, ctx: &Ctx, head: &[u8]) -> Option<Cause> {
+fn refused_by_listener(
+    client: &Transport,
+    listener: u8,
+    ctx: &Ctx,
+    head: &[u8],
+) -> Option<Cause> {
     if client.spoke_plain_to_tls() {
         return Some(Cause::PlainHttpToTls);
     }
     let https_port = ctx.https_port?;
-    if !ctx.snap.config.tls.redirect_http || client.is_tls() {
+    let lb = &ctx.snap.config.lb;
+    // Plain listeners come first: a TLS listener's index is past the end of `listen`.
+    let plain = lb.listen.get(usize::from(listener))?;
+    if !ctx.snap.config.tls.redirect_http.covers(*plain) {
         return None;
     }
     let mut location = [0; MAX_LOCATION];
