@@ -8,6 +8,7 @@
 //! control characters and every byte that is not UTF-8 as `\u00NN`.
 
 use crate::config::AccessLog as Format;
+use crate::tls::Session;
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -117,6 +118,8 @@ pub struct Entry<'a> {
     /// The termination code (`ending::Ending::code`).
     pub code: [u8; 2],
     pub request_id: Option<&'a [u8]>,
+    /// The TLS session the request came over.
+    pub tls: Option<Session<'a>>,
 }
 
 /// Where every worker's lines go: stderr, or a file that SIGUSR1 reopens (for logrotate).
@@ -231,6 +234,12 @@ impl Clock {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix timestamp (UTC), as the admin API shows dates.
+pub fn rfc3339(secs: i64) -> String {
+    let stamp = rfc3339_second(secs.max(0) as u64);
+    format!("{}Z", String::from_utf8_lossy(&stamp[..19]))
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.000Z` for a second since the epoch (UTC).
 fn rfc3339_second(secs: u64) -> Stamp {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
@@ -321,7 +330,7 @@ fn push_or<T>(out: &mut Vec<u8>, value: Option<T>, none: &[u8], push: fn(&mut Ve
 }
 
 /// `TIME CLIENT "METHOD TARGET VERSION" STATUS BACKEND IN OUT TOTAL CONNECT FIRST_BYTE RETRIES
-/// CODE ID`, times in milliseconds.
+/// CODE ID TLS`, times in milliseconds; TLS is `VERSION/CIPHER/SNI/full|resumed` or `-`.
 fn text(out: &mut Vec<u8>, time: &Stamp, e: &Entry) {
     out.extend_from_slice(time);
     out.push(b' ');
@@ -353,6 +362,21 @@ fn text(out: &mut Vec<u8>, time: &Stamp, e: &Entry) {
     out.extend_from_slice(&e.code);
     out.push(b' ');
     text_field(out, e.request_id);
+    out.push(b' ');
+    match &e.tls {
+        None => out.push(b'-'),
+        Some(tls) => {
+            for part in [tls.version, tls.cipher] {
+                out.extend_from_slice(part.as_bytes());
+                out.push(b'/');
+            }
+            text_field(out, tls.sni.map(str::as_bytes));
+            out.extend_from_slice(match tls.resumed {
+                true => b"/resumed",
+                false => b"/full",
+            });
+        }
+    }
     out.push(b'\n');
 }
 
@@ -414,6 +438,20 @@ fn json(out: &mut Vec<u8>, time: &Stamp, e: &Entry) {
     push_u64(out, u64::from(e.retries));
     json_pair(out, "termination", Some(&e.code));
     json_pair(out, "request_id", e.request_id);
+    json_key(out, "tls");
+    match &e.tls {
+        None => out.extend_from_slice(b"null"),
+        Some(tls) => {
+            out.extend_from_slice(b"{\"version\":\"");
+            out.extend_from_slice(tls.version.as_bytes());
+            out.extend_from_slice(b"\"");
+            json_pair(out, "cipher", Some(tls.cipher.as_bytes()));
+            json_pair(out, "sni", tls.sni.map(str::as_bytes));
+            json_key(out, "resumed");
+            out.extend_from_slice(if tls.resumed { b"true" } else { b"false" });
+            out.push(b'}');
+        }
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -516,6 +554,7 @@ mod tests {
             retries: 1,
             code: *b"--",
             request_id: Some(b"abc"),
+            tls: None,
         }
     }
 
@@ -531,7 +570,7 @@ mod tests {
         let line = line(b"GET /index.html?q=1 HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(
             at_epoch(text, &entry(&line)),
-            "2025-12-05T02:45:51.123Z 192.0.2.7:40312 \"GET /index.html?q=1 HTTP/1.1\" 200 s2 78 301 1.234 - 0.800 1 -- abc\n"
+            "2025-12-05T02:45:51.123Z 192.0.2.7:40312 \"GET /index.html?q=1 HTTP/1.1\" 200 s2 78 301 1.234 - 0.800 1 -- abc -\n"
         );
     }
 

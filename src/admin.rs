@@ -6,6 +6,7 @@ use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::metrics;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
+use crate::tls::EXPIRY_WARNING_DAYS;
 use log::{info, warn};
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -249,7 +250,8 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
         },
         ("GET", ["metrics"]) => {
             let snap = shared.load();
-            let body = metrics::render(&shared.totals(), &snap.backends);
+            let certificates = shared.tls.as_ref().map(|tls| tls.certificates());
+            let body = metrics::render(&shared.totals(), &snap.backends, certificates.as_deref());
             ApiAnswer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -257,6 +259,7 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             }
         }
         ("GET", ["api", "backends"]) => ApiAnswer::json(200, list_backends(shared)),
+        ("GET", ["api", "certificates"]) => ApiAnswer::json(200, list_certificates(shared)),
         ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
         ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
             b.drain(false);
@@ -284,11 +287,34 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             }
             answer
         }
-        (_, ["", ..] | ["metrics"] | ["api", "backends", ..]) => {
+        (_, ["", ..] | ["metrics"] | ["api", "backends" | "certificates", ..]) => {
             ApiAnswer::error(405, "method not allowed")
         }
         _ => ApiAnswer::error(404, "not found"),
     }
+}
+
+/// The certificates the TLS listeners serve, in config order (the first is the default); an
+/// empty list without TLS listeners.
+fn list_certificates(shared: &Shared) -> Value {
+    let Some(tls) = &shared.tls else {
+        return json!([]);
+    };
+    let certificates: Vec<Value> = (tls.certificates().iter())
+        .map(|cert| {
+            json!({
+                "name": cert.conf.name,
+                "names": cert.names,
+                "not_after": crate::access_log::rfc3339(cert.not_after),
+                "expires_in_days": cert.days_left(),
+                "expires_soon": cert.days_left() < EXPIRY_WARNING_DAYS,
+                "key": cert.kind.name(),
+                "chain": cert.conf.chain,
+                "key_file": cert.conf.key,
+            })
+        })
+        .collect();
+    Value::Array(certificates)
 }
 
 /// Every listed backend, with its counters summed over workers.

@@ -21,6 +21,7 @@ use crate::http::head::HOP_BY_HOP;
 pub use crate::http::request::HashKey;
 use crate::http::request::FORWARDING_HEADERS;
 use crate::proxy_protocol::Version;
+pub use crate::tls::CertConf;
 
 pub mod keys;
 
@@ -55,12 +56,17 @@ pub struct Config {
     pub dns: Dns,
     /// `[backends]` entries that name a host (or an SRV name) instead of an address.
     pub discover: Vec<Discover>,
+    pub tls: Tls,
+    /// `[certificates]`, in file order: the first is the default.
+    pub certificates: Vec<CertConf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lb {
     /// Every address clients connect to (each worker listens on all of them).
     pub listen: Vec<SocketAddr>,
+    /// Addresses clients connect to with TLS.
+    pub tls_listen: Vec<SocketAddr>,
     pub workers: usize,
     pub strategy: Strategy,
     /// How many other backends a request may try when connecting fails.
@@ -177,6 +183,21 @@ pub struct Health {
     pub max_fails: u32,
     /// A recovered backend's share ramps up over this long (zero: at once).
     pub slow_start: Duration,
+}
+
+/// `[tls]`: how the TLS listeners handshake and what plain listeners do beside them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// New handshakes a worker starts per second; 0: no cap.
+    pub handshake_rate: u32,
+    /// Session ticket keys shared with other processes; `None`: lb-mio's own, rotated.
+    pub ticket_key_file: Option<PathBuf>,
+    /// TLS 1.2 sessions remembered by id, for clients without tickets; 0: none.
+    pub session_cache: usize,
+    /// Plain listeners answer every request with a 308 to the same URL over https.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value for responses over TLS (`max-age=N`).
+    pub hsts: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -317,6 +338,7 @@ impl Default for Lb {
     fn default() -> Self {
         Lb {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            tls_listen: Vec::new(),
             workers: auto_workers(),
             strategy: Strategy::RoundRobin,
             retries: 2,
@@ -424,12 +446,21 @@ impl Config {
             backends,
             dns: Dns::default(),
             discover: Vec::new(),
+            tls: Tls {
+                session_cache: DEFAULT_SESSION_CACHE,
+                ..Tls::default()
+            },
+            certificates: Vec::new(),
         }
     }
 }
 
 /// The section whose keys are backend names (parsed by `set_backend`, not from the key table).
 const BACKENDS: &str = "backends";
+/// The section whose keys are certificate names (parsed by `set_certificate`).
+const CERTIFICATES: &str = "certificates";
+/// `[tls] session_cache` when unset.
+pub const DEFAULT_SESSION_CACHE: usize = 20_000;
 
 struct Parser<'a> {
     file: &'a str,
@@ -481,7 +512,7 @@ impl<'a> Parser<'a> {
     fn enter(&mut self, line: usize, name: &'a str) -> Result<(), ConfigError> {
         let label = format!("[{name}]");
         let mut known = keys::sections();
-        known.push(BACKENDS);
+        known.extend([BACKENDS, CERTIFICATES]);
         if !known.contains(&name) {
             let message = format!("unknown section (expected one of {})", known.join(", "));
             return Err(self.error(line, label, message));
@@ -501,21 +532,24 @@ impl<'a> Parser<'a> {
         };
         let label = format!("[{section}] {key}");
         if let Some(first) = self.keys.insert((section, key), line) {
-            let what = if section == BACKENDS {
-                "backend name"
-            } else {
-                "key"
+            let what = match section {
+                BACKENDS => "backend name",
+                CERTIFICATES => "certificate name",
+                _ => "key",
             };
             let message = format!("duplicate {what} (first at line {first})");
             return Err(self.error(line, label, message));
         }
-        let set = if section == BACKENDS {
-            set_backend(&mut self.config, key, value)
-        } else {
-            match keys::find(section, key) {
+        let set = match section {
+            BACKENDS => set_backend(&mut self.config, key, value),
+            CERTIFICATES => {
+                let origin = format!("{}:{line}", self.file);
+                set_certificate(&mut self.config, key, value, origin)
+            }
+            _ => match keys::find(section, key) {
                 Some(k) => k.set(&mut self.config, value),
                 None => Err("unknown key".to_string()),
-            }
+            },
         };
         set.map_err(|message| self.error(line, label, message))
     }
@@ -532,6 +566,28 @@ impl<'a> Parser<'a> {
             let line = self.keys.get(&("lb", "accept_proxy")).copied().unwrap_or(0);
             let message = "needs [lb] proxy_from: the balancers trusted to send it".to_string();
             return Err(self.error(line, "[lb] accept_proxy".to_string(), message));
+        }
+        if lb.tls_listen.is_empty() != self.config.certificates.is_empty() {
+            // Either alone is a mistake: a TLS listener with nothing to serve, or
+            // certificates no listener serves.
+            let (line, key, message) = match lb.tls_listen.is_empty() {
+                true => (
+                    self.headers.get(CERTIFICATES).copied().unwrap_or(0),
+                    "[certificates]",
+                    "needs [lb] tls_listen: the addresses that serve them",
+                ),
+                false => (
+                    self.keys.get(&("lb", "tls_listen")).copied().unwrap_or(0),
+                    "[lb] tls_listen",
+                    "needs a [certificates] section with at least one certificate",
+                ),
+            };
+            return Err(self.error(line, key.to_string(), message.to_string()));
+        }
+        if let Some(addr) = lb.tls_listen.iter().find(|a| lb.listen.contains(a)) {
+            let line = self.keys.get(&("lb", "tls_listen")).copied().unwrap_or(0);
+            let message = format!("{addr} is also in [lb] listen");
+            return Err(self.error(line, "[lb] tls_listen".to_string(), message));
         }
         let admin = &self.config.admin;
         if admin.listen.is_some_and(|a| !a.ip().is_loopback()) && admin.token.is_none() {
@@ -600,6 +656,30 @@ fn set_backend(c: &mut Config, name: &str, v: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// In `[certificates]` the key is the certificate's name; the value its full-chain PEM file,
+/// then its key PEM file. The files are read when lb-mio starts or reloads (and by `--check`).
+fn set_certificate(c: &mut Config, name: &str, v: &str, origin: String) -> Result<(), String> {
+    if c.certificates.len() == MAX_CERTIFICATES {
+        return Err(format!("at most {MAX_CERTIFICATES} certificates"));
+    }
+    // The name is a metric label and an admin API key: the backends' rule suits it.
+    backend::check_name(name).map_err(|e| e.replace("backend", "certificate"))?;
+    let files: Vec<&str> = v.split_whitespace().collect();
+    let [chain, key] = files[..] else {
+        return Err("expected the full-chain PEM file, then the key PEM file".to_string());
+    };
+    c.certificates.push(CertConf {
+        name: name.to_string(),
+        chain: PathBuf::from(chain),
+        key: PathBuf::from(key),
+        origin,
+    });
+    Ok(())
+}
+
+/// Most `[certificates]` entries.
+pub const MAX_CERTIFICATES: usize = 256;
 
 /// `host:port` where `host` is no IP literal, or `srv:NAME`: worth reading as a DNS entry (so
 /// `1.2.3.4` and `[::1]` keep the address errors they always had).
@@ -925,6 +1005,7 @@ mod tests {
         let text = "\
 [lb]
 listen = [::1]:8081, 127.0.0.1:8081
+tls_listen = 127.0.0.1:8443
 workers = 4
 strategy = least_conn
 retries = 0
@@ -977,6 +1058,16 @@ resolver = [::1]:5353
 resolve_interval_s = 3600
 timeout_ms = 10
 
+[tls]
+handshake_rate = 500
+ticket_key_file = /etc/lb-mio/tickets.key
+session_cache = 0
+redirect_http = on
+hsts = 31536000
+
+[certificates]
+site = /etc/lb-mio/site.pem /etc/lb-mio/site.key
+
 [backends]
 s1 = 127.0.0.1:9001
 s2 = [::1]:9002 weight=1000
@@ -989,6 +1080,7 @@ web = srv:_http._tcp.web.consul
                     "[::1]:8081".parse().unwrap(),
                     "127.0.0.1:8081".parse().unwrap(),
                 ],
+                tls_listen: vec!["127.0.0.1:8443".parse().unwrap()],
                 workers: 4,
                 strategy: Strategy::LeastConn,
                 retries: 0,
@@ -1066,6 +1158,19 @@ web = srv:_http._tcp.web.consul
                     weight: 1,
                 },
             ],
+            tls: Tls {
+                handshake_rate: 500,
+                ticket_key_file: Some(PathBuf::from("/etc/lb-mio/tickets.key")),
+                session_cache: 0,
+                redirect_http: true,
+                hsts: Some("max-age=31536000".to_string()),
+            },
+            certificates: vec![CertConf {
+                name: "site".to_string(),
+                chain: PathBuf::from("/etc/lb-mio/site.pem"),
+                key: PathBuf::from("/etc/lb-mio/site.key"),
+                origin: "config.ini:64".to_string(),
+            }],
         };
         assert_eq!(parse(text).unwrap(), expected);
     }

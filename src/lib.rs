@@ -30,6 +30,7 @@ pub mod retry;
 pub mod server;
 pub mod shared;
 pub mod state_file;
+pub mod tls;
 pub mod token;
 pub mod transport;
 pub mod upstream;

@@ -4,7 +4,7 @@ use lb_mio::backend::BackendConf;
 use lb_mio::config::Config;
 use lb_mio::demo::DemoBackend;
 use lb_mio::server::{self, Running};
-use lb_mio::{reload, state_file};
+use lb_mio::{reload, state_file, tls};
 use log::LevelFilter;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -42,22 +42,33 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Validates the file and reads every certificate it names, as a start would.
 fn check(path: &Path) -> ExitCode {
-    match Config::from_file(path) {
-        Ok(config) => {
-            let looked_up = match config.discover.len() {
-                0 => String::new(),
-                n => format!(", {n} looked up in DNS"),
-            };
-            println!(
-                "{}: ok ({} backends{looked_up})",
-                path.display(),
-                config.backends.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
+    let config = match Config::from_file(path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let tls = match tls::Server::load(&config) {
+        Ok(tls) => tls,
+        Err(e) => return fail(e),
+    };
+    for warning in tls.iter().flat_map(tls::Server::expiry_warnings) {
+        eprintln!("lb-mio: warning: {warning}");
     }
+    let looked_up = match config.discover.len() {
+        0 => String::new(),
+        n => format!(", {n} looked up in DNS"),
+    };
+    let certificates = match config.certificates.len() {
+        0 => String::new(),
+        n => format!(", {n} certificates"),
+    };
+    println!(
+        "{}: ok ({} backends{looked_up}{certificates})",
+        path.display(),
+        config.backends.len()
+    );
+    ExitCode::SUCCESS
 }
 
 fn run_file(path: &Path) -> ExitCode {
@@ -157,7 +168,12 @@ fn reload(running: &Running, path: Option<&Path>) {
     };
     let applied = Config::from_file(path)
         .map_err(|e| e.to_string())
-        .and_then(|config| running.shared.update(|snap| reload::apply(snap, config)));
+        .and_then(|config| {
+            if let Some(tls) = &running.shared.tls {
+                tls.reload(&config);
+            }
+            running.shared.update(|snap| reload::apply(snap, config))
+        });
     match applied {
         Ok(()) => {
             info!("reloaded {}", path.display());

@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, MAX_BACKENDS};
 use crate::http::reply::Reply;
+use crate::tls::{Certificate, Handshake};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,14 @@ pub const BUCKETS: [f64; 14] = [
 ];
 
 /// Why connections were closed without an answer (`lbmio_closed_total{reason}`).
-pub const CLOSED_REASONS: [&str; 3] = ["bad_proxy_header", "proxy_timeout", "client_connections"];
+pub const CLOSED_REASONS: [&str; 6] = [
+    "bad_proxy_header",
+    "proxy_timeout",
+    "client_connections",
+    "tls_handshake",
+    "tls_handshake_timeout",
+    "tls_error",
+];
 
 /// A latency histogram: a count per bucket (the last one unbounded) and the sum.
 #[derive(Debug, Default)]
@@ -73,6 +81,9 @@ pub struct WorkerMetrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     connections: AtomicU64,
+    /// TLS handshakes: finished with TLS 1.2, with TLS 1.3, failed.
+    tls_handshakes: [AtomicU64; 3],
+    tls_resumed: AtomicU64,
 }
 
 impl Default for WorkerMetrics {
@@ -88,6 +99,8 @@ impl Default for WorkerMetrics {
             bytes_in: AtomicU64::default(),
             bytes_out: AtomicU64::default(),
             connections: AtomicU64::default(),
+            tls_handshakes: Default::default(),
+            tls_resumed: AtomicU64::default(),
         }
     }
 }
@@ -149,6 +162,18 @@ impl WorkerMetrics {
         bump(&self.bytes_out, to_clients);
     }
 
+    /// A TLS handshake finished.
+    pub fn tls_handshake(&self, handshake: Handshake) {
+        bump(&self.tls_handshakes[usize::from(handshake.tls13)], 1);
+        if handshake.resumed {
+            bump(&self.tls_resumed, 1);
+        }
+    }
+
+    pub fn tls_failed(&self) {
+        bump(&self.tls_handshakes[2], 1);
+    }
+
     /// The worker's count of open client connections (a gauge).
     pub fn set_connections(&self, open: usize) {
         self.connections.store(open as u64, Ordering::Relaxed);
@@ -195,6 +220,9 @@ pub struct Totals {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connections: u64,
+    /// Handshakes finished with TLS 1.2, with TLS 1.3, failed.
+    pub tls_handshakes: [u64; 3],
+    pub tls_resumed: u64,
 }
 
 /// Sums the counters of `workers` for the first `backends` backend ids.
@@ -227,12 +255,21 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
         t.bytes_in += load(&w.bytes_in);
         t.bytes_out += load(&w.bytes_out);
         t.connections += load(&w.connections);
+        for (sum, count) in t.tls_handshakes.iter_mut().zip(&w.tls_handshakes) {
+            *sum += load(count);
+        }
+        t.tls_resumed += load(&w.tls_resumed);
     }
     t
 }
 
-/// The Prometheus text exposition of `totals` for `backends`.
-pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
+/// The Prometheus text exposition of `totals` for `backends`, and of the TLS listeners'
+/// handshakes and `certificates` when there are TLS listeners.
+pub fn render(
+    totals: &Totals,
+    backends: &[Arc<Backend>],
+    certificates: Option<&[Arc<Certificate>]>,
+) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let named = || {
         backends
@@ -398,7 +435,47 @@ pub fn render(totals: &Totals, backends: &[Arc<Backend>]) -> String {
         "Open client connections.",
     );
     line(&mut out, "lbmio_client_connections", "", totals.connections);
+    if let Some(certificates) = certificates {
+        render_tls(&mut out, totals, certificates);
+    }
     out
+}
+
+fn render_tls(out: &mut String, totals: &Totals, certificates: &[Arc<Certificate>]) {
+    let name = "lbmio_tls_handshakes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "TLS handshakes, by result and version.",
+    );
+    let labels = [
+        "result=\"ok\",version=\"TLSv1.2\"",
+        "result=\"ok\",version=\"TLSv1.3\"",
+        "result=\"failed\",version=\"none\"",
+    ];
+    for (labels, n) in labels.iter().zip(totals.tls_handshakes) {
+        line(out, name, labels, n);
+    }
+    let name = "lbmio_tls_resumed_total";
+    header(
+        out,
+        name,
+        "counter",
+        "TLS handshakes that resumed a session.",
+    );
+    line(out, name, "", totals.tls_resumed);
+    let name = "lbmio_tls_certificate_expiry_seconds";
+    header(
+        out,
+        name,
+        "gauge",
+        "When each certificate expires (notAfter), as a Unix timestamp.",
+    );
+    for cert in certificates {
+        let labels = format!("certificate=\"{}\"", cert.conf.name);
+        line(out, name, &labels, cert.not_after.max(0) as u64);
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

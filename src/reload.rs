@@ -71,9 +71,16 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
 }
 
 fn keep_restart_only_settings(old: &Config, new: &mut Config) {
-    if new.lb.listen != old.lb.listen || new.lb.workers != old.lb.workers {
-        warn!("reload: [lb] listen and workers take effect at the next start");
-        (new.lb.listen, new.lb.workers) = (old.lb.listen.clone(), old.lb.workers);
+    let lb = (&new.lb.listen, &new.lb.tls_listen, new.lb.workers);
+    if lb != (&old.lb.listen, &old.lb.tls_listen, old.lb.workers) {
+        warn!("reload: [lb] listen, tls_listen and workers take effect at the next start");
+        new.lb.listen = old.lb.listen.clone();
+        new.lb.tls_listen = old.lb.tls_listen.clone();
+        new.lb.workers = old.lb.workers;
+    }
+    if new.tls.session_cache != old.tls.session_cache {
+        warn!("reload: [tls] session_cache takes effect at the next start");
+        new.tls.session_cache = old.tls.session_cache;
     }
     if new.admin != old.admin {
         warn!("reload: [admin] takes effect at the next start");

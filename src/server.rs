@@ -10,8 +10,9 @@ use crate::discovery::Discovery;
 use crate::health;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
+use crate::tls;
 use crate::worker::{Handle, Msg, Worker};
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
@@ -72,12 +73,21 @@ pub fn bind(addr: SocketAddr, v6_only: bool) -> Result<TcpListener, BindError> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// One worker's listener on one address.
+pub struct Listener {
+    pub socket: TcpListener,
+    /// Clients connect with TLS.
+    pub tls: bool,
+}
+
 /// A started lb-mio: its threads run until the process ends.
 pub struct Running {
     /// The first `listen` address (with the port the kernel chose, for port 0).
     pub addr: SocketAddr,
     /// Every `listen` address, in order.
     pub addrs: Vec<SocketAddr>,
+    /// Every `tls_listen` address, in order.
+    pub tls_addrs: Vec<SocketAddr>,
     /// Where the admin listener listens, when it is on.
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
@@ -113,7 +123,15 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
             source = Source::StateFile;
         }
     }
-    let (addrs, listeners) = bind_all(&config.lb.listen, config.lb.workers)?;
+    let tls = tls::Server::load(&config)?;
+    if let Some(tls) = &tls {
+        for warning in tls.expiry_warnings() {
+            warn!("{warning}");
+        }
+    }
+    let mut listeners: Vec<Vec<Listener>> = (0..config.lb.workers).map(|_| Vec::new()).collect();
+    let addrs = bind_all(&config.lb.listen, false, &mut listeners)?;
+    let tls_addrs = bind_all(&config.lb.tls_listen, true, &mut listeners)?;
     let addr = addrs[0];
     let backends = backend::at_start(&config.backends, &source);
     let workers = config.lb.workers;
@@ -122,7 +140,8 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         let path = log_file.unwrap_or_default();
         format!("cannot open [log] access_log_file {}: {e}", path.display())
     })?;
-    let shared = Arc::new(Shared::new(Snapshot::new(config, backends), workers, sink));
+    let snapshot = Snapshot::new(config, backends);
+    let shared = Arc::new(Shared::new(snapshot, workers, sink, tls));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.
     let discovery = Discovery::start(&shared);
@@ -149,10 +168,20 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         admin_addr = Some(bound);
     }
     let snap = shared.load();
-    let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    let shown = |addrs: &[SocketAddr]| -> String {
+        let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        shown.join(", ")
+    };
+    if let Some(tls) = &shared.tls {
+        info!(
+            "lb-mio listening for TLS on {}: {} certificates",
+            shown(&tls_addrs),
+            tls.certificates().len()
+        );
+    }
     info!(
         "lb-mio listening on {}: {} workers, {} strategy, {} backends",
-        shown.join(", "),
+        shown(&addrs),
         snap.config.lb.workers,
         snap.config.lb.strategy.name(),
         snap.backends.len()
@@ -160,30 +189,34 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     Ok(Running {
         addr,
         addrs,
+        tls_addrs,
         admin_addr,
         shared,
         workers,
     })
 }
 
-/// For each worker, one listener per address; and the addresses bound. With port 0 the
-/// first bind of an address picks the port and the other workers' listeners share it.
-type Bound = (Vec<SocketAddr>, Vec<Vec<TcpListener>>);
-
-fn bind_all(listen: &[SocketAddr], workers: usize) -> Result<Bound, Box<dyn std::error::Error>> {
+/// Adds to each worker's `listeners` one listener per address of `listen`; returns the
+/// addresses bound. With port 0 the first bind of an address picks the port and the other
+/// workers' listeners share it.
+fn bind_all(
+    listen: &[SocketAddr],
+    tls: bool,
+    listeners: &mut [Vec<Listener>],
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error>> {
     let mut addrs = Vec::new();
-    let mut listeners: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for &wanted in listen {
         let v6_only = v6_only(wanted, listen);
         let first = bind(wanted, v6_only)?;
         let addr = first.local_addr()?;
-        listeners[0].push(first);
+        listeners[0].push(Listener { socket: first, tls });
         for worker in &mut listeners[1..] {
-            worker.push(bind(addr, v6_only)?);
+            let socket = bind(addr, v6_only)?;
+            worker.push(Listener { socket, tls });
         }
         addrs.push(addr);
     }
-    Ok((addrs, listeners))
+    Ok(addrs)
 }
 
 /// `[::]:port` alone is dual-stack and takes IPv4 clients too, unless an IPv4 address on the

@@ -10,6 +10,7 @@ use crate::config::{Config, Sticky, Strategy};
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::ratelimit::ConnLimit;
 use crate::request_id;
+use crate::tls;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,12 +52,20 @@ pub struct Shared {
     pub access_sink: Sink,
     /// The random start of this process's request ids.
     pub id_prefix: u64,
+    /// What the TLS listeners share; `None` without any.
+    pub tls: Option<tls::Server>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, workers: usize, access_sink: Sink) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        workers: usize,
+        access_sink: Sink,
+        tls: Option<tls::Server>,
+    ) -> Shared {
         Shared {
             access_sink,
+            tls,
             id_prefix: request_id::process_prefix(),
             conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),

@@ -1,13 +1,14 @@
 //! The client byte stream. The pump reads and writes the client only through `Transport`, so
-//! another transport (TLS) can sit between the socket and the pump's buffers without the pump,
-//! its phases or the HTTP code learning about it.
+//! TLS sits between the socket and the pump's buffers without the pump, its phases or the
+//! HTTP code learning about it.
 //!
 //! Two things a transport may do that a plain socket does not, and the pump allows for both:
 //! hold input that is ready with no new socket event to come (`buffered_input`: records already
-//! decrypted), and accept a write before the socket takes it (`pending_output`: bytes that
-//! must still be flushed before the connection can end).
+//! decrypted, or a socket not yet drained), and accept a write before the socket takes it
+//! (`pending_output`: bytes that must still be flushed before the connection can end).
 
 use crate::buffer::{Buffer, Io};
+use crate::tls::{Handshake, Session, TlsStream};
 use mio::net::TcpStream;
 use socket2::SockRef;
 use std::io;
@@ -18,13 +19,17 @@ use std::time::Duration;
 pub enum Transport {
     /// Bytes straight to and from the TCP socket.
     Plain(TcpStream),
+    /// TLS records on the socket, plaintext for the pump.
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
-    /// One read into `buf`'s free space (callers check it has room).
+    /// One read into `buf`'s free space (callers check it has room). TLS may answer
+    /// `Io::Moved(0)`: records taken in, no plaintext yet.
     pub fn read(&mut self, buf: &mut Buffer) -> io::Result<Io> {
         match self {
             Transport::Plain(stream) => buf.read_from(stream),
+            Transport::Tls(tls) => tls.read(buf),
         }
     }
 
@@ -32,6 +37,7 @@ impl Transport {
     pub fn write(&mut self, buf: &Buffer) -> io::Result<Io> {
         match self {
             Transport::Plain(stream) => buf.write_to(0, stream),
+            Transport::Tls(tls) => tls.write(buf),
         }
     }
 
@@ -39,6 +45,7 @@ impl Transport {
     pub fn buffered_input(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.buffered_input(),
         }
     }
 
@@ -46,11 +53,15 @@ impl Transport {
     pub fn pending_output(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.pending_output(),
         }
     }
 
     /// Ends our sending side (after the last response), keeping the receiving side open.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Transport::Tls(tls) = self {
+            tls.close_notify();
+        }
         self.socket().shutdown(Shutdown::Write)
     }
 
@@ -61,16 +72,46 @@ impl Transport {
     }
 
     /// The address the client connected to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            Transport::Plain(stream) => stream.local_addr(),
-        }
+    pub fn local_addr(&mut self) -> io::Result<SocketAddr> {
+        self.socket().local_addr()
     }
 
     /// The socket underneath, for registering with the event loop.
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(stream) => stream,
+            Transport::Tls(tls) => tls.socket(),
+        }
+    }
+
+    /// The TLS handshake just finished (once per connection).
+    pub fn finished_handshake(&mut self) -> Option<Handshake> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls.finished_handshake(),
+        }
+    }
+
+    /// A TLS handshake began and has not finished.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.in_handshake())
+    }
+
+    /// The client sent plain HTTP to a TLS listener.
+    pub fn spoke_plain_to_tls(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.spoke_plain())
+    }
+
+    /// Requests arrive encrypted (over an established TLS session).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if !tls.spoke_plain())
+    }
+
+    /// The TLS session, for the access log.
+    pub fn session(&self) -> Option<Session<'_>> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls.session(),
         }
     }
 }

@@ -8,14 +8,15 @@ use crate::buffer::BufferPool;
 use crate::config;
 use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
 use crate::metrics::WorkerMetrics;
+use crate::ratelimit::ConnLimit;
 use crate::request_id::RequestIds;
+use crate::server::Listener;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
 use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
 use std::io;
@@ -54,8 +55,8 @@ impl Handle {
 
 pub struct Worker {
     poll: Poll,
-    /// One per `listen` address; empty once the worker stopped accepting.
-    listeners: Vec<TcpListener>,
+    /// One per `listen` and `tls_listen` address; empty once the worker stopped accepting.
+    listeners: Vec<Listener>,
     rx: Receiver<Msg>,
     /// Set when told to stop: the drain deadline.
     stopping: Option<Instant>,
@@ -77,13 +78,17 @@ pub struct Worker {
     accept_paused_until: Option<Instant>,
     /// Accepting stopped at `max_connections`; a closed connection resumes it.
     at_limit: bool,
+    /// `[tls] handshake_rate`: TLS connections this worker may still accept this second.
+    handshakes: HandshakeBudget,
     /// Reused list of connections whose deadline passed.
     expired: Vec<usize>,
+    /// The port of the first TLS listener, where `[tls] redirect_http` sends plain requests.
+    https_port: Option<u16>,
 }
 
 impl Worker {
     pub fn new(
-        mut listeners: Vec<TcpListener>,
+        mut listeners: Vec<Listener>,
         shared: Arc<Shared>,
         metrics: Arc<WorkerMetrics>,
         index: usize,
@@ -91,9 +96,15 @@ impl Worker {
     ) -> io::Result<(Worker, Handle)> {
         let poll = Poll::new()?;
         for (i, listener) in listeners.iter_mut().enumerate() {
-            poll.registry()
-                .register(listener, Tok::Listener(i).into(), Interest::READABLE)?;
+            poll.registry().register(
+                &mut listener.socket,
+                Tok::Listener(i).into(),
+                Interest::READABLE,
+            )?;
         }
+        let https_port = (listeners.iter().find(|l| l.tls))
+            .and_then(|l| l.socket.local_addr().ok())
+            .map(|addr| addr.port());
         let waker = Arc::new(Waker::new(poll.registry(), Tok::Waker.into())?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let epoch = shared.epoch();
@@ -119,7 +130,9 @@ impl Worker {
             again: Vec::new(),
             accept_paused_until: None,
             at_limit: false,
+            handshakes: HandshakeBudget::default(),
             expired: Vec::new(),
+            https_port,
         };
         Ok((worker, Handle { tx, waker }))
     }
@@ -187,7 +200,7 @@ impl Worker {
     fn stop(&mut self, deadline: Instant, now: Instant) {
         self.stopping = Some(deadline);
         for mut listener in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut listener);
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         let idle: Vec<usize> = self
             .conns
@@ -248,21 +261,32 @@ impl Worker {
         }
     }
 
-    /// Accepts on listener `i` until its queue is empty, the connection limit is reached, or
-    /// descriptors run out.
+    /// Accepts on listener `i` until its queue is empty, the connection limit is reached,
+    /// descriptors run out, or (TLS) the second's handshakes are spent.
     fn accept(&mut self, i: usize, now: Instant) {
         if self.accept_paused_until.is_some_and(|until| now < until) {
             return;
         }
         self.accept_paused_until = None;
         let max = self.snap.config.limits.max_connections;
+        let rate = self.snap.config.tls.handshake_rate;
         loop {
             self.at_limit = self.conns.len() >= max;
             let Some(listener) = self.listeners.get(i).filter(|_| !self.at_limit) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => self.add_conn(stream, peer, now),
+            let tls = listener.tls;
+            // Left in the kernel's queue, they are accepted at the next tick with budget.
+            if tls && !self.handshakes.has_room(rate, now) {
+                return;
+            }
+            match listener.socket.accept() {
+                Ok((stream, peer)) => {
+                    if tls {
+                        self.handshakes.spend();
+                    }
+                    self.add_conn(stream, peer, tls, now)
+                }
                 Err(e) => match accept::after_error(&e, now) {
                     Next::Retry => {}
                     Next::Wait => return,
@@ -275,7 +299,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+    fn add_conn(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
         // A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; it is a.b.c.d.
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let lb = &self.snap.config.lb;
@@ -286,31 +310,33 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let id = entry.key();
         if limit.is_some_and(|limit| !limit.open(peer.ip())) {
-            entry.insert(Conn::new(
-                Transport::Plain(stream),
-                peer,
-                proxied,
-                now,
-                header,
-            ));
+            let conn = Conn::new(Transport::Plain(stream), peer, proxied, now, header);
+            entry.insert(conn);
             self.with_conn(id, now, Conn::refuse);
             return;
         }
         // Heads and small bodies go out in one write each; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
+        let mut transport = match (tls, &self.shared.tls) {
+            (true, Some(server)) => match server.accept(stream) {
+                Ok(tls) => Transport::Tls(Box::new(tls)),
+                Err(e) => {
+                    warn!("TLS for {peer}: {e}");
+                    return forget_count(limit, peer);
+                }
+            },
+            _ => Transport::Plain(stream),
+        };
         let token = Tok::Client(id).into();
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            transport.socket(),
             token,
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register {peer}: {e}");
-            if let Some(limit) = limit {
-                limit.close(peer.ip());
-            }
-            return;
+            return forget_count(limit, peer);
         }
-        let mut conn = Conn::new(Transport::Plain(stream), peer, proxied, now, header);
+        let mut conn = Conn::new(transport, peer, proxied, now, header);
         conn.counted = limit.map(|_| peer.ip());
         entry.insert(conn);
         self.metrics.set_connections(self.conns.len());
@@ -336,6 +362,7 @@ impl Worker {
             log: &mut self.log,
             sink: &self.shared.access_sink,
             stopping: self.stopping.is_some(),
+            https_port: self.https_port,
             metrics: &self.metrics,
             now,
             id,
@@ -365,7 +392,8 @@ impl Worker {
         for i in 0..self.expired.len() {
             self.with_conn(self.expired[i], now, Conn::expire);
         }
-        if self.accept_paused_until.is_some_and(|until| now >= until) {
+        let paused = self.accept_paused_until.is_some_and(|until| now >= until);
+        if paused || self.handshakes.spent_out {
             self.accept_all(now);
         }
         self.log.tick(now, &self.shared.access_sink);
@@ -377,6 +405,40 @@ impl Worker {
         for id in open {
             self.with_conn(id, now, Conn::cut_short);
         }
+    }
+}
+
+/// A connection counted in `client_connections` that will not run after all.
+fn forget_count(limit: Option<&ConnLimit>, peer: SocketAddr) {
+    if let Some(limit) = limit {
+        limit.close(peer.ip());
+    }
+}
+
+/// `[tls] handshake_rate`, counted per second of this worker's clock.
+#[derive(Default)]
+struct HandshakeBudget {
+    second: Option<Instant>,
+    spent: u32,
+    /// The last accept found the budget spent: TLS listeners may have connections waiting.
+    spent_out: bool,
+}
+
+impl HandshakeBudget {
+    /// Another TLS connection may be accepted now (always, with no cap).
+    fn has_room(&mut self, rate: u32, now: Instant) -> bool {
+        if self
+            .second
+            .is_none_or(|start| now - start >= Duration::from_secs(1))
+        {
+            (self.second, self.spent) = (Some(now), 0);
+        }
+        self.spent_out = rate > 0 && self.spent >= rate;
+        !self.spent_out
+    }
+
+    fn spend(&mut self) {
+        self.spent += 1;
     }
 }
 

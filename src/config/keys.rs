@@ -153,6 +153,16 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         section: "lb",
+        name: "tls_listen",
+        default: DefaultValue::Unset("none"),
+        value: Value::Text {
+            accepts: "1 to 8 `ip:port` addresses, separated by commas or spaces",
+            set: |c, v| parse_listen(v).map(|a| c.lb.tls_listen = a),
+        },
+        meaning: "addresses to accept TLS clients on (as `listen`), with the certificates of `[certificates]`; needs at least one",
+    },
+    Key {
+        section: "lb",
         name: "workers",
         default: DefaultValue::Is("auto"),
         value: Value::Text {
@@ -539,6 +549,66 @@ pub const KEYS: &[Key] = &[
         meaning: "a recovered backend's share ramps up over this long",
     },
     // ---- [admin] ----------------------------------------------------------------------------
+    // ---- [tls] ------------------------------------------------------------------------------
+    Key {
+        section: "tls",
+        name: "handshake_rate",
+        default: DefaultValue::Means("0", "no cap"),
+        value: Value::Number {
+            min: 0,
+            max: 1_000_000,
+            set: |c, n| c.tls.handshake_rate = n,
+        },
+        meaning: "new TLS connections a worker accepts per second; above it the rest wait in the kernel's queue, so a handshake flood cannot starve established clients (as HAProxy's `maxsslrate`)",
+    },
+    Key {
+        section: "tls",
+        name: "ticket_key_file",
+        default: DefaultValue::Unset("lb-mio's own keys, a new one every 6 hours"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                if v.is_empty() {
+                    return Err("expected a file path".to_string());
+                }
+                c.tls.ticket_key_file = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "session ticket keys, one per line as 64 hex digits (`openssl rand -hex 32`): the first encrypts, all decrypt; re-read on SIGHUP. Processes sharing the file resume each other's sessions",
+    },
+    Key {
+        section: "tls",
+        name: "session_cache",
+        default: DefaultValue::Is("20000"),
+        value: Value::Number {
+            min: 0,
+            max: 10_000_000,
+            set: |c, n| c.tls.session_cache = n as usize,
+        },
+        meaning: "TLS 1.2 sessions remembered by id for clients without tickets, shared by all workers; 0 = none (restart to change)",
+    },
+    Key {
+        section: "tls",
+        name: "redirect_http",
+        default: DefaultValue::Is("false"),
+        value: Value::Text {
+            accepts: "`true` or `false`",
+            set: |c, v| parse_bool(v).map(|b| c.tls.redirect_http = b),
+        },
+        meaning: "plain listeners answer every request with `308` to the same host and target over https (the first `tls_listen` port, left out when 443)",
+    },
+    Key {
+        section: "tls",
+        name: "hsts",
+        default: DefaultValue::Means("0", "off"),
+        value: Value::Number {
+            min: 0,
+            max: 63_072_000,
+            set: |c, n| c.tls.hsts = (n > 0).then(|| format!("max-age={n}")),
+        },
+        meaning: "`Strict-Transport-Security: max-age=N` (seconds) on every response over TLS",
+    },
     Key {
         section: "admin",
         name: "listen",

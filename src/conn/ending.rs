@@ -14,12 +14,14 @@
 //! | `S` | the backend failed or sent something bad | `T` | tunnelling after `101` |
 //! | `s` | the backend was too slow (timeout) | `-` | completed |
 //! | `K` | lb-mio stopped before it finished | | |
+//! | `L` | lb-mio answered by design (a redirect to https) | | |
 
 use super::exchange::{Failure, GiveUp, Held};
 use crate::access_log::{Entry, RequestLine};
 use crate::http::chunked::ChunkError;
 use crate::http::head::HeadError;
 use crate::http::reply::Reply;
+use crate::tls::TlsFailure;
 use log::{debug, info, warn};
 use std::io;
 use std::net::SocketAddr;
@@ -46,6 +48,14 @@ pub enum Cause {
     ClientStoppedReading,
     /// A tunnel carried nothing either way for `idle_ms`.
     TunnelTimeout,
+    /// A TLS handshake, or a record after it, failed.
+    Tls(TlsFailure),
+    /// A TLS handshake did not finish within `header_ms`.
+    HandshakeTimeout,
+    /// Plain HTTP came to a TLS listener.
+    PlainHttpToTls,
+    /// A plain listener sends every request to https (`[tls] redirect_http`).
+    RedirectHttps,
     // lb-mio's own limits and policy.
     RateLimited,
     BadProxyHeader(&'static str),
@@ -76,6 +86,8 @@ pub enum By {
     Backend,
     BackendTimeout,
     Stopped,
+    /// lb-mio answered itself, by design.
+    Local,
 }
 
 /// The second letter: where the request was when it ended.
@@ -93,8 +105,9 @@ impl Cause {
     pub fn by(self) -> By {
         match self {
             Cause::Completed | Cause::Idle => By::Nobody,
-            Cause::ClientGone => By::Client,
-            Cause::HeadTimeout
+            Cause::ClientGone | Cause::Tls(_) => By::Client,
+            Cause::HandshakeTimeout
+            | Cause::HeadTimeout
             | Cause::BodyTimeout
             | Cause::ClientStoppedReading
             | Cause::TunnelTimeout
@@ -103,7 +116,9 @@ impl Cause {
             | Cause::BadBody(_)
             | Cause::RateLimited
             | Cause::BadProxyHeader(_)
+            | Cause::PlainHttpToTls
             | Cause::OverClientConnections => By::Policy,
+            Cause::RedirectHttps => By::Local,
             Cause::Stopped => By::Stopped,
             Cause::BackendFailed(failure, _) if failure.timed_out() => By::BackendTimeout,
             Cause::NoBackend
@@ -124,6 +139,8 @@ impl Cause {
             Cause::BadHead(_) | Cause::HeadTimeout | Cause::RateLimited => Some(At::Head),
             Cause::BadProxyHeader(_) => Some(At::Head),
             Cause::ProxyTimeout | Cause::OverClientConnections => Some(At::Head),
+            Cause::Tls(TlsFailure::Handshake(_)) | Cause::HandshakeTimeout => Some(At::Head),
+            Cause::PlainHttpToTls | Cause::RedirectHttps => Some(At::Head),
             _ => None,
         }
     }
@@ -140,6 +157,8 @@ impl Cause {
             Cause::BadBody(_) => Reply::BadRequest,
             Cause::HeadTimeout | Cause::BodyTimeout => Reply::RequestTimeout,
             Cause::RateLimited => Reply::TooManyRequests,
+            Cause::PlainHttpToTls => Reply::PlainHttpToTls,
+            Cause::RedirectHttps => Reply::RedirectHttps,
             Cause::NoBackend => Reply::ServiceUnavailable,
             Cause::BackendFailed(failure, _) if failure.timed_out() => Reply::GatewayTimeout,
             Cause::BackendFailed(..) | Cause::BadResponse(_) | Cause::ClosedInHead => {
@@ -161,6 +180,16 @@ impl Cause {
                 | Cause::BadProxyHeader(_)
                 | Cause::ProxyTimeout
                 | Cause::OverClientConnections
+                | Cause::Tls(_)
+                | Cause::HandshakeTimeout
+        )
+    }
+
+    /// A TLS handshake failed (`lbmio_tls_handshakes_total{result="failed"}`).
+    pub fn failed_handshake(self) -> bool {
+        matches!(
+            self,
+            Cause::Tls(TlsFailure::Handshake(_)) | Cause::HandshakeTimeout | Cause::PlainHttpToTls
         )
     }
 
@@ -171,6 +200,9 @@ impl Cause {
             Cause::BadProxyHeader(_) => Some("bad_proxy_header"),
             Cause::ProxyTimeout => Some("proxy_timeout"),
             Cause::OverClientConnections => Some("client_connections"),
+            Cause::Tls(TlsFailure::Handshake(_)) => Some("tls_handshake"),
+            Cause::Tls(TlsFailure::Record(_)) => Some("tls_error"),
+            Cause::HandshakeTimeout => Some("tls_handshake_timeout"),
             _ => None,
         }
     }
@@ -190,6 +222,10 @@ impl Cause {
                 info!("{peer}: client stopped reading the response: closed")
             }
             Cause::TunnelTimeout => debug!("{peer}: tunnel idle: closed"),
+            Cause::Tls(failure) => info!("{peer}: {failure}"),
+            Cause::HandshakeTimeout => info!("{peer}: TLS handshake timed out"),
+            Cause::PlainHttpToTls => info!("{peer}: plain HTTP sent to a TLS port: 400"),
+            Cause::RedirectHttps => {}
             Cause::RateLimited => info!("{peer}: rate limited"),
             Cause::BadProxyHeader(why) => info!("{peer}: bad PROXY protocol header: {why}"),
             Cause::ProxyTimeout => info!("{peer}: no PROXY protocol header in time: closed"),
@@ -224,6 +260,7 @@ impl By {
             By::Backend => b'S',
             By::BackendTimeout => b's',
             By::Stopped => b'K',
+            By::Local => b'L',
         }
     }
 }
@@ -268,6 +305,7 @@ impl Outcome {
             retries: record.retries,
             code: self.code,
             request_id: text.id(),
+            tls: None,
         }
     }
 
@@ -294,6 +332,7 @@ impl Outcome {
             retries: 0,
             code: self.code,
             request_id: head.and_then(|(_, id)| id),
+            tls: None,
         }
     }
 }
@@ -378,6 +417,11 @@ mod tests {
             (Cause::BackendCut(None), At::Body, "SD", None),
             (Cause::BadProxyHeader("x"), At::Head, "PR", None),
             (Cause::OverClientConnections, At::Done, "PR", None),
+            (Cause::Tls(TlsFailure::Handshake("x")), At::Head, "CR", None),
+            (Cause::Tls(TlsFailure::Record("x")), At::Body, "CD", None),
+            (Cause::HandshakeTimeout, At::Head, "cR", None),
+            (Cause::PlainHttpToTls, At::Head, "PR", Some(400)),
+            (Cause::RedirectHttps, At::Head, "LR", Some(308)),
         ];
         for (cause, at, want, status) in cases {
             let got = code(cause, at);
@@ -398,6 +442,9 @@ mod tests {
             Cause::BadProxyHeader("x"),
             Cause::ProxyTimeout,
             Cause::OverClientConnections,
+            Cause::Tls(TlsFailure::Handshake("x")),
+            Cause::Tls(TlsFailure::Record("x")),
+            Cause::HandshakeTimeout,
         ] {
             let label = cause.closed_label().unwrap();
             assert!(crate::metrics::CLOSED_REASONS.contains(&label), "{label}");

@@ -29,6 +29,7 @@ use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
+use crate::http::redirect::{self, MAX_LOCATION};
 use crate::http::reply::Reply;
 use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Wanted, STICKY_COOKIE};
 use crate::http::response::{self, Added, Kind};
@@ -36,6 +37,7 @@ use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
 use crate::request_id::{RequestIds, ID_LEN};
 use crate::shared::Snapshot;
+use crate::tls::TlsFailure;
 use crate::token::Readiness;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
@@ -140,6 +142,8 @@ pub struct Ctx<'a> {
     pub metrics: &'a WorkerMetrics,
     /// The worker is draining: no connection is kept alive after its response.
     pub stopping: bool,
+    /// Where `[tls] redirect_http` sends plain requests: the first TLS listener's port.
+    pub https_port: Option<u16>,
     pub now: Instant,
     /// This connection's slab index.
     pub id: usize,
@@ -251,6 +255,7 @@ impl Conn {
             Phase::Head if self.client_not_reading() => Cause::ClientStoppedReading.into(),
             Phase::Head => Cause::HeadTimeout.into(),
             Phase::Proxy => Cause::ProxyTimeout.into(),
+            Phase::Fresh if self.client.in_handshake() => Cause::HandshakeTimeout.into(),
             Phase::Connecting => Stop::Upstream(Failure::ConnectTimeout),
             Phase::Forwarding if self.waiting_for_client() => Cause::BodyTimeout.into(),
             // The stall is the client's: it stopped reading the response. Closed, and not
@@ -309,7 +314,11 @@ impl Conn {
                 // A short read drained the socket: wait for the next event instead of a
                 // read that would only say WouldBlock.
                 self.ready.after_read(n, room);
-                if self.phase.between_requests() {
+                if let Some(handshake) = self.client.finished_handshake() {
+                    ctx.metrics.tls_handshake(handshake);
+                }
+                // (TLS records may give no plaintext: a handshake is no request yet.)
+                if self.phase.between_requests() && n > 0 {
                     self.head_started = ctx.now;
                     self.enter(Phase::Head, ctx);
                 }
@@ -325,14 +334,21 @@ impl Conn {
             }
             Err(e) => {
                 debug!("{}: client read: {e}", self.peer);
-                Err(self.client_gone())
+                match TlsFailure::of(&e) {
+                    Some(failure) => Err(Cause::Tls(failure).into()),
+                    None => Err(self.client_gone()),
+                }
             }
         }
     }
 
-    /// The client broke the connection: the end of a request in progress, or of an idle one.
+    /// The client broke the connection: the end of a request in progress, or of an idle one
+    /// (or a TLS handshake it began).
     fn client_gone(&self) -> Stop {
         match self.phase {
+            _ if self.client.in_handshake() => {
+                Cause::Tls(TlsFailure::Handshake("the client closed the connection")).into()
+            }
             Phase::Fresh | Phase::KeepAlive | Phase::Closing => Cause::Idle.into(),
             _ => Cause::ClientGone.into(),
         }
@@ -429,6 +445,7 @@ impl Conn {
                 fresh: &fresh,
             }),
             hash_key: admission::wanted_hash_key(ctx.snap),
+            https: self.client.is_tls(),
         };
         let dest = self.dest_addr(ctx);
         let cin = buf(&mut self.cin, ctx.buffers);
@@ -448,6 +465,10 @@ impl Conn {
             }
         };
         let head = &cin.data()[..request.head_len];
+        if let Some(refused) = refused_by_listener(&self.client, ctx, head) {
+            uout.truncate(0);
+            return Err(refused.into());
+        }
         if request.id == IdFrom::Replaced {
             let header = config.lb.request_id.as_deref().unwrap_or_default();
             info!("{}: invalid {header} replaced by a fresh one", self.peer);
@@ -735,6 +756,7 @@ impl Conn {
             set_cookie: cookie.as_deref().map(str::as_bytes),
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(text.id()),
+            hsts: (ctx.snap.config.tls.hsts.as_deref()).filter(|_| self.client.is_tls()),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -878,6 +900,9 @@ impl Conn {
         let refused_head = self.exchange.is_none() && self.phase == Phase::Head;
         let fresh =
             (refused_head && ctx.snap.config.lb.request_id.is_some()).then(|| ctx.ids.fresh());
+        if cause.failed_handshake() {
+            ctx.metrics.tls_failed();
+        }
         let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply, fresh.as_ref()));
         match (reply, &self.exchange) {
             (Some(reply), _) => ctx.metrics.reply(reply),
@@ -916,7 +941,8 @@ impl Conn {
                 }
                 None => None,
             };
-            if let Some(entry) = entry {
+            if let Some(mut entry) = entry {
+                entry.tls = self.client.session();
                 ctx.log.write(format, &entry, ctx.sink);
             }
         }
@@ -935,9 +961,16 @@ impl Conn {
         let lb = &ctx.snap.config.lb;
         let id = self.exchange.as_ref().and_then(|held| held.text().id());
         let id = id.or(fresh.map(|id| &id[..]));
+        let mut location = [0; MAX_LOCATION];
+        let mut location_len = 0;
+        if let (Reply::RedirectHttps, Some(port)) = (reply, ctx.https_port) {
+            let head = self.cin.as_ref().map_or(&[][..], Buffer::data);
+            location_len = redirect::location_header(head, port, &mut location).unwrap_or(0);
+        }
         reply.write(
             lb.server_header.as_deref(),
             lb.request_id.as_deref().zip(id),
+            &location[..location_len],
             cout,
         );
         (cout.len() - before) as u64
@@ -1089,6 +1122,28 @@ impl Conn {
         }
         Drive::Closed
     }
+}
+
+/// What the listener itself answers instead of forwarding: a plain HTTP request that came
+/// to a TLS port, or any request to a plain port that `[tls] redirect_http` sends to https.
+fn refused_by_listener(client: &Transport, ctx: &Ctx, head: &[u8]) -> Option<Cause> {
+    if client.spoke_plain_to_tls() {
+        return Some(Cause::PlainHttpToTls);
+    }
+    let https_port = ctx.https_port?;
+    if !ctx.snap.config.tls.redirect_http || client.is_tls() {
+        return None;
+    }
+    let mut location = [0; MAX_LOCATION];
+    Some(
+        match redirect::location_header(head, https_port, &mut location) {
+            Some(_) => Cause::RedirectHttps,
+            None if redirect::host(head).is_none() => {
+                Cause::BadHead(HeadError::Malformed("no Host to redirect to"))
+            }
+            None => Cause::BadHead(HeadError::UriTooLong),
+        },
+    )
 }
 
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod chunked;
 pub mod head;
+pub mod redirect;
 pub mod reply;
 pub mod request;
 pub mod response;

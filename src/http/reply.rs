@@ -25,14 +25,20 @@ pub enum Reply {
     GatewayTimeout,
     /// The request line alone is over the head size limit.
     UriTooLong,
+    /// Plain HTTP sent to a TLS listener (answered in clear, as nginx does).
+    PlainHttpToTls,
+    /// A plain listener sends the request to https (`[tls] redirect_http`); the `Location`
+    /// header comes from the request.
+    RedirectHttps,
 }
 
 impl Reply {
-    /// Room a reply needs at most, with the longest `Server` and request id headers.
-    pub const MAX_LEN: usize = 512;
+    /// Room a reply needs at most, with the longest `Server`, request id and `Location`
+    /// headers.
+    pub const MAX_LEN: usize = 512 + super::redirect::MAX_LOCATION;
 
     /// Every reply, in a fixed order (metrics count them by position).
-    pub const ALL: [Reply; 9] = [
+    pub const ALL: [Reply; 11] = [
         Reply::BadRequest,
         Reply::RequestTimeout,
         Reply::HeaderTooLarge,
@@ -42,6 +48,8 @@ impl Reply {
         Reply::TooManyRequests,
         Reply::GatewayTimeout,
         Reply::UriTooLong,
+        Reply::PlainHttpToTls,
+        Reply::RedirectHttps,
     ];
 
     pub fn status(self) -> u16 {
@@ -55,6 +63,8 @@ impl Reply {
             Reply::TooManyRequests => 429,
             Reply::GatewayTimeout => 504,
             Reply::UriTooLong => 414,
+            Reply::PlainHttpToTls => 400,
+            Reply::RedirectHttps => 308,
         }
     }
 
@@ -70,13 +80,21 @@ impl Reply {
             Reply::TooManyRequests => "rate_limited",
             Reply::GatewayTimeout => "gateway_timeout",
             Reply::UriTooLong => "uri_too_long",
+            Reply::PlainHttpToTls => "plain_http_to_tls",
+            Reply::RedirectHttps => "redirect_https",
         }
     }
 
     /// Appends the reply to `out` (empty, or with room for a reply: it is under 500 bytes),
     /// with `Server: <server>` after the status line when one is configured, and the request's
-    /// id when it has one: `(header, id)`.
-    pub fn write(self, server: Option<&str>, request_id: Option<(&str, &[u8])>, out: &mut Buffer) {
+    /// id when it has one: `(header, id)`, then `extra` (whole header lines: a `Location`).
+    pub fn write(
+        self,
+        server: Option<&str>,
+        request_id: Option<(&str, &[u8])>,
+        extra: &[u8],
+        out: &mut Buffer,
+    ) {
         let bytes = self.bytes();
         let line = head::first_line_len(bytes);
         out.put(&bytes[..line]);
@@ -86,6 +104,7 @@ impl Reply {
         if let Some((header, id)) = request_id {
             let _ = head::put_header(out, header.as_bytes(), id);
         }
+        out.put(extra);
         out.put(&bytes[line..]);
     }
 
@@ -101,6 +120,8 @@ impl Reply {
             Reply::TooManyRequests => b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 18\r\nConnection: close\r\n\r\ntoo many requests\n",
             Reply::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n",
             Reply::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nrequest line too long\n",
+            Reply::PlainHttpToTls => b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 44\r\nConnection: close\r\n\r\na plain HTTP request was sent to a TLS port\n",
+            Reply::RedirectHttps => b"HTTP/1.1 308 Permanent Redirect\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\nredirected to https\n",
         }
     }
 }
@@ -133,12 +154,12 @@ mod tests {
     #[test]
     fn a_configured_server_header_follows_the_status_line() {
         let mut out = crate::buffer::BufferPool::new(0).take();
-        Reply::BadGateway.write(Some("edge"), Some(("X-Request-Id", b"abc")), &mut out);
+        Reply::BadGateway.write(Some("edge"), Some(("X-Request-Id", b"abc")), b"", &mut out);
         assert!(out.data().starts_with(
             b"HTTP/1.1 502 Bad Gateway\r\nServer: edge\r\nX-Request-Id: abc\r\nContent-Type"
         ));
         let mut plain = crate::buffer::BufferPool::new(0).take();
-        Reply::BadGateway.write(None, None, &mut plain);
+        Reply::BadGateway.write(None, None, b"", &mut plain);
         assert_eq!(plain.data(), Reply::BadGateway.bytes());
     }
 
@@ -149,7 +170,8 @@ mod tests {
         let header = "h".repeat(64);
         for reply in Reply::ALL {
             let mut out = crate::buffer::BufferPool::new(0).take();
-            reply.write(Some(&server), Some((&header, &id)), &mut out);
+            let location = [b'l'; super::super::redirect::MAX_LOCATION];
+            reply.write(Some(&server), Some((&header, &id)), &location, &mut out);
             assert!(
                 out.len() <= Reply::MAX_LEN,
                 "{reply:?}: {} bytes",

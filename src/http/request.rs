@@ -121,6 +121,8 @@ pub struct Wanted<'a> {
     pub id: Option<IdHeader<'a>>,
     /// `[lb] hash_key`, when `hash` balances.
     pub hash_key: Option<&'a HashKey>,
+    /// The request came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// `[lb] request_id`: the header that carries request ids, and the fresh id a request gets
@@ -257,6 +259,7 @@ pub fn parse_with(
         host,
         client,
         id,
+        https: wanted.https,
     };
     write_upstream_head(head, req.headers, &forward, out)?;
     Ok(Some(request))
@@ -393,6 +396,7 @@ struct Forward<'a> {
     host: Option<&'a [u8]>,
     client: IpAddr,
     id: Option<IdHeader<'a>>,
+    https: bool,
 }
 
 impl Forward<'_> {
@@ -428,7 +432,8 @@ fn write_upstream_head(
         }
     }
     write_forwarded_for(headers, fwd.client, out)?;
-    head::put_header(out, b"X-Forwarded-Proto", b"http")?;
+    let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
+    head::put_header(out, b"X-Forwarded-Proto", proto)?;
     if let Some(host) = fwd.host {
         head::put_header(out, b"X-Forwarded-Host", host)?;
     }

@@ -120,6 +120,9 @@ fn write_client_head(
         if let Some(cookie) = added.set_cookie {
             head::put_header(out, b"Set-Cookie", cookie)?;
         }
+        if let Some(hsts) = added.hsts {
+            head::put_header(out, b"Strict-Transport-Security", hsts.as_bytes())?;
+        }
     }
     if let Some((header, id)) = added.request_id.filter(|_| response.kind != Kind::Interim) {
         head::put_header(out, header.as_bytes(), id)?;
@@ -140,15 +143,19 @@ pub struct Added<'a> {
     /// `(header, id)`: the request's id, in place of any the backend sent (`request_id`); on
     /// the final response and a `101`, not on interim ones.
     pub request_id: Option<(&'a str, &'a [u8])>,
+    /// `Strict-Transport-Security: <value>` in place of the backend's, over TLS (`[tls] hsts`).
+    pub hsts: Option<&'a str>,
 }
 
 impl<'a> Added<'a> {
     /// The backend's header `name` in a head of `kind` gives way to one lb-mio adds: a
-    /// configured `Server` (the backend's would name its software), or the request's id.
+    /// configured `Server` (the backend's would name its software), the request's id, or
+    /// lb-mio's HSTS policy.
     fn replaces(&self, name: &str, kind: Kind) -> bool {
         let server = self.server.is_some() && name.eq_ignore_ascii_case("server");
         let id = self.request_id.filter(|_| kind != Kind::Interim);
-        server || id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
+        let hsts = self.hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security");
+        server || hsts || id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
     }
 
     pub fn backend(header_and_name: Option<(&'a str, &'a str)>) -> Added<'a> {

@@ -1,0 +1,301 @@
+//! One TLS connection from a client: rustls's state machine between the socket and the pump's
+//! buffers. Reads decrypt into `cin`; writes encrypt from `cout` once rustls has flushed what
+//! it held, so rustls never holds more than one batch of records.
+
+use crate::buffer::{Buffer, Io};
+use log::debug;
+use mio::net::TcpStream;
+use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Most records taken in by one `read` that give no plaintext (a handshake's), so a client
+/// cannot keep a worker in one connection.
+const RECORD_READS: usize = 8;
+
+/// Why a TLS connection failed; carried in the `io::Error` a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The handshake failed: the reason, in words.
+    Handshake(&'static str),
+    /// A record after the handshake was bad.
+    Record(&'static str),
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            TlsFailure::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
+            TlsFailure::Record(why) => write!(f, "TLS error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
+impl TlsFailure {
+    /// The failure an `io::Error` from `TlsStream::read` carries, if it is one.
+    pub fn of(e: &io::Error) -> Option<TlsFailure> {
+        e.get_ref()?.downcast_ref::<TlsFailure>().copied()
+    }
+}
+
+/// A finished handshake, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    pub tls13: bool,
+    pub resumed: bool,
+}
+
+/// What an access line says of a TLS connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Session<'a> {
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub sni: Option<&'a str>,
+    pub resumed: bool,
+}
+
+pub struct TlsStream {
+    tcp: TcpStream,
+    tls: ServerConnection,
+    /// The first byte was not a TLS record: the client speaks plain HTTP, and bytes pass in
+    /// clear from then on (for lb-mio's 400).
+    plain: bool,
+    /// A byte arrived: from then on a close is a failed handshake, not a silent connection.
+    started: bool,
+    /// The last socket read was short or blocked: nothing waits in the socket.
+    drained: bool,
+    /// Decrypted bytes rustls holds that the pump has not taken.
+    plaintext: usize,
+    /// The finished handshake was handed to `finished_handshake`.
+    reported: bool,
+}
+
+/// Counts whether the socket read filled what rustls offered: a short read drained it.
+struct Short<'a> {
+    tcp: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for Short<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
+impl TlsStream {
+    pub fn new(tcp: TcpStream, tls: ServerConnection) -> TlsStream {
+        TlsStream {
+            tcp,
+            tls,
+            plain: false,
+            started: false,
+            drained: true,
+            plaintext: 0,
+            reported: false,
+        }
+    }
+
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
+    /// One read of plaintext into `buf`. `Io::Moved(0)` means records were taken in that gave
+    /// no plaintext yet (a handshake): the socket may hold more, and `buffered_input` says so.
+    pub fn read(&mut self, buf: &mut Buffer) -> io::Result<Io> {
+        if self.plain {
+            return buf.read_from(&mut self.tcp);
+        }
+        if !self.started {
+            match self.sniff()? {
+                Some(io) => return Ok(io),
+                None if self.plain => return buf.read_from(&mut self.tcp),
+                None => {}
+            }
+        }
+        for _ in 0..RECORD_READS {
+            match buf.read_from(&mut self.tls.reader()) {
+                Ok(Io::Blocked) => {}
+                Ok(Io::Moved(n)) => {
+                    self.plaintext = self.plaintext.saturating_sub(n);
+                    return Ok(Io::Moved(n));
+                }
+                // A client that closes without close_notify: an end like any other for HTTP,
+                // whose own framing says whether a request was whole.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Io::Closed),
+                other => return other,
+            }
+            let mut socket = Short {
+                tcp: &mut self.tcp,
+                short: false,
+            };
+            match self.tls.read_tls(&mut socket) {
+                Ok(0) => return Ok(Io::Closed),
+                Ok(_) => self.drained = socket.short,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(Io::Blocked);
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // rustls refuses more input: its buffers are full of what we did not take.
+                    return Err(self.failed("oversized or unprocessed records"));
+                }
+                Err(e) => return Err(e),
+            }
+            self.process()?;
+        }
+        Ok(Io::Moved(0))
+    }
+
+    /// Looks at the first byte without taking it: a TLS handshake record starts with 22; an
+    /// upper-case letter is a plain HTTP method. Returns an `Io` when there is nothing to read.
+    fn sniff(&mut self) -> io::Result<Option<Io>> {
+        let mut first = [0u8; 1];
+        match self.tcp.peek(&mut first) {
+            Ok(0) => Ok(Some(Io::Closed)),
+            Ok(_) => {
+                self.started = true;
+                self.plain = first[0].is_ascii_uppercase();
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.drained = true;
+                Ok(Some(Io::Blocked))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decrypts the records taken in; a failure sends rustls's alert (if the socket takes it).
+    fn process(&mut self) -> io::Result<()> {
+        match self.tls.process_new_packets() {
+            Ok(state) => {
+                self.plaintext = state.plaintext_bytes_to_read();
+                Ok(())
+            }
+            Err(e) => {
+                debug!("TLS: {e}");
+                let _ = self.tls.write_tls(&mut self.tcp);
+                Err(self.failed(reason(&e)))
+            }
+        }
+    }
+
+    fn failed(&self, why: &'static str) -> io::Error {
+        let failure = match self.tls.is_handshaking() {
+            true => TlsFailure::Handshake(why),
+            false => TlsFailure::Record(why),
+        };
+        io::Error::new(io::ErrorKind::InvalidData, failure)
+    }
+
+    /// Encrypts what it can of `buf` and sends it; returns the plaintext taken. What rustls
+    /// held from before goes out first, and no new plaintext is taken until it has.
+    pub fn write(&mut self, buf: &Buffer) -> io::Result<Io> {
+        if self.plain {
+            return buf.write_to(0, &mut self.tcp);
+        }
+        if self.flush()? == Io::Blocked {
+            return Ok(Io::Blocked);
+        }
+        let taken = match buf.is_empty() {
+            true => 0,
+            false => self.tls.writer().write(buf.data())?,
+        };
+        self.flush()?;
+        Ok(Io::Moved(taken))
+    }
+
+    /// Writes rustls's records until the socket blocks or none are left.
+    fn flush(&mut self) -> io::Result<Io> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.tcp) {
+                Ok(0) => return Ok(Io::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Io::Blocked),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Io::Moved(0))
+    }
+
+    /// Decrypted bytes wait, or the socket may hold more records than the last read took.
+    pub fn buffered_input(&self) -> bool {
+        !self.plain && (!self.drained || self.plaintext > 0)
+    }
+
+    pub fn pending_output(&self) -> bool {
+        !self.plain && self.tls.wants_write()
+    }
+
+    /// Sends close_notify ahead of the socket's own end (best effort: a full socket drops it).
+    pub fn close_notify(&mut self) {
+        if !self.plain {
+            self.tls.send_close_notify();
+            let _ = self.flush();
+        }
+    }
+
+    /// The handshake just finished (reported once).
+    pub fn finished_handshake(&mut self) -> Option<Handshake> {
+        if self.reported || self.plain || self.tls.is_handshaking() {
+            return None;
+        }
+        self.reported = true;
+        Some(Handshake {
+            tls13: self.tls.protocol_version() == Some(ProtocolVersion::TLSv1_3),
+            resumed: self.tls.handshake_kind() == Some(HandshakeKind::Resumed),
+        })
+    }
+
+    /// Bytes arrived but the handshake has not finished (a close now is a failed one).
+    pub fn in_handshake(&self) -> bool {
+        self.started && !self.plain && self.tls.is_handshaking()
+    }
+
+    /// The client sent plain HTTP to this TLS port.
+    pub fn spoke_plain(&self) -> bool {
+        self.plain
+    }
+
+    pub fn session(&self) -> Option<Session<'_>> {
+        if self.plain || self.tls.is_handshaking() {
+            return None;
+        }
+        let version = match self.tls.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "-",
+        };
+        let cipher = (self.tls.negotiated_cipher_suite())
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("-");
+        Some(Session {
+            version,
+            cipher,
+            sni: self.tls.server_name(),
+            resumed: self.tls.handshake_kind() == Some(HandshakeKind::Resumed),
+        })
+    }
+}
+
+/// A rustls error in words for the log and the metric, without allocating.
+fn reason(e: &rustls::Error) -> &'static str {
+    use rustls::Error;
+    match e {
+        Error::InvalidMessage(_) => "malformed record or message",
+        Error::PeerIncompatible(_) => "no protocol version or cipher suite in common",
+        Error::NoApplicationProtocol => "no ALPN protocol in common (lb-mio speaks http/1.1)",
+        Error::AlertReceived(_) => "the client sent an alert",
+        Error::DecryptError => "a record failed to decrypt",
+        Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. } => {
+            "an unexpected message"
+        }
+        Error::PeerMisbehaved(_) => "the client broke the protocol",
+        Error::NoCertificatesPresented | Error::InvalidCertificate(_) => "client certificate",
+        _ => "protocol error",
+    }
+}
