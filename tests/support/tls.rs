@@ -395,9 +395,11 @@ impl SOut {
         })
     }
 
-    /// Whether the handshake completed.
+    /// Whether the handshake completed. (A TLS 1.3 client prints its session line once the
+    /// ServerHello is in, even when the server then refuses with an alert: a completed
+    /// handshake also has the server's certificate, which a resumed session keeps.)
     pub fn handshake_done(&self) -> bool {
-        self.session_line().is_some()
+        self.session_line().is_some() && !self.stdout.contains("no peer certificate available")
     }
 
     /// The version the handshake agreed (`TLSv1.3`), if it completed.
