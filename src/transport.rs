@@ -33,6 +33,21 @@ impl Transport {
         }
     }
 
+    /// One read of what the socket holds, in clear whatever the transport: a PROXY protocol
+    /// header comes before any TLS.
+    pub fn read_clear(&mut self, buf: &mut Buffer) -> io::Result<Io> {
+        buf.read_from(self.socket())
+    }
+
+    /// Hands the transport what came behind the PROXY header (`take_early`); true if it took
+    /// them (TLS records), false if they stay for the pump.
+    pub fn take_early(&mut self, early: &[u8]) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(false),
+            Transport::Tls(tls) => tls.take_early(early),
+        }
+    }
+
     /// One write of `buf`'s held bytes; the caller consumes what moved.
     pub fn write(&mut self, buf: &Buffer) -> io::Result<Io> {
         match self {

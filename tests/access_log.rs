@@ -83,6 +83,8 @@ struct Access {
     retries: u64,
     code: String,
     request_id: Option<String>,
+    /// `VERSION/CIPHER/SNI/full|resumed` for a TLS connection (JSON's object in the same form).
+    tls: Option<String>,
 }
 
 fn malformed(what: &str, line: &str) -> ! {
@@ -94,7 +96,7 @@ fn number<T: FromStr>(s: &str, what: &str, line: &str) -> T {
 }
 
 /// `TIME CLIENT "METHOD TARGET VERSION" STATUS BACKEND IN OUT TOTAL CONNECT FIRST_BYTE RETRIES
-/// CODE ID`; a cut target is followed by ` (cut)` inside the quotes.
+/// CODE ID TLS`; a cut target is followed by ` (cut)` inside the quotes.
 fn parse_text(line: &str) -> Option<Access> {
     let (time, rest) = line.split_once(' ')?;
     // lb-mio's own lines begin with `HH:MM:SS [LEVEL]`, access lines with the date.
@@ -118,10 +120,10 @@ fn parse_text(line: &str) -> Option<Access> {
         malformed("request line is not three words", line)
     };
     let fields: Vec<&str> = rest.split(' ').collect();
-    let [status, backend, bytes_in, bytes_out, total, connect, first_byte, retries, code, id] =
+    let [status, backend, bytes_in, bytes_out, total, connect, first_byte, retries, code, id, tls] =
         fields[..]
     else {
-        malformed("not ten fields after the request line", line)
+        malformed("not eleven fields after the request line", line)
     };
     let text = |s: &str| (s != "-").then(|| s.to_string());
     let ms = |s: &str, what: &str| (s != "-").then(|| number::<f64>(s, what, line));
@@ -142,10 +144,11 @@ fn parse_text(line: &str) -> Option<Access> {
         retries: number(retries, "retries", line),
         code: code.to_string(),
         request_id: text(id),
+        tls: text(tls),
     })
 }
 
-const JSON_KEYS: [&str; 16] = [
+const JSON_KEYS: [&str; 17] = [
     "time",
     "client",
     "method",
@@ -162,6 +165,7 @@ const JSON_KEYS: [&str; 16] = [
     "retries",
     "termination",
     "request_id",
+    "tls",
 ];
 
 /// One JSON object with exactly `JSON_KEYS`, each of its type (or null where allowed).
@@ -217,6 +221,24 @@ fn parse_json(line: &str) -> Option<Access> {
         retries: count("retries"),
         code: text("termination").unwrap_or_else(|| malformed("termination", line)),
         request_id: text("request_id"),
+        tls: match &v["tls"] {
+            Value::Null => None,
+            tls => Some(format!(
+                "{}/{}/{}/{}",
+                tls["version"]
+                    .as_str()
+                    .unwrap_or_else(|| malformed("tls", line)),
+                tls["cipher"]
+                    .as_str()
+                    .unwrap_or_else(|| malformed("tls", line)),
+                tls["sni"].as_str().unwrap_or("-"),
+                match tls["resumed"].as_bool() {
+                    Some(true) => "resumed",
+                    Some(false) => "full",
+                    None => malformed("tls", line),
+                }
+            )),
+        },
     })
 }
 
@@ -754,6 +776,7 @@ fn check_ending(format: Format, case: &Ending) {
     }
     assert_eq!(line.retries, 0, "{what}");
     assert_eq!(line.request_id, None, "{what}: request ids are off");
+    assert_eq!(line.tls, None, "{what}: a plain connection");
 
     stop(&mut lb);
     let count = lines_for(&lb, format, seen.client).len();

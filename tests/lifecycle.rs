@@ -310,7 +310,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
     );
     reload_ok(&lb, &ini(&[("a", a.addr)], &extra));
     for warning in [
-        "reload: [lb] listen and workers take effect at the next start",
+        "reload: [lb] listen, tls_listen and workers take effect at the next start",
         "reload: [admin] takes effect at the next start",
     ] {
         lb.expect_log(warning, WAIT);

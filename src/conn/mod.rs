@@ -308,7 +308,11 @@ impl Conn {
             return Ok(false);
         }
         let room = cin.spare_len();
-        match self.client.read(cin) {
+        let read = match self.phase {
+            Phase::Proxy => self.client.read_clear(cin),
+            _ => self.client.read(cin),
+        };
+        match read {
             Ok(Io::Moved(n)) => {
                 ctx.metrics.bytes(n as u64, 0);
                 // A short read drained the socket: wait for the next event instead of a
@@ -334,11 +338,16 @@ impl Conn {
             }
             Err(e) => {
                 debug!("{}: client read: {e}", self.peer);
-                match TlsFailure::of(&e) {
-                    Some(failure) => Err(Cause::Tls(failure).into()),
-                    None => Err(self.client_gone()),
-                }
+                Err(self.read_failed(&e))
             }
+        }
+    }
+
+    /// A read from the client failed: a TLS failure, or the client broke the connection.
+    fn read_failed(&self, e: &io::Error) -> Stop {
+        match TlsFailure::of(e) {
+            Some(failure) => Cause::Tls(failure).into(),
+            None => self.client_gone(),
         }
     }
 
@@ -403,6 +412,12 @@ impl Conn {
                 cin.consume(header.len);
                 if let Some((client, dest)) = header.addrs {
                     (self.peer, self.dest) = (client, Some(dest));
+                }
+                // On a TLS listener what followed the header is the start of the handshake.
+                match self.client.take_early(cin.data()) {
+                    Ok(true) => cin.consume(cin.len()),
+                    Ok(false) => {}
+                    Err(e) => return Err(self.read_failed(&e)),
                 }
                 // The request may have come with the header; if not, the connection is as
                 // fresh as one that just arrived (a balancer's health check may now close it).

@@ -98,12 +98,12 @@ impl Certificate {
     pub fn expiry_warning(&self) -> Option<String> {
         let days = self.days_left();
         let what = match days {
-            ..0 => "EXPIRED".to_string(),
+            ..0 => "has EXPIRED: clients refuse it".to_string(),
             0..EXPIRY_WARNING_DAYS => format!("expires in {days} days"),
             _ => return None,
         };
         Some(format!(
-            "{}: [certificates] {} ({}) {what}: clients will refuse it; renew {}",
+            "{}: [certificates] {} ({}) {what}; renew {}",
             self.conf.origin,
             self.conf.name,
             self.names.join(", "),

@@ -150,6 +150,24 @@ impl TlsStream {
         Ok(Io::Moved(0))
     }
 
+    /// Bytes that came behind a PROXY protocol header, read in clear with it: the start of
+    /// the handshake, given to rustls. Returns false when they are not TLS but plain HTTP
+    /// (left for the pump, which answers 400) or there are none.
+    pub fn take_early(&mut self, mut early: &[u8]) -> io::Result<bool> {
+        let Some(&first) = early.first() else {
+            return Ok(false);
+        };
+        self.started = true;
+        self.plain = first.is_ascii_uppercase();
+        while !self.plain && !early.is_empty() {
+            if self.tls.read_tls(&mut early)? == 0 {
+                return Err(self.failed("oversized or unprocessed records"));
+            }
+            self.process()?;
+        }
+        Ok(!self.plain)
+    }
+
     /// Looks at the first byte without taking it: a TLS handshake record starts with 22; an
     /// upper-case letter is a plain HTTP method. Returns an `Io` when there is nothing to read.
     fn sniff(&mut self) -> io::Result<Option<Io>> {
