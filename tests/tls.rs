@@ -262,6 +262,24 @@ fn tls_listens_on_every_address_given_ipv4_and_ipv6() {
     }
 }
 
+#[test]
+fn a_full_chain_file_is_served_whole() {
+    let pki = Pki::new();
+    let leaf = pki.chained_leaf("chained", &[HOST]);
+    let a = Backend::named("a");
+    let lb = Lb::start(&tls_ini(&[("a", a.addr)], &[("chained", &leaf)], NO_HEALTH));
+    // The client trusts the root only: it checks out only with the intermediate sent too.
+    let out = pki.s_client(lb.tls_addr(), Some(HOST), &[], b"");
+    assert!(out.verified(), "{}", out.all());
+    assert_eq!(
+        out.chain_subjects(),
+        ["CN = chained", "CN = lb-mio test intermediate"],
+        "{}",
+        out.all()
+    );
+    assert_eq!(curl_ok(&pki, HOST, lb.tls_addr(), &[], &["/"]), "a");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Protocols and versions
 // ---------------------------------------------------------------------------------------------
@@ -314,6 +332,13 @@ fn curl_gets_answers_over_tls12_and_tls13() {
             "{args:?} did not use {version}: {}",
             out.stderr
         );
+        // curl offers h2 first; lb-mio picks http/1.1.
+        assert!(out.stderr.contains("ALPN: offers h2"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("ALPN: server accepted http/1.1"),
+            "{}",
+            out.stderr
+        );
     }
 }
 
@@ -351,33 +376,38 @@ fn tls10_and_tls11_clients_are_refused_and_counted_as_failed_handshakes() {
 
 #[test]
 fn requests_over_tls_reach_the_backend_marked_https_and_answers_come_back_whole() {
-    let body = lcg_bytes(256 * 1024, 7);
+    let body = lcg_bytes(4 * 1024 * 1024, 7);
     let answer = body.clone();
     let site = Site::with_backend(
         Backend::start("a", move |_| Response::ok(answer.clone())),
         "",
     );
     let file = site.pki.path("body");
-    site.curl_ok(&["-o", file.to_str().unwrap()], &["/tls?x=1"]);
+    // A client's own X-Forwarded-Proto is not believed: lb-mio says how it came.
+    let spoof = [
+        "-H",
+        "X-Forwarded-Proto: http",
+        "-o",
+        file.to_str().unwrap(),
+    ];
+    site.curl_ok(&spoof, &["/tls?x=1"]);
     assert_same_bytes(&std::fs::read(&file).unwrap(), &body, "the body over TLS");
-    let request = site.backend.last_request();
-    assert_eq!(request.target, "/tls?x=1");
-    assert_eq!(request.header("X-Forwarded-Proto"), Some("https"));
+    let seen = site.backend.last_request();
+    assert_eq!(seen.target, "/tls?x=1");
+    assert_eq!(seen.header_all("X-Forwarded-Proto"), ["https"]);
     assert_eq!(
-        request.header("Host"),
+        seen.header("Host"),
         Some(format!("{HOST}:{}", site.tls().port()).as_str())
     );
 
-    // The same balancer's plain listener says http.
-    assert_same_bytes(
-        &get(site.lb.addr, "/plain").body,
-        &body,
-        "the body over plain HTTP",
+    // The same balancer's plain listener says http, whatever the client claims.
+    let plain = request(
+        site.lb.addr,
+        "GET /plain HTTP/1.1\r\nHost: lb.test\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(
-        site.backend.last_request().header("X-Forwarded-Proto"),
-        Some("http")
-    );
+    assert_same_bytes(&plain.body, &body, "the body over plain HTTP");
+    let seen = site.backend.last_request();
+    assert_eq!(seen.header_all("X-Forwarded-Proto"), ["http"]);
 }
 
 #[test]
@@ -433,7 +463,7 @@ fn pipelined_requests_over_tls_are_answered_in_order() {
 fn a_chunked_request_body_and_a_chunked_response_cross_tls_intact() {
     let backend = Backend::start("a", |req| Response::ok(req.body.clone()).chunked(1000));
     let site = Site::with_backend(backend, "");
-    let data: Vec<u8> = lcg_bytes(100 * 1024, 3);
+    let data: Vec<u8> = lcg_bytes(1024 * 1024, 3);
     let upload = site.pki.path("upload");
     let (download, headers) = (site.pki.path("download"), site.pki.path("headers"));
     std::fs::write(&upload, &data).unwrap();
@@ -655,6 +685,53 @@ fn a_ticket_key_moved_to_the_second_line_still_decrypts() {
         "a ticket under the second key did not resume:\n{}",
         out.all()
     );
+}
+
+#[test]
+fn the_ticket_key_file_is_read_again_on_sighup() {
+    let pki = Pki::new();
+    let cert = pki.leaf("site", Ecdsa, &[HOST]);
+    let a = Backend::named("a");
+    let keys = pki.ticket_keys("live.keys", 1);
+    let extra = format!("{NO_HEALTH}[tls]\nticket_key_file = {}\n", keys.display());
+    let lb = Lb::start(&tls_ini(&[("a", a.addr)], &[("site", &cert)], &extra));
+    let (old, new) = (pki.path("old.pem"), pki.path("new.pem"));
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let connect = |args: &[&str]| {
+        let args = [&["-tls1_3", "-ign_eof"], args].concat();
+        pki.s_client(lb.tls_addr(), Some(HOST), &args, GET_AND_CLOSE.as_bytes())
+    };
+    let reload = |text: String| {
+        std::fs::write(&keys, text).unwrap();
+        let before = lb.count_log("reloaded ");
+        lb.signal("HUP");
+        lb.expect_log_count("reloaded ", before + 1, WAIT);
+    };
+    assert!(connect(&["-sess_out", old]).handshake_done());
+    assert!(
+        connect(&["-sess_in", old]).reused(),
+        "no resumption before the reload"
+    );
+
+    // A new key alone: tickets under the first one no longer open.
+    let second_key = openssl(&pki.path(""), &["rand", "-hex", "32"]);
+    reload(second_key.clone());
+    let out = connect(&["-sess_in", old]);
+    assert!(
+        out.handshake_done() && !out.reused(),
+        "the dropped key still decrypts:\n{}",
+        out.all()
+    );
+    assert!(connect(&["-sess_out", new]).handshake_done());
+
+    // Rotated: a third key first, the second kept for decrypting.
+    let third_key = openssl(&pki.path(""), &["rand", "-hex", "32"]);
+    reload(third_key + &second_key);
+    assert!(
+        connect(&["-sess_in", new]).reused(),
+        "the second line no longer decrypts"
+    );
+    assert!(!connect(&["-sess_in", old]).reused());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,17 +1030,18 @@ fn check_warns_about_expired_and_soon_expiring_certificates_but_passes() {
 fn redirect_http_answers_plain_requests_with_308_to_the_tls_port() {
     let site = Site::start("[tls]\nredirect_http = on\n");
     let port = site.tls().port();
-    for (host, target) in [
-        ("shop.example", "/path?q=1"),
-        ("shop.example:8080", "/cart?id=7&x"),
-        ("a.example.com", "/"),
+    for (host, target, name) in [
+        ("shop.example", "/path?q=1", "shop.example"),
+        ("shop.example:8080", "/cart?id=7&x", "shop.example"),
+        ("a.example.com", "/", "a.example.com"),
+        ("[::1]:8080", "/v6", "[::1]"),
+        ("[2001:db8::1]", "/v6?a=b", "[2001:db8::1]"),
     ] {
         let resp = request(
             site.lb.addr,
             format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
         );
         assert_eq!(resp.status, 308, "{host}{target}: {}", resp.head_str());
-        let name = host.split(':').next().unwrap();
         let want = format!("https://{name}:{port}{target}");
         assert_eq!(
             resp.header("Location"),
@@ -1042,6 +1120,29 @@ fn a_client_hello_sent_one_byte_at_a_time_is_answered() {
         stream.write_all(&[*byte]).unwrap();
         thread::sleep(Duration::from_millis(1));
     }
+    let answer = read_some(&mut stream, 6);
+    assert!(
+        is_handshake_record(&answer),
+        "no handshake record back: {answer:02x?}"
+    );
+    assert_eq!(answer.get(5), Some(&2), "not a ServerHello: {answer:02x?}");
+}
+
+#[test]
+fn a_client_hello_split_over_two_records_is_answered() {
+    let site = Site::start("");
+    let hello = capture_client_hello(&["-servername", HOST]);
+    // The same handshake message, framed as two records (legal, and what a long hello with
+    // post-quantum key shares may need).
+    let message = &hello[5..];
+    let mut split = Vec::new();
+    for part in [&message[..40], &message[40..]] {
+        split.extend_from_slice(&[0x16, 0x03, 0x01]);
+        split.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        split.extend_from_slice(part);
+    }
+    let mut stream = connect(site.tls());
+    send(&mut stream, &split);
     let answer = read_some(&mut stream, 6);
     assert!(
         is_handshake_record(&answer),
@@ -1441,6 +1542,14 @@ fn the_json_access_log_has_a_tls_object_or_null() {
     assert_eq!(tls["sni"], HOST, "{tls}");
     assert_eq!(tls["resumed"], false, "{tls}");
     assert_eq!(find("/json-plain")["tls"], Value::Null);
+
+    let request = "GET /json-nosni HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n";
+    let out = site
+        .pki
+        .s_client(site.tls(), None, &["-ign_eof"], request.as_bytes());
+    assert!(out.handshake_done(), "{}", out.all());
+    let tls = &find("/json-nosni")["tls"];
+    assert_eq!(tls["sni"], Value::Null, "{tls}");
 }
 
 // ---------------------------------------------------------------------------------------------

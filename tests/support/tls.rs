@@ -200,6 +200,99 @@ impl Pki {
         }
     }
 
+    /// A leaf certificate (ECDSA, 30 days) signed by an intermediate CA that the root signed,
+    /// in a full-chain file: the leaf, then the intermediate. Clients trust the root only, so
+    /// they check out the chain only if the server sends all of it.
+    pub fn chained_leaf(&self, cn: &str, names: &[&str]) -> Leaf {
+        let dir = self.dir.path();
+        let constraints =
+            "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n";
+        std::fs::write(dir.join("intermediate.ext"), constraints).expect("write extensions");
+        self.new_key(KeyKind::Ecdsa, "intermediate.key");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "intermediate.key",
+                "-subj",
+                "/CN=lb-mio test intermediate",
+                "-out",
+                "intermediate.csr",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                "ca.cnf",
+                "-notext",
+                "-in",
+                "intermediate.csr",
+                "-out",
+                "intermediate.pem",
+                "-extfile",
+                "intermediate.ext",
+                "-days",
+                "30",
+            ],
+        );
+        let (cert, key, csr, ext) = (
+            format!("{cn}.pem"),
+            format!("{cn}.key"),
+            format!("{cn}.csr"),
+            format!("{cn}.ext"),
+        );
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        let extensions = format!(
+            "subjectAltName = {}\nbasicConstraints = CA:FALSE\n\
+             keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n",
+            san.join(",")
+        );
+        std::fs::write(dir.join(&ext), extensions).expect("write extensions");
+        self.new_key(KeyKind::Ecdsa, &key);
+        let subject = format!("/CN={cn}");
+        openssl(
+            dir,
+            &["req", "-new", "-key", &key, "-subj", &subject, "-out", &csr],
+        );
+        let leaf_only = format!("{cn}.leaf.pem");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "intermediate.pem",
+                "-CAkey",
+                "intermediate.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+                "-out",
+                &leaf_only,
+            ],
+        );
+        let chain = std::fs::read_to_string(dir.join(&leaf_only)).expect("read the leaf")
+            + &std::fs::read_to_string(dir.join("intermediate.pem"))
+                .expect("read the intermediate");
+        std::fs::write(dir.join(&cert), chain).expect("write the chain");
+        Leaf {
+            cn: cn.to_string(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            kind: KeyKind::Ecdsa,
+            cert: dir.join(cert),
+            key: dir.join(key),
+        }
+    }
+
     /// A fresh private key of this kind that belongs to no certificate.
     pub fn stray_key(&self, file: &str, kind: KeyKind) -> PathBuf {
         self.new_key(kind, file);
@@ -438,6 +531,18 @@ impl SOut {
         let begin = self.stdout.find("-----BEGIN CERTIFICATE-----")?;
         let end = self.stdout[begin..].find("-----END CERTIFICATE-----")? + begin + 25;
         Some(&self.stdout[begin..end])
+    }
+
+    /// The subjects of the chain the server sent, leaf first (the ` N s:` lines of
+    /// `Certificate chain`).
+    pub fn chain_subjects(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let (depth, subject) = l.trim_start().split_once(" s:")?;
+                depth.parse::<u32>().ok().map(|_| subject)
+            })
+            .collect()
     }
 
     /// The served certificate's subjectAltName DNS names, read by `openssl x509`.
