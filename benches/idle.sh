@@ -3,6 +3,7 @@
 #
 #   benches/idle.sh                          # full run: about 3 minutes
 #   N=2000 ROUNDS=1 benches/idle.sh          # quick look
+#   TLS=1 benches/idle.sh                    # the same over TLS: about 5 minutes
 #
 # For each target in turn, on a fresh process: a short warm-up, the RSS of all its processes,
 # then benches/idle_hold.py opens N connections and makes one `GET /` on each, leaving each idle
@@ -16,13 +17,21 @@
 #               idle: the idle cost plus whatever the server keeps from that peak (buffer
 #               pools, memory its allocator keeps), spread over the N connections.
 #
+# TLS=1: every connection is TLS to the same three, in the same run and the same way (lb-mio's
+# tls_listen, nginx's "listen ... ssl", HAProxy's "bind ... ssl"; configs benches/idle-tls-*.in).
+# The script makes a throwaway CA and an ECDSA P-256 certificate for idle.bench in its work
+# directory; the holder checks it and sends that name (SNI). Each connection is a full
+# handshake, no resumption: the idle cost of a TLS connection.
+#
 # Environment (defaults in brackets):
 #   N          idle connections held [10000]         ROUNDS  interleaved rounds, medians [3]
 #   PATTERNS   ["sequential burst"]                   WORKERS worker processes / threads [1]
 #   TARGETS    ["lb-mio nginx haproxy"]               WARM    warm-up connections [20]
 #   WAVE       requests in flight at once in the burst pattern [1000]
 #   PORT_BASE  backend on +1, lb-mio +10, nginx +11, haproxy +12 [30000]
-#   RESULTS    markdown file written [benches/results/idle-YYYY-MM-DD.md]
+#   TLS        1: TLS connections [0]
+#   RESULTS    markdown file written [benches/results/idle-YYYY-MM-DD.md, with TLS=1
+#              benches/results/idle-tls-YYYY-MM-DD.md]
 #   KEEP_TMP   1 keeps the work directory (configs, logs, raw CSV) [0]
 set -euo pipefail
 export LC_ALL=C
@@ -38,10 +47,18 @@ WARM=${WARM:-20}
 WAVE=${WAVE:-1000}
 PORT_BASE=${PORT_BASE:-30000}
 KEEP_TMP=${KEEP_TMP:-0}
-RESULTS=${RESULTS:-"$BENCH_DIR/results/idle-$(date +%F).md"}
+TLS=${TLS:-0}
+case $TLS in
+    0) TEMPLATE=idle ;;
+    1) TEMPLATE=idle-tls ;;
+    *) echo "TLS must be 0 or 1" >&2; exit 2 ;;
+esac
+RESULTS=${RESULTS:-"$BENCH_DIR/results/$TEMPLATE-$(date +%F).md"}
 HOLDER="$BENCH_DIR/idle_hold.py"
 # How long the holder may take to open N connections (and the warm-up its few).
 OPEN_TIMEOUT=${OPEN_TIMEOUT:-180}
+# TLS=1: the name the certificate is for, sent as SNI (and the Host the holder sends).
+TLS_NAME=idle.bench
 
 # Ports (B[1], LB_PORT, ...), binaries, WORK, SERVICE_PIDS, HELPER_PIDS, LOGS, NOTES, and the
 # helpers shared with load.sh and failover.sh.
@@ -50,6 +67,7 @@ OPEN_TIMEOUT=${OPEN_TIMEOUT:-180}
 declare -A PIDS=() # target -> space-separated PIDs of its processes (all of them, for RSS)
 NOFILE=0           # the descriptor limit every process started here runs with
 MAXCONN=0          # the connection limit each balancer is configured with
+declare -A NEGOTIATED=() # TLS=1: target -> "VERSION CIPHER" the holder's connections got
 
 # ---------------------------------------------------------------------------------------------
 # Setup.
@@ -69,8 +87,45 @@ raise_nofile() {
     MAXCONN=$((N + WAVE + 500))
 }
 
+# TLS=1: a throwaway CA and an ECDSA P-256 certificate for $TLS_NAME signed by it, in
+# $WORK/tls: leaf.pem + leaf.key (lb-mio, nginx), leaf-with-key.pem (HAProxy), ca.pem (holder).
+# Valid 30 days, so that lb-mio's check (expiring within 14 days) has nothing to warn about.
+make_certs() {
+    local d="$WORK/tls"
+    mkdir -p "$d"
+    printf '%s\n' "subjectAltName = DNS:$TLS_NAME" "basicConstraints = critical, CA:FALSE" \
+        "keyUsage = critical, digitalSignature" "extendedKeyUsage = serverAuth" \
+        "subjectKeyIdentifier = hash" "authorityKeyIdentifier = keyid" >"$d/leaf.ext"
+    {
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj "/CN=lb-mio idle bench CA" -addext "basicConstraints = critical, CA:TRUE" \
+            -addext "keyUsage = critical, keyCertSign" -keyout "$d/ca.key" -out "$d/ca.pem" &&
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -subj "/CN=$TLS_NAME" -keyout "$d/leaf.key" -out "$d/leaf.csr" &&
+            openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+                -set_serial "0x$(openssl rand -hex 8)" -days 30 -extfile "$d/leaf.ext" -out "$d/leaf.pem"
+    } >"$d/openssl.log" 2>&1 || die "making the test certificates failed: $(tail -n 3 "$d/openssl.log")"
+    cat "$d/leaf.pem" "$d/leaf.key" >"$d/leaf-with-key.pem"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Starting and stopping servers (see common.sh).
+
+# Waits until the balancer answers 200 on PORT: as common.sh's wait_http, over TLS with TLS=1.
+wait_up() {
+    local port=$1 pid=$2 name=$3 i
+    if [ "$TLS" = 0 ]; then
+        wait_http "$port" "$pid" "$name"
+        return
+    fi
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited at startup (see ${LOGS[$name]:-$WORK})"
+        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' --cacert "$WORK/tls/ca.pem" \
+            --resolve "$TLS_NAME:$port:127.0.0.1" "https://$TLS_NAME:$port/")" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "$name did not answer over TLS on 127.0.0.1:$port within 10 s"
+}
 
 start_backend() {
     LOGS[backend]="$WORK/backend.log"
@@ -83,19 +138,19 @@ start_backend() {
 
 start_lb-mio() {
     local cfg="$WORK/lb-mio.ini"
-    render "$BENCH_DIR/idle-lb-mio.ini.in" "$cfg" "$LB_PORT" "$WORKERS" MAXCONN="$MAXCONN"
+    render "$BENCH_DIR/$TEMPLATE-lb-mio.ini.in" "$cfg" "$LB_PORT" "$WORKERS" MAXCONN="$MAXCONN"
     LOGS[lb-mio]="$WORK/lb-mio.log"
     "$LB_BIN" "$cfg" >>"${LOGS[lb-mio]}" 2>&1 &
     local pid=$!
     SERVICE_PIDS+=("$pid")
     PIDS[lb-mio]=$pid
-    wait_http "$LB_PORT" "$pid" lb-mio
+    wait_up "$LB_PORT" "$pid" lb-mio
 }
 
 start_nginx() {
     local cfg="$WORK/nginx.conf" pid i
     mkdir -p "$WORK/nginx-tmp"
-    render "$BENCH_DIR/idle-nginx.conf.in" "$cfg" "$NGINX_PORT" "$WORKERS" \
+    render "$BENCH_DIR/$TEMPLATE-nginx.conf.in" "$cfg" "$NGINX_PORT" "$WORKERS" \
         MAXCONN="$MAXCONN" NOFILE="$NOFILE"
     LOGS[nginx]="$WORK/nginx-error.log"
     touch "${LOGS[nginx]}"
@@ -103,7 +158,7 @@ start_nginx() {
     nginx -p "$WORK" -e "${LOGS[nginx]}" -c "$cfg" -g 'daemon off;' >>"$WORK/nginx-stdout.log" 2>&1 &
     pid=$!
     SERVICE_PIDS+=("$pid")
-    wait_http "$NGINX_PORT" "$pid" nginx
+    wait_up "$NGINX_PORT" "$pid" nginx
     for i in $(seq 50); do
         PIDS[nginx]="$pid $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"
         [ "$(wc -w <<<"${PIDS[nginx]}")" -eq $((WORKERS + 1)) ] && break
@@ -114,14 +169,14 @@ start_nginx() {
 
 start_haproxy() {
     local cfg="$WORK/haproxy.cfg" pid
-    render "$BENCH_DIR/idle-haproxy.cfg.in" "$cfg" "$HAPROXY_PORT" "$WORKERS" MAXCONN="$MAXCONN"
+    render "$BENCH_DIR/$TEMPLATE-haproxy.cfg.in" "$cfg" "$HAPROXY_PORT" "$WORKERS" MAXCONN="$MAXCONN"
     LOGS[haproxy]="$WORK/haproxy.log"
     haproxy -c -q -f "$cfg" || die "haproxy config check failed"
     haproxy -db -f "$cfg" >>"${LOGS[haproxy]}" 2>&1 &
     pid=$!
     SERVICE_PIDS+=("$pid")
     PIDS[haproxy]=$pid
-    wait_http "$HAPROXY_PORT" "$pid" haproxy
+    wait_up "$HAPROXY_PORT" "$pid" haproxy
 }
 
 # Stops every balancer (the backend stays up for the whole run).
@@ -161,8 +216,9 @@ alive() {
 # Runs the holder: PORT COUNT MODE HOLD_SECS OUT. In the background; waits (≤ OPEN_TIMEOUT)
 # for its "ready" line and returns with it running (its PID in HELPER_PIDS), or dies.
 hold_connections() {
-    local port=$1 count=$2 mode=$3 hold=$4 out=$5 i
-    python3 "$HOLDER" 127.0.0.1 "$port" "$count" "$mode" "$hold" "$WAVE" >"$out" 2>"$out.err" &
+    local port=$1 count=$2 mode=$3 hold=$4 out=$5 i tls=()
+    [ "$TLS" = 1 ] && tls=(--tls "$WORK/tls/ca.pem" "$TLS_NAME")
+    python3 "$HOLDER" "${tls[@]}" 127.0.0.1 "$port" "$count" "$mode" "$hold" "$WAVE" >"$out" 2>"$out.err" &
     HELPER_PIDS=("$!")
     for i in $(seq $((OPEN_TIMEOUT * 10))); do
         grep -q '^ready ' "$out" 2>/dev/null && return 0
@@ -196,6 +252,7 @@ measure() {
     r0=$(rss_kib "${pids[@]}")
     hold_connections "$port" "$N" "$pattern" 600 "$WORK/hold-$tag.txt"
     secs=$(awk '/^ready / { print $3 }' "$WORK/hold-$tag.txt")
+    [ "$TLS" = 1 ] && NEGOTIATED[$target]=$(awk '/^tls / { print $2, $3 }' "$WORK/hold-$tag.txt")
     sleep 1 # let the last connections settle into their idle state
     r1=$(rss_kib "${pids[@]}")
     alive "${pids[@]}" || crashed=1
@@ -245,6 +302,18 @@ summarize() {
 machine_info() {
     machine_lines " (shared with other work)" "; $("$LB_BIN" --version 2>&1 | head -n 1)"
     echo "- $(python3 --version 2>&1) (benches/idle_hold.py); open files limit: $NOFILE"
+    [ "$TLS" = 1 ] && tls_info
+    return 0
+}
+
+# The TLS libraries in play, as each program reports them.
+tls_info() {
+    local rustls
+    rustls=$(awk '/^name = "rustls"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$ROOT/Cargo.lock")
+    echo "- TLS libraries: lb-mio rustls ${rustls:-?} (aws-lc-rs);" \
+        "nginx $(nginx -V 2>&1 | sed -n 's/^built with //p');" \
+        "HAProxy $(haproxy -vv 2>&1 | sed -n 's/^Built with OpenSSL version : /built with /p; s/^Running on OpenSSL version : /running on /p' | paste -sd ' ' -);" \
+        "benches/idle_hold.py $(python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)')"
 }
 
 write_results() {
@@ -252,7 +321,12 @@ write_results() {
     cmd="N=$N ROUNDS=$ROUNDS PATTERNS=\"$PATTERNS\" WORKERS=$WORKERS TARGETS=\"$TARGETS\" WARM=$WARM WAVE=$WAVE PORT_BASE=$PORT_BASE benches/idle.sh"
     mkdir -p "$(dirname "$RESULTS")"
     {
-        echo "# Memory per idle keep-alive connection, $(date +%F)"
+        if [ "$TLS" = 1 ]; then
+            cmd="TLS=1 $cmd"
+            echo "# Memory per idle keep-alive TLS connection, $(date +%F)"
+        else
+            echo "# Memory per idle keep-alive connection, $(date +%F)"
+        fi
         echo
         run_header "$cmd" "$elapsed"
         echo
@@ -262,7 +336,8 @@ write_results() {
         echo "- Each measurement is a fresh balancer ($WORKERS worker process / thread) behind one demo backend (examples/backend.rs): $WARM warm-up connections (one request each, then closed), VmRSS of all its processes, then $N connections that each made one \`GET /\` and now wait idle in keep-alive, VmRSS again. Bytes per idle connection = (after − before) × 1024 / $N. Medians over $ROUNDS interleaved rounds."
         echo "- The kernel's memory for the sockets (both ends are on this machine) is in no process's RSS: these figures are what each balancer keeps in its own memory."
         echo "- sequential: one connection after another, at most one request in flight: the idle cost alone. burst: in waves of $WAVE connections whose requests are all in flight at once, then idle: adds what the server keeps after such a peak, spread over the $N connections (lb-mio: up to 1024 free 16 KiB buffers per worker in its pool, and heap its allocator does not return)."
-        echo "- Configs: benches/idle-lb-mio.ini.in, benches/idle-nginx.conf.in, benches/idle-haproxy.cfg.in (keep-alive and header timeouts above the run's length; connection limits above $N)."
+        [ "$TLS" = 1 ] && tls_notes
+        echo "- Configs: benches/$TEMPLATE-lb-mio.ini.in, benches/$TEMPLATE-nginx.conf.in, benches/$TEMPLATE-haproxy.cfg.in (keep-alive and header timeouts above the run's length; connection limits above $N)."
         if [ ${#NOTES[@]} -gt 0 ]; then
             echo
             echo "Notes from the run:"
@@ -280,16 +355,29 @@ write_results() {
     } >"$RESULTS"
 }
 
+# TLS=1: what the results add to "How to read it".
+tls_notes() {
+    local t got=()
+    for t in $TARGETS; do got+=("$t ${NEGOTIATED[$t]:-?}"); done
+    echo "- TLS: every connection (warm-up too) is a full handshake (no resumption) from Python's ssl module, which offers TLS 1.2 and 1.3 and ALPN http/1.1 and checks the certificate: ECDSA P-256 for $TLS_NAME (sent as SNI), signed by a CA made for the run. Negotiated: $(IFS=,; echo "${got[*]}" | sed 's/,/; /g')."
+    echo "- nginx has \`ssl_session_cache shared:SSL:10m\`: shared memory, in the RSS of each process as far as it has touched it. HAProxy's (tune.ssl.cachesize, 20000 sessions) is about 5 MiB it touches at startup: in both RSS figures, not in their difference."
+}
+
 main() {
     begin_run
     ensure_tools nginx=nginx haproxy=haproxy curl=curl ss=iproute2 cargo=-
     command -v python3 >/dev/null 2>&1 || die "python3 not found"
+    if [ "$TLS" = 1 ]; then
+        ensure_tools openssl=openssl
+        python3 -c 'import ssl' 2>/dev/null || die "python3 has no ssl module"
+    fi
     raise_nofile
     build backend
-    prepare_run idle
+    prepare_run "$TEMPLATE"
     : >"$WORK/runs.csv"
+    [ "$TLS" = 1 ] && make_certs
     check_ports "${B[1]}" "$LB_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
-    log "work directory $WORK; $ROUNDS rounds x patterns ($PATTERNS) x targets ($TARGETS), $N idle connections each; open files $NOFILE"
+    log "work directory $WORK; $ROUNDS rounds x patterns ($PATTERNS) x targets ($TARGETS), $N idle$([ "$TLS" = 1 ] && echo " TLS") connections each; open files $NOFILE"
     start_backend
     local round pattern t
     for round in $(seq "$ROUNDS"); do

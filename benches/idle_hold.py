@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Holds N idle keep-alive HTTP/1.1 connections open, for benches/idle.sh.
 
-    idle_hold.py HOST PORT N MODE [HOLD_SECS [WAVE]]
+    idle_hold.py [--tls CAFILE SNI] HOST PORT N MODE [HOLD_SECS [WAVE]]
 
 Opens N connections to HOST:PORT, makes one `GET /` on each (so each is in the keep-alive
 state, waiting for a next request), then prints `ready N SECONDS` on stdout and holds them all
@@ -16,6 +16,11 @@ MODE:
               pools, freed memory its allocator does not return). The waves' connections stay
               open: N in all.
 
+--tls CAFILE SNI: each connection is TLS (1.2 or 1.3, ALPN http/1.1), its server name SNI,
+its certificate checked against CAFILE. sequential: a blocking handshake per connection.
+burst: each wave's handshakes are all in flight at once (non-blocking, driven by a selector),
+then its requests. Before `ready`, prints `tls VERSION CIPHER` of the last connection made.
+
 Exits 1 with a message on stderr if a connection fails or a response is not a 200, and 2 on
 bad arguments. Standard library only.
 """
@@ -24,6 +29,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -90,47 +96,113 @@ def connect(host, port):
     return sock
 
 
+def tls_context(cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # What a browser or HTTP/1.1 client offers; the three servers all accept it.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def recv_some(sock):
+    """What one recv gives, plus whatever TLS already decrypted and holds (a selector would not
+    report it: those bytes are no longer in the socket)."""
+    data = sock.recv(65536)
+    while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        data += sock.recv(65536)
+    return data
+
+
 def check(i, status):
     if status != 200:
         fail(f"connection {i}: status {status}")
 
 
-def sequential(host, port, n):
+def sequential(host, port, n, tls):
     conns = []
     for i in range(n):
         try:
             sock = connect(host, port)
+            if tls:
+                # Blocking handshake, bounded by the socket's IO_TIMEOUT.
+                sock = tls[0].wrap_socket(sock, server_hostname=tls[1])
             sock.sendall(REQUEST)
             reader = Reader()
             while (status := reader.status()) is None:
-                data = sock.recv(65536)
+                data = recv_some(sock)
                 if not data:
                     fail(f"connection {i}: closed before a whole response")
                 reader.feed(data)
-        except OSError as e:
+        except OSError as e:  # ssl.SSLError is an OSError
             fail(f"connection {i}: {e}")
         check(i, status)
         conns.append(sock)
     return conns
 
 
-def burst(host, port, n, wave):
+def burst(host, port, n, wave, tls):
     conns = []
     while len(conns) < n:
-        conns.extend(burst_wave(host, port, len(conns), min(wave, n - len(conns))))
+        conns.extend(burst_wave(host, port, len(conns), min(wave, n - len(conns)), tls))
     return conns
 
 
-def burst_wave(host, port, first, n):
-    """Connections first..first+n: all connected, all requests sent, then all responses read."""
+def handshake_all(conns, first, tls):
+    """Wraps every socket in TLS and drives all the handshakes at once; returns the TLS sockets
+    in the same order, blocking again (with IO_TIMEOUT) for the requests."""
+    ctx, sni = tls
+    wrapped = []
+    sel = selectors.DefaultSelector()
+    for i, sock in enumerate(conns):
+        sock.setblocking(False)
+        tsock = ctx.wrap_socket(sock, server_hostname=sni, do_handshake_on_connect=False)
+        wrapped.append(tsock)
+        # Every handshake starts by writing its ClientHello.
+        sel.register(tsock, selectors.EVENT_WRITE, first + i)
+    deadline = time.monotonic() + BURST_TIMEOUT
+    pending = len(conns)
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            fail(f"{pending} of {len(conns)} TLS handshakes of a wave unfinished after {BURST_TIMEOUT:.0f} s")
+        for key, _ in sel.select(timeout=min(left, 1.0)):
+            tsock, i = key.fileobj, key.data
+            try:
+                tsock.do_handshake()
+            except ssl.SSLWantReadError:
+                sel.modify(tsock, selectors.EVENT_READ, i)
+                continue
+            except ssl.SSLWantWriteError:
+                sel.modify(tsock, selectors.EVENT_WRITE, i)
+                continue
+            except OSError as e:
+                fail(f"connection {i}: TLS handshake: {e}")
+            sel.unregister(tsock)
+            pending -= 1
+    sel.close()
+    for tsock in wrapped:
+        tsock.settimeout(IO_TIMEOUT)
+    return wrapped
+
+
+def burst_wave(host, port, first, n, tls):
+    """Connections first..first+n: all connected, (with TLS: all handshakes made,) all requests
+    sent, then all responses read."""
     conns = []
     try:
         for _ in range(n):
             conns.append(connect(host, port))
-        for sock in conns:
-            sock.sendall(REQUEST)
     except OSError as e:
         fail(f"connection {first + len(conns)}: {e}")
+    if tls:
+        conns = handshake_all(conns, first, tls)
+    sent = 0
+    try:
+        for sock in conns:
+            sock.sendall(REQUEST)
+            sent += 1
+    except OSError as e:
+        fail(f"connection {first + sent}: {e}")
     sel = selectors.DefaultSelector()
     readers = {}
     for i, sock in enumerate(conns):
@@ -146,8 +218,9 @@ def burst_wave(host, port, first, n):
         for key, _ in sel.select(timeout=min(left, 1.0)):
             i, sock, reader = readers[key.fd]
             try:
-                data = sock.recv(65536)
-            except BlockingIOError:
+                data = recv_some(sock)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                # With TLS: a record that held no response bytes (a session ticket).
                 continue
             except OSError as e:
                 fail(f"connection {i}: {e}")
@@ -164,21 +237,33 @@ def burst_wave(host, port, first, n):
 
 
 def main():
-    if len(sys.argv) not in (5, 6, 7) or sys.argv[4] not in ("sequential", "burst"):
+    argv, tls = sys.argv[1:], None
+    if argv[:1] == ["--tls"]:
+        if len(argv) < 3:
+            print(__doc__, file=sys.stderr)
+            sys.exit(2)
+        try:
+            tls = (tls_context(argv[1]), argv[2])
+        except OSError as e:
+            fail(f"CA file {argv[1]}: {e}")
+        argv = argv[3:]
+    if len(argv) not in (4, 5, 6) or argv[3] not in ("sequential", "burst"):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    host, port, n, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    hold = float(sys.argv[5]) if len(sys.argv) >= 6 else 300.0
-    wave = int(sys.argv[6]) if len(sys.argv) == 7 else 1000
+    host, port, n, mode = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    hold = float(argv[4]) if len(argv) >= 5 else 300.0
+    wave = int(argv[5]) if len(argv) == 6 else 1000
     raise_nofile(n)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     started = time.monotonic()
     if mode == "sequential":
-        conns = sequential(host, port, n)
+        conns = sequential(host, port, n, tls)
     else:
-        conns = burst(host, port, n, max(wave, 1))
+        conns = burst(host, port, n, max(wave, 1), tls)
+    if tls and conns:
+        print(f"tls {conns[-1].version()} {conns[-1].cipher()[0]}", flush=True)
     print(f"ready {len(conns)} {time.monotonic() - started:.2f}", flush=True)
     until = time.monotonic() + hold
     while not stop and time.monotonic() < until:
