@@ -247,17 +247,33 @@ fn ecdsa_and_rsa_certificates_for_one_name_the_clients_signature_algorithms_choo
 }
 
 #[test]
+fn port_0_in_listen_and_tls_listen_makes_two_listeners() {
+    // How every test of the harness writes its plain listener; the spec lets tls_listen take
+    // port 0 too. Two listeners on two ports the kernel picks, not one address twice.
+    let pki = Pki::new();
+    let cert = pki.leaf("site", Ecdsa, &[HOST]);
+    let a = Backend::named("a");
+    let extra = format!("[lb]\nlisten = 127.0.0.1:0\ntls_listen = 127.0.0.1:0\n{NO_HEALTH}");
+    let lb = Lb::start(&tls_ini(&[("a", a.addr)], &[("site", &cert)], &extra));
+    assert_ne!(lb.addr, lb.tls_addr());
+    assert_eq!(get(lb.addr, "/").body_str(), "a");
+    assert_eq!(curl_ok(&pki, HOST, lb.tls_addr(), &[], &["/"]), "a");
+}
+
+#[test]
 fn tls_listens_on_every_address_given_ipv4_and_ipv6() {
     let pki = Pki::new();
     let cert = pki.leaf("site", Ecdsa, &[HOST]);
     let a = Backend::named("a");
-    let extra = format!("[lb]\ntls_listen = 127.0.0.1:0, [::1]:0\n{NO_HEALTH}");
+    // The plain listener on a port of its own (port 0 would be in both lists).
+    let plain = dead_addr();
+    let extra = format!("[lb]\nlisten = {plain}\ntls_listen = 127.0.0.1:0, [::1]:0\n{NO_HEALTH}");
     let lb = Lb::start(&tls_ini(&[("a", a.addr)], &[("site", &cert)], &extra));
     let addrs = lb.tls_addrs();
     assert_eq!(addrs.len(), 2, "{addrs:?}");
     assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6(), "{addrs:?}");
     // The plain listener line is unchanged: plain listeners only.
-    assert_eq!(lb.listening_on(), [lb.addr]);
+    assert_eq!(lb.listening_on(), [plain]);
     for addr in addrs {
         assert_eq!(curl_ok(&pki, HOST, addr, &[], &["/"]), "a", "over {addr}");
     }

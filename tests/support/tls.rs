@@ -402,7 +402,11 @@ pub fn utc_seconds(text: &str) -> Option<i64> {
 
 /// A config with a TLS listener on a port the kernel picks (`tls_listen = 127.0.0.1:0`) and
 /// these `[certificates]` entries in order (the first is the default), then `extra` as
-/// [`ini`] takes it.
+/// [`ini`] takes it (an `[lb]` key there overrides these).
+///
+/// The plain listener is `[::1]:0`: lb-mio refuses an address that is in both `listen` and
+/// `tls_listen` and, as of this writing, counts `127.0.0.1:0` twice as one address (the test
+/// `port_0_in_listen_and_tls_listen_makes_two_listeners` is about that).
 pub fn tls_ini(backends: &[(&str, SocketAddr)], certs: &[(&str, &Leaf)], extra: &str) -> String {
     let entries: Vec<(&str, String)> = certs.iter().map(|(n, l)| (*n, l.entry())).collect();
     tls_ini_entries(backends, &entries, extra)
@@ -414,7 +418,8 @@ pub fn tls_ini_entries(
     certs: &[(&str, String)],
     extra: &str,
 ) -> String {
-    let mut more = String::from("[lb]\ntls_listen = 127.0.0.1:0\n[certificates]\n");
+    let mut more =
+        String::from("[lb]\nlisten = [::1]:0\ntls_listen = 127.0.0.1:0\n[certificates]\n");
     for (name, entry) in certs {
         more.push_str(&format!("{name} = {entry}\n"));
     }
