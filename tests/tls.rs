@@ -1350,6 +1350,49 @@ fn garbage_is_closed_unanswered_and_lb_mio_keeps_serving() {
     lb.assert_alive();
 }
 
+#[test]
+fn handshake_rate_makes_a_flood_wait_its_turn_while_an_established_client_is_served() {
+    let site = Site::start("[tls]\nhandshake_rate = 4\n");
+    let ca = site.pki.ca_str();
+    let mut established = SClient::start(site.tls(), &["-servername", HOST, "-CAfile", ca]);
+    assert!(
+        established.wait_for("Verify return code", 1, WAIT),
+        "{}",
+        established.stdout()
+    );
+    // 20 new handshakes at 4 a second: at least four seconds' turns, so at least three
+    // seconds from the first to the last (all at once they take well under one).
+    const FLOOD: usize = 20;
+    let started = Instant::now();
+    let (done, served_in) = thread::scope(|scope| {
+        let flood: Vec<_> = (0..FLOOD)
+            .map(|_| scope.spawn(|| site.s_client(&[], "").handshake_done()))
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        let asked = Instant::now();
+        established.send(format!("GET /during HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
+        let answered = established.wait_for("HTTP/1.1 200", 1, WAIT);
+        let served_in = answered.then(|| asked.elapsed());
+        let done = flood
+            .into_iter()
+            .map(|t| t.join())
+            .filter(|joined| matches!(joined, Ok(true)))
+            .count();
+        (done, served_in)
+    });
+    let took = started.elapsed();
+    assert_eq!(done, FLOOD, "handshakes refused instead of waiting");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "{FLOOD} handshakes in {took:?}: no cap"
+    );
+    let served_in = served_in.expect("the established client got no answer during the flood");
+    assert!(
+        served_in < Duration::from_secs(1),
+        "the established client waited {served_in:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics, admin API, access log
 // ---------------------------------------------------------------------------------------------
