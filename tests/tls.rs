@@ -1612,22 +1612,44 @@ fn the_json_access_log_has_a_tls_object_or_null() {
 #[test]
 fn accept_proxy_on_a_tls_listener_takes_the_header_before_the_client_hello() {
     let site = Site::start("[lb]\naccept_proxy = on\nproxy_from = 127.0.0.0/8\n");
-    let mut stream = connect(site.tls());
-    send(&mut stream, "PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\n");
-    let mut tls = tls_client(stream, &site.pki.ca, HOST);
-    let request = format!("GET /proxied HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
-    if let Err(e) = tls.write_all(request.as_bytes()) {
-        panic!(
-            "no TLS handshake after a PROXY header: {e}; log:\n{}",
-            site.lb.log_text()
-        );
+    // v1, then v2 (198.51.100.9:4000 to 10.0.0.1:443).
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x0f, 0xa0, 0x01, 0xbb]);
+    for (header, client) in [
+        (
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\n".to_vec(),
+            "192.0.2.7",
+        ),
+        (v2, "198.51.100.9"),
+    ] {
+        let mut stream = connect(site.tls());
+        send(&mut stream, &header);
+        let mut tls = tls_client(stream, &site.pki.ca, HOST);
+        let request = format!("GET /proxied HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+        if let Err(e) = tls.write_all(request.as_bytes()) {
+            panic!(
+                "no TLS handshake after a PROXY header: {e}; log:\n{}",
+                site.lb.log_text()
+            );
+        }
+        let answer = tls_read_to_close(&mut tls);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let request = site.backend.last_request();
+        assert_eq!(request.target, "/proxied");
+        assert_eq!(request.header("X-Forwarded-For"), Some(client));
+        assert_eq!(request.header("X-Forwarded-Proto"), Some("https"));
     }
-    let answer = tls_read_to_close(&mut tls);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let request = site.backend.last_request();
-    assert_eq!(request.target, "/proxied");
-    assert_eq!(request.header("X-Forwarded-For"), Some("192.0.2.7"));
-    assert_eq!(request.header("X-Forwarded-Proto"), Some("https"));
+
+    // The header and the ClientHello in one write, as a balancer in front sends them.
+    let mut bytes = b"PROXY TCP4 192.0.2.8 10.0.0.1 1 443\r\n".to_vec();
+    bytes.extend(capture_client_hello(&["-servername", HOST]));
+    let mut stream = connect(site.tls());
+    send(&mut stream, &bytes);
+    let answer = read_some(&mut stream, 6);
+    assert!(
+        is_handshake_record(&answer),
+        "no handshake record back: {answer:02x?}"
+    );
 
     // A trusted source that starts with the ClientHello sent no header: refused, as on a
     // plain listener, before any handshake.
