@@ -606,6 +606,77 @@ fn a_tls12_session_resumes_and_is_counted() {
     expect_metric(&site.lb, "lbmio_tls_resumed_total", &[], 1.0);
 }
 
+/// Saves a session from a connection made with `args`, then resumes it `times` times on new
+/// connections; panics at one that is not resumed. Returns the first connection's output.
+#[track_caller]
+fn resume_times(site: &Site, args: &[&str], file: &str, times: usize) -> SOut {
+    let session = site.pki.path(file);
+    let session = session.to_str().unwrap();
+    let first = site.s_client(
+        &[args, &["-sess_out", session, "-ign_eof"]].concat(),
+        GET_AND_CLOSE,
+    );
+    assert!(first.handshake_done(), "{args:?}: {}", first.all());
+    for i in 0..times {
+        let out = site.s_client(
+            &[args, &["-sess_in", session, "-ign_eof"]].concat(),
+            GET_AND_CLOSE,
+        );
+        assert!(
+            out.reused(),
+            "{args:?}: connection {i} not resumed:\n{}",
+            out.all()
+        );
+    }
+    first
+}
+
+#[test]
+fn sessions_resume_on_any_worker() {
+    // Four workers, each with a listener of its own: the kernel spreads connections over them.
+    let site = Site::start(&format!("[lb]\nworkers = 4\n{ADMIN}"));
+    // TLS 1.2 without tickets resumes from the session cache that all workers share.
+    let first = resume_times(&site, &["-tls1_2", "-no_ticket"], "cached.pem", 8);
+    assert!(
+        !first.stdout.contains("TLS session ticket:"),
+        "a ticket: {}",
+        first.all()
+    );
+    // TLS 1.3 resumes from a ticket, which every worker can open.
+    resume_times(&site, &["-tls1_3"], "ticket.pem", 8);
+    expect_metric(&site.lb, "lbmio_tls_resumed_total", &[], 16.0);
+}
+
+#[test]
+fn without_a_ticket_key_file_each_process_has_keys_of_its_own() {
+    let pki = Pki::new();
+    let cert = pki.leaf("site", Ecdsa, &[HOST]);
+    let a = Backend::named("a");
+    let start = || Lb::start(&tls_ini(&[("a", a.addr)], &[("site", &cert)], NO_HEALTH));
+    let (first, second) = (start(), start());
+    let session = pki.path("session.pem");
+    let session = session.to_str().unwrap();
+    let out = pki.s_client(
+        first.tls_addr(),
+        Some(HOST),
+        &["-tls1_3", "-sess_out", session, "-ign_eof"],
+        GET_AND_CLOSE.as_bytes(),
+    );
+    assert!(out.handshake_done(), "{}", out.all());
+    let out = pki.s_client(
+        second.tls_addr(),
+        Some(HOST),
+        &["-tls1_3", "-sess_in", session, "-ign_eof"],
+        GET_AND_CLOSE.as_bytes(),
+    );
+    assert!(out.handshake_done(), "{}", out.all());
+    assert!(
+        !out.reused(),
+        "another process opened the ticket:\n{}",
+        out.all()
+    );
+}
+
 #[test]
 fn two_processes_sharing_a_ticket_key_file_resume_each_others_sessions() {
     let pki = Pki::new();
