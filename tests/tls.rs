@@ -11,7 +11,7 @@ mod support;
 use prometheus_parse::{Scrape, Value as Metric};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -425,6 +425,39 @@ fn requests_over_tls_reach_the_backend_marked_https_and_answers_come_back_whole(
     assert_same_bytes(&plain.body, &body, "the body over plain HTTP");
     let seen = site.backend.last_request();
     assert_eq!(seen.header_all("X-Forwarded-Proto"), ["http"]);
+}
+
+#[test]
+fn a_client_that_reads_slowly_holds_back_the_backend_not_lb_mio_memory() {
+    let body = Arc::new(lcg_bytes(32 * 1024 * 1024, 11));
+    let answer = Arc::clone(&body);
+    let backend = Backend::start("a", move |_| Response::ok(answer.as_slice()));
+    let site = Site::with_backend(backend, "");
+    let pid = site.lb.pid();
+    let before = rss(pid);
+    let mut tls = tls_client(connect(site.tls()), &site.pki.ca, HOST);
+    let request = format!("GET /big HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).expect("send over TLS");
+    let mut first = vec![0u8; 64 * 1024];
+    tls.read_exact(&mut first).expect("the first 64 KiB");
+    // The client stops reading; the backend has 32 MiB to give.
+    thread::sleep(Duration::from_secs(1));
+    let grown = rss(pid).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "lb-mio took {} MiB in for a client that does not read",
+        grown / (1024 * 1024)
+    );
+    let mut all = first;
+    tls.read_to_end(&mut all)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Ok(0),
+            _ => Err(e),
+        })
+        .expect("the rest of the response");
+    let (head, rest) = split_response(&all);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_same_bytes(&rest, &body, "the body read slowly over TLS");
 }
 
 #[test]
