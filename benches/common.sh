@@ -1,6 +1,6 @@
-# Helpers shared by benches/load.sh and benches/failover.sh, sourced by both once their
-# settings (PORT_BASE, KEEP_TMP, ...) are read. Only what is the same in both lives here, so a
-# fix to setup, port checks or cleanup reaches both benches; what differs stays in each script.
+# Helpers shared by the benches in this folder, sourced by each once its settings (PORT_BASE,
+# KEEP_TMP, ...) are read. Only what is the same in several lives here, so a fix to setup, port
+# checks, measuring or cleanup reaches them all; what differs stays in each script.
 # Not meant to be run on its own.
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +109,42 @@ machine_lines() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS certificates for the TLS benches, made anew each run: nothing secret is kept in the tree.
+
+# In DIR: a test CA (ca.pem, ECDSA P-256) and two server certificates it signed, for localhost
+# and 127.0.0.1: ecdsa.pem/.key (P-256) and rsa.pem/.key (2048 bits), each .pem the chain
+# without the CA (as a server sends it), and ecdsa-combined.pem / rsa-combined.pem with chain
+# and key in one file, as HAProxy reads them. Valid for a year (testssl.sh marks under 60 days).
+make_test_certs() {
+    local dir=$1 k
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+        openssl req -x509 -new -key ca.key -sha256 -days 365 -subj "/CN=lb-mio bench test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
+        for k in ecdsa rsa; do
+            if [ "$k" = ecdsa ]; then
+                openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$k.key" 2>/dev/null
+            else
+                openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k.key" 2>/dev/null
+            fi
+            openssl req -new -key "$k.key" -subj "/CN=localhost" -out "$k.csr" 2>/dev/null
+            # keyEncipherment only for RSA: TLS 1.2's RSA key exchange would use it.
+            printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+                "keyUsage=critical,digitalSignature$([ "$k" = rsa ] && echo ,keyEncipherment)" \
+                "extendedKeyUsage=serverAuth" >"$k.ext"
+            openssl x509 -req -in "$k.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+                -sha256 -extfile "$k.ext" -out "$k.pem" 2>/dev/null
+            cat "$k.pem" "$k.key" >"$k-combined.pem"
+        done
+    ) || die "making the test certificates in $dir failed"
+    openssl verify -CAfile "$dir/ca.pem" "$dir/ecdsa.pem" "$dir/rsa.pem" >/dev/null ||
+        die "the test certificates in $dir do not verify"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Starting and stopping servers. Every server is recorded in SERVICE_PIDS and stopped by PID in
 # the script's stop_services (also from the EXIT trap, via cleanup).
 
@@ -154,6 +190,18 @@ render() {
         "${extra[@]}" "$template" >"$out"
 }
 
+# Waits until https://127.0.0.1:PORT/ answers 200 with a certificate CAFILE vouches for.
+wait_https() {
+    local port=$1 pid=$2 name=$3 cafile=$4 i
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited at startup (see ${LOGS[$name]:-$WORK})"
+        [ "$(curl -s -o /dev/null -m 1 --cacert "$cafile" -w '%{http_code}' \
+            "https://127.0.0.1:$port/")" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "$name did not answer on https://127.0.0.1:$port within 10 s"
+}
+
 # SIGTERM, then SIGKILL whatever is left after 5 s.
 stop_pids() {
     local pid i alive
@@ -184,6 +232,58 @@ cleanup() {
         fi
     fi
     exit $rc
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+
+# "10s" / "2m" / "1h" / "10" -> seconds, for the timeouts that bound every run.
+dur_secs() {
+    local d=$1
+    case $d in
+        *s) echo "${d%s}" ;;
+        *m) echo $((${d%m} * 60)) ;;
+        *h) echo $((${d%h} * 3600)) ;;
+        *) echo "$d" ;;
+    esac
+}
+
+# utime+stime in clock ticks, summed over processes (each /proc/PID/stat covers all threads).
+cpu_ticks() {
+    local pid total=0 t
+    for pid in "$@"; do
+        # Fields after "(comm) ": state is $1, so utime is $12 and stime $13.
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+alive() {
+    local pid
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
+
+lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# wrk's text output -> "rps requests p50_ms p99_ms non2xx socket_errors"
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+            if (v ~ /m$/) return substr(v, 1, length(v) - 1) * 60000
+            return v + 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
+        END { printf "%s %s %s %s %d %d\n", rps + 0, reqs + 0, p50 + 0, p99 + 0, non2xx, sock }
+    '
 }
 
 # ---------------------------------------------------------------------------------------------

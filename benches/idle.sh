@@ -208,11 +208,6 @@ rss_kib() {
     echo "$total"
 }
 
-alive() {
-    local pid
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null || return 1; done
-}
-
 # Runs the holder: PORT COUNT MODE HOLD_SECS OUT. In the background; waits (≤ OPEN_TIMEOUT)
 # for its "ready" line and returns with it running (its PID in HELPER_PIDS), or dies.
 hold_connections() {

@@ -53,17 +53,6 @@ CLK_TCK=$(getconf CLK_TCK)
 declare -A PIDS=()   # target -> space-separated PIDs of its processes (all of them, for CPU)
 BAL_PIN=() LOAD_PIN=()
 
-# "10s" / "2m" / "1h" / "10" -> seconds, for the timeouts that bound every run.
-dur_secs() {
-    local d=$1
-    case $d in
-        *s) echo "${d%s}" ;;
-        *m) echo $((${d%m} * 60)) ;;
-        *h) echo $((${d%h} * 3600)) ;;
-        *) echo "$d" ;;
-    esac
-}
-
 # ---------------------------------------------------------------------------------------------
 # Setup: tools, binaries, syscall counting method.
 
@@ -196,44 +185,6 @@ start_mode() {
 
 # ---------------------------------------------------------------------------------------------
 # Measuring.
-
-# utime+stime in clock ticks, summed over processes (each /proc/PID/stat covers all threads).
-cpu_ticks() {
-    local pid total=0 t
-    for pid in "$@"; do
-        # Fields after "(comm) ": state is $1, so utime is $12 and stime $13.
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
-        total=$((total + ${t:-0}))
-    done
-    echo "$total"
-}
-
-alive() {
-    local pid
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null || return 1; done
-}
-
-lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
-
-# wrk's text output -> "rps requests p50_ms p99_ms non2xx socket_errors"
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
-            if (v ~ /m$/) return substr(v, 1, length(v) - 1) * 60000
-            return v + 0
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        / requests in / { reqs = $1 }
-        $1 == "50%" { p50 = ms($2) }
-        $1 == "99%" { p99 = ms($2) }
-        /Non-2xx or 3xx responses:/ { non2xx = $NF }
-        /Socket errors:/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
-        END { printf "%s %s %s %s %d %d\n", rps + 0, reqs + 0, p50 + 0, p99 + 0, non2xx, sock }
-    '
-}
 
 # Runs wrk against a target in the background-helper bookkeeping, bounded in time.
 run_wrk() {
