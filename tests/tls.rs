@@ -1391,7 +1391,7 @@ fn thousands_of_stalled_handshakes_are_all_closed_and_memory_and_descriptors_com
         assert!(
             left <= POOL + took / 4,
             "memory did not come back after flood {}: {} of its {} MiB stay \
-             (kept by the allocator for reuse, not leaked): {report}",
+             (kept, not leaked: the leak check above passed): {report}",
             round + 1,
             mib(left),
             mib(took)
