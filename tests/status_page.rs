@@ -1,6 +1,7 @@
 //! The status page in a real browser: headless Chromium loads it from the admin listener while
 //! traffic flows, runs its polling script, and dumps the DOM; the table must list both
-//! backends and every chart must have drawn samples.
+//! backends and every chart must have drawn samples; with TLS, the certificates table lists
+//! each certificate and marks those that expire within 14 days.
 //!
 //! Needs Debian's `chromium`. Run as root (as on this project's machines and in CI), the test
 //! installs it with apt-get when it is missing, so `cargo test` works on a fresh machine;
@@ -203,4 +204,56 @@ fn the_status_page_lists_backends_and_draws_live_charts() {
         "the page's status line says {status:?} {}",
         context()
     );
+}
+
+/// The `<tr ...>` start tag of the certificates table's row for `name`.
+fn certificate_row<'a>(html: &'a str, name: &str) -> Option<&'a str> {
+    let at = html.find(&format!(" data-certificate=\"{name}\""))?;
+    let start = html[..at].rfind("<tr")?;
+    let end = at + html[at..].find('>')?;
+    Some(&html[start..=end])
+}
+
+#[test]
+fn the_status_page_lists_certificates_and_marks_those_expiring_soon() {
+    let browser = chromium();
+    let pki = Pki::new();
+    let site = pki.leaf("site", KeyKind::Ecdsa, &["a.example.com"]);
+    let soon = pki.leaf_valid(
+        "soon",
+        KeyKind::Rsa,
+        &["soon.example.com"],
+        Validity::Days(5),
+    );
+    let a = Backend::named("alpha");
+    let lb = Lb::start(&tls_ini(
+        &[("alpha", a.addr)],
+        &[("site", &site), ("soon", &soon)],
+        "[admin]\nlisten = 127.0.0.1:0\n",
+    ));
+    let dom = dump_dom(&format!("http://{}/", lb.admin_addr()));
+    let context = || format!("(chromium: {})\n{dom}", browser.display());
+
+    let mut rows = attribute_values(&dom, "data-certificate");
+    rows.sort_unstable();
+    assert_eq!(
+        rows,
+        ["site", "soon"],
+        "one row per certificate {}",
+        context()
+    );
+    let row = |name| certificate_row(&dom, name).unwrap_or_default();
+    assert!(
+        row("soon").contains("expires-soon"),
+        "soon is not marked {}",
+        context()
+    );
+    assert!(
+        !row("site").contains("expires-soon"),
+        "site is marked {}",
+        context()
+    );
+    for name in ["a.example.com", "soon.example.com"] {
+        assert!(dom.contains(name), "{name} is not shown {}", context());
+    }
 }

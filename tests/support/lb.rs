@@ -271,6 +271,22 @@ impl Lb {
             .unwrap_or_else(|| panic!("no listening line; log:\n{}", self.log_text()))
     }
 
+    /// Every address in the `lb-mio listening for TLS on A, B: N certificates` line (logged
+    /// before the line `Lb::start` waits for).
+    #[track_caller]
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.log()
+            .iter()
+            .find_map(|l| addrs_after(l, "lb-mio listening for TLS on "))
+            .unwrap_or_else(|| panic!("no TLS listening line; log:\n{}", self.log_text()))
+    }
+
+    /// The first TLS address.
+    #[track_caller]
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addrs()[0]
+    }
+
     /// The admin address from `admin API listening on http://127.0.0.1:PORT/` (logged before
     /// the line `Lb::start` waits for).
     #[track_caller]
@@ -291,7 +307,12 @@ impl Lb {
 
 /// The addresses in a `... lb-mio listening on A, B: ...` line.
 fn listening_on(line: &str) -> Option<Vec<SocketAddr>> {
-    let rest = &line[line.find("lb-mio listening on ")? + "lb-mio listening on ".len()..];
+    addrs_after(line, "lb-mio listening on ")
+}
+
+/// The addresses in a `... PREFIX A, B: ...` line.
+fn addrs_after(line: &str, prefix: &str) -> Option<Vec<SocketAddr>> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
     let list = &rest[..rest.find(": ")?];
     list.split(", ").map(|a| a.parse().ok()).collect()
 }

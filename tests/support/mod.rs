@@ -25,10 +25,14 @@
 //! - `admin`: [`admin_request`] and [`api_backends`] speak to lb-mio's admin listener.
 //! - `load`: [`Load`] keeps requests going from client threads while a test changes things.
 //! - `process`: [`Process`] is a child beside the test (its output gathered by line, killed on
-//!   drop); [`run_within`] runs one to its end within a time limit.
+//!   drop); [`run_within`] runs one to its end within a time limit ([`run_with_input`] with
+//!   bytes on its stdin).
 //! - `procfs`: what a process holds, from /proc (RSS, descriptors, threads, CPU time).
 //! - `http`: what the backend and the client share ([`Message`] for header lookup, reason
 //!   phrases, chunked coding) and what lb-mio rewrites ([`HOP_BY_HOP`], [`X_FORWARDED`]).
+//! - `tls`: a throwaway PKI made with the `openssl` CLI ([`Pki`], [`Leaf`]), `curl` and
+//!   `openssl s_client` bounded in time ([`curl`], [`s_client`], [`SClient`]), a ClientHello
+//!   read apart ([`ClientHello`]), and a small rustls client for what the CLIs cannot do.
 //! - `util`: bounded waits, test data, byte comparison, [`Gate`], [`TempFile`], [`TempDir`],
 //!   [`reset`] (close with a RST).
 #![allow(dead_code)]
@@ -42,13 +46,14 @@ mod load;
 mod process;
 mod procfs;
 mod raw_backend;
+mod tls;
 mod util;
 
 // Each test file uses only part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use {
     admin::*, backend::*, client::*, http::*, lb::*, load::*, process::*, procfs::*,
-    raw_backend::*, util::*,
+    raw_backend::*, tls::*, util::*,
 };
 
 use std::time::Duration;

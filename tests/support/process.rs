@@ -1,7 +1,7 @@
 //! Child processes: one that runs beside the test (its output gathered line by line, killed on
 //! drop) or one that runs to its end within a time limit.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
@@ -182,11 +182,38 @@ pub struct Output {
 /// Runs `command` with no input to its end, killing it after `timeout`; both output pipes are
 /// read meanwhile, so a chatty child cannot block on a full pipe.
 pub fn run_within(command: &mut Command, timeout: Duration) -> io::Result<Output> {
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    finish_within(child, timeout)
+}
+
+/// `run_within`, with `input` written to the command's stdin (from a thread of its own), which
+/// is then closed.
+pub fn run_with_input(
+    command: &mut Command,
+    input: &[u8],
+    timeout: Duration,
+) -> io::Result<Output> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    // A child that exits without reading makes this fail: what it wrote tells why.
+    thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    finish_within(child, timeout)
+}
+
+/// Reads both output pipes of `child` to their end and waits for it, killing it after
+/// `timeout`.
+fn finish_within(mut child: Child, timeout: Duration) -> io::Result<Output> {
     let stdout = read_all(child.stdout.take().expect("piped stdout"));
     let stderr = read_all(child.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + timeout;
