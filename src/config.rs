@@ -605,9 +605,23 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error(line, key.to_string(), message.to_string()));
         }
-        if let RedirectHttp::Only(addrs) = &self.config.tls.redirect_http {
+        let redirect = &self.config.tls.redirect_http;
+        if *redirect != RedirectHttp::Off && lb.tls_listen.is_empty() {
+            let line = self
+                .keys
+                .get(&("tls", "redirect_http"))
+                .copied()
+                .unwrap_or(0);
+            let message = "needs [lb] tls_listen: where to send the requests".to_string();
+            return Err(self.error(line, "[tls] redirect_http".to_string(), message));
+        }
+        if let RedirectHttp::Only(addrs) = redirect {
             if let Some(addr) = addrs.iter().find(|a| !lb.listen.contains(a)) {
-                let line = self.keys.get(&("tls", "redirect_http")).copied().unwrap_or(0);
+                let line = self
+                    .keys
+                    .get(&("tls", "redirect_http"))
+                    .copied()
+                    .unwrap_or(0);
                 let message = format!("{addr} is not in [lb] listen");
                 return Err(self.error(line, "[tls] redirect_http".to_string(), message));
             }

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod ratelimit;

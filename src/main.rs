@@ -169,10 +169,14 @@ fn reload(running: &Running, path: Option<&Path>) {
     let applied = Config::from_file(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
+            running
+                .shared
+                .update(|snap| reload::apply(snap, config.clone()))?;
+            // Only with the rest of the new config: a file that fails keeps all of the old.
             if let Some(tls) = &running.shared.tls {
                 tls.reload(&config);
             }
-            running.shared.update(|snap| reload::apply(snap, config))
+            Ok(())
         });
     match applied {
         Ok(()) => {

@@ -2,11 +2,14 @@
 //! `Token`; the listener and the waker have reserved values above every index.
 
 use crate::config::MAX_LISTEN;
+
+/// A worker's listeners: `listen`, then `tls_listen`, each up to `MAX_LISTEN` addresses.
+const MAX_LISTENERS: usize = 2 * MAX_LISTEN;
 use mio::{event::Event, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
-    /// The worker's listener for `listen` address `n`.
+    /// The worker's listener `n`: the `listen` addresses, then the `tls_listen` ones.
     Listener(usize),
     /// The main thread has a message for this worker.
     Waker,
@@ -19,7 +22,7 @@ pub enum Tok {
 const WAKER: usize = usize::MAX;
 /// Listener `n` is `LISTENERS - n`, below the waker and far above any slab index.
 const LISTENERS: usize = usize::MAX - 1;
-const LOWEST_LISTENER: usize = LISTENERS - MAX_LISTEN + 1;
+const LOWEST_LISTENER: usize = LISTENERS - MAX_LISTENERS + 1;
 
 impl From<Tok> for Token {
     fn from(tok: Tok) -> Token {

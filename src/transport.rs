@@ -74,10 +74,10 @@ impl Transport {
 
     /// Ends our sending side (after the last response), keeping the receiving side open.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        if let Transport::Tls(tls) = self {
-            tls.close_notify();
+        match self {
+            Transport::Plain(stream) => stream.shutdown(Shutdown::Write),
+            Transport::Tls(tls) => tls.shutdown_write(),
         }
-        self.socket().shutdown(Shutdown::Write)
     }
 
     /// Makes the coming close a reset (RST, `SO_LINGER` 0) rather than an orderly end.

@@ -7,6 +7,7 @@ use crate::access_log;
 use crate::buffer::BufferPool;
 use crate::config;
 use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
+use crate::memory;
 use crate::metrics::WorkerMetrics;
 use crate::ratelimit::ConnLimit;
 use crate::request_id::RequestIds;
@@ -82,6 +83,8 @@ pub struct Worker {
     handshakes: HandshakeBudget,
     /// Reused list of connections whose deadline passed.
     expired: Vec<usize>,
+    /// Most connections open at once since memory was last given back (`memory`).
+    high_water: usize,
     /// The port of the first TLS listener, where `[tls] redirect_http` sends plain requests.
     https_port: Option<u16>,
 }
@@ -132,6 +135,7 @@ impl Worker {
             at_limit: false,
             handshakes: HandshakeBudget::default(),
             expired: Vec::new(),
+            high_water: 0,
             https_port,
         };
         Ok((worker, Handle { tx, waker }))
@@ -277,7 +281,7 @@ impl Worker {
             };
             let tls = listener.tls;
             let index = i as u8; // at most 16 listeners
-            // Left in the kernel's queue, they are accepted at the next tick with budget.
+                                 // Left in the kernel's queue, they are accepted at the next tick with budget.
             if tls && !self.handshakes.has_room(rate, now) {
                 return;
             }
@@ -349,6 +353,7 @@ impl Worker {
         conn.counted = limit.map(|_| peer.ip());
         entry.insert(conn);
         self.metrics.set_connections(self.conns.len());
+        self.high_water = self.high_water.max(self.conns.len());
     }
 
     fn drive(&mut self, id: usize, now: Instant) {
@@ -406,6 +411,10 @@ impl Worker {
             self.accept_all(now);
         }
         self.log.tick(now, &self.shared.access_sink);
+        if self.high_water.saturating_sub(self.conns.len()) >= memory::GIVE_BACK_AFTER {
+            memory::give_back();
+            self.high_water = self.conns.len();
+        }
     }
 
     /// The drain is over: whatever is still open closes now, each request with its line.

@@ -280,6 +280,34 @@ fn tls_listens_on_every_address_given_ipv4_and_ipv6() {
 }
 
 #[test]
+fn eight_plain_and_eight_tls_listeners_all_accept() {
+    let pki = Pki::new();
+    let cert = pki.leaf("site", Ecdsa, &[HOST]);
+    let a = Backend::named("a");
+    let eight = |first: u8| -> String {
+        let addrs: Vec<String> = (first..first + 8)
+            .map(|i| format!("127.0.0.{i}:0"))
+            .collect();
+        addrs.join(", ")
+    };
+    let extra = format!(
+        "[lb]\nlisten = {}\ntls_listen = {}\n{NO_HEALTH}",
+        eight(1),
+        eight(11)
+    );
+    let lb = Lb::start(&tls_ini(&[("a", a.addr)], &[("site", &cert)], &extra));
+    let (plain, tls) = (lb.listening_on(), lb.tls_addrs());
+    assert_eq!((plain.len(), tls.len()), (8, 8), "{plain:?} {tls:?}");
+    for addr in plain {
+        assert_eq!(get(addr, "/").status, 200, "plain {addr}");
+    }
+    // The last ones too: a worker has sixteen listeners, each with an event token of its own.
+    for addr in tls {
+        assert_eq!(curl_ok(&pki, HOST, addr, &[], &["/"]), "a", "over {addr}");
+    }
+}
+
+#[test]
 fn a_full_chain_file_is_served_whole() {
     let pki = Pki::new();
     let leaf = pki.chained_leaf("chained", &[HOST]);
@@ -606,37 +634,21 @@ fn connect_twice(pki: &Pki, addr: SocketAddr, version: &str, session: &str) -> (
 }
 
 #[test]
-fn a_tls13_session_resumes_and_is_counted() {
-    let site = Site::start(ADMIN);
-    let session = site.pki.path("session.pem");
-    let (first, second) =
-        connect_twice(&site.pki, site.tls(), "-tls1_3", session.to_str().unwrap());
-    assert!(first.handshake_done() && !first.reused(), "{}", first.all());
-    assert!(second.reused(), "not resumed:\n{}", second.all());
-    assert_eq!(second.protocol(), Some("TLSv1.3"));
-    assert!(
-        second.http().starts_with("HTTP/1.1 200"),
-        "{}",
-        second.all()
-    );
-    expect_metric(&site.lb, "lbmio_tls_resumed_total", &[], 1.0);
-}
-
-#[test]
-fn a_tls12_session_resumes_and_is_counted() {
-    let site = Site::start(ADMIN);
-    let session = site.pki.path("session.pem");
-    let (first, second) =
-        connect_twice(&site.pki, site.tls(), "-tls1_2", session.to_str().unwrap());
-    assert!(first.handshake_done() && !first.reused(), "{}", first.all());
-    assert!(second.reused(), "not resumed:\n{}", second.all());
-    assert_eq!(second.protocol(), Some("TLSv1.2"));
-    assert!(
-        second.http().starts_with("HTTP/1.1 200"),
-        "{}",
-        second.all()
-    );
-    expect_metric(&site.lb, "lbmio_tls_resumed_total", &[], 1.0);
+fn a_session_resumes_and_is_counted_in_tls13_and_in_tls12() {
+    for (flag, version) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let site = Site::start(ADMIN);
+        let session = site.pki.path("session.pem");
+        let (first, second) = connect_twice(&site.pki, site.tls(), flag, session.to_str().unwrap());
+        assert!(first.handshake_done() && !first.reused(), "{}", first.all());
+        assert!(second.reused(), "{version} not resumed:\n{}", second.all());
+        assert_eq!(second.protocol(), Some(version));
+        assert!(
+            second.http().starts_with("HTTP/1.1 200"),
+            "{}",
+            second.all()
+        );
+        expect_metric(&site.lb, "lbmio_tls_resumed_total", &[], 1.0);
+    }
 }
 
 /// Saves a session from a connection made with `args`, then resumes it `times` times on new

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::{
     off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_hash_key, parse_header_name,
     parse_level, parse_list, parse_listen, parse_optional_addr, parse_path, parse_range,
-    parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header, parse_status_range, parse_sticky,
-    parse_strategy, parse_token, parse_workers, Config, MAX_MS,
+    parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header, parse_status_range,
+    parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_MS,
 };
 
 /// One `key = value` of a section.

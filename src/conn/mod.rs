@@ -220,7 +220,10 @@ impl Conn {
     /// Kept alive after a response, waiting for a next request, with nothing buffered. (A new
     /// connection that has not sent its first request yet is not idle: one is on its way.)
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::KeepAlive && held(&self.cin) == 0 && held(&self.cout) == 0
+        self.phase == Phase::KeepAlive
+            && held(&self.cin) == 0
+            && held(&self.cout) == 0
+            && !self.client.pending_output()
     }
 
     pub fn socket(&mut self) -> &mut mio::net::TcpStream {
@@ -1065,9 +1068,10 @@ impl Conn {
         })
     }
 
-    /// Waiting on the client: response bytes sit in `cout` and its socket takes no more.
+    /// Waiting on the client: response bytes sit in `cout` (or in the transport) and its
+    /// socket takes no more.
     fn client_not_reading(&self) -> bool {
-        held(&self.cout) > 0 && !self.ready.writable
+        (held(&self.cout) > 0 || self.client.pending_output()) && !self.ready.writable
     }
 
     fn timeout(&self, ctx: &Ctx) -> Duration {
@@ -1146,12 +1150,7 @@ impl Conn {
 
 /// What the listener itself answers instead of forwarding: a plain HTTP request that came
 /// to a TLS port, or any request to a plain port that `[tls] redirect_http` sends to https.
-fn refused_by_listener(
-    client: &Transport,
-    listener: u8,
-    ctx: &Ctx,
-    head: &[u8],
-) -> Option<Cause> {
+fn refused_by_listener(client: &Transport, listener: u8, ctx: &Ctx, head: &[u8]) -> Option<Cause> {
     if client.spoke_plain_to_tls() {
         return Some(Cause::PlainHttpToTls);
     }

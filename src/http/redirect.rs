@@ -2,6 +2,7 @@
 //! (`[tls] redirect_http`), built from the request head the parser already accepted.
 
 use super::head;
+use std::borrow::Cow;
 use std::io::Write;
 
 /// Longest `Location` header lb-mio writes; a request whose target would not fit gets 414.
@@ -21,21 +22,31 @@ pub fn host(head: &[u8]) -> Option<&[u8]> {
     (!host.is_empty()).then_some(host)
 }
 
-/// The request target as a path: origin-form as sent, the path of an absolute-form target,
-/// `/` for the others.
-fn path(head: &[u8]) -> &[u8] {
+/// The request target as a path: origin-form as sent, the path and query of an absolute-form
+/// target (its authority ends at `/`, `?` or `#`), `/` for the others.
+fn path(head: &[u8]) -> Cow<'_, [u8]> {
+    // The parser lets empty lines come before the request line (RFC 9112 §2.2).
+    let start = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let head = &head[start..];
     let line = &head[..head::first_line_len(head)];
     let target = line.split(|&b| b == b' ').nth(1).unwrap_or(b"/");
     if target.starts_with(b"/") {
-        return target;
+        return Cow::Borrowed(target);
     }
-    let after_scheme = target
-        .windows(3)
-        .position(|w| w == b"://")
-        .map(|at| &target[at + 3..]);
-    match after_scheme.and_then(|rest| rest.iter().position(|&b| b == b'/').map(|at| &rest[at..])) {
-        Some(path) => path,
-        None => b"/",
+    let Some(at) = target.windows(3).position(|w| w == b"://") else {
+        return Cow::Borrowed(b"/");
+    };
+    let authority_and_rest = &target[at + 3..];
+    let rest = match authority_and_rest.iter().position(|b| b"/?#".contains(b)) {
+        Some(end) => &authority_and_rest[end..],
+        None => b"",
+    };
+    match rest.first() {
+        Some(b'/') => Cow::Borrowed(rest),
+        _ => Cow::Owned([b"/", rest].concat()),
     }
 }
 
@@ -50,7 +61,7 @@ pub fn location_header(head: &[u8], port: u16, out: &mut [u8; MAX_LOCATION]) -> 
         if port != 443 {
             write!(rest, ":{port}")?;
         }
-        rest.write_all(path(head))?;
+        rest.write_all(&path(head))?;
         rest.write_all(b"\r\n")
     };
     write().ok()?;
@@ -84,6 +95,25 @@ mod tests {
         assert_eq!(
             location(absolute, 443).unwrap(),
             "Location: https://example.com/x\r\n"
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_keeps_its_path_and_query_and_a_leading_empty_line_is_skipped() {
+        let query = "GET http://example.com?next=/evil HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        assert_eq!(
+            location(query, 443).unwrap(),
+            "Location: https://example.com/?next=/evil\r\n"
+        );
+        let bare = "GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        assert_eq!(
+            location(bare, 443).unwrap(),
+            "Location: https://example.com/\r\n"
+        );
+        let leading = "\r\nGET /a?b HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        assert_eq!(
+            location(leading, 443).unwrap(),
+            "Location: https://example.com/a?b\r\n"
         );
     }
 

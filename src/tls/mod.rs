@@ -63,6 +63,9 @@ impl Server {
     /// cannot be used keeps the certificate it had (a new entry is left out), and says why;
     /// a bad ticket key file keeps the old keys.
     pub fn reload(&self, config: &Config) {
+        if let Err(why) = (self.tickets).reload(config.tls.ticket_key_file.as_deref()) {
+            error!("reload: [tls] ticket_key_file: {why}; the old keys stay");
+        }
         let old = self.certificates();
         let mut certificates = Vec::new();
         for conf in &config.certificates {
@@ -89,9 +92,6 @@ impl Server {
         self.resolver.set(&certificates);
         info!("reload: {} certificates", certificates.len());
         *self.certificates.write() = certificates.into();
-        if let Err(why) = (self.tickets).reload(config.tls.ticket_key_file.as_deref()) {
-            error!("reload: [tls] ticket_key_file: {why}; the old keys stay");
-        }
     }
 
     /// A new client connection's TLS side.

@@ -70,6 +70,8 @@ pub struct TlsStream {
     plaintext: usize,
     /// The finished handshake was handed to `finished_handshake`.
     reported: bool,
+    /// close_notify is queued: the socket's write side ends once rustls has flushed it.
+    closing: bool,
 }
 
 /// Counts whether the socket read filled what rustls offered: a short read drained it.
@@ -96,6 +98,7 @@ impl TlsStream {
             drained: true,
             plaintext: 0,
             reported: false,
+            closing: false,
         }
     }
 
@@ -116,11 +119,17 @@ impl TlsStream {
                 None => {}
             }
         }
-        for _ in 0..RECORD_READS {
+        for round in 0..RECORD_READS {
             match buf.read_from(&mut self.tls.reader()) {
                 Ok(Io::Blocked) => {}
                 Ok(Io::Moved(n)) => {
                     self.plaintext = self.plaintext.saturating_sub(n);
+                    if round == 0 {
+                        // Plaintext from an earlier read: the socket was not looked at, and
+                        // the event for what reached it since may already be spent. The pump
+                        // judges readiness by this read's size, so say the socket may hold more.
+                        self.drained = false;
+                    }
                     return Ok(Io::Moved(n));
                 }
                 // A client that closes without close_notify: an end like any other for HTTP,
@@ -160,10 +169,10 @@ impl TlsStream {
         self.started = true;
         self.plain = first.is_ascii_uppercase();
         while !self.plain && !early.is_empty() {
-            if self.tls.read_tls(&mut early)? == 0 {
-                return Err(self.failed("oversized or unprocessed records"));
+            match self.tls.read_tls(&mut early) {
+                Ok(n) if n > 0 => self.process()?,
+                _ => return Err(self.failed("oversized or unprocessed records")),
             }
-            self.process()?;
         }
         Ok(!self.plain)
     }
@@ -227,7 +236,8 @@ impl TlsStream {
         Ok(Io::Moved(taken))
     }
 
-    /// Writes rustls's records until the socket blocks or none are left.
+    /// Writes rustls's records until the socket blocks or none are left; after close_notify
+    /// has gone out, ends the socket's write side.
     fn flush(&mut self) -> io::Result<Io> {
         while self.tls.wants_write() {
             match self.tls.write_tls(&mut self.tcp) {
@@ -236,6 +246,10 @@ impl TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Io::Blocked),
                 Err(e) => return Err(e),
             }
+        }
+        if self.closing {
+            self.closing = false;
+            self.tcp.shutdown(std::net::Shutdown::Write)?;
         }
         Ok(Io::Moved(0))
     }
@@ -249,12 +263,15 @@ impl TlsStream {
         !self.plain && self.tls.wants_write()
     }
 
-    /// Sends close_notify ahead of the socket's own end (best effort: a full socket drops it).
-    pub fn close_notify(&mut self) {
-        if !self.plain {
-            self.tls.send_close_notify();
-            let _ = self.flush();
+    /// Ends our sending side: close_notify, then the socket's own end once rustls has flushed
+    /// it (now, or from a later `write`: `pending_output` holds the connection open till then).
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if self.plain {
+            return self.tcp.shutdown(std::net::Shutdown::Write);
         }
+        self.tls.send_close_notify();
+        self.closing = true;
+        self.flush().map(|_| ())
     }
 
     /// The handshake just finished (reported once).

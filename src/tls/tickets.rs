@@ -135,7 +135,7 @@ fn read_file(path: &Path) -> Result<Keys, String> {
 }
 
 fn decode_hex(text: &str) -> Option<[u8; KEY_LEN]> {
-    if text.len() != 2 * KEY_LEN || !text.is_ascii() {
+    if text.len() != 2 * KEY_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0; KEY_LEN];
