@@ -333,6 +333,7 @@ fn list_backends(shared: &Shared) -> Value {
             json!({
                 "name": b.name,
                 "address": b.addr.to_string(),
+                "tls": b.tls,
                 "weight": b.weight(),
                 "state": b.state().name(),
                 "active": b.active(),
@@ -463,7 +464,12 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
             n.to_string()
         }
     };
-    Ok(BackendConf { name, addr, weight })
+    Ok(BackendConf {
+        name,
+        addr,
+        weight,
+        tls: None,
+    })
 }
 
 /// Compares in time that depends on the length only, so timing tells nothing of the token.

@@ -18,6 +18,8 @@ pub struct BackendConf {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Speak TLS to it, checking its certificate against this name (`tls` or `tls=NAME`).
+    pub tls: Option<String>,
 }
 
 /// Where a backend came from. Every part of lb-mio that adds backends is a source, and tells
@@ -165,6 +167,8 @@ pub fn clock_ms(now: Instant) -> u64 {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// TLS to it, and the name its certificate must have.
+    pub tls: Option<String>,
     pub source: Source,
     /// Changed live through the admin API.
     weight: AtomicU32,
@@ -201,6 +205,7 @@ impl Backend {
         Backend {
             name: conf.name.clone(),
             addr: conf.addr,
+            tls: conf.tls.clone(),
             source,
             weight: AtomicU32::new(conf.weight),
             removing: AtomicBool::new(false),
@@ -425,6 +430,7 @@ mod tests {
             name: format!("b{n}"),
             addr: SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)),
             weight: 1,
+            tls: None,
         }
     }
 

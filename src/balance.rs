@@ -346,6 +346,7 @@ mod tests {
                 name: format!("s{i}"),
                 addr: format!("127.0.0.1:{}", 9001 + i).parse().unwrap(),
                 weight: 1,
+                tls: None,
             })
             .collect();
         backend::at_start(&confs, &Source::Config)

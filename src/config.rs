@@ -198,6 +198,10 @@ pub struct Tls {
     pub redirect_http: RedirectHttp,
     /// The `Strict-Transport-Security` value for responses over TLS (`max-age=N`).
     pub hsts: Option<String>,
+    /// The CAs that sign TLS backends' certificates; `None`: the system's bundle.
+    pub backend_ca: Option<PathBuf>,
+    /// TLS backends' certificates are checked (their CA and name).
+    pub backend_verify: bool,
 }
 
 /// `[tls] redirect_http`: which plain listeners send their requests to https.
@@ -469,6 +473,7 @@ impl Config {
             discover: Vec::new(),
             tls: Tls {
                 session_cache: DEFAULT_SESSION_CACHE,
+                backend_verify: true,
                 ..Tls::default()
             },
             certificates: Vec::new(),
@@ -1010,19 +1015,41 @@ fn parse_path(v: &str) -> Result<String, String> {
 }
 
 /// `ip:port [weight=N]`.
+/// `ip:port [weight=N] [tls | tls=NAME]`.
 fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
     backend::check_name(name)?;
     let mut words = v.split_whitespace();
     let addr = backend::parse_addr(words.next().unwrap_or(""))?;
-    let weight = words.next().map_or(Ok(1), parse_weight)?;
-    if let Some(extra) = words.next() {
-        return Err(format!("unexpected {extra:?} after the weight"));
+    let (mut weight, mut tls) = (None, None);
+    for word in words {
+        match word {
+            "tls" if tls.is_none() => tls = Some(addr.ip().to_string()),
+            _ if word.starts_with("tls=") && tls.is_none() => {
+                tls = Some(parse_server_name(&word["tls=".len()..])?)
+            }
+            _ if word.starts_with("weight=") && weight.is_none() => {
+                weight = Some(parse_weight(word)?)
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected {word:?} (expected weight=N, tls or tls=NAME)"
+                ))
+            }
+        }
     }
     Ok(BackendConf {
         name: name.to_string(),
         addr,
-        weight,
+        weight: weight.unwrap_or(1),
+        tls,
     })
+}
+
+/// The name a TLS backend's certificate must have: a DNS name or an IP address.
+fn parse_server_name(v: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(v)
+        .map(|_| v.to_string())
+        .map_err(|_| format!("tls={v:?}: expected a DNS name or an IP address"))
 }
 
 fn parse_weight(word: &str) -> Result<u32, String> {
@@ -1052,6 +1079,7 @@ mod tests {
             name: name.to_string(),
             addr: addr.parse().unwrap(),
             weight,
+            tls: None,
         }
     }
 
@@ -1119,6 +1147,8 @@ ticket_key_file = /etc/lb-mio/tickets.key
 session_cache = 0
 redirect_http = [::1]:8081
 hsts = 31536000
+backend_ca = /etc/lb-mio/backends-ca.pem
+backend_verify = off
 
 [certificates]
 site = /etc/lb-mio/site.pem /etc/lb-mio/site.key
@@ -1126,6 +1156,8 @@ site = /etc/lb-mio/site.pem /etc/lb-mio/site.key
 [backends]
 s1 = 127.0.0.1:9001
 s2 = [::1]:9002 weight=1000
+s3 = 10.0.0.7:443 tls=api.internal weight=2
+s4 = 10.0.0.8:443 tls
 api = API.Service.Consul.:8080 weight=3
 web = srv:_http._tcp.web.consul
 ";
@@ -1195,6 +1227,14 @@ web = srv:_http._tcp.web.consul
             backends: vec![
                 backend("s1", "127.0.0.1:9001", 1),
                 backend("s2", "[::1]:9002", 1000),
+                BackendConf {
+                    tls: Some("api.internal".to_string()),
+                    ..backend("s3", "10.0.0.7:443", 2)
+                },
+                BackendConf {
+                    tls: Some("10.0.0.8".to_string()),
+                    ..backend("s4", "10.0.0.8:443", 1)
+                },
             ],
             dns: Dns {
                 resolver: Some("[::1]:5353".parse().unwrap()),
@@ -1219,12 +1259,14 @@ web = srv:_http._tcp.web.consul
                 session_cache: 0,
                 redirect_http: RedirectHttp::Only(vec!["[::1]:8081".parse().unwrap()]),
                 hsts: Some("max-age=31536000".to_string()),
+                backend_ca: Some(PathBuf::from("/etc/lb-mio/backends-ca.pem")),
+                backend_verify: false,
             },
             certificates: vec![CertConf {
                 name: "site".to_string(),
                 chain: PathBuf::from("/etc/lb-mio/site.pem"),
                 key: PathBuf::from("/etc/lb-mio/site.key"),
-                origin: "config.ini:64".to_string(),
+                origin: "config.ini:66".to_string(),
             }],
         };
         assert_eq!(parse(text).unwrap(), expected);
@@ -1544,13 +1586,13 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "junk instead of weight",
                 "[backends]\ns1 = 1.2.3.4:80 heavy\n",
                 2,
-                "[backends] s1: expected \"weight=N\" after the address, got \"heavy\"",
+                "[backends] s1: unexpected \"heavy\" (expected weight=N, tls or tls=NAME)",
             ),
             (
                 "junk after weight",
                 "[backends]\ns1 = 1.2.3.4:80 weight=2 x\n",
                 2,
-                "[backends] s1: unexpected \"x\" after the weight",
+                "[backends] s1: unexpected \"x\" (expected weight=N, tls or tls=NAME)",
             ),
             (
                 "bad backend name",

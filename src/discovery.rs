@@ -220,6 +220,7 @@ pub fn apply(
                 name,
                 addr,
                 weight: entry.weight,
+                tls: None,
             };
             let source = Source::Dns {
                 entry: entry.name.clone(),

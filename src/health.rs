@@ -7,6 +7,7 @@ use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
 use crate::proxy_protocol::{self, Version};
 use crate::shared::Shared;
+use crate::tls;
 use log::{info, warn};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -77,7 +78,8 @@ fn probe_loop(shared: &Shared, backend: &Backend) {
         match backend.state() {
             State::Removed => return,
             State::Up | State::Down => {
-                let result = probe(backend.addr, &conf, proxy);
+                let tls = (shared.backend_tls.as_ref()).zip(backend.tls.as_deref());
+                let result = probe(backend.addr, &conf, proxy, tls);
                 tracker.observe(backend, &conf, result, started)
             }
             State::Draining => {}
@@ -213,11 +215,13 @@ impl fmt::Display for ProbeError {
 /// One `GET <path>` on a fresh connection; healthy is a status in the expected range, within
 /// the timeout (and `slow_ms`, when set).
 /// With `send_proxy`, the probe starts with a header that names no client (v1 `UNKNOWN`,
-/// v2 `LOCAL`), as a backend that expects one on every connection needs.
+/// v2 `LOCAL`), as a backend that expects one on every connection needs. A TLS backend is
+/// probed over TLS (after that header), its certificate checked as for requests.
 pub fn probe(
     addr: SocketAddr,
     conf: &Health,
     proxy: Option<Version>,
+    tls: Option<(&tls::Client, &str)>,
 ) -> Result<Duration, ProbeError> {
     let started = Instant::now();
     let mut stream =
@@ -242,8 +246,15 @@ pub fn probe(
             .write_all(proxy_protocol::local(version))
             .map_err(io_error)?;
     }
-    stream.write_all(request.as_bytes()).map_err(io_error)?;
-    let status = read_status(&mut stream)?;
+    let status = match tls {
+        None => ask(&mut stream, &request)?,
+        Some((client, name)) => {
+            let connection = client
+                .connection(name)
+                .map_err(|e| ProbeError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+            ask(&mut rustls::StreamOwned::new(connection, stream), &request)?
+        }
+    };
     let latency = started.elapsed();
     if !conf.status.contains(&status) {
         return Err(ProbeError::Status(status));
@@ -261,8 +272,14 @@ fn io_error(e: io::Error) -> ProbeError {
     }
 }
 
+/// Sends `request` and reads the status of the answer.
+fn ask(stream: &mut (impl Read + Write), request: &str) -> Result<u16, ProbeError> {
+    stream.write_all(request.as_bytes()).map_err(io_error)?;
+    read_status(stream)
+}
+
 /// Reads just enough of the response for its status line.
-fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
+fn read_status(stream: &mut impl Read) -> Result<u16, ProbeError> {
     let mut head = [0u8; 512];
     let mut len = 0;
     while len < head.len() {

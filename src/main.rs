@@ -52,6 +52,9 @@ fn check(path: &Path) -> ExitCode {
         Ok(tls) => tls,
         Err(e) => return fail(e),
     };
+    if let Err(e) = tls::Client::load(&config) {
+        return fail(e);
+    }
     for warning in tls.iter().flat_map(tls::Server::expiry_warnings) {
         eprintln!("lb-mio: warning: {warning}");
     }
@@ -92,6 +95,7 @@ fn demo(listen: &str) -> ExitCode {
                 name,
                 addr: backend.addr(),
                 weight: 1,
+                tls: None,
             }),
             Err(e) => return fail(format!("cannot start demo backend {name}: {e}")),
         }

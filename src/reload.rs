@@ -21,7 +21,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             .backends
             .iter()
             .filter(given)
-            .find(|b| b.name == conf.name && b.addr == conf.addr)
+            .find(|b| b.name == conf.name && b.addr == conf.addr && b.tls == conf.tls)
         {
             Some(kept) => kept.set_weight(conf.weight),
             None => {
@@ -58,7 +58,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
         if !new
             .backends
             .iter()
-            .any(|c| c.name == gone.name && c.addr == gone.addr)
+            .any(|c| c.name == gone.name && c.addr == gone.addr && c.tls == gone.tls)
         {
             info!(
                 "reload: backend {} at {} is gone from the config: draining",
@@ -101,6 +101,7 @@ mod tests {
                     name: name.into(),
                     addr: addr.parse().unwrap(),
                     weight,
+                    tls: None,
                 })
                 .collect(),
         )
@@ -176,6 +177,7 @@ mod tests {
                 name: name.into(),
                 addr: "10.0.0.1:80".parse().unwrap(),
                 weight: 1,
+                tls: None,
             };
             let entry = entry.to_string();
             Arc::new(Backend::new(&conf, State::Up, Source::Dns { entry }))

@@ -124,6 +124,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         }
     }
     let tls = tls::Server::load(&config)?;
+    let backend_tls = tls::Client::load(&config)?;
     if let Some(tls) = &tls {
         for warning in tls.expiry_warnings() {
             warn!("{warning}");
@@ -141,7 +142,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         format!("cannot open [log] access_log_file {}: {e}", path.display())
     })?;
     let snapshot = Snapshot::new(config, backends);
-    let shared = Arc::new(Shared::new(snapshot, workers, sink, tls));
+    let shared = Arc::new(Shared::new(snapshot, workers, sink, tls, backend_tls));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.
     let discovery = Discovery::start(&shared);

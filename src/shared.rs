@@ -54,6 +54,8 @@ pub struct Shared {
     pub id_prefix: u64,
     /// What the TLS listeners share; `None` without any.
     pub tls: Option<tls::Server>,
+    /// What TLS connections to backends share; `None` when none can be made.
+    pub backend_tls: Option<tls::Client>,
 }
 
 impl Shared {
@@ -62,10 +64,12 @@ impl Shared {
         workers: usize,
         access_sink: Sink,
         tls: Option<tls::Server>,
+        backend_tls: Option<tls::Client>,
     ) -> Shared {
         Shared {
             access_sink,
             tls,
+            backend_tls,
             id_prefix: request_id::process_prefix(),
             conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),

@@ -28,7 +28,9 @@ pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
         .filter(|b| b.is_live() && b.source.is_given())
-        .map(|b| json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight() }))
+        .map(|b| {
+            json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight(), "tls": b.tls })
+        })
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
     let temp = path.with_extension("tmp");
@@ -65,10 +67,17 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
                 .as_u64()
                 .and_then(backend::check_weight)
                 .ok_or_else(|| bad("bad weight"))?;
+            // `"tls"`: the name a TLS backend's certificate must have (absent: plain HTTP).
+            let tls = match b.get("tls") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name)) => Some(name.clone()),
+                Some(_) => return Err(bad("bad tls")),
+            };
             Ok(BackendConf {
                 name: name.to_string(),
                 addr,
                 weight,
+                tls,
             })
         })
         .collect::<Result<Vec<_>, String>>()
@@ -92,6 +101,7 @@ mod tests {
                 name: format!("s{i}"),
                 addr: a.parse().unwrap(),
                 weight: i as u32 + 1,
+                tls: None,
             })
             .collect();
         let mut backends = backend::at_start(&confs, &Source::StateFile).to_vec();
@@ -100,6 +110,7 @@ mod tests {
             name: "api-10.0.0.1-80".into(),
             addr: "10.0.0.1:80".parse().unwrap(),
             weight: 1,
+            tls: None,
         };
         let api = Source::Dns {
             entry: "api".into(),

@@ -1,6 +1,6 @@
-//! The client byte stream. The pump reads and writes the client only through `Transport`, so
-//! TLS sits between the socket and the pump's buffers without the pump, its phases or the
-//! HTTP code learning about it.
+//! A byte stream of the pump's: the client's, or a backend's. The pump reads and writes both
+//! only through `Transport`, so TLS sits between a socket and the pump's buffers without the
+//! pump, its phases or the HTTP code learning about it.
 //!
 //! Two things a transport may do that a plain socket does not, and the pump allows for both:
 //! hold input that is ready with no new socket event to come (`buffered_input`: records already
@@ -50,9 +50,14 @@ impl Transport {
 
     /// One write of `buf`'s held bytes; the caller consumes what moved.
     pub fn write(&mut self, buf: &Buffer) -> io::Result<Io> {
+        self.write_from(buf, 0)
+    }
+
+    /// One write of `buf`'s held bytes after the first `skip` (a request kept for a replay).
+    pub fn write_from(&mut self, buf: &Buffer, skip: usize) -> io::Result<Io> {
         match self {
-            Transport::Plain(stream) => buf.write_to(0, stream),
-            Transport::Tls(tls) => tls.write(buf),
+            Transport::Plain(stream) => buf.write_to(skip, stream),
+            Transport::Tls(tls) => tls.write(buf, skip),
         }
     }
 

@@ -1,7 +1,9 @@
 //! A worker's upstream connections: the ones in use by client connections and the idle
 //! upstream connections, kept per backend so most requests skip the TCP handshake.
 
+use crate::tls;
 use crate::token::{Readiness, Tok};
+use crate::transport::Transport;
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
@@ -10,7 +12,7 @@ use std::net::SocketAddr;
 
 /// One connection to a backend.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub backend: usize,
     pub ready: Readiness,
     /// The client connection using it; `None` while it waits idle.
@@ -84,21 +86,30 @@ impl Upstreams {
         Some(id)
     }
 
-    /// Starts a non-blocking connect; the first writable event tells how it went.
+    /// Starts a non-blocking connect; the first writable event tells how it went. With `tls`
+    /// (the client config and the name the backend's certificate must have) the handshake
+    /// follows the connect, its records carried by the pump's reads and writes.
     pub fn connect(
         &mut self,
         registry: &Registry,
         backend: usize,
         addr: SocketAddr,
         owner: usize,
+        tls: Option<(&tls::Client, &str)>,
     ) -> io::Result<usize> {
-        let mut stream = TcpStream::connect(addr)?;
+        let tcp = TcpStream::connect(addr)?;
         // A head or a body tail goes out in one write; Nagle would hold it back for an ACK.
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = match tls {
+            None => Transport::Plain(tcp),
+            Some((client, name)) => Transport::Tls(Box::new(
+                client.connect(tcp, name).map_err(io::Error::other)?,
+            )),
+        };
         let entry = self.slab.vacant_entry();
         let id = entry.key();
         registry.register(
-            &mut stream,
+            stream.socket(),
             Tok::Upstream(id).into(),
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -129,9 +140,15 @@ impl Upstreams {
 
     /// An event on an idle connection: the backend closed it or sent something unasked.
     /// Either way it can no longer be trusted with a request, unless the event was spurious.
+    /// (Over TLS a byte cannot be looked at alone: any readable event closes it.)
     pub fn on_idle_event(&mut self, registry: &Registry, id: usize) {
         let mut probe = [0u8; 1];
-        match self.slab[id].stream.read(&mut probe) {
+        let stream = &mut self.slab[id].stream;
+        let read = match stream.is_tls() {
+            true => Ok(0),
+            false => stream.socket().read(&mut probe),
+        };
+        match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             _ => {
                 let backend = self.slab[id].backend;
@@ -151,7 +168,7 @@ impl Upstreams {
     pub fn close(&mut self, registry: &Registry, id: usize) {
         let mut upstream = self.slab.remove(id);
         // Deregistering can only fail if the socket is already gone from the poll set.
-        let _ = registry.deregister(&mut upstream.stream);
+        let _ = registry.deregister(upstream.stream.socket());
     }
 }
 
@@ -166,8 +183,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut upstreams = Upstreams::new(1, 8);
-        let idle = upstreams.connect(registry, 0, addr, 1).unwrap();
-        let busy = upstreams.connect(registry, 0, addr, 2).unwrap();
+        let idle = upstreams.connect(registry, 0, addr, 1, None).unwrap();
+        let busy = upstreams.connect(registry, 0, addr, 2, None).unwrap();
         upstreams.release(registry, idle, true);
         // Slot 0 takes another backend: the idle connection closes at once, the busy one
         // when it is released.
@@ -177,7 +194,7 @@ mod tests {
         assert!(upstreams.try_get(busy).is_none());
         assert_eq!(upstreams.checkout(0, 3), None);
         // Connections to the new backend are kept idle as usual.
-        let fresh = upstreams.connect(registry, 0, addr, 4).unwrap();
+        let fresh = upstreams.connect(registry, 0, addr, 4, None).unwrap();
         upstreams.release(registry, fresh, true);
         assert_eq!(upstreams.checkout(0, 5), Some(fresh));
     }
@@ -190,7 +207,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut upstreams = Upstreams::new(1, 8);
         let ids: Vec<usize> = (0..3)
-            .map(|owner| upstreams.connect(registry, 0, addr, owner).unwrap())
+            .map(|owner| upstreams.connect(registry, 0, addr, owner, None).unwrap())
             .collect();
         for &id in &ids {
             upstreams.release(registry, id, true);

@@ -377,6 +377,7 @@ impl Worker {
             sink: &self.shared.access_sink,
             stopping: self.stopping.is_some(),
             https_port: self.https_port,
+            backend_tls: self.shared.backend_tls.as_ref(),
             metrics: &self.metrics,
             now,
             id,

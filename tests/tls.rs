@@ -1778,3 +1778,122 @@ fn accept_proxy_on_a_tls_listener_takes_the_header_before_the_client_hello() {
         out.all()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS to backends
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS backend: Debian's `openssl s_server -WWW`, serving the files of a directory of its own
+/// (`index.html`, and `healthcheck` for the probes) with the certificate `leaf`. One connection
+/// at a time, each answered with HTTP/1.0 and closed: a real TLS server, not lb-mio's own code.
+struct TlsBackend {
+    addr: SocketAddr,
+    _files: TempDir,
+    _server: Process,
+}
+
+impl TlsBackend {
+    fn start(leaf: &Leaf) -> TlsBackend {
+        let files = TempDir::new("-www");
+        std::fs::write(files.path().join("index.html"), "over tls\n").unwrap();
+        std::fs::write(files.path().join("healthcheck"), "ok\n").unwrap();
+        // A port the kernel just handed out, for s_server to bind.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let server = Process::spawn(
+            std::process::Command::new("openssl")
+                .args(["s_server", "-quiet", "-WWW", "-accept", &addr.to_string()])
+                .arg("-cert")
+                .arg(&leaf.cert)
+                .arg("-key")
+                .arg(&leaf.key)
+                .current_dir(files.path()),
+            Pipe::Stderr,
+        )
+        .expect("start openssl s_server");
+        let listening = wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_ok());
+        assert!(listening, "s_server did not listen on {addr}");
+        TlsBackend {
+            addr,
+            _files: files,
+            _server: server,
+        }
+    }
+}
+
+/// lb-mio in front of `backend` as `s1 = ADDR TLS_WORDS`, trusting `pki`'s CA.
+fn lb_before_tls_backend(pki: &Pki, backend: &TlsBackend, words: &str, extra: &str) -> Lb {
+    let config = format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\n[tls]\nbackend_ca = {}\n{extra}{ADMIN}\
+         [backends]\ns1 = {} {words}\n",
+        pki.ca.display(),
+        backend.addr
+    );
+    Lb::start(&config)
+}
+
+#[test]
+fn a_tls_backend_is_spoken_to_over_tls_and_probed_over_tls() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki.leaf("backend", Ecdsa, &["backend.test"]));
+    let health = "[health]\npath = /healthcheck\ninterval_ms = 100\nrise = 1\n";
+    let lb = lb_before_tls_backend(&pki, &backend, "tls=backend.test", health);
+    let up = wait_until(Duration::from_secs(5), || {
+        api_backends(lb.admin_addr())["backends"][0]["state"] == "up"
+    });
+    assert!(up, "the TLS probe never passed:\n{}", lb.log_text());
+    assert_eq!(
+        api_backends(lb.admin_addr())["backends"][0]["tls"],
+        "backend.test"
+    );
+    for _ in 0..3 {
+        let resp = get(lb.addr, "/index.html");
+        assert_eq!(resp.status, 200, "{}", lb.log_text());
+        assert_eq!(resp.body_str(), "over tls\n");
+    }
+}
+
+#[test]
+fn a_tls_backend_whose_certificate_names_another_host_is_refused_unless_verify_is_off() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki.leaf("backend", Ecdsa, &["backend.test"]));
+    // Probes off: the backend counts as up, so a request meets the handshake itself.
+    let lb = lb_before_tls_backend(&pki, &backend, "tls=other.test", NO_HEALTH);
+    let resp = get(lb.addr, "/index.html");
+    assert_eq!(resp.status, 502, "{}", lb.log_text());
+    let within = Duration::from_secs(3);
+    lb.expect_log("TLS with a backend: invalid peer certificate", within);
+    let failed = "backend s1 failed: TLS handshake failed: the peer's certificate is not accepted";
+    lb.expect_log(failed, within);
+    drop(lb);
+    // The probe says why too.
+    let health = "[health]\npath = /healthcheck\ninterval_ms = 100\n";
+    let lb = lb_before_tls_backend(&pki, &backend, "tls=other.test", health);
+    let said = wait_until(Duration::from_secs(5), || {
+        let reason = &api_backends(lb.admin_addr())["backends"][0]["last_probe"]["reason"];
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("not valid for name"))
+    });
+    assert!(said, "{}", api_backends(lb.admin_addr()));
+    drop(lb);
+    let off = format!("backend_verify = false\n{NO_HEALTH}");
+    let lb = lb_before_tls_backend(&pki, &backend, "tls=other.test", &off);
+    assert_eq!(get(lb.addr, "/index.html").body_str(), "over tls\n");
+}
+
+#[test]
+fn a_tls_backend_needs_a_readable_ca_file() {
+    let config = TempFile::new(
+        ".ini",
+        b"[tls]\nbackend_ca = /nonexistent/ca.pem\n[backends]\ns1 = 127.0.0.1:443 tls\n",
+    );
+    let (status, _, stderr) = run_cli(&["--check", config.path().to_str().unwrap()]);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[tls] backend_ca: /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}

@@ -548,7 +548,6 @@ pub const KEYS: &[Key] = &[
         },
         meaning: "a recovered backend's share ramps up over this long",
     },
-    // ---- [admin] ----------------------------------------------------------------------------
     // ---- [tls] ------------------------------------------------------------------------------
     Key {
         section: "tls",
@@ -609,6 +608,33 @@ pub const KEYS: &[Key] = &[
         },
         meaning: "`Strict-Transport-Security: max-age=N` (seconds) on every response over TLS",
     },
+    Key {
+        section: "tls",
+        name: "backend_ca",
+        default: DefaultValue::Unset("`/etc/ssl/certs/ca-certificates.crt` (the system's CAs)"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                if v.is_empty() {
+                    return Err("expected a file path".to_string());
+                }
+                c.tls.backend_ca = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "PEM file of the CAs that sign the certificates of TLS backends (`s1 = 10.0.0.7:443 tls`)",
+    },
+    Key {
+        section: "tls",
+        name: "backend_verify",
+        default: DefaultValue::Is("true"),
+        value: Value::Text {
+            accepts: "`true` or `false`",
+            set: |c, v| parse_bool(v).map(|b| c.tls.backend_verify = b),
+        },
+        meaning: "check TLS backends' certificates (their CA, and the name given by `tls=NAME`, else the address); `false` encrypts to whoever answers",
+    },
+    // ---- [admin] ----------------------------------------------------------------------------
     Key {
         section: "admin",
         name: "listen",

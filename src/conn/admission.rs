@@ -142,6 +142,7 @@ mod tests {
                 name: format!("b{n}"),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + n)),
                 weight: 1,
+                tls: None,
             })
             .collect();
         let mut config = Config::with_backends(confs.clone());

@@ -31,6 +31,8 @@ pub enum Failure {
     ConnectTimeout,
     Closed,
     Reset(io::ErrorKind),
+    /// The TLS handshake with the backend failed (the request was not sent).
+    Tls(&'static str),
     /// No progress within `backend_ms`.
     Timeout,
 }
@@ -42,6 +44,7 @@ impl std::fmt::Display for Failure {
             Failure::ConnectTimeout => write!(f, "connect timeout"),
             Failure::Closed => write!(f, "closed the connection before responding"),
             Failure::Reset(kind) => write!(f, "{kind} before responding"),
+            Failure::Tls(why) => write!(f, "TLS handshake failed: {why}"),
             Failure::Timeout => write!(f, "no response in time"),
         }
     }
@@ -57,7 +60,10 @@ impl Failure {
 
     /// It failed while connecting (the termination code's `C`), not while waiting for an answer.
     pub fn connecting(self) -> bool {
-        matches!(self, Failure::Connect(_) | Failure::ConnectTimeout)
+        matches!(
+            self,
+            Failure::Connect(_) | Failure::ConnectTimeout | Failure::Tls(_)
+        )
     }
 
     pub fn timed_out(self) -> bool {

@@ -37,7 +37,7 @@ use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
 use crate::request_id::{RequestIds, ID_LEN};
 use crate::shared::Snapshot;
-use crate::tls::TlsFailure;
+use crate::tls::{self, TlsFailure};
 use crate::token::Readiness;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
@@ -46,7 +46,7 @@ use exchange::{Exchange, Failure, Held, Next, ResponseState};
 use log::{debug, info, warn};
 use mio::Registry;
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Most pump rounds per event, so one busy connection cannot starve the others; a connection
@@ -144,6 +144,8 @@ pub struct Ctx<'a> {
     pub stopping: bool,
     /// Where `[tls] redirect_http` sends plain requests: the first TLS listener's port.
     pub https_port: Option<u16>,
+    /// For backends spoken to over TLS.
+    pub backend_tls: Option<&'a tls::Client>,
     pub now: Instant,
     /// This connection's slab index.
     pub id: usize,
@@ -401,7 +403,7 @@ impl Conn {
         }
         ex.upstream_shut = true;
         if let Some(up) = ex.upstream {
-            let _ = ctx.upstreams.get(up).stream.shutdown(Shutdown::Write);
+            let _ = ctx.upstreams.get(up).stream.shutdown_write();
         }
         true
     }
@@ -541,7 +543,19 @@ impl Conn {
             return Ok(());
         }
         let addr = ex.lease().backend().addr;
-        match ctx.upstreams.connect(ctx.registry, backend, addr, ctx.id) {
+        let tls = match (&ex.lease().backend().tls, ctx.backend_tls) {
+            (None, _) => None,
+            (Some(name), Some(client)) => Some((client, name.as_str())),
+            // A TLS backend added by a reload when none could be made at start.
+            (Some(_), None) => {
+                let unsupported = io::ErrorKind::Unsupported;
+                return Err(Stop::Upstream(Failure::Connect(unsupported)));
+            }
+        };
+        match ctx
+            .upstreams
+            .connect(ctx.registry, backend, addr, ctx.id, tls)
+        {
             Ok(id) => {
                 ctx.metrics.upstream(false);
                 ex.upstream = Some(id);
@@ -564,7 +578,8 @@ impl Conn {
         if self.phase != Phase::Connecting || !up.ready.writable {
             return Ok(false);
         }
-        match (up.stream.take_error(), up.stream.peer_addr()) {
+        let socket = up.stream.socket();
+        match (socket.take_error(), socket.peer_addr()) {
             (Ok(None), Ok(_)) => {
                 up.connected = true;
                 ex.record.connect = Some(ctx.now - ex.record.attempt);
@@ -612,11 +627,11 @@ impl Conn {
             return Ok(false);
         };
         let up = ctx.upstreams.get(up);
-        if !up.ready.writable || pending == 0 {
+        if !up.ready.writable || pending == 0 && !up.stream.pending_output() {
             return Ok(false);
         }
         let uout = buf(&mut self.uout, ctx.buffers);
-        match uout.write_to(ex.sent, &mut up.stream) {
+        match up.stream.write_from(uout, ex.sent) {
             Ok(Io::Moved(n)) => {
                 up.ready.writable = n == pending;
                 if ex.replayable {
@@ -647,14 +662,15 @@ impl Conn {
             return Ok(false);
         }
         let uin = buf(&mut self.uin, ctx.buffers);
-        if !up.ready.readable || uin.is_full() {
+        if !(up.ready.readable || up.stream.buffered_input()) || uin.is_full() {
             return Ok(false);
         }
         let room = uin.spare_len();
-        match uin.read_from(&mut up.stream) {
+        match up.stream.read(uin) {
             Ok(Io::Moved(n)) => {
                 up.ready.after_read(n, room);
-                if !ex.answered {
+                // (TLS records may give no plaintext: the handshake is no answer yet.)
+                if n > 0 && !ex.answered {
                     ex.answered = true;
                     ex.record.first_byte = Some(ctx.now - ex.record.attempt);
                 }
@@ -676,7 +692,10 @@ impl Conn {
     /// A read or write error on the backend connection: retryable only before any response.
     fn upstream_broke(&self, e: io::Error) -> Stop {
         match &self.exchange {
-            Some(ex) if !ex.answered => Stop::Upstream(Failure::Reset(e.kind())),
+            Some(ex) if !ex.answered => match TlsFailure::of(&e) {
+                Some(TlsFailure::Handshake(why)) => Stop::Upstream(Failure::Tls(why)),
+                _ => Stop::Upstream(Failure::Reset(e.kind())),
+            },
             _ => Cause::BackendCut(Some(e.kind())).into(),
         }
     }

@@ -6,11 +6,13 @@
 //! handshakes after it use the new ones and established connections carry on.
 
 mod certificate;
+mod client;
 mod resolver;
 mod stream;
 mod tickets;
 
 pub use certificate::{unix_now, CertConf, Certificate, KeyKind, EXPIRY_WARNING_DAYS};
+pub use client::{Client, DEFAULT_BACKEND_CA};
 pub use stream::{Handshake, Session, TlsFailure, TlsStream};
 pub use tickets::ROTATION as TICKET_KEY_ROTATION;
 
@@ -97,7 +99,7 @@ impl Server {
     /// A new client connection's TLS side.
     pub fn accept(&self, tcp: TcpStream) -> Result<TlsStream, rustls::Error> {
         let tls = rustls::ServerConnection::new(Arc::clone(&self.config))?;
-        Ok(TlsStream::new(tcp, tls))
+        Ok(TlsStream::server(tcp, tls))
     }
 
     /// The certificates served now, in config order.

@@ -1,11 +1,11 @@
-//! One TLS connection from a client: rustls's state machine between the socket and the pump's
-//! buffers. Reads decrypt into `cin`; writes encrypt from `cout` once rustls has flushed what
-//! it held, so rustls never holds more than one batch of records.
+//! One TLS connection, from a client or to a backend: rustls's state machine between the socket
+//! and the pump's buffers. Reads decrypt into a buffer; writes encrypt from one once rustls has
+//! flushed what it held, so rustls never holds more than one batch of records.
 
 use crate::buffer::{Buffer, Io};
-use log::debug;
+use log::{debug, warn};
 use mio::net::TcpStream;
-use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
+use rustls::{ClientConnection, Connection, HandshakeKind, ProtocolVersion, ServerConnection};
 use std::fmt;
 use std::io::{self, Read, Write};
 
@@ -58,7 +58,7 @@ pub struct Session<'a> {
 
 pub struct TlsStream {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: Connection,
     /// The first byte was not a TLS record: the client speaks plain HTTP, and bytes pass in
     /// clear from then on (for lb-mio's 400).
     plain: bool,
@@ -68,6 +68,8 @@ pub struct TlsStream {
     drained: bool,
     /// Decrypted bytes rustls holds that the pump has not taken.
     plaintext: usize,
+    /// The peer's close_notify came: once the plaintext before it is taken, a read says so.
+    peer_closed: bool,
     /// The finished handshake was handed to `finished_handshake`.
     reported: bool,
     /// close_notify is queued: the socket's write side ends once rustls has flushed it.
@@ -89,14 +91,25 @@ impl Read for Short<'_> {
 }
 
 impl TlsStream {
-    pub fn new(tcp: TcpStream, tls: ServerConnection) -> TlsStream {
+    /// A client's connection: its first byte tells TLS from plain HTTP.
+    pub fn server(tcp: TcpStream, tls: ServerConnection) -> TlsStream {
+        TlsStream::new(tcp, tls.into(), false)
+    }
+
+    /// A connection to a backend: TLS from the first byte, our ClientHello.
+    pub fn client(tcp: TcpStream, tls: ClientConnection) -> TlsStream {
+        TlsStream::new(tcp, tls.into(), true)
+    }
+
+    fn new(tcp: TcpStream, tls: Connection, started: bool) -> TlsStream {
         TlsStream {
             tcp,
             tls,
             plain: false,
-            started: false,
+            started,
             drained: true,
             plaintext: 0,
+            peer_closed: false,
             reported: false,
             closing: false,
         }
@@ -146,7 +159,9 @@ impl TlsStream {
                 Ok(_) => self.drained = socket.short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.drained = true;
-                    return Ok(Io::Blocked);
+                    // Records taken in this call (a handshake flight) are progress: the pump
+                    // must go round again, to send what rustls now wants to send.
+                    return Ok(if round > 0 { Io::Moved(0) } else { Io::Blocked });
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     // rustls refuses more input: its buffers are full of what we did not take.
@@ -201,10 +216,15 @@ impl TlsStream {
         match self.tls.process_new_packets() {
             Ok(state) => {
                 self.plaintext = state.plaintext_bytes_to_read();
+                self.peer_closed = state.peer_has_closed();
                 Ok(())
             }
             Err(e) => {
-                debug!("TLS: {e}");
+                match &self.tls {
+                    // A backend's failure is an operator's concern (its certificate, say).
+                    Connection::Client(_) => warn!("TLS with a backend: {e}"),
+                    Connection::Server(_) => debug!("TLS: {e}"),
+                }
                 let _ = self.tls.write_tls(&mut self.tcp);
                 Err(self.failed(reason(&e)))
             }
@@ -219,18 +239,20 @@ impl TlsStream {
         io::Error::new(io::ErrorKind::InvalidData, failure)
     }
 
-    /// Encrypts what it can of `buf` and sends it; returns the plaintext taken. What rustls
-    /// held from before goes out first, and no new plaintext is taken until it has.
-    pub fn write(&mut self, buf: &Buffer) -> io::Result<Io> {
+    /// Encrypts what it can of `buf` past its first `skip` bytes and sends it; returns the
+    /// plaintext taken. What rustls held from before goes out first, and no new plaintext is
+    /// taken until it has.
+    pub fn write(&mut self, buf: &Buffer, skip: usize) -> io::Result<Io> {
         if self.plain {
-            return buf.write_to(0, &mut self.tcp);
+            return buf.write_to(skip, &mut self.tcp);
         }
         if self.flush()? == Io::Blocked {
             return Ok(Io::Blocked);
         }
-        let taken = match buf.is_empty() {
+        let data = &buf.data()[skip..];
+        let taken = match data.is_empty() {
             true => 0,
-            false => self.tls.writer().write(buf.data())?,
+            false => self.tls.writer().write(data)?,
         };
         self.flush()?;
         Ok(Io::Moved(taken))
@@ -254,9 +276,10 @@ impl TlsStream {
         Ok(Io::Moved(0))
     }
 
-    /// Decrypted bytes wait, or the socket may hold more records than the last read took.
+    /// Decrypted bytes wait, the socket may hold more records than the last read took, or the
+    /// peer's close_notify is still to be reported (the pump stops reading once it is).
     pub fn buffered_input(&self) -> bool {
-        !self.plain && (!self.drained || self.plaintext > 0)
+        !self.plain && (!self.drained || self.plaintext > 0 || self.peer_closed)
     }
 
     pub fn pending_output(&self) -> bool {
@@ -311,7 +334,10 @@ impl TlsStream {
         Some(Session {
             version,
             cipher,
-            sni: self.tls.server_name(),
+            sni: match &self.tls {
+                Connection::Server(server) => server.server_name(),
+                Connection::Client(_) => None,
+            },
             resumed: self.tls.handshake_kind() == Some(HandshakeKind::Resumed),
         })
     }
@@ -324,13 +350,15 @@ fn reason(e: &rustls::Error) -> &'static str {
         Error::InvalidMessage(_) => "malformed record or message",
         Error::PeerIncompatible(_) => "no protocol version or cipher suite in common",
         Error::NoApplicationProtocol => "no ALPN protocol in common (lb-mio speaks http/1.1)",
-        Error::AlertReceived(_) => "the client sent an alert",
+        Error::AlertReceived(_) => "the peer sent an alert",
         Error::DecryptError => "a record failed to decrypt",
         Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. } => {
             "an unexpected message"
         }
-        Error::PeerMisbehaved(_) => "the client broke the protocol",
-        Error::NoCertificatesPresented | Error::InvalidCertificate(_) => "client certificate",
+        Error::PeerMisbehaved(_) => "the peer broke the protocol",
+        Error::NoCertificatesPresented | Error::InvalidCertificate(_) => {
+            "the peer's certificate is not accepted"
+        }
         _ => "protocol error",
     }
 }
