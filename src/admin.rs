@@ -3,6 +3,7 @@
 //! page. One request per connection, answered and closed: it serves operators, not traffic.
 
 use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
+use crate::config;
 use crate::metrics;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
@@ -386,13 +387,18 @@ fn set_weight(backend: &Backend, body: &[u8]) -> ApiAnswer {
     }
 }
 
-/// `{"address": "ip:port", "weight": N, "name": "..."}`: the new backend starts down and takes
-/// traffic once its health checks pass.
+/// `{"address": "ip:port", "weight": N, "name": "...", "tls": "NAME"}`: the new backend
+/// starts down and takes traffic once its health checks pass; with `tls`, lb-mio speaks TLS to
+/// it and checks its certificate against NAME.
 fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
     let conf = match parse_new_backend(body) {
         Ok(conf) => conf,
         Err(message) => return ApiAnswer::error(400, message),
     };
+    if conf.tls.is_some() && shared.backend_tls.is_none() {
+        let message = "no TLS to backends: [tls] backend_ca could not be read at start";
+        return ApiAnswer::error(400, message);
+    }
     let mut placed = None;
     let added = shared.update(|snap| {
         let taken = |name: &str| {
@@ -464,11 +470,16 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
             n.to_string()
         }
     };
+    let tls = match value.get("tls") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(config::parse_server_name(name)?),
+        Some(_) => return Err("\"tls\" must be the name the backend's certificate has".into()),
+    };
     Ok(BackendConf {
         name,
         addr,
         weight,
-        tls: None,
+        tls,
     })
 }
 

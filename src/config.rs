@@ -284,6 +284,8 @@ pub struct Discover {
     pub name: String,
     pub target: Target,
     pub weight: u32,
+    /// TLS to the backends it finds, their certificates checked against this name.
+    pub tls: Option<String>,
 }
 
 /// What a discovered entry looks up.
@@ -748,14 +750,17 @@ fn parse_discover(name: &str, v: &str) -> Result<Discover, String> {
     }
     let mut words = v.split_whitespace();
     let target = parse_target(words.next().unwrap_or(""))?;
-    let weight = words.next().map_or(Ok(1), parse_weight)?;
-    if let Some(extra) = words.next() {
-        return Err(format!("unexpected {extra:?} after the weight"));
-    }
+    // An SRV record names a host of its own for each backend: `tls` needs a name given.
+    let host = match &target {
+        Target::Host(host, _) => Some(host.as_str()),
+        Target::Srv(_) => None,
+    };
+    let (weight, tls) = parse_backend_words(words, host)?;
     Ok(Discover {
         name: name.to_string(),
         target,
         weight,
+        tls,
     })
 }
 
@@ -1020,10 +1025,29 @@ fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
     backend::check_name(name)?;
     let mut words = v.split_whitespace();
     let addr = backend::parse_addr(words.next().unwrap_or(""))?;
+    let (weight, tls) = parse_backend_words(words, Some(&addr.ip().to_string()))?;
+    Ok(BackendConf {
+        name: name.to_string(),
+        addr,
+        weight,
+        tls,
+    })
+}
+
+/// The words after a backend's address, each at most once: `weight=N` (default 1), and `tls`
+/// or `tls=NAME` (TLS to it, its certificate checked against NAME; `tls` alone against
+/// `tls_name`, the address or host it was given by, when it has one).
+fn parse_backend_words<'a>(
+    words: impl Iterator<Item = &'a str>,
+    tls_name: Option<&str>,
+) -> Result<(u32, Option<String>), String> {
     let (mut weight, mut tls) = (None, None);
     for word in words {
         match word {
-            "tls" if tls.is_none() => tls = Some(addr.ip().to_string()),
+            "tls" if tls.is_none() => {
+                let name = tls_name.ok_or("tls needs a name here: tls=NAME")?;
+                tls = Some(name.to_string());
+            }
             _ if word.starts_with("tls=") && tls.is_none() => {
                 tls = Some(parse_server_name(&word["tls=".len()..])?)
             }
@@ -1037,16 +1061,11 @@ fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
             }
         }
     }
-    Ok(BackendConf {
-        name: name.to_string(),
-        addr,
-        weight: weight.unwrap_or(1),
-        tls,
-    })
+    Ok((weight.unwrap_or(1), tls))
 }
 
 /// The name a TLS backend's certificate must have: a DNS name or an IP address.
-fn parse_server_name(v: &str) -> Result<String, String> {
+pub fn parse_server_name(v: &str) -> Result<String, String> {
     rustls::pki_types::ServerName::try_from(v)
         .map(|_| v.to_string())
         .map_err(|_| format!("tls={v:?}: expected a DNS name or an IP address"))
@@ -1246,11 +1265,13 @@ web = srv:_http._tcp.web.consul
                     name: "api".to_string(),
                     target: Target::Host("api.service.consul".to_string(), 8080),
                     weight: 3,
+                    tls: None,
                 },
                 Discover {
                     name: "web".to_string(),
                     target: Target::Srv("_http._tcp.web.consul".to_string()),
                     weight: 1,
+                    tls: None,
                 },
             ],
             tls: Tls {
@@ -1270,6 +1291,36 @@ web = srv:_http._tcp.web.consul
             }],
         };
         assert_eq!(parse(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn tls_to_a_backend_checks_the_name_given_or_the_address_or_host() {
+        let config = parse(
+            "[backends]\na = 10.0.0.1:443 tls\nb = 10.0.0.2:443 weight=3 tls=api.internal\n\
+             c = api.consul:443 tls\nd = srv:_https._tcp.web tls=web.internal\n",
+        )
+        .unwrap();
+        assert_eq!(config.backends[0].tls.as_deref(), Some("10.0.0.1"));
+        assert_eq!(config.backends[1].tls.as_deref(), Some("api.internal"));
+        assert_eq!(config.backends[1].weight, 3);
+        assert_eq!(config.discover[0].tls.as_deref(), Some("api.consul"));
+        assert_eq!(config.discover[1].tls.as_deref(), Some("web.internal"));
+        let srv = parse("[backends]\nd = srv:_https._tcp.web tls\n").unwrap_err();
+        assert!(
+            srv.to_string().contains("tls needs a name here: tls=NAME"),
+            "{srv}"
+        );
+        let twice = parse("[backends]\na = 10.0.0.1:443 tls tls=x\n").unwrap_err();
+        assert!(
+            twice.to_string().contains("unexpected \"tls=x\""),
+            "{twice}"
+        );
+        let bad = parse("[backends]\na = 10.0.0.1:443 tls=a..b\n").unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("expected a DNS name or an IP address"),
+            "{bad}"
+        );
     }
 
     #[test]
@@ -1520,7 +1571,7 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "junk after a host",
                 "[backends]\napi = api.consul:80 weight=2 x\n",
                 2,
-                "[backends] api: unexpected \"x\" after the weight",
+                "[backends] api: unexpected \"x\" (expected weight=N, tls or tls=NAME)",
             ),
             (
                 "bad resolver",
@@ -1826,7 +1877,8 @@ s1 = 127.0.0.1:9001 weight=2 ; main
             vec![Discover {
                 name: "api".into(),
                 target: Target::Host("localhost".into(), 80),
-                weight: 1
+                weight: 1,
+                tls: None,
             }]
         );
         assert_eq!(config.discover[0].target.to_string(), "localhost:80");

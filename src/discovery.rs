@@ -220,7 +220,7 @@ pub fn apply(
                 name,
                 addr,
                 weight: entry.weight,
-                tls: None,
+                tls: entry.tls.clone(),
             };
             let source = Source::Dns {
                 entry: entry.name.clone(),
@@ -261,6 +261,7 @@ mod tests {
             name: name.into(),
             target: Target::Host(format!("{name}.test"), 80),
             weight: 2,
+            tls: None,
         }
     }
 

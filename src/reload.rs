@@ -169,6 +169,7 @@ mod tests {
             name: name.into(),
             target: Target::Host(host.into(), 80),
             weight,
+            tls: None,
         };
         let mut config = config(&[("a", "127.0.0.1:1", 1)]);
         config.discover = vec![entry("api", "api.test", 1), entry("web", "web.test", 1)];

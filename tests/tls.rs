@@ -1897,3 +1897,44 @@ fn a_tls_backend_needs_a_readable_ca_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tls_backend_added_through_the_admin_api_is_probed_and_used_over_tls() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki.leaf("backend", Ecdsa, &["backend.test"]));
+    let plain = Backend::named("plain");
+    let config = format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\n[tls]\nbackend_ca = {}\n\
+         [health]\npath = /healthcheck\ninterval_ms = 100\nrise = 1\n{ADMIN}\
+         [backends]\nplain = {}\n",
+        pki.ca.display(),
+        plain.addr
+    );
+    let lb = Lb::start(&config);
+    let body = format!(
+        r#"{{"name": "secure", "address": "{}", "tls": "backend.test"}}"#,
+        backend.addr
+    );
+    let resp = admin_request(lb.admin_addr(), "POST", "/api/backends", Some(&body), None);
+    assert!(resp.status < 300, "{} {}", resp.status, resp.body_str());
+    let secure_up = || {
+        let backends = api_backends(lb.admin_addr());
+        let list = backends["backends"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .any(|b| b["name"] == "secure" && b["state"] == "up" && b["tls"] == "backend.test")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), secure_up),
+        "{}",
+        api_backends(lb.admin_addr())
+    );
+    // Round robin over the two: the TLS one answers some of them, whole.
+    let bodies: Vec<String> = (0..4)
+        .map(|_| get(lb.addr, "/index.html").body_str())
+        .collect();
+    assert!(bodies.iter().any(|b| b == "over tls\n"), "{bodies:?}");
+    // A name that is not a DNS name or an address is refused.
+    let bad = format!(r#"{{"address": "{}", "tls": "not a name"}}"#, backend.addr);
+    let resp = admin_request(lb.admin_addr(), "POST", "/api/backends", Some(&bad), None);
+    assert_eq!(resp.status, 400, "{}", resp.body_str());
+}

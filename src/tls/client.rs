@@ -25,7 +25,8 @@ impl Client {
     /// The client config for `config`'s `[tls] backend_ca` and `backend_verify`; `None` when no
     /// backend asks for TLS and the CA file cannot be read (nothing needs it then).
     pub fn load(config: &Config) -> Result<Option<Client>, String> {
-        let needed = config.backends.iter().any(|b| b.tls.is_some());
+        let needed = config.backends.iter().any(|b| b.tls.is_some())
+            || config.discover.iter().any(|d| d.tls.is_some());
         let path = (config.tls.backend_ca.as_deref()).unwrap_or(Path::new(DEFAULT_BACKEND_CA));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
