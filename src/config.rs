@@ -21,7 +21,6 @@ use crate::http::head::HOP_BY_HOP;
 pub use crate::http::request::HashKey;
 use crate::http::request::FORWARDING_HEADERS;
 use crate::proxy_protocol::Version;
-pub use crate::tls::CertConf;
 
 pub mod keys;
 
@@ -202,6 +201,16 @@ pub struct Tls {
     pub backend_ca: Option<PathBuf>,
     /// TLS backends' certificates are checked (their CA and name).
     pub backend_verify: bool,
+}
+
+/// A `[certificates]` line: `name = chain.pem key.pem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertConf {
+    pub name: String,
+    pub chain: PathBuf,
+    pub key: PathBuf,
+    /// `file:line` of the config line, for errors.
+    pub origin: String,
 }
 
 /// `[tls] redirect_http`: which plain listeners send their requests to https.

@@ -11,7 +11,7 @@ use crate::health;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use crate::tls;
-use crate::worker::{Handle, Msg, Worker};
+use crate::worker::{Handle, Listener, Msg, Worker};
 use log::{info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -71,13 +71,6 @@ pub fn bind(addr: SocketAddr, v6_only: bool) -> Result<TcpListener, BindError> {
         .set_nonblocking(true)
         .map_err(|e| BindError::Listen(addr, e))?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// One worker's listener on one address.
-pub struct Listener {
-    pub socket: TcpListener,
-    /// Clients connect with TLS.
-    pub tls: bool,
 }
 
 /// A started lb-mio: its threads run until the process ends.

@@ -11,13 +11,13 @@ use crate::memory;
 use crate::metrics::WorkerMetrics;
 use crate::ratelimit::ConnLimit;
 use crate::request_id::RequestIds;
-use crate::server::Listener;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
 use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
 use std::io;
@@ -30,6 +30,13 @@ const TICK: Duration = Duration::from_millis(50);
 
 /// Free buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 1024;
+
+/// One worker's listener on one address.
+pub struct Listener {
+    pub socket: TcpListener,
+    /// Clients connect with TLS.
+    pub tls: bool,
+}
 
 /// What the main thread tells a worker.
 #[derive(Debug, Clone, Copy)]

@@ -1,12 +1,13 @@
 //! One `[certificates]` entry read from its files: the chain and key rustls serves, and what an
 //! operator must see of it (the names it covers, when it expires, its key type).
 
+use crate::config::CertConf;
 use rustls::crypto::aws_lc_rs::sign::any_supported_type;
 use rustls::sign::CertifiedKey;
 use rustls::SignatureAlgorithm;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use x509_parser::extensions::GeneralName;
@@ -14,16 +15,6 @@ use x509_parser::extensions::GeneralName;
 /// Certificates that expire within this many days are warned about (and marked on the status
 /// page): time enough to renew one by hand.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
-
-/// A `[certificates]` line: `name = chain.pem key.pem`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertConf {
-    pub name: String,
-    pub chain: PathBuf,
-    pub key: PathBuf,
-    /// `file:line` of the config line, for errors.
-    pub origin: String,
-}
 
 /// The key's algorithm, as operators name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

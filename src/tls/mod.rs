@@ -11,7 +11,7 @@ mod resolver;
 mod stream;
 mod tickets;
 
-pub use certificate::{unix_now, CertConf, Certificate, KeyKind, EXPIRY_WARNING_DAYS};
+pub use certificate::{unix_now, Certificate, KeyKind, EXPIRY_WARNING_DAYS};
 pub use client::{Client, DEFAULT_BACKEND_CA};
 pub use stream::{Handshake, Session, TlsFailure, TlsStream};
 pub use tickets::ROTATION as TICKET_KEY_ROTATION;
