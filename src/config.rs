@@ -201,6 +201,10 @@ pub struct Tls {
     pub backend_ca: Option<PathBuf>,
     /// TLS backends' certificates are checked (their CA and name).
     pub backend_verify: bool,
+    /// The CAs that sign clients' certificates: with it, TLS listeners ask clients for one.
+    pub client_ca: Option<PathBuf>,
+    /// Without a certificate a client is refused (`required`) or served (`optional`).
+    pub client_verify: ClientVerify,
 }
 
 /// A `[certificates]` line: `name = chain.pem key.pem`.
@@ -211,6 +215,14 @@ pub struct CertConf {
     pub key: PathBuf,
     /// `file:line` of the config line, for errors.
     pub origin: String,
+}
+
+/// `[tls] client_verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientVerify {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// `[tls] redirect_http`: which plain listeners send their requests to https.
@@ -929,6 +941,14 @@ fn parse_redirect_http(v: &str) -> Result<RedirectHttp, String> {
     }
 }
 
+fn parse_client_verify(v: &str) -> Result<ClientVerify, String> {
+    match v {
+        "required" => Ok(ClientVerify::Required),
+        "optional" => Ok(ClientVerify::Optional),
+        _ => Err(format!("expected required or optional, got {v:?}")),
+    }
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "true" | "on" | "yes" | "1" => Ok(true),
@@ -1177,6 +1197,8 @@ redirect_http = [::1]:8081
 hsts = 31536000
 backend_ca = /etc/lb-mio/backends-ca.pem
 backend_verify = off
+client_ca = /etc/lb-mio/clients-ca.pem
+client_verify = optional
 
 [certificates]
 site = /etc/lb-mio/site.pem /etc/lb-mio/site.key
@@ -1291,12 +1313,14 @@ web = srv:_http._tcp.web.consul
                 hsts: Some("max-age=31536000".to_string()),
                 backend_ca: Some(PathBuf::from("/etc/lb-mio/backends-ca.pem")),
                 backend_verify: false,
+                client_ca: Some(PathBuf::from("/etc/lb-mio/clients-ca.pem")),
+                client_verify: ClientVerify::Optional,
             },
             certificates: vec![CertConf {
                 name: "site".to_string(),
                 chain: PathBuf::from("/etc/lb-mio/site.pem"),
                 key: PathBuf::from("/etc/lb-mio/site.key"),
-                origin: "config.ini:66".to_string(),
+                origin: "config.ini:68".to_string(),
             }],
         };
         assert_eq!(parse(text).unwrap(), expected);

@@ -78,9 +78,18 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
         new.lb.tls_listen = old.lb.tls_listen.clone();
         new.lb.workers = old.lb.workers;
     }
-    if new.tls.session_cache != old.tls.session_cache {
-        warn!("reload: [tls] session_cache takes effect at the next start");
+    let client_auth = |c: &Config| {
+        (
+            c.tls.session_cache,
+            c.tls.client_ca.clone(),
+            c.tls.client_verify,
+        )
+    };
+    if client_auth(new) != client_auth(old) {
+        warn!("reload: [tls] session_cache, client_ca and client_verify take effect at the next start");
         new.tls.session_cache = old.tls.session_cache;
+        new.tls.client_ca = old.tls.client_ca.clone();
+        new.tls.client_verify = old.tls.client_verify;
     }
     if new.admin != old.admin {
         warn!("reload: [admin] takes effect at the next start");

@@ -127,6 +127,14 @@ impl Transport {
         matches!(self, Transport::Tls(tls) if !tls.spoke_plain())
     }
 
+    /// The subject of the client's certificate (TLS, when it sent one).
+    pub fn client_subject(&self) -> Option<&str> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls.client_subject(),
+        }
+    }
+
     /// The TLS session, for the access log.
     pub fn session(&self) -> Option<Session<'_>> {
         match self {

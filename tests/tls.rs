@@ -1938,3 +1938,79 @@ fn a_tls_backend_added_through_the_admin_api_is_probed_and_used_over_tls() {
     let resp = admin_request(lb.admin_addr(), "POST", "/api/backends", Some(&bad), None);
     assert_eq!(resp.status, 400, "{}", resp.body_str());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Client certificates
+// ---------------------------------------------------------------------------------------------
+
+/// lb-mio asking TLS clients for certificates signed by `pki`'s CA (`client_verify = MODE`).
+fn lb_asking_for_client_certificates(pki: &Pki, backend: &Backend, mode: &str) -> Lb {
+    let cert = pki.leaf("site", Ecdsa, &[HOST]);
+    let extra = format!(
+        "[tls]\nclient_ca = {}\nclient_verify = {mode}\n{NO_HEALTH}",
+        pki.ca.display()
+    );
+    Lb::start(&tls_ini(&[("a", backend.addr)], &[("site", &cert)], &extra))
+}
+
+#[test]
+fn a_required_client_certificate_is_checked_and_its_subject_reaches_the_backend() {
+    let pki = Pki::new();
+    let backend = Backend::named("a");
+    let lb = lb_asking_for_client_certificates(&pki, &backend, "required");
+    let alice = pki.leaf("alice", Ecdsa, &["alice.client"]);
+    let with_cert = [
+        "--cert",
+        alice.cert.to_str().unwrap(),
+        "--key",
+        alice.key.to_str().unwrap(),
+        // What a client says of itself is not passed on.
+        "-H",
+        "X-Client-Verify: FORGED",
+    ];
+    assert_eq!(curl_ok(&pki, HOST, lb.tls_addr(), &with_cert, &["/"]), "a");
+    let seen = backend.last_request();
+    assert_eq!(seen.header_all("X-Client-Verify"), ["SUCCESS"]);
+    assert_eq!(seen.header_all("X-Client-Subject"), ["CN=alice"]);
+    // Without a certificate, or with one from another CA, the handshake fails.
+    let without = curl(&pki, HOST, lb.tls_addr(), &[], &["/"]);
+    assert!(
+        !without.status.map_or(false, |s| s.success()),
+        "{without:?}"
+    );
+    let stranger = Pki::new().leaf("mallory", Ecdsa, &["mallory.client"]);
+    let other_ca = [
+        "--cert",
+        stranger.cert.to_str().unwrap(),
+        "--key",
+        stranger.key.to_str().unwrap(),
+    ];
+    let refused = curl(&pki, HOST, lb.tls_addr(), &other_ca, &["/"]);
+    assert!(
+        !refused.status.map_or(false, |s| s.success()),
+        "{refused:?}"
+    );
+    assert_eq!(backend.requests().len(), 1, "only alice got through");
+}
+
+#[test]
+fn an_optional_client_certificate_lets_a_client_without_one_in_marked_none() {
+    let pki = Pki::new();
+    let backend = Backend::named("a");
+    let lb = lb_asking_for_client_certificates(&pki, &backend, "optional");
+    let spoof = ["-H", "X-Client-Subject: CN=admin"];
+    assert_eq!(curl_ok(&pki, HOST, lb.tls_addr(), &spoof, &["/"]), "a");
+    let seen = backend.last_request();
+    assert_eq!(seen.header_all("X-Client-Verify"), ["NONE"]);
+    assert!(seen.header_all("X-Client-Subject").is_empty(), "{seen:?}");
+    // Plain requests carry neither header, whatever the client sends.
+    let plain = request(
+        lb.addr,
+        "GET / HTTP/1.1\r\nHost: lb.test\r\nX-Client-Verify: SUCCESS\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(plain.status, 200);
+    assert!(backend
+        .last_request()
+        .header_all("X-Client-Verify")
+        .is_empty());
+}

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_hash_key, parse_header_name,
-    parse_level, parse_list, parse_listen, parse_optional_addr, parse_path, parse_range,
-    parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header, parse_status_range,
-    parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_MS,
+    off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_client_verify, parse_hash_key,
+    parse_header_name, parse_level, parse_list, parse_listen, parse_optional_addr, parse_path,
+    parse_range, parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header,
+    parse_status_range, parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_MS,
 };
 
 /// One `key = value` of a section.
@@ -633,6 +633,32 @@ pub const KEYS: &[Key] = &[
             set: |c, v| parse_bool(v).map(|b| c.tls.backend_verify = b),
         },
         meaning: "check TLS backends' certificates (their CA, and the name given by `tls=NAME`, else the address); `false` encrypts to whoever answers",
+    },
+    Key {
+        section: "tls",
+        name: "client_ca",
+        default: DefaultValue::Unset("none: no client certificates asked for"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                if v.is_empty() {
+                    return Err("expected a file path".to_string());
+                }
+                c.tls.client_ca = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "PEM file of the CAs that sign clients' certificates: TLS listeners ask each client for one, and requests reach the backends with `X-Client-Verify` (`SUCCESS` or `NONE`) and `X-Client-Subject` (restart to change)",
+    },
+    Key {
+        section: "tls",
+        name: "client_verify",
+        default: DefaultValue::Is("required"),
+        value: Value::Text {
+            accepts: "`required` or `optional`",
+            set: |c, v| parse_client_verify(v).map(|m| c.tls.client_verify = m),
+        },
+        meaning: "with `client_ca`: a client without a valid certificate fails the handshake (`required`), or is served with `X-Client-Verify: NONE` (`optional`)",
     },
     // ---- [admin] ----------------------------------------------------------------------------
     Key {

@@ -464,6 +464,7 @@ impl Conn {
         let fresh = (config.lb.request_id.as_ref())
             .map(|_| ctx.ids.fresh())
             .unwrap_or_default();
+        let dest = self.dest_addr(ctx);
         let wanted = Wanted {
             id: config.lb.request_id.as_deref().map(|name| IdHeader {
                 name,
@@ -471,8 +472,9 @@ impl Conn {
             }),
             hash_key: admission::wanted_hash_key(ctx.snap),
             https: self.client.is_tls(),
+            client_cert: (config.tls.client_ca.is_some() && self.client.is_tls())
+                .then(|| self.client.client_subject()),
         };
-        let dest = self.dest_addr(ctx);
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if let Some((version, dest)) = dest {

@@ -123,6 +123,9 @@ pub struct Wanted<'a> {
     pub hash_key: Option<&'a HashKey>,
     /// The request came over TLS: `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// `[tls] client_ca`: the client certificate's subject goes to the backend (`None`: it
+    /// sent none).
+    pub client_cert: Option<Option<&'a str>>,
 }
 
 /// `[lb] request_id`: the header that carries request ids, and the fresh id a request gets
@@ -260,6 +263,7 @@ pub fn parse_with(
         client,
         id,
         https: wanted.https,
+        client_cert: wanted.client_cert,
     };
     write_upstream_head(head, req.headers, &forward, out)?;
     Ok(Some(request))
@@ -386,8 +390,13 @@ fn is_forwarding_header(name: &str) -> bool {
 }
 
 /// The `X-Forwarded-*` headers lb-mio writes.
-pub const FORWARDING_HEADERS: [&str; 3] =
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+pub const FORWARDING_HEADERS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-client-verify",
+    "x-client-subject",
+];
 
 /// What decides the head the backend gets besides the client's head.
 struct Forward<'a> {
@@ -397,6 +406,7 @@ struct Forward<'a> {
     client: IpAddr,
     id: Option<IdHeader<'a>>,
     https: bool,
+    client_cert: Option<Option<&'a str>>,
 }
 
 impl Forward<'_> {
@@ -434,6 +444,14 @@ fn write_upstream_head(
     write_forwarded_for(headers, fwd.client, out)?;
     let proto: &[u8] = if fwd.https { b"https" } else { b"http" };
     head::put_header(out, b"X-Forwarded-Proto", proto)?;
+    match fwd.client_cert {
+        None => {}
+        Some(None) => head::put_header(out, b"X-Client-Verify", b"NONE")?,
+        Some(Some(subject)) => {
+            head::put_header(out, b"X-Client-Verify", b"SUCCESS")?;
+            head::put_header(out, b"X-Client-Subject", subject.as_bytes())?;
+        }
+    }
     if let Some(host) = fwd.host {
         head::put_header(out, b"X-Forwarded-Host", host)?;
     }

@@ -4,7 +4,7 @@
 use crate::config::CertConf;
 use rustls::crypto::aws_lc_rs::sign::any_supported_type;
 use rustls::sign::CertifiedKey;
-use rustls::SignatureAlgorithm;
+use rustls::{RootCertStore, SignatureAlgorithm};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -111,6 +111,19 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no certificate in the file", path.display()));
     }
     Ok(chain)
+}
+
+/// The CA certificates of a PEM bundle, for checking backends' or clients' certificates.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e:?}", path.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{}: no CA certificate in the file", path.display()));
+    }
+    Ok(roots)
 }
 
 fn pem_reason(e: rustls_pki_types::pem::Error) -> String {

@@ -2,14 +2,14 @@
 //! the health probes, trusting `[tls] backend_ca` and checking each backend's certificate
 //! against its name (or its IP address), unless `backend_verify = false`.
 
+use super::certificate::read_roots;
 use super::TlsStream;
 use crate::config::Config;
 use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore};
-use rustls_pki_types::pem::PemObject;
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ impl Client {
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?;
         let builder = if config.tls.backend_verify {
-            match roots(path) {
+            match read_roots(path) {
                 Ok(roots) => builder.with_root_certificates(roots),
                 Err(why) if needed => return Err(format!("[tls] backend_ca: {why}")),
                 Err(_) => return Ok(None),
@@ -62,18 +62,6 @@ impl Client {
             .map_err(|_| format!("{name:?} is no DNS name or IP address"))?;
         ClientConnection::new(Arc::clone(&self.config), name).map_err(|e| e.to_string())
     }
-}
-
-fn roots(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e:?}", path.display()))?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!("{}: no CA certificate in the file", path.display()));
-    }
-    Ok(roots)
 }
 
 /// `backend_verify = false`: any certificate is taken (the handshake's signatures are still

@@ -16,12 +16,15 @@ pub use client::{Client, DEFAULT_BACKEND_CA};
 pub use stream::{Handshake, Session, TlsFailure, TlsStream};
 pub use tickets::ROTATION as TICKET_KEY_ROTATION;
 
-use crate::config::Config;
+use crate::config::{ClientVerify, Config};
+use certificate::read_roots;
 use log::{error, info, warn};
 use mio::net::TcpStream;
 use parking_lot::RwLock;
 use resolver::Resolver;
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::{
+    NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::ServerConfig;
 use std::sync::Arc;
 use tickets::TicketKeys;
@@ -126,11 +129,25 @@ fn rustls_config(
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let mut server = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions)
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(resolver) as _);
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &config.tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let roots = read_roots(path).map_err(|why| format!("[tls] client_ca: {why}"))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            let verifier = match config.tls.client_verify {
+                ClientVerify::Required => verifier,
+                ClientVerify::Optional => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("[tls] client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(Arc::clone(resolver) as _);
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Our order, not the client's (rustls's: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305), as
     // scanners expect of a server; every suite on offer is AEAD with forward secrecy anyway.

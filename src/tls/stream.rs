@@ -74,6 +74,8 @@ pub struct TlsStream {
     reported: bool,
     /// close_notify is queued: the socket's write side ends once rustls has flushed it.
     closing: bool,
+    /// The subject of the client's certificate, when it sent one (`[tls] client_ca`).
+    client_subject: Option<Box<str>>,
 }
 
 /// Counts whether the socket read filled what rustls offered: a short read drained it.
@@ -112,6 +114,7 @@ impl TlsStream {
             peer_closed: false,
             reported: false,
             closing: false,
+            client_subject: None,
         }
     }
 
@@ -303,10 +306,19 @@ impl TlsStream {
             return None;
         }
         self.reported = true;
+        if let Connection::Server(server) = &self.tls {
+            let leaf = server.peer_certificates().and_then(|chain| chain.first());
+            self.client_subject = leaf.map(|cert| subject_of(cert).into());
+        }
         Some(Handshake {
             tls13: self.tls.protocol_version() == Some(ProtocolVersion::TLSv1_3),
             resumed: self.tls.handshake_kind() == Some(HandshakeKind::Resumed),
         })
+    }
+
+    /// The subject of the certificate the client proved it holds, if it sent one.
+    pub fn client_subject(&self) -> Option<&str> {
+        self.client_subject.as_deref()
     }
 
     /// Bytes arrived but the handshake has not finished (a close now is a failed one).
@@ -341,6 +353,20 @@ impl TlsStream {
             resumed: self.tls.handshake_kind() == Some(HandshakeKind::Resumed),
         })
     }
+}
+
+/// A certificate's subject as a header may carry it (`CN=alice,O=Example`): bytes outside
+/// visible ASCII become `?`, so no certificate can put a line break into a request head.
+fn subject_of(cert: &rustls::pki_types::CertificateDer) -> String {
+    let subject = match x509_parser::parse_x509_certificate(cert) {
+        Ok((_, cert)) => cert.subject().to_string(),
+        Err(_) => String::new(),
+    };
+    let visible = |c: char| c.is_ascii_graphic() || c == ' ';
+    subject
+        .chars()
+        .map(|c| if visible(c) { c } else { '?' })
+        .collect()
 }
 
 /// A rustls error in words for the log and the metric, without allocating.

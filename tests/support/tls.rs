@@ -168,7 +168,7 @@ impl Pki {
         };
         let extensions = format!(
             "subjectAltName = {}\nbasicConstraints = CA:FALSE\nkeyUsage = critical,{usage}\n\
-             extendedKeyUsage = serverAuth\n",
+             extendedKeyUsage = serverAuth, clientAuth\n",
             san.join(",")
         );
         std::fs::write(dir.join(&ext), extensions).expect("write extensions");
