@@ -1974,10 +1974,7 @@ fn a_required_client_certificate_is_checked_and_its_subject_reaches_the_backend(
     assert_eq!(seen.header_all("X-Client-Subject"), ["CN=alice"]);
     // Without a certificate, or with one from another CA, the handshake fails.
     let without = curl(&pki, HOST, lb.tls_addr(), &[], &["/"]);
-    assert!(
-        !without.status.map_or(false, |s| s.success()),
-        "{without:?}"
-    );
+    assert!(!without.status.is_some_and(|s| s.success()), "{without:?}");
     let stranger = Pki::new().leaf("mallory", Ecdsa, &["mallory.client"]);
     let other_ca = [
         "--cert",
@@ -1986,10 +1983,7 @@ fn a_required_client_certificate_is_checked_and_its_subject_reaches_the_backend(
         stranger.key.to_str().unwrap(),
     ];
     let refused = curl(&pki, HOST, lb.tls_addr(), &other_ca, &["/"]);
-    assert!(
-        !refused.status.map_or(false, |s| s.success()),
-        "{refused:?}"
-    );
+    assert!(!refused.status.is_some_and(|s| s.success()), "{refused:?}");
     assert_eq!(backend.requests().len(), 1, "only alice got through");
 }
 
