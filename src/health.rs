@@ -237,8 +237,10 @@ pub fn probe(
         .set_read_timeout(Some(left))
         .and_then(|()| stream.set_write_timeout(Some(left)))
         .map_err(ProbeError::Io)?;
+    // A TLS backend is asked for the site its certificate names.
+    let host = tls.map_or(addr.to_string(), |(_, name)| name.to_string());
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-mio-health\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-mio-health\r\nConnection: close\r\n\r\n",
         conf.path
     );
     if let Some(version) = proxy {
@@ -256,6 +258,10 @@ pub fn probe(
         }
     };
     let latency = started.elapsed();
+    // Each read and write had the time left then; together they may have had more.
+    if latency > conf.timeout {
+        return Err(ProbeError::Timeout);
+    }
     if !conf.status.contains(&status) {
         return Err(ProbeError::Status(status));
     }

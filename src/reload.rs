@@ -41,10 +41,10 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
         let same = |list: &[crate::config::Discover]| {
             list.iter()
                 .find(|d| d.name == entry)
-                .map(|d| (d.target.clone(), d.weight))
+                .map(|d| ((d.target.clone(), d.tls.clone()), d.weight))
         };
         match (same(&old.config.discover), same(&new.discover)) {
-            (Some((was, _)), Some((target, weight))) if was == target => found.set_weight(weight),
+            (Some((was, _)), Some((now, weight))) if was == now => found.set_weight(weight),
             _ => {
                 info!(
                     "reload: backend {} at {}: its DNS entry {entry} is gone or changed: draining",
@@ -78,18 +78,26 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
         new.lb.tls_listen = old.lb.tls_listen.clone();
         new.lb.workers = old.lb.workers;
     }
-    let client_auth = |c: &Config| {
+    // rustls's configs are built at start: what they hold waits for the next.
+    let built = |c: &Config| {
+        let tls = &c.tls;
+        let client = (tls.client_ca.clone(), tls.client_verify);
         (
-            c.tls.session_cache,
-            c.tls.client_ca.clone(),
-            c.tls.client_verify,
+            tls.session_cache,
+            client,
+            tls.backend_ca.clone(),
+            tls.backend_verify,
         )
     };
-    if client_auth(new) != client_auth(old) {
-        warn!("reload: [tls] session_cache, client_ca and client_verify take effect at the next start");
-        new.tls.session_cache = old.tls.session_cache;
-        new.tls.client_ca = old.tls.client_ca.clone();
-        new.tls.client_verify = old.tls.client_verify;
+    if built(new) != built(old) {
+        warn!(
+            "reload: [tls] session_cache, client_ca, client_verify, backend_ca and \
+             backend_verify take effect at the next start"
+        );
+        let tls = &old.tls;
+        new.tls.session_cache = tls.session_cache;
+        (new.tls.client_ca, new.tls.client_verify) = (tls.client_ca.clone(), tls.client_verify);
+        (new.tls.backend_ca, new.tls.backend_verify) = (tls.backend_ca.clone(), tls.backend_verify);
     }
     if new.admin != old.admin {
         warn!("reload: [admin] takes effect at the next start");

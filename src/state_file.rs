@@ -70,7 +70,9 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
             // `"tls"`: the name a TLS backend's certificate must have (absent: plain HTTP).
             let tls = match b.get("tls") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(name)) => Some(name.clone()),
+                Some(Value::String(name)) => {
+                    Some(crate::config::parse_server_name(name).map_err(|e| bad(&e))?)
+                }
                 Some(_) => return Err(bad("bad tls")),
             };
             Ok(BackendConf {

@@ -9,6 +9,7 @@
 
 use crate::buffer::{Buffer, Io};
 use crate::tls::{Handshake, Session, TlsStream};
+use crate::token::Readiness;
 use mio::net::TcpStream;
 use socket2::SockRef;
 use std::io;
@@ -115,6 +116,22 @@ impl Transport {
     /// A TLS handshake began and has not finished.
     pub fn in_handshake(&self) -> bool {
         matches!(self, Transport::Tls(tls) if tls.in_handshake())
+    }
+
+    /// A TLS handshake to a backend, moved along (`TlsStream::handshake`); plain: nothing to do.
+    pub fn handshake(&mut self, ready: &mut Readiness) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(false),
+            Transport::Tls(tls) => tls.handshake(ready),
+        }
+    }
+
+    /// The peer's end was an orderly one: always for TCP; over TLS, a close_notify.
+    pub fn closed_cleanly(&self) -> bool {
+        match self {
+            Transport::Plain(_) => true,
+            Transport::Tls(tls) => tls.closed_cleanly(),
+        }
     }
 
     /// The client sent plain HTTP to a TLS listener.

@@ -2008,3 +2008,68 @@ fn an_optional_client_certificate_lets_a_client_without_one_in_marked_none() {
         .header_all("X-Client-Verify")
         .is_empty());
 }
+
+/// A TLS backend that answers any method: Python's `ssl` module (OpenSSL) serving each request
+/// with `200` and the length of the body it read (`s_server -WWW` answers GET only).
+const ANSWERING_BACKEND: &str = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+def serve(raw):
+    with ctx.wrap_socket(raw, server_side=True) as tls:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls.recv(65536) or b"\r\n\r\n"
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+        while len(body) < (length[0] if length else 0):
+            body += tls.recv(65536)
+        answer = b"read %d" % len(body)
+        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(answer), answer))
+print("ready", flush=True)
+while True:
+    raw, _ = listener.accept()
+    threading.Thread(target=serve, args=(raw,), daemon=True).start()
+"#;
+
+#[test]
+fn a_post_whose_tls_backend_fails_the_handshake_goes_to_another_unsent() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("backend", Ecdsa, &["backend.test"]);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = Process::spawn(
+        std::process::Command::new("python3")
+            .args(["-c", ANSWERING_BACKEND, &addr.port().to_string()])
+            .arg(&leaf.cert)
+            .arg(&leaf.key),
+        Pipe::Stdout,
+    )
+    .expect("start python3");
+    assert!(server.wait_for_lines("ready", 1, Duration::from_secs(5)));
+    // s1 names the wrong host: its handshake fails before any of the request went out, so
+    // even a POST goes to s2 (the same server, under its right name).
+    let config = format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\nretries = 1\n[tls]\nbackend_ca = {}\n\
+         {NO_HEALTH}{ADMIN}[backends]\ns1 = {addr} tls=other.test\ns2 = {addr} tls=backend.test\n",
+        pki.ca.display(),
+    );
+    let lb = Lb::start(&config);
+    let body = "x".repeat(100 * 1024);
+    for _ in 0..2 {
+        let head = format!(
+            "POST /form HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let resp = request(lb.addr, &(head + &body));
+        assert_eq!(resp.status, 200, "{}", lb.log_text());
+        assert_eq!(resp.body_str(), format!("read {}", body.len()));
+    }
+    lb.expect_log(
+        "backend s1 failed: TLS handshake failed",
+        Duration::from_secs(3),
+    );
+}

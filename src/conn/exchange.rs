@@ -178,6 +178,9 @@ pub struct Exchange {
     pub upstream_eof: bool,
     /// lb-mio closed its sending side of the backend connection (a tunnel the client ended).
     pub upstream_shut: bool,
+    /// Bytes of PROXY protocol header at the front of `uout` (`send_proxy`): to a TLS backend
+    /// they go in clear, before the handshake.
+    pub proxy_len: usize,
     /// The final response allows reusing the upstream connection.
     pub reusable: bool,
     pub client_keep_alive: bool,
@@ -209,6 +212,7 @@ impl Exchange {
             answered: false,
             upstream_eof: false,
             upstream_shut: false,
+            proxy_len: 0,
             reusable: false,
             client_keep_alive: request.keep_alive,
             status: 0,

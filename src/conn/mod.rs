@@ -298,7 +298,7 @@ impl Conn {
         moved |= self.write_upstream(ctx)?;
         moved |= self.read_upstream(ctx)?;
         moved |= self.relay_response(ctx)?;
-        moved |= self.check_upstream_eof()?;
+        moved |= self.check_upstream_eof(ctx)?;
         moved |= self.write_client(ctx)?;
         moved |= self.finish_exchange(ctx)?;
         Ok(moved)
@@ -480,6 +480,7 @@ impl Conn {
         if let Some((version, dest)) = dest {
             proxy_protocol::write(version, self.peer, dest, uout);
         }
+        let proxy_len = uout.len();
         let request = match request::parse_with(cin.data(), limits, self.peer.ip(), wanted, uout) {
             Ok(Some(request)) => request,
             Ok(None) => {
@@ -514,6 +515,7 @@ impl Conn {
         self.exchange = Some(held);
         let admitted = admitted?;
         let ex = self.exchange.as_mut().expect("just started");
+        ex.proxy_len = proxy_len;
         ex.lease = Some(admitted.lease);
         ex.key = admitted.key;
         self.connect(ctx)?;
@@ -569,6 +571,9 @@ impl Conn {
     }
 
     /// A new backend connection became writable: did the handshake succeed?
+    /// A new backend connection became writable: did the TCP handshake succeed? Then, to a
+    /// TLS backend, the TLS handshake (under `connect_ms` too, and before any of the request
+    /// goes to rustls, so a failure leaves the request unsent and free to go elsewhere).
     fn check_connected(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         let Some(ex) = self.exchange.as_mut() else {
             return Ok(false);
@@ -577,25 +582,58 @@ impl Conn {
             return Ok(false);
         };
         let up = ctx.upstreams.get(up);
-        if self.phase != Phase::Connecting || !up.ready.writable {
+        if self.phase != Phase::Connecting {
             return Ok(false);
         }
-        let socket = up.stream.socket();
-        match (socket.take_error(), socket.peer_addr()) {
-            (Ok(None), Ok(_)) => {
-                up.connected = true;
-                ex.record.connect = Some(ctx.now - ex.record.attempt);
-                self.enter(Phase::Forwarding, ctx);
-                Ok(true)
+        let mut moved = false;
+        if !up.connected {
+            if !up.ready.writable {
+                return Ok(false);
             }
-            (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
-                up.ready.writable = false; // a spurious event: still connecting
-                Ok(false)
+            let socket = up.stream.socket();
+            match (socket.take_error(), socket.peer_addr()) {
+                (Ok(None), Ok(_)) => up.connected = true,
+                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                    up.ready.writable = false; // a spurious event: still connecting
+                    return Ok(false);
+                }
+                (Ok(Some(e)) | Err(e), _) | (Ok(None), Err(e)) => {
+                    return Err(Stop::Upstream(Failure::Connect(e.kind())));
+                }
             }
-            (Ok(Some(e)) | Err(e), _) | (Ok(None), Err(e)) => {
-                Err(Stop::Upstream(Failure::Connect(e.kind())))
+            moved = true;
+            // A PROXY header goes before the ClientHello, in clear, as before a plain request.
+            if up.stream.is_tls() && ex.proxy_len > 0 {
+                let uout = buf(&mut self.uout, ctx.buffers);
+                let header = &uout.data()[..ex.proxy_len];
+                match io::Write::write(up.stream.socket(), header) {
+                    Ok(n) if n == header.len() && ex.replayable => ex.sent = n,
+                    Ok(n) if n == header.len() => uout.consume(n),
+                    Ok(_) => return Err(Stop::Upstream(Failure::Closed)),
+                    Err(e) => return Err(Stop::Upstream(Failure::Connect(e.kind()))),
+                }
             }
         }
+        if up.stream.in_handshake() {
+            match up.stream.handshake(&mut up.ready) {
+                Ok(progress) => moved |= progress,
+                Err(e) => {
+                    let failure = match TlsFailure::of(&e) {
+                        Some(TlsFailure::Handshake(why) | TlsFailure::Record(why)) => {
+                            Failure::Tls(why)
+                        }
+                        None => Failure::Connect(e.kind()),
+                    };
+                    return Err(Stop::Upstream(failure));
+                }
+            }
+            if up.stream.in_handshake() {
+                return Ok(moved);
+            }
+        }
+        ex.record.connect = Some(ctx.now - ex.record.attempt);
+        self.enter(Phase::Forwarding, ctx);
+        Ok(true)
     }
 
     /// Moves request body bytes from `cin` to `uout`, validating their framing on the way.
@@ -704,10 +742,15 @@ impl Conn {
 
     /// The backend closed its side and the response bytes before the close have been relayed
     /// (as far as they can be): the end of a close-delimited body or a tunnel, or a failure.
-    fn check_upstream_eof(&mut self) -> Result<bool, Stop> {
+    fn check_upstream_eof(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         let Some(ex) = self.exchange.as_deref_mut().filter(|ex| ex.upstream_eof) else {
             return Ok(false);
         };
+        // Over TLS only close_notify ends a close-delimited body: a bare FIN could be anyone's
+        // (RFC 9112 §9.8), and the response is then cut, not complete.
+        let clean = ex
+            .upstream
+            .is_none_or(|up| ctx.upstreams.get(up).stream.closed_cleanly());
         ex.reusable = false;
         let drained = held(&self.uin) == 0;
         match &mut ex.response {
@@ -716,7 +759,7 @@ impl Conn {
             _ if !drained => Ok(false),
             _ if self.phase == Phase::Tunnel => Err(Cause::Completed.into()),
             ResponseState::Body(body) => {
-                if !body.close() {
+                if !body.close() || !clean {
                     return Err(Cause::BackendCut(None).into());
                 }
                 ex.response = ResponseState::Done;

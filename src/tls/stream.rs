@@ -3,6 +3,7 @@
 //! flushed what it held, so rustls never holds more than one batch of records.
 
 use crate::buffer::{Buffer, Io};
+use crate::token::Readiness;
 use log::{debug, warn};
 use mio::net::TcpStream;
 use rustls::{ClientConnection, Connection, HandshakeKind, ProtocolVersion, ServerConnection};
@@ -193,6 +194,55 @@ impl TlsStream {
             }
         }
         Ok(!self.plain)
+    }
+
+    /// Moves a handshake to a backend along as far as the socket allows: sends what rustls has
+    /// to send, takes in records until the socket is dry or the handshake is done. True if
+    /// anything moved; `ready` learns what the socket said.
+    pub fn handshake(&mut self, ready: &mut Readiness) -> io::Result<bool> {
+        let mut moved = self.send_handshake(ready)?;
+        if !ready.readable && !self.buffered_input() {
+            return Ok(moved);
+        }
+        for _ in 0..RECORD_READS {
+            let mut socket = Short {
+                tcp: &mut self.tcp,
+                short: false,
+            };
+            match self.tls.read_tls(&mut socket) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => self.drained = socket.short,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    (self.drained, ready.readable) = (true, false);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            self.process()?;
+            moved = true;
+            if !self.tls.is_handshaking() {
+                break;
+            }
+        }
+        Ok(self.send_handshake(ready)? || moved)
+    }
+
+    fn send_handshake(&mut self, ready: &mut Readiness) -> io::Result<bool> {
+        if !ready.writable || !self.tls.wants_write() {
+            return Ok(false);
+        }
+        match self.flush()? {
+            Io::Blocked => {
+                ready.writable = false;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// The peer ended the connection with close_notify (a FIN alone may be an attacker's).
+    pub fn closed_cleanly(&self) -> bool {
+        self.plain || self.peer_closed
     }
 
     /// Looks at the first byte without taking it: a TLS handshake record starts with 22; an
