@@ -616,21 +616,19 @@ fn an_upgrade_over_tls_moves_bytes_both_ways() {
 // Session resumption
 // ---------------------------------------------------------------------------------------------
 
-/// A full handshake saving the session to `session`, then one resuming it: (first, second).
-fn connect_twice(pki: &Pki, addr: SocketAddr, version: &str, session: &str) -> (SOut, SOut) {
-    let first = pki.s_client(
-        addr,
-        Some(HOST),
-        &[version, "-sess_out", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
-    let second = pki.s_client(
-        addr,
-        Some(HOST),
-        &[version, "-sess_in", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
-    (first, second)
+/// A full handshake at `from` saving the session to `session`, then one at `to` offering it
+/// (the same balancer, or another): (first, second).
+fn carry_session(
+    pki: &Pki,
+    (from, to): (SocketAddr, SocketAddr),
+    version: &str,
+    session: &str,
+) -> (SOut, SOut) {
+    let connect = |addr, how| {
+        let args = [version, how, session, "-ign_eof"];
+        pki.s_client(addr, Some(HOST), &args, GET_AND_CLOSE.as_bytes())
+    };
+    (connect(from, "-sess_out"), connect(to, "-sess_in"))
 }
 
 #[test]
@@ -638,7 +636,12 @@ fn a_session_resumes_and_is_counted_in_tls13_and_in_tls12() {
     for (flag, version) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
         let site = Site::start(ADMIN);
         let session = site.pki.path("session.pem");
-        let (first, second) = connect_twice(&site.pki, site.tls(), flag, session.to_str().unwrap());
+        let (first, second) = carry_session(
+            &site.pki,
+            (site.tls(), site.tls()),
+            flag,
+            session.to_str().unwrap(),
+        );
         assert!(first.handshake_done() && !first.reused(), "{}", first.all());
         assert!(second.reused(), "{version} not resumed:\n{}", second.all());
         assert_eq!(second.protocol(), Some(version));
@@ -701,19 +704,9 @@ fn without_a_ticket_key_file_each_process_has_keys_of_its_own() {
     let (first, second) = (start(), start());
     let session = pki.path("session.pem");
     let session = session.to_str().unwrap();
-    let out = pki.s_client(
-        first.tls_addr(),
-        Some(HOST),
-        &["-tls1_3", "-sess_out", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
-    assert!(out.handshake_done(), "{}", out.all());
-    let out = pki.s_client(
-        second.tls_addr(),
-        Some(HOST),
-        &["-tls1_3", "-sess_in", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
+    let addrs = (first.tls_addr(), second.tls_addr());
+    let (saved, out) = carry_session(&pki, addrs, "-tls1_3", session);
+    assert!(saved.handshake_done(), "{}", saved.all());
     assert!(out.handshake_done(), "{}", out.all());
     assert!(
         !out.reused(),
@@ -795,19 +788,9 @@ fn a_ticket_key_moved_to_the_second_line_still_decrypts() {
     let (before, after) = (start(&old), start(&rotated));
     let session = pki.path("session.pem");
     let session = session.to_str().unwrap();
-    let out = pki.s_client(
-        before.tls_addr(),
-        Some(HOST),
-        &["-tls1_3", "-sess_out", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
-    assert!(out.handshake_done(), "{}", out.all());
-    let out = pki.s_client(
-        after.tls_addr(),
-        Some(HOST),
-        &["-tls1_3", "-sess_in", session, "-ign_eof"],
-        GET_AND_CLOSE.as_bytes(),
-    );
+    let addrs = (before.tls_addr(), after.tls_addr());
+    let (saved, out) = carry_session(&pki, addrs, "-tls1_3", session);
+    assert!(saved.handshake_done(), "{}", saved.all());
     assert!(
         out.reused(),
         "a ticket under the second key did not resume:\n{}",
