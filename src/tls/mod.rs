@@ -101,8 +101,13 @@ impl Server {
 
     /// A new client connection's TLS side.
     pub fn accept(&self, tcp: TcpStream) -> Result<TlsStream, rustls::Error> {
-        let tls = rustls::ServerConnection::new(Arc::clone(&self.config))?;
-        Ok(TlsStream::server(tcp, tls))
+        Ok(TlsStream::server(tcp, self.connection()?))
+    }
+
+    /// rustls's side of a new client connection, with every setting and the certificates of
+    /// now (also what the `tls_handshake` fuzz target feeds).
+    pub fn connection(&self) -> Result<rustls::ServerConnection, rustls::Error> {
+        rustls::ServerConnection::new(Arc::clone(&self.config))
     }
 
     /// The certificates served now, in config order.
