@@ -570,7 +570,6 @@ impl Conn {
         }
     }
 
-    /// A new backend connection became writable: did the handshake succeed?
     /// A new backend connection became writable: did the TCP handshake succeed? Then, to a
     /// TLS backend, the TLS handshake (under `connect_ms` too, and before any of the request
     /// goes to rustls, so a failure leaves the request unsent and free to go elsewhere).

@@ -156,7 +156,7 @@ fn describe(der: &CertificateDer) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
-pub fn unix_now() -> i64 {
+fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -11,10 +11,9 @@ mod resolver;
 mod stream;
 mod tickets;
 
-pub use certificate::{unix_now, Certificate, KeyKind, EXPIRY_WARNING_DAYS};
-pub use client::{Client, DEFAULT_BACKEND_CA};
+pub use certificate::{Certificate, KeyKind, EXPIRY_WARNING_DAYS};
+pub use client::Client;
 pub use stream::{Handshake, Session, TlsFailure, TlsStream};
-pub use tickets::ROTATION as TICKET_KEY_ROTATION;
 
 use crate::config::{ClientVerify, Config};
 use certificate::read_roots;

@@ -154,28 +154,41 @@ impl TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Io::Closed),
                 other => return other,
             }
-            let mut socket = Short {
-                tcp: &mut self.tcp,
-                short: false,
-            };
-            match self.tls.read_tls(&mut socket) {
-                Ok(0) => return Ok(Io::Closed),
-                Ok(_) => self.drained = socket.short,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.drained = true;
-                    // Records taken in this call (a handshake flight) are progress: the pump
-                    // must go round again, to send what rustls now wants to send.
-                    return Ok(if round > 0 { Io::Moved(0) } else { Io::Blocked });
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // rustls refuses more input: its buffers are full of what we did not take.
-                    return Err(self.failed("oversized or unprocessed records"));
-                }
-                Err(e) => return Err(e),
+            match self.take_records()? {
+                Io::Closed => return Ok(Io::Closed),
+                // Records taken in this call (a handshake flight) are progress: the pump must
+                // go round again, to send what rustls now wants to send.
+                Io::Blocked => return Ok(if round > 0 { Io::Moved(0) } else { Io::Blocked }),
+                Io::Moved(_) => {}
             }
-            self.process()?;
         }
         Ok(Io::Moved(0))
+    }
+
+    /// One socket read into rustls, and what it decrypts processed: `Closed` at the socket's
+    /// end, `Blocked` when it is dry.
+    fn take_records(&mut self) -> io::Result<Io> {
+        let mut socket = Short {
+            tcp: &mut self.tcp,
+            short: false,
+        };
+        match self.tls.read_tls(&mut socket) {
+            Ok(0) => Ok(Io::Closed),
+            Ok(n) => {
+                self.drained = socket.short;
+                self.process()?;
+                Ok(Io::Moved(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.drained = true;
+                Ok(Io::Blocked)
+            }
+            // rustls refuses more input: its buffers are full of what was not taken.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(self.failed("oversized or unprocessed records"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Bytes that came behind a PROXY protocol header, read in clear with it: the start of
@@ -205,21 +218,14 @@ impl TlsStream {
             return Ok(moved);
         }
         for _ in 0..RECORD_READS {
-            let mut socket = Short {
-                tcp: &mut self.tcp,
-                short: false,
-            };
-            match self.tls.read_tls(&mut socket) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => self.drained = socket.short,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    (self.drained, ready.readable) = (true, false);
+            match self.take_records()? {
+                Io::Closed => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Io::Blocked => {
+                    ready.readable = false;
                     break;
                 }
-                Err(e) => return Err(e),
+                Io::Moved(_) => moved = true,
             }
-            self.process()?;
-            moved = true;
             if !self.tls.is_handshaking() {
                 break;
             }
