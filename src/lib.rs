@@ -19,6 +19,7 @@ pub mod conn;
 pub mod demo;
 pub mod discovery;
 pub mod dns;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod memory;
