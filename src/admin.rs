@@ -5,12 +5,11 @@
 use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::config;
 use crate::metrics;
-use crate::shared::{Shared, Snapshot};
+use crate::shared::Shared;
 use crate::state_file;
 use crate::tls::EXPIRY_WARNING_DAYS;
 use log::{info, warn};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -276,14 +275,10 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             let answer = with_backend(shared, name, |b| set_weight(b, &request.body));
             if answer.status == 200 {
                 // Weighted round robin's schedule is built from the weights: build it anew.
-                let rebuilt = shared.update(|snap| {
-                    Ok::<_, Infallible>(Snapshot::new(
-                        snap.config.clone(),
-                        Arc::clone(&snap.backends),
-                    ))
-                });
-                if let Err(never) = rebuilt {
-                    match never {}
+                let rebuilt = shared
+                    .update(|snap| snap.next(snap.config.clone(), Arc::clone(&snap.backends)));
+                if let Err(e) = rebuilt {
+                    return ApiAnswer::error(500, &e);
                 }
             }
             answer
@@ -419,6 +414,9 @@ fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
                 format!("a backend named {name:?} exists"),
             ));
         }
+        if snap.pool(&conf.pool).is_none() {
+            return Err(ApiAnswer::error(404, format!("no pool {:?}", conf.pool)));
+        }
         let backend = Backend::new(
             &BackendConf {
                 name,
@@ -430,7 +428,8 @@ fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
         let mut backends = snap.backends.to_vec();
         let id = backend::place(&mut backends, backend).map_err(|e| ApiAnswer::error(409, e))?;
         placed = Some(Arc::clone(&backends[id]));
-        Ok(Snapshot::new(snap.config.clone(), backends.into()))
+        snap.next(snap.config.clone(), backends.into())
+            .map_err(|e| ApiAnswer::error(500, &e))
     });
     match (added, placed) {
         (Ok(()), Some(backend)) => {
@@ -475,11 +474,21 @@ fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
         Some(Value::String(name)) => Some(config::parse_server_name(name)?),
         Some(_) => return Err("\"tls\" must be the name the backend's certificate has".into()),
     };
+    let pool = match value.get("pool") {
+        None => config::DEFAULT_POOL,
+        Some(p) => p.as_str().ok_or("\"pool\" must be a pool's name")?,
+    };
+    let backup = match value.get("backup") {
+        None => false,
+        Some(b) => b.as_bool().ok_or("\"backup\" must be true or false")?,
+    };
     Ok(BackendConf {
         name,
         addr,
         weight,
         tls,
+        pool: pool.to_string(),
+        backup,
     })
 }
 

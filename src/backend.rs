@@ -20,6 +20,24 @@ pub struct BackendConf {
     pub weight: u32,
     /// Speak TLS to it, checking its certificate against this name (`tls` or `tls=NAME`).
     pub tls: Option<String>,
+    /// The pool it serves.
+    pub pool: String,
+    /// Takes traffic only while no other backend of its pool is up.
+    pub backup: bool,
+}
+
+impl BackendConf {
+    /// Whether `backend` is the one this describes (a reload keeps it, taking the new weight).
+    pub fn is(&self, backend: &Backend) -> bool {
+        (&self.name, self.addr, &self.tls, &self.pool, self.backup)
+            == (
+                &backend.name,
+                backend.addr,
+                &backend.tls,
+                &backend.pool,
+                backend.backup,
+            )
+    }
 }
 
 /// Where a backend came from. Every part of lb-mio that adds backends is a source, and tells
@@ -169,6 +187,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// TLS to it, and the name its certificate must have.
     pub tls: Option<String>,
+    pub pool: String,
+    pub backup: bool,
     pub source: Source,
     /// Changed live through the admin API.
     weight: AtomicU32,
@@ -206,6 +226,8 @@ impl Backend {
             name: conf.name.clone(),
             addr: conf.addr,
             tls: conf.tls.clone(),
+            pool: conf.pool.clone(),
+            backup: conf.backup,
             source,
             weight: AtomicU32::new(conf.weight),
             removing: AtomicBool::new(false),
@@ -431,6 +453,8 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)),
             weight: 1,
             tls: None,
+            pool: "default".into(),
+            backup: false,
         }
     }
 

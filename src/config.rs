@@ -21,6 +21,7 @@ use crate::http::head::HOP_BY_HOP;
 pub use crate::http::request::HashKey;
 use crate::http::request::FORWARDING_HEADERS;
 use crate::proxy_protocol::Version;
+use crate::route::{self, RouteConf};
 
 pub mod keys;
 
@@ -58,7 +59,68 @@ pub struct Config {
     pub tls: Tls,
     /// `[certificates]`, in file order: the first is the default.
     pub certificates: Vec<CertConf>,
+    /// Every pool's settings: `default` (the global settings, for `[backends]`) first when it
+    /// has backends, then each `[pool.NAME]` in file order.
+    pub pools: Vec<PoolConf>,
+    /// `[route.NAME]` sections, in file order.
+    pub routes: Vec<RouteConf>,
 }
+
+/// A pool's own settings: any it does not set follow the global ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConf {
+    pub name: String,
+    pub strategy: Strategy,
+    pub retries: u32,
+    pub sticky: Sticky,
+    pub hash_key: HashKey,
+    pub connect: Duration,
+    pub backend: Duration,
+    /// Largest request body, in bytes (0: no limit).
+    pub max_body: u64,
+    pub health: Health,
+}
+
+impl PoolConf {
+    /// A pool with the settings of `c` (the global ones, or those a pool section changed).
+    fn from(name: &str, c: &Config) -> PoolConf {
+        PoolConf {
+            name: name.to_string(),
+            strategy: c.lb.strategy,
+            retries: c.lb.retries,
+            sticky: c.lb.sticky,
+            hash_key: c.lb.hash_key.clone(),
+            connect: c.timeouts.connect,
+            backend: c.timeouts.backend,
+            max_body: c.limits.max_body,
+            health: c.health.clone(),
+        }
+    }
+}
+
+/// A `[pool.NAME]` section as read: its name and its `(line, key, value)`s.
+type PoolSection<'a> = (&'a str, Vec<(usize, &'a str, &'a str)>);
+
+/// The pool `[backends]` fills.
+pub const DEFAULT_POOL: &str = "default";
+
+/// The keys a `[pool.NAME]` section takes, and the section each comes from: `[health]` keys
+/// with a `health_` prefix, the others by their own name.
+fn pool_key(key: &str) -> Option<(&'static str, &str)> {
+    if let Some(health) = key.strip_prefix("health_") {
+        return Some(("health", health));
+    }
+    let section = match key {
+        "strategy" | "retries" | "sticky" | "hash_key" => "lb",
+        "connect_ms" | "backend_ms" => "timeouts",
+        "max_body" => "limits",
+        _ => return None,
+    };
+    Some((section, key))
+}
+
+/// Most `[lb] retries`: it also bounds the backends one request tries (`balance::Tried`).
+pub const MAX_RETRIES: u32 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lb {
@@ -163,6 +225,8 @@ pub struct Limits {
     pub client_burst: u32,
     /// Open connections per client address, over all workers (0: off).
     pub client_connections: u32,
+    /// Largest request body in bytes (0: no limit); a pool may set its own.
+    pub max_body: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,10 +367,14 @@ pub const MAX_DISCOVER_NAME: usize = 18;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discover {
     pub name: String,
+    /// The pool its backends join.
+    pub pool: String,
     pub target: Target,
     pub weight: u32,
     /// TLS to the backends it finds, their certificates checked against this name.
     pub tls: Option<String>,
+    /// Its backends are backups.
+    pub backup: bool,
 }
 
 /// What a discovered entry looks up.
@@ -427,6 +495,7 @@ impl Default for Limits {
             client_rate: 0,
             client_burst: 0,
             client_connections: 0,
+            max_body: 0,
         }
     }
 }
@@ -500,7 +569,66 @@ impl Config {
                 ..Tls::default()
             },
             certificates: Vec::new(),
+            pools: Vec::new(),
+            routes: Vec::new(),
         }
+        .with_pools(&[])
+    }
+
+    /// The pool `default` made anew from the global settings (after code changed them).
+    pub fn pools_from_globals(self) -> Config {
+        self.with_pools(&[])
+    }
+
+    /// `pools` set from the global settings and each pool section's keys (`(line, key,
+    /// value)`), the pool `default` first when `[backends]` has entries.
+    fn with_pools(mut self, sections: &[PoolSection]) -> Config {
+        self.pools.clear();
+        let has = |c: &Config, pool: &str| {
+            c.backends.iter().any(|b| b.pool == pool) || c.discover.iter().any(|d| d.pool == pool)
+        };
+        let mut names: Vec<&str> = Vec::new();
+        if has(&self, DEFAULT_POOL) {
+            names.push(DEFAULT_POOL);
+        }
+        names.extend(
+            sections
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|n| *n != DEFAULT_POOL),
+        );
+        for name in names {
+            let mut own = self.settings();
+            let keys = sections
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .flat_map(|(_, keys)| keys);
+            for &(_, key, value) in keys {
+                if let Some(k) = pool_key(key).and_then(|(section, name)| keys::find(section, name))
+                {
+                    // Checked when the line was read.
+                    let _ = k.set(&mut own, value);
+                }
+            }
+            self.pools.push(PoolConf::from(name, &own));
+        }
+        self
+    }
+
+    /// The settings pools may change, without the backends.
+    fn settings(&self) -> Config {
+        Config {
+            lb: self.lb.clone(),
+            timeouts: self.timeouts.clone(),
+            limits: self.limits.clone(),
+            health: self.health.clone(),
+            ..Config::with_backends(Vec::new())
+        }
+    }
+
+    /// The pool called `name`, by position.
+    pub fn pool(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
     }
 }
 
@@ -521,6 +649,45 @@ struct Parser<'a> {
     headers: HashMap<&'a str, usize>,
     /// Line of each `(section, key)` seen, to reject duplicates.
     keys: HashMap<(&'a str, &'a str), usize>,
+    /// Each pool section's keys, in file order, applied over the global settings at the end.
+    pools: Vec<PoolSection<'a>>,
+    /// The pool of each backend name: names are unique over all pools.
+    names: HashMap<&'a str, &'a str>,
+}
+
+/// What a section's name makes it.
+#[derive(Clone, Copy)]
+enum Section<'a> {
+    /// `[lb]`, `[health]`, ... : keys from the key table.
+    Fixed(&'a str),
+    /// `[backends]` or `[pool.NAME.backends]`: keys are backend names.
+    Backends(&'a str),
+    Certificates,
+    /// `[pool.NAME]`: the pool's own settings.
+    Pool(&'a str),
+    /// `[route.NAME]`.
+    Route,
+}
+
+impl<'a> Section<'a> {
+    fn of(name: &'a str) -> Section<'a> {
+        if name == BACKENDS {
+            return Section::Backends(DEFAULT_POOL);
+        }
+        if name == CERTIFICATES {
+            return Section::Certificates;
+        }
+        if let Some(pool) = name.strip_prefix("pool.") {
+            return match pool.strip_suffix(".backends") {
+                Some(pool) => Section::Backends(pool),
+                None => Section::Pool(pool),
+            };
+        }
+        match name.strip_prefix("route.") {
+            Some(_) => Section::Route,
+            None => Section::Fixed(name),
+        }
+    }
 }
 
 enum Line<'a> {
@@ -537,6 +704,8 @@ impl<'a> Parser<'a> {
             section: None,
             headers: HashMap::new(),
             keys: HashMap::new(),
+            pools: Vec::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -560,42 +729,77 @@ impl<'a> Parser<'a> {
 
     fn enter(&mut self, line: usize, name: &'a str) -> Result<(), ConfigError> {
         let label = format!("[{name}]");
-        let mut known = keys::sections();
-        known.extend([BACKENDS, CERTIFICATES]);
-        if !known.contains(&name) {
-            let message = format!("unknown section (expected one of {})", known.join(", "));
-            return Err(self.error(line, label, message));
-        }
         if let Some(first) = self.headers.insert(name, line) {
             let message = format!("duplicate section (first at line {first})");
             return Err(self.error(line, label, message));
         }
+        let entered = match Section::of(name) {
+            Section::Fixed(name) if !keys::sections().contains(&name) => {
+                let mut known = keys::sections();
+                known.extend([
+                    BACKENDS,
+                    CERTIFICATES,
+                    "pool.NAME",
+                    "pool.NAME.backends",
+                    "route.NAME",
+                ]);
+                Err(format!(
+                    "unknown section (expected one of {})",
+                    known.join(", ")
+                ))
+            }
+            Section::Backends(pool) | Section::Pool(pool) => self.declare_pool(pool),
+            Section::Route => RouteConf::new(&name["route.".len()..]).map(|route| {
+                self.config.routes.push(route);
+            }),
+            Section::Fixed(_) | Section::Certificates => Ok(()),
+        };
+        entered.map_err(|message| self.error(line, label, message))?;
         self.section = Some(name);
         Ok(())
     }
 
-    fn set(&mut self, line: usize, key: &'a str, value: &str) -> Result<(), ConfigError> {
+    /// A pool named by a section header (its settings or its backends, in either order).
+    fn declare_pool(&mut self, pool: &'a str) -> Result<(), String> {
+        backend::check_name(pool)
+            .map_err(|_| format!("{pool:?} is not a pool name: 1 to 64 of A-Z a-z 0-9 _ . -"))?;
+        if !self.pools.iter().any(|(p, _)| *p == pool) {
+            self.pools.push((pool, Vec::new()));
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, line: usize, key: &'a str, value: &'a str) -> Result<(), ConfigError> {
         let Some(section) = self.section else {
             let message = "key outside any [section]".to_string();
             return Err(self.error(line, key.to_string(), message));
         };
         let label = format!("[{section}] {key}");
         if let Some(first) = self.keys.insert((section, key), line) {
-            let what = match section {
-                BACKENDS => "backend name",
-                CERTIFICATES => "certificate name",
+            let what = match Section::of(section) {
+                Section::Backends(_) => "backend name",
+                Section::Certificates => "certificate name",
                 _ => "key",
             };
             let message = format!("duplicate {what} (first at line {first})");
             return Err(self.error(line, label, message));
         }
-        let set = match section {
-            BACKENDS => set_backend(&mut self.config, key, value),
-            CERTIFICATES => {
+        let set = match Section::of(section) {
+            Section::Backends(pool) => self.set_backend(pool, key, value),
+            Section::Certificates => {
                 let origin = format!("{}:{line}", self.file);
                 set_certificate(&mut self.config, key, value, origin)
             }
-            _ => match keys::find(section, key) {
+            Section::Pool(pool) => self.set_pool_key(pool, line, key, value),
+            Section::Route => {
+                let route = self
+                    .config
+                    .routes
+                    .last_mut()
+                    .expect("entered with its section");
+                route::parse_key(route, key, value)
+            }
+            Section::Fixed(section) => match keys::find(section, key) {
                 Some(k) => k.set(&mut self.config, value),
                 None => Err("unknown key".to_string()),
             },
@@ -603,12 +807,48 @@ impl<'a> Parser<'a> {
         set.map_err(|message| self.error(line, label, message))
     }
 
-    fn finish(self) -> Result<Config, ConfigError> {
+    fn set_backend(&mut self, pool: &'a str, name: &'a str, v: &str) -> Result<(), String> {
+        if let Some(other) = self.names.insert(name, pool) {
+            return Err(format!(
+                "backend name already used in pool {other} (names are unique over all pools)"
+            ));
+        }
+        set_backend(&mut self.config, pool, name, v)
+    }
+
+    /// Checks a pool setting now (so its error names its line) and keeps it for the end.
+    fn set_pool_key(
+        &mut self,
+        pool: &'a str,
+        line: usize,
+        key: &'a str,
+        v: &'a str,
+    ) -> Result<(), String> {
+        let known = pool_key(key).and_then(|(section, name)| keys::find(section, name));
+        let Some(k) = known else {
+            return Err("unknown pool key (expected strategy, retries, sticky, hash_key, connect_ms, backend_ms, max_body, or a [health] key prefixed health_)".into());
+        };
+        k.set(&mut Config::with_backends(Vec::new()), v)?;
+        let keys = self
+            .pools
+            .iter_mut()
+            .find(|(p, _)| *p == pool)
+            .map(|(_, keys)| keys);
+        keys.expect("declared with its section")
+            .push((line, key, v));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
         if self.config.backends.is_empty() && self.config.discover.is_empty() {
             let line = self.headers.get("backends").copied().unwrap_or(0);
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
         }
+        let pools = std::mem::take(&mut self.pools);
+        self.config = std::mem::replace(&mut self.config, Config::with_backends(Vec::new()))
+            .with_pools(&pools);
+        self.check_pools_and_routes()?;
         let lb = &self.config.lb;
         if lb.accept_proxy && lb.proxy_from.is_empty() {
             // Trusting a PROXY header from anyone would let any client pick its own address.
@@ -672,6 +912,49 @@ impl<'a> Parser<'a> {
     }
 }
 
+impl Parser<'_> {
+    /// Every pool has backends, and every route is whole and names pools that exist.
+    fn check_pools_and_routes(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        for pool in &c.pools {
+            let has = c.backends.iter().any(|b| b.pool == pool.name)
+                || c.discover.iter().any(|d| d.pool == pool.name);
+            if !has {
+                let section = format!("pool.{}", pool.name);
+                let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
+                let message = format!(
+                    "pool {} has no backends: add [pool.{}.backends]",
+                    pool.name, pool.name
+                );
+                return Err(self.error(line, format!("[{section}]"), message));
+            }
+        }
+        let mut routed = vec![false; c.pools.len()];
+        for route in &c.routes {
+            let section = format!("route.{}", route.name);
+            let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
+            let mut check = || {
+                route.check()?;
+                for name in route.pool_names() {
+                    routed[c.pool(name).ok_or(format!("no pool {name:?}"))?] = true;
+                }
+                Ok::<(), String>(())
+            };
+            check().map_err(|message| self.error(line, format!("[{section}]"), message))?;
+        }
+        for (pool, routed) in c.pools.iter().zip(routed) {
+            if !routed && pool.name != DEFAULT_POOL {
+                log::warn!(
+                    "{}: pool {} gets no traffic: no route names it",
+                    self.file,
+                    pool.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 fn split_line(raw: &str) -> Result<Line<'_>, String> {
     let line = strip_comment(raw).trim();
     if line.is_empty() {
@@ -716,15 +999,15 @@ fn parse_resolver(v: &str) -> Result<SocketAddr, String> {
 
 /// In `[backends]` the key is the backend name; the value an address, or a host name or SRV
 /// name to look up in DNS.
-fn set_backend(c: &mut Config, name: &str, v: &str) -> Result<(), String> {
+fn set_backend(c: &mut Config, pool: &str, name: &str, v: &str) -> Result<(), String> {
     if c.backends.len() + c.discover.len() == MAX_BACKENDS {
         return Err(format!("at most {MAX_BACKENDS} backends"));
     }
     let first = v.split_whitespace().next().unwrap_or("");
     if first.parse::<SocketAddr>().is_ok() || !looks_like_a_name(first) {
-        c.backends.push(parse_backend(name, v)?);
+        c.backends.push(parse_backend(pool, name, v)?);
     } else {
-        c.discover.push(parse_discover(name, v)?);
+        c.discover.push(parse_discover(pool, name, v)?);
     }
     Ok(())
 }
@@ -762,7 +1045,7 @@ fn looks_like_a_name(v: &str) -> bool {
 }
 
 /// `host:port [weight=N]` or `srv:NAME [weight=N]`.
-fn parse_discover(name: &str, v: &str) -> Result<Discover, String> {
+fn parse_discover(pool: &str, name: &str, v: &str) -> Result<Discover, String> {
     backend::check_name(name)?;
     if name.len() > MAX_DISCOVER_NAME {
         return Err(format!(
@@ -776,12 +1059,14 @@ fn parse_discover(name: &str, v: &str) -> Result<Discover, String> {
         Target::Host(host, _) => Some(host.as_str()),
         Target::Srv(_) => None,
     };
-    let (weight, tls) = parse_backend_words(words, host)?;
+    let words = parse_backend_words(words, host)?;
     Ok(Discover {
         name: name.to_string(),
+        pool: pool.to_string(),
         target,
-        weight,
-        tls,
+        weight: words.weight,
+        tls: words.tls,
+        backup: words.backup,
     })
 }
 
@@ -829,7 +1114,7 @@ fn parse_server_header(v: &str) -> Result<Option<String>, String> {
     Ok(Some(v.to_string()))
 }
 
-fn parse_hash_key(v: &str) -> Result<HashKey, String> {
+pub fn parse_hash_key(v: &str) -> Result<HashKey, String> {
     let token = |name: &str| {
         !name.is_empty()
             && name
@@ -879,7 +1164,7 @@ fn parse_addr(v: &str) -> Result<SocketAddr, String> {
 }
 
 /// Addresses separated by spaces or commas, at most `MAX_LISTEN`, no repeats.
-fn parse_listen(v: &str) -> Result<Vec<SocketAddr>, String> {
+pub fn parse_listen(v: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs = parse_list(v, parse_addr)?;
     if addrs.is_empty() || addrs.len() > MAX_LISTEN {
         return Err(format!("expected 1 to {MAX_LISTEN} ip:port addresses"));
@@ -900,7 +1185,7 @@ fn parse_list<T>(v: &str, item: fn(&str) -> Result<T, String>) -> Result<Vec<T>,
         .collect()
 }
 
-fn parse_cidr(v: &str) -> Result<Cidr, String> {
+pub fn parse_cidr(v: &str) -> Result<Cidr, String> {
     let bad = || format!("expected an address or address/bits, got {v:?}");
     let (ip, bits) = v.split_once('/').unwrap_or((v, ""));
     let net: IpAddr = ip.parse().map_err(|_| bad())?;
@@ -1048,31 +1333,41 @@ fn parse_path(v: &str) -> Result<String, String> {
     }
 }
 
-/// `ip:port [weight=N]`.
-/// `ip:port [weight=N] [tls | tls=NAME]`.
-fn parse_backend(name: &str, v: &str) -> Result<BackendConf, String> {
+/// `ip:port [weight=N] [tls | tls=NAME] [backup]`.
+fn parse_backend(pool: &str, name: &str, v: &str) -> Result<BackendConf, String> {
     backend::check_name(name)?;
     let mut words = v.split_whitespace();
     let addr = backend::parse_addr(words.next().unwrap_or(""))?;
-    let (weight, tls) = parse_backend_words(words, Some(&addr.ip().to_string()))?;
+    let words = parse_backend_words(words, Some(&addr.ip().to_string()))?;
     Ok(BackendConf {
         name: name.to_string(),
         addr,
-        weight,
-        tls,
+        weight: words.weight,
+        tls: words.tls,
+        pool: pool.to_string(),
+        backup: words.backup,
     })
 }
 
-/// The words after a backend's address, each at most once: `weight=N` (default 1), and `tls`
+/// What the words after a backend's address say.
+struct BackendWords {
+    weight: u32,
+    tls: Option<String>,
+    backup: bool,
+}
+
+/// The words after a backend's address, each at most once: `weight=N` (default 1), `tls`
 /// or `tls=NAME` (TLS to it, its certificate checked against NAME; `tls` alone against
-/// `tls_name`, the address or host it was given by, when it has one).
+/// `tls_name`, the address or host it was given by, when it has one), and `backup` (traffic
+/// only while no other backend of its pool is up).
 fn parse_backend_words<'a>(
     words: impl Iterator<Item = &'a str>,
     tls_name: Option<&str>,
-) -> Result<(u32, Option<String>), String> {
-    let (mut weight, mut tls) = (None, None);
+) -> Result<BackendWords, String> {
+    let (mut weight, mut tls, mut backup) = (None, None, false);
     for word in words {
         match word {
+            "backup" if !backup => backup = true,
             "tls" if tls.is_none() => {
                 let name = tls_name.ok_or("tls needs a name here: tls=NAME")?;
                 tls = Some(name.to_string());
@@ -1085,12 +1380,16 @@ fn parse_backend_words<'a>(
             }
             _ => {
                 return Err(format!(
-                    "unexpected {word:?} (expected weight=N, tls or tls=NAME)"
+                    "unexpected {word:?} (expected weight=N, tls, tls=NAME or backup)"
                 ))
             }
         }
     }
-    Ok((weight.unwrap_or(1), tls))
+    Ok(BackendWords {
+        weight: weight.unwrap_or(1),
+        tls,
+        backup,
+    })
 }
 
 /// The name a TLS backend's certificate must have: a DNS name or an IP address.
@@ -1128,6 +1427,8 @@ mod tests {
             addr: addr.parse().unwrap(),
             weight,
             tls: None,
+            pool: "default".into(),
+            backup: false,
         }
     }
 
@@ -1251,6 +1552,7 @@ web = srv:_http._tcp.web.consul
                 client_rate: 10,
                 client_burst: 20,
                 client_connections: 0,
+                max_body: 0,
             },
             health: Health {
                 path: "/status?full=1".to_string(),
@@ -1297,12 +1599,16 @@ web = srv:_http._tcp.web.consul
                     target: Target::Host("api.service.consul".to_string(), 8080),
                     weight: 3,
                     tls: None,
+                    pool: "default".into(),
+                    backup: false,
                 },
                 Discover {
                     name: "web".to_string(),
                     target: Target::Srv("_http._tcp.web.consul".to_string()),
                     weight: 1,
                     tls: None,
+                    pool: "default".into(),
+                    backup: false,
                 },
             ],
             tls: Tls {
@@ -1322,7 +1628,10 @@ web = srv:_http._tcp.web.consul
                 key: PathBuf::from("/etc/lb-mio/site.key"),
                 origin: "config.ini:68".to_string(),
             }],
-        };
+            pools: Vec::new(),
+            routes: Vec::new(),
+        }
+        .pools_from_globals();
         assert_eq!(parse(text).unwrap(), expected);
     }
 
@@ -1604,7 +1913,7 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "junk after a host",
                 "[backends]\napi = api.consul:80 weight=2 x\n",
                 2,
-                "[backends] api: unexpected \"x\" (expected weight=N, tls or tls=NAME)",
+                "[backends] api: unexpected \"x\" (expected weight=N, tls, tls=NAME or backup)",
             ),
             (
                 "bad resolver",
@@ -1670,13 +1979,13 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "junk instead of weight",
                 "[backends]\ns1 = 1.2.3.4:80 heavy\n",
                 2,
-                "[backends] s1: unexpected \"heavy\" (expected weight=N, tls or tls=NAME)",
+                "[backends] s1: unexpected \"heavy\" (expected weight=N, tls, tls=NAME or backup)",
             ),
             (
                 "junk after weight",
                 "[backends]\ns1 = 1.2.3.4:80 weight=2 x\n",
                 2,
-                "[backends] s1: unexpected \"x\" (expected weight=N, tls or tls=NAME)",
+                "[backends] s1: unexpected \"x\" (expected weight=N, tls, tls=NAME or backup)",
             ),
             (
                 "bad backend name",
@@ -1912,6 +2221,8 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 target: Target::Host("localhost".into(), 80),
                 weight: 1,
                 tls: None,
+                pool: "default".into(),
+                backup: false,
             }]
         );
         assert_eq!(config.discover[0].target.to_string(), "localhost:80");

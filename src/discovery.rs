@@ -221,6 +221,8 @@ pub fn apply(
                 addr,
                 weight: entry.weight,
                 tls: entry.tls.clone(),
+                pool: entry.pool.clone(),
+                backup: entry.backup,
             };
             let source = Source::Dns {
                 entry: entry.name.clone(),
@@ -247,7 +249,16 @@ pub fn apply(
             }
         }
     }
-    added.then(|| Snapshot::new(snap.config.clone(), backends.into()))
+    if !added {
+        return None;
+    }
+    match snap.next(snap.config.clone(), backends.into()) {
+        Ok(next) => Some(next),
+        Err(e) => {
+            notes.push((Level::Warn, format!("discovery: {e}")));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,13 +273,15 @@ mod tests {
             target: Target::Host(format!("{name}.test"), 80),
             weight: 2,
             tls: None,
+            pool: "default".into(),
+            backup: false,
         }
     }
 
     fn snapshot(entries: &[&str]) -> Snapshot {
         let mut config = Config::with_backends(Vec::new());
         config.discover = entries.iter().map(|e| entry(e)).collect();
-        Snapshot::new(config, Arc::from(Vec::new()))
+        Snapshot::new(config, Arc::from(Vec::new())).unwrap()
     }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {

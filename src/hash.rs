@@ -11,6 +11,14 @@ pub fn fixed(seed: u64, bytes: &[u8]) -> u64 {
     mix(fnv)
 }
 
+/// The hash of a client address (an IPv4-mapped IPv6 address counts as its IPv4 one).
+pub fn ip(seed: u64, ip: std::net::IpAddr) -> u64 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => fixed(seed, &v4.octets()),
+        std::net::IpAddr::V6(v6) => fixed(seed, &v6.octets()),
+    }
+}
+
 /// splitmix64's finaliser: every input bit moves about half the output bits.
 pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

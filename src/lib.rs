@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod request_id;
 pub mod retry;
+pub mod route;
 pub mod server;
 pub mod shared;
 pub mod state_file;

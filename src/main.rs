@@ -1,8 +1,9 @@
 //! The `lb-mio` command: run from a config file, check one, or run the built-in demo.
 
 use lb_mio::backend::BackendConf;
-use lb_mio::config::Config;
+use lb_mio::config::{self, Config};
 use lb_mio::demo::DemoBackend;
+use lb_mio::route::{self, Question, RouteTable};
 use lb_mio::server::{self, Running};
 use lb_mio::{reload, state_file, tls};
 use log::LevelFilter;
@@ -10,13 +11,16 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: lb-mio CONFIG            run the load balancer
        lb-mio --check CONFIG    validate CONFIG and exit (0: valid)
+       lb-mio --explain CONFIG METHOD URL [-H 'Name: value']... [--client IP]
+                                [--listener ADDR] [--sni NAME]
+                                print which route a request would take, and why
        lb-mio --demo [--listen ADDR]
                                 start three built-in backends and a balancer in front of them
                                 (default ADDR 127.0.0.1:8080)
@@ -31,6 +35,9 @@ fn main() -> ExitCode {
         ["--help" | "-h"] => println!("{USAGE}"),
         ["--version" | "-V"] => println!("lb-mio {}", env!("CARGO_PKG_VERSION")),
         ["--check", path] => return check(Path::new(path)),
+        ["--explain", path, method, url, rest @ ..] => {
+            return explain(Path::new(path), method, url, rest)
+        }
         ["--demo"] => return demo(DEMO_LISTEN),
         ["--demo", "--listen", addr] => return demo(addr),
         [path] if !path.starts_with('-') => return run_file(Path::new(path)),
@@ -74,6 +81,72 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints what the route table of the config at `path` does with one request.
+fn explain(path: &Path, method: &str, url: &str, options: &[&str]) -> ExitCode {
+    let config = match Config::from_file(path) {
+        Ok(config) => config,
+        Err(e) => return unusable(e),
+    };
+    let question = match question(method, url, options) {
+        Ok(question) => question,
+        Err(e) => return unusable(format!("{e}\n{USAGE}")),
+    };
+    let table = match RouteTable::new(config.routes.clone(), |name| config.pool(name)) {
+        Ok(table) => table,
+        Err(e) => return unusable(e),
+    };
+    match route::explain(&config, &table, &question) {
+        Ok(explained) => {
+            for line in explained.lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => unusable(e),
+    }
+}
+
+/// The request `--explain` asks about, from its command line.
+fn question(method: &str, url: &str, options: &[&str]) -> Result<Question, String> {
+    let mut question = Question {
+        method: method.to_string(),
+        url: url.to_string(),
+        headers: Vec::new(),
+        client: IpAddr::from([127, 0, 0, 1]),
+        listener: None,
+        sni: None,
+    };
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or(format!("{option} needs a value"))?;
+        match *option {
+            "-H" => {
+                let (name, value) = value
+                    .split_once(':')
+                    .ok_or(format!("-H {value:?}: expected 'Name: value'"))?;
+                question
+                    .headers
+                    .push((name.trim().to_string(), value.trim().to_string()));
+            }
+            "--client" => {
+                question.client = value
+                    .parse()
+                    .map_err(|_| format!("--client {value:?}: expected an IP address"))?
+            }
+            "--listener" => {
+                question.listener = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--listener {value:?}: expected ip:port"))?,
+                )
+            }
+            "--sni" => question.sni = Some(value.to_string()),
+            _ => return Err(format!("unknown option {option:?}")),
+        }
+    }
+    Ok(question)
+}
+
 fn run_file(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(config) => serve(config, Some(path), |_| {}),
@@ -96,6 +169,8 @@ fn demo(listen: &str) -> ExitCode {
                 addr: backend.addr(),
                 weight: 1,
                 tls: None,
+                pool: config::DEFAULT_POOL.to_string(),
+                backup: false,
             }),
             Err(e) => return fail(format!("cannot start demo backend {name}: {e}")),
         }
@@ -203,6 +278,12 @@ fn init_logging(level: LevelFilter) {
         .build();
     // Only fails if a logger is already set, which cannot happen in this program.
     let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Never);
+}
+
+/// A question `--explain` cannot answer: a bad config or a bad request.
+fn unusable(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("lb-mio: {message}");
+    ExitCode::from(2)
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {

@@ -67,7 +67,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             gone.drain(true);
         }
     }
-    Ok(Snapshot::new(new, backends.into()))
+    old.next(new, backends.into())
 }
 
 fn keep_restart_only_settings(old: &Config, new: &mut Config) {
@@ -119,6 +119,8 @@ mod tests {
                     addr: addr.parse().unwrap(),
                     weight,
                     tls: None,
+                    pool: "default".into(),
+                    backup: false,
                 })
                 .collect(),
         )
@@ -127,7 +129,7 @@ mod tests {
     fn snapshot(backends: &[(&str, &str, u32)]) -> Snapshot {
         let config = config(backends);
         let backends = backend::at_start(&config.backends, &Source::Config);
-        Snapshot::new(config, backends)
+        Snapshot::new(config, backends).unwrap()
     }
 
     #[test]
@@ -187,6 +189,8 @@ mod tests {
             target: Target::Host(host.into(), 80),
             weight,
             tls: None,
+            pool: "default".into(),
+            backup: false,
         };
         let mut config = config(&[("a", "127.0.0.1:1", 1)]);
         config.discover = vec![entry("api", "api.test", 1), entry("web", "web.test", 1)];
@@ -196,6 +200,8 @@ mod tests {
                 addr: "10.0.0.1:80".parse().unwrap(),
                 weight: 1,
                 tls: None,
+                pool: "default".into(),
+                backup: false,
             };
             let entry = entry.to_string();
             Arc::new(Backend::new(&conf, State::Up, Source::Dns { entry }))
@@ -203,7 +209,7 @@ mod tests {
         let mut backends = backend::at_start(&config.backends, &Source::Config).to_vec();
         backends.push(found("api-10.0.0.1-80", "api"));
         backends.push(found("web-10.0.0.1-80", "web"));
-        let old = Snapshot::new(config.clone(), backends.into());
+        let old = Snapshot::new(config.clone(), backends.into()).unwrap();
         // api keeps its host (new weight), web moves to another host.
         config.discover = vec![entry("api", "api.test", 4), entry("web", "www.test", 1)];
         let new = apply(&old, config).unwrap();

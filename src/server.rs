@@ -134,7 +134,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         let path = log_file.unwrap_or_default();
         format!("cannot open [log] access_log_file {}: {e}", path.display())
     })?;
-    let snapshot = Snapshot::new(config, backends);
+    let snapshot = Snapshot::new(config, backends)?;
     let shared = Arc::new(Shared::new(snapshot, workers, sink, tls, backend_tls));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.

@@ -4,12 +4,14 @@
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
 use crate::access_log::Sink;
-use crate::backend::Backends;
+use crate::backend::{Backend, Backends};
 use crate::balance::{self, Balancer};
-use crate::config::{Config, Sticky, Strategy};
+use crate::config::{Config, PoolConf, Sticky, Strategy};
+use crate::http::request;
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::ratelimit::ConnLimit;
 use crate::request_id;
+use crate::route::RouteTable;
 use crate::tls;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,20 +25,100 @@ pub struct Snapshot {
     /// workers compare each slot's `Arc` with the one they knew when they take a new snapshot,
     /// and clear what they keep by id (idle connections, counters) for a slot that changed.
     pub backends: Backends,
+    /// The pools, as `config.pools` lists them.
+    pub pools: Vec<Pool>,
+    pub routes: RouteTable,
+}
+
+/// A pool: its settings and its backends, primaries and backups, each with their balancer.
+pub struct Pool {
+    pub conf: PoolConf,
+    pub primary: Group,
+    /// Take traffic only while no primary can.
+    pub backup: Group,
+    pub sticky_cookie: String,
+}
+
+/// Some of a pool's backends (global ids) and the strategy's balancer over them.
+pub struct Group {
+    pub members: Vec<usize>,
     pub balancer: Box<dyn Balancer>,
 }
 
-impl Snapshot {
-    pub fn new(config: Config, backends: Backends) -> Snapshot {
-        let strategy = match config.lb.sticky {
+impl Group {
+    fn new(conf: &PoolConf, backends: &Backends, members: Vec<usize>) -> Group {
+        let strategy = match conf.sticky {
             Sticky::ClientIp => Strategy::Hash,
-            Sticky::Off | Sticky::Cookie => config.lb.strategy,
+            Sticky::Off | Sticky::Cookie => conf.strategy,
         };
-        let balancer = balance::new(strategy, config.health.slow_start, &backends);
-        Snapshot {
+        let balancer = balance::new(strategy, conf.health.slow_start, backends, &members);
+        Group { members, balancer }
+    }
+}
+
+impl Pool {
+    fn new(conf: &PoolConf, backends: &Backends) -> Pool {
+        let (mut primary, mut backup) = (Vec::new(), Vec::new());
+        for (id, b) in backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.pool == conf.name)
+        {
+            match b.backup {
+                true => backup.push(id),
+                false => primary.push(id),
+            }
+        }
+        Pool {
+            primary: Group::new(conf, backends, primary),
+            backup: Group::new(conf, backends, backup),
+            sticky_cookie: request::sticky_cookie(&conf.name),
+            conf: conf.clone(),
+        }
+    }
+
+    /// Whether `hash` balances this pool (then the parse looks for its hash key).
+    pub fn hashes(&self) -> bool {
+        self.conf.strategy == Strategy::Hash || self.conf.sticky == Sticky::ClientIp
+    }
+}
+
+impl Snapshot {
+    /// The snapshot of `config` over `backends`; an error when a route names a pool the
+    /// config lacks.
+    pub fn new(config: Config, backends: Backends) -> Result<Snapshot, String> {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| Pool::new(p, &backends))
+            .collect();
+        let routes = RouteTable::new(config.routes.clone(), |name| config.pool(name))?;
+        Ok(Snapshot {
             config,
             backends,
-            balancer,
+            pools,
+            routes,
+        })
+    }
+
+    /// The snapshot that follows this one: `new`, with the counts this one's routes kept.
+    pub fn next(&self, config: Config, backends: Backends) -> Result<Snapshot, String> {
+        let mut next = Snapshot::new(config, backends)?;
+        next.routes.carry_counts(&self.routes);
+        Ok(next)
+    }
+
+    /// The pool called `name`, by position.
+    pub fn pool(&self, name: &str) -> Option<usize> {
+        self.config.pool(name)
+    }
+
+    /// The settings of the pool `backend` serves (the global ones for a backend whose pool a
+    /// reload removed while it drains).
+    pub fn pool_of(&self, backend: &Backend) -> &PoolConf {
+        match self.pool(&backend.pool) {
+            Some(at) => &self.pools[at].conf,
+            None => &self.pools[0].conf,
         }
     }
 }

@@ -29,7 +29,7 @@ pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
         .iter()
         .filter(|b| b.is_live() && b.source.is_given())
         .map(|b| {
-            json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight(), "tls": b.tls })
+            json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight(), "tls": b.tls, "pool": b.pool, "backup": b.backup })
         })
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
@@ -75,11 +75,22 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
                 }
                 Some(_) => return Err(bad("bad tls")),
             };
+            // `"pool"` and `"backup"` came with pools: a file from before has neither.
+            let pool = match b.get("pool") {
+                None => crate::config::DEFAULT_POOL,
+                Some(p) => p.as_str().ok_or_else(|| bad("bad pool"))?,
+            };
+            let backup = match b.get("backup") {
+                None => false,
+                Some(v) => v.as_bool().ok_or_else(|| bad("bad backup"))?,
+            };
             Ok(BackendConf {
                 name: name.to_string(),
                 addr,
                 weight,
                 tls,
+                pool: pool.to_string(),
+                backup,
             })
         })
         .collect::<Result<Vec<_>, String>>()
@@ -104,6 +115,8 @@ mod tests {
                 addr: a.parse().unwrap(),
                 weight: i as u32 + 1,
                 tls: None,
+                pool: "default".into(),
+                backup: false,
             })
             .collect();
         let mut backends = backend::at_start(&confs, &Source::StateFile).to_vec();
@@ -113,6 +126,8 @@ mod tests {
             addr: "10.0.0.1:80".parse().unwrap(),
             weight: 1,
             tls: None,
+            pool: "default".into(),
+            backup: false,
         };
         let api = Source::Dns {
             entry: "api".into(),

@@ -152,6 +152,14 @@ impl Transport {
         }
     }
 
+    /// The name a TLS client asked for (SNI).
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls.sni(),
+        }
+    }
+
     /// The TLS session, for the access log.
     pub fn session(&self) -> Option<Session<'_>> {
         match self {

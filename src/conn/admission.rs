@@ -1,19 +1,22 @@
-//! Admission: what a request must pass before it reaches a backend. The rate limits, the retry
-//! budget's share, stickiness and the strategy's choice, in that order: a request leaves with a
-//! lease on its backend, or with the cause that refuses it. No sockets in here.
+//! Admission: what a request must pass before it reaches a backend. The route (during the
+//! parse: it decides how the head is forwarded), then the rate limits, the retry budget's
+//! share, the pool's stickiness and its strategy's choice, in that order: a request leaves
+//! with a lease on a backend of its pool, or with the cause that refuses it. No sockets in here.
 
 use super::ending::Cause;
 use super::exchange::GiveUp;
 use crate::backend::{self, Lease};
 use crate::balance::{Pick, Tried};
-use crate::config::{HashKey, Sticky, Strategy};
-use crate::http::request::Request;
+use crate::config::Sticky;
+use crate::hash;
+use crate::http::head::HeadError;
+use crate::http::request::{Forwarding, Request, Seen};
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
+use crate::route::{Decision, To, Via};
 use crate::shared::Snapshot;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use rand::{RngExt, SeedableRng};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -46,10 +49,16 @@ impl Admission {
         self.rate = RateLimits::new(&config.limits, config.lb.workers, now);
     }
 
-    /// Admits a parsed request (`head` is its head as the client sent it).
+    /// A random number for the route table's splits.
+    pub fn draw(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    /// Admits a parsed request (`head` is its head as the client sent it) to `pool`.
     pub fn admit(
         &mut self,
         snap: &Snapshot,
+        pool: usize,
         client: IpAddr,
         request: &Request,
         head: &[u8],
@@ -59,24 +68,25 @@ impl Admission {
             return Err(Cause::RateLimited);
         }
         self.budget.on_request();
-        let key = match wanted_hash_key(snap) {
-            Some(_) => hash_key(client, request, head),
-            None => 0,
+        let key = match snap.pools[pool].hashes() {
+            true => hash_key(client, request, head),
+            false => 0,
         };
-        let lease = match sticky_backend(snap, request.sticky) {
+        let lease = match sticky_backend(snap, pool, request.sticky) {
             Some(id) => Lease::new(&snap.backends, id),
             None => self
-                .choose(snap, Tried::default(), key, now)
+                .choose(snap, pool, Tried::default(), key, now)
                 .ok_or(Cause::NoBackend)?,
         };
         Ok(Admitted { lease, key })
     }
 
-    /// Another backend for a request that failed on those in `tried`, if the retry budget
-    /// allows one.
+    /// Another backend of `pool` for a request that failed on those in `tried`, if the retry
+    /// budget allows one.
     pub fn retry(
         &mut self,
         snap: &Snapshot,
+        pool: usize,
         tried: Tried,
         key: u64,
         now: Instant,
@@ -84,45 +94,90 @@ impl Admission {
         if !self.budget.try_retry() {
             return Err(GiveUp::Budget);
         }
-        self.choose(snap, tried, key, now).ok_or(GiveUp::NoBackend)
+        self.choose(snap, pool, tried, key, now)
+            .ok_or(GiveUp::NoBackend)
     }
 
-    fn choose(&mut self, snap: &Snapshot, avoid: Tried, key: u64, now: Instant) -> Option<Lease> {
+    /// A primary of `pool`, or a backup when no primary can take the request.
+    fn choose(
+        &mut self,
+        snap: &Snapshot,
+        pool: usize,
+        avoid: Tried,
+        key: u64,
+        now: Instant,
+    ) -> Option<Lease> {
         let mut pick = Pick {
             avoid,
             rng: &mut self.rng,
             now_ms: backend::clock_ms(now),
             key,
         };
-        let id = snap.balancer.pick(&snap.backends, &mut pick)?;
+        let pool = &snap.pools[pool];
+        let id = [&pool.primary, &pool.backup]
+            .into_iter()
+            .find_map(|group| {
+                group
+                    .balancer
+                    .pick(&snap.backends, &group.members, &mut pick)
+            })?;
         Some(Lease::new(&snap.backends, id))
     }
 }
 
-/// With `sticky = cookie`, the backend the client's cookie names, while it takes traffic.
-fn sticky_backend(snap: &Snapshot, token: Option<u64>) -> Option<usize> {
-    let token = token.filter(|_| snap.config.lb.sticky == Sticky::Cookie)?;
+/// The route table's decision, and what it means for forwarding: the pool's hash key and
+/// sticky cookie, the route's rewrite. A redirect whose `Location` would not fit is a 414.
+pub fn route<'s>(
+    snap: &'s Snapshot,
+    seen: &Seen,
+    via: &Via,
+    draw: u64,
+) -> Result<(Forwarding<'s>, Decision), HeadError> {
+    let decision = snap.routes.decide(seen, via, draw);
+    if let Some(at) = decision.route {
+        snap.routes.route(at).count();
+    }
+    let rewrite = decision.route.map(|at| snap.routes.route(at).rewrite());
+    let forwarding = match decision.to {
+        To::Pool(pool) => {
+            let pool = &snap.pools[pool];
+            Forwarding {
+                rewrite,
+                hash_key: pool.hashes().then_some(&pool.conf.hash_key),
+                sticky_cookie: (pool.conf.sticky == Sticky::Cookie)
+                    .then_some(pool.sticky_cookie.as_str()),
+            }
+        }
+        To::Answer | To::NotFound => Forwarding::default(),
+    };
+    if let Some(at) = decision.route.filter(|_| decision.to == To::Answer) {
+        if !snap.routes.route(at).location_fits(seen, via.https) {
+            return Err(HeadError::UriTooLong);
+        }
+    }
+    Ok((forwarding, decision))
+}
+
+/// With `sticky = cookie` in `pool`, the backend of that pool the client's cookie names,
+/// while it takes traffic.
+fn sticky_backend(snap: &Snapshot, pool: usize, token: Option<u64>) -> Option<usize> {
+    let pool = &snap.pools[pool];
+    let token = token.filter(|_| pool.conf.sticky == Sticky::Cookie)?;
     let backends = &snap.backends;
-    (0..backends.len()).find(|&id| backends[id].is_up() && backends[id].token() == token)
+    let members = pool.primary.members.iter().chain(&pool.backup.members);
+    members
+        .copied()
+        .find(|&id| backends[id].is_up() && backends[id].token() == token)
 }
 
 /// What `hash` balances a request by: a hash of the configured header or cookie, or of the
 /// client address (also when the request lacks that header or cookie). The parse found the
-/// value (`Wanted::hash_key`) only when the `hash` strategy is in use.
+/// value (`Forwarding::hash_key`) only when its pool hashes.
 fn hash_key(client: IpAddr, request: &Request, head: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
     match request.hash_source {
-        Some(span) => span.of(head).hash(&mut hasher),
-        None => client.hash(&mut hasher),
+        Some(span) => hash::fixed(0, span.of(head)),
+        None => hash::ip(0, client),
     }
-    hasher.finish()
-}
-
-/// The hash key the parse must look for: `hash` balances by it.
-pub fn wanted_hash_key(snap: &Snapshot) -> Option<&HashKey> {
-    let lb = &snap.config.lb;
-    let hashing = lb.strategy == Strategy::Hash || lb.sticky == Sticky::ClientIp;
-    hashing.then_some(&lb.hash_key)
 }
 
 #[cfg(test)]
@@ -143,12 +198,18 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + n)),
                 weight: 1,
                 tls: None,
+                pool: "default".into(),
+                backup: false,
             })
             .collect();
         let mut config = Config::with_backends(confs.clone());
         config.lb.workers = 1;
         extra(&mut config);
-        Snapshot::new(config, backend::at_start(&confs, &Source::Config))
+        Snapshot::new(
+            config.pools_from_globals(),
+            backend::at_start(&confs, &Source::Config),
+        )
+        .unwrap()
     }
 
     fn request(sticky: Option<u64>) -> Request {
@@ -174,7 +235,7 @@ mod tests {
         let ids: Vec<usize> = (0..3)
             .map(|_| {
                 let admitted = admission
-                    .admit(&snap, CLIENT, &request(None), HEAD, Instant::now())
+                    .admit(&snap, 0, CLIENT, &request(None), HEAD, Instant::now())
                     .unwrap();
                 admitted.lease.id
             })
@@ -192,9 +253,9 @@ mod tests {
         });
         let now = Instant::now();
         let mut admission = Admission::new(&snap, 1, now);
-        let first = admission.admit(&snap, CLIENT, &request(None), HEAD, now);
+        let first = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, now);
         assert!(first.is_ok());
-        let refused = admission.admit(&snap, CLIENT, &request(None), HEAD, now);
+        let refused = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, now);
         assert_eq!(refused.err(), Some(Cause::RateLimited));
         assert_eq!(snap.backends.iter().map(|b| b.active()).sum::<usize>(), 1);
     }
@@ -206,7 +267,7 @@ mod tests {
             backend.drain(false);
         }
         let mut admission = Admission::new(&snap, 1, Instant::now());
-        let refused = admission.admit(&snap, CLIENT, &request(None), HEAD, Instant::now());
+        let refused = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, Instant::now());
         assert_eq!(refused.err(), Some(Cause::NoBackend));
     }
 
@@ -217,13 +278,27 @@ mod tests {
         let mut admission = Admission::new(&snap, 1, Instant::now());
         for _ in 0..3 {
             let admitted = admission
-                .admit(&snap, CLIENT, &request(Some(token)), HEAD, Instant::now())
+                .admit(
+                    &snap,
+                    0,
+                    CLIENT,
+                    &request(Some(token)),
+                    HEAD,
+                    Instant::now(),
+                )
                 .unwrap();
             assert_eq!(admitted.lease.id, 2);
         }
         snap.backends[2].drain(false);
         let moved = admission
-            .admit(&snap, CLIENT, &request(Some(token)), HEAD, Instant::now())
+            .admit(
+                &snap,
+                0,
+                CLIENT,
+                &request(Some(token)),
+                HEAD,
+                Instant::now(),
+            )
             .unwrap();
         assert_ne!(moved.lease.id, 2);
     }
@@ -234,16 +309,16 @@ mod tests {
         let mut admission = Admission::new(&snap, 1, Instant::now());
         let mut tried = Tried::default();
         tried.add(0);
-        let spent = admission.retry(&snap, tried, 0, Instant::now());
+        let spent = admission.retry(&snap, 0, tried, 0, Instant::now());
         assert_eq!(spent.err(), Some(GiveUp::Budget));
 
         let snap = snapshot(|_| {});
         let mut admission = Admission::new(&snap, 1, Instant::now());
         tried.add(1);
-        let lease = admission.retry(&snap, tried, 0, Instant::now()).unwrap();
+        let lease = admission.retry(&snap, 0, tried, 0, Instant::now()).unwrap();
         assert_eq!(lease.id, 2);
         tried.add(2);
-        let none = admission.retry(&snap, tried, 0, Instant::now());
+        let none = admission.retry(&snap, 0, tried, 0, Instant::now());
         assert_eq!(none.err(), Some(GiveUp::NoBackend));
     }
 }

@@ -14,7 +14,7 @@
 //! | `S` | the backend failed or sent something bad | `T` | tunnelling after `101` |
 //! | `s` | the backend was too slow (timeout) | `-` | completed |
 //! | `K` | lb-mio stopped before it finished | | |
-//! | `L` | lb-mio answered by design (a redirect to https) | | |
+//! | `L` | lb-mio answered by design (a redirect to https, a route's answer) | | |
 
 use super::exchange::{Failure, GiveUp, Held};
 use crate::access_log::{Entry, RequestLine};
@@ -56,6 +56,8 @@ pub enum Cause {
     PlainHttpToTls,
     /// A plain listener sends every request to https (`[tls] redirect_http`).
     RedirectHttps,
+    /// A route answered itself (a redirect or a direct answer): the route, by position.
+    Routed(usize),
     // lb-mio's own limits and policy.
     RateLimited,
     BadProxyHeader(&'static str),
@@ -64,6 +66,10 @@ pub enum Cause {
     OverClientConnections,
     /// lb-mio stopped before the request finished (`drain_timeout_s` ran out).
     Stopped,
+    /// No route matched and there is no pool `default`.
+    NoRoute,
+    /// The request body is over its pool's `max_body`.
+    BodyTooLarge,
     // The backend.
     NoBackend,
     /// The backend failed before answering, and the request is not sent again.
@@ -117,8 +123,10 @@ impl Cause {
             | Cause::RateLimited
             | Cause::BadProxyHeader(_)
             | Cause::PlainHttpToTls
+            | Cause::NoRoute
+            | Cause::BodyTooLarge
             | Cause::OverClientConnections => By::Policy,
-            Cause::RedirectHttps => By::Local,
+            Cause::RedirectHttps | Cause::Routed(_) => By::Local,
             Cause::Stopped => By::Stopped,
             Cause::BackendFailed(failure, _) if failure.timed_out() => By::BackendTimeout,
             Cause::NoBackend
@@ -141,6 +149,7 @@ impl Cause {
             Cause::ProxyTimeout | Cause::OverClientConnections => Some(At::Head),
             Cause::Tls(TlsFailure::Handshake(_)) | Cause::HandshakeTimeout => Some(At::Head),
             Cause::PlainHttpToTls | Cause::RedirectHttps => Some(At::Head),
+            Cause::Routed(_) | Cause::NoRoute => Some(At::Head),
             _ => None,
         }
     }
@@ -148,17 +157,14 @@ impl Cause {
     /// lb-mio's answer, when no response has begun.
     pub fn reply(self) -> Option<Reply> {
         Some(match self {
-            Cause::BadHead(e) => match e {
-                HeadError::Malformed(_) => Reply::BadRequest,
-                HeadError::TooLarge => Reply::HeaderTooLarge,
-                HeadError::UriTooLong => Reply::UriTooLong,
-                HeadError::NotImplemented(_) => Reply::NotImplemented,
-            },
+            Cause::BadHead(e) => Reply::for_head(e),
             Cause::BadBody(_) => Reply::BadRequest,
             Cause::HeadTimeout | Cause::BodyTimeout => Reply::RequestTimeout,
             Cause::RateLimited => Reply::TooManyRequests,
             Cause::PlainHttpToTls => Reply::PlainHttpToTls,
             Cause::RedirectHttps => Reply::RedirectHttps,
+            Cause::NoRoute => Reply::NotFound,
+            Cause::BodyTooLarge => Reply::PayloadTooLarge,
             Cause::NoBackend => Reply::ServiceUnavailable,
             Cause::BackendFailed(failure, _) if failure.timed_out() => Reply::GatewayTimeout,
             Cause::BackendFailed(..) | Cause::BadResponse(_) | Cause::ClosedInHead => {
@@ -213,7 +219,7 @@ impl Cause {
         let backend = backend.unwrap_or("-");
         match self {
             Cause::Completed | Cause::Idle => {}
-            Cause::BadHead(e) => info!("{peer}: rejected request: {}", describe(e)),
+            Cause::BadHead(e) => info!("{peer}: rejected request: {}", e.why()),
             Cause::BadBody(e) => info!("{peer}: rejected request body: {e}"),
             Cause::HeadTimeout => debug!("{peer}: timed out while reading a request head"),
             Cause::BodyTimeout => info!("{peer}: request body stalled: timed out"),
@@ -225,7 +231,9 @@ impl Cause {
             Cause::Tls(failure) => info!("{peer}: {failure}"),
             Cause::HandshakeTimeout => info!("{peer}: TLS handshake timed out"),
             Cause::PlainHttpToTls => info!("{peer}: plain HTTP sent to a TLS port: 400"),
-            Cause::RedirectHttps => {}
+            Cause::RedirectHttps | Cause::Routed(_) => {}
+            Cause::NoRoute => info!("{peer}: no route matched and there is no pool default: 404"),
+            Cause::BodyTooLarge => info!("{peer}: request body over its pool's max_body: 413"),
             Cause::RateLimited => info!("{peer}: rate limited"),
             Cause::BadProxyHeader(why) => info!("{peer}: bad PROXY protocol header: {why}"),
             Cause::ProxyTimeout => info!("{peer}: no PROXY protocol header in time: closed"),
@@ -235,7 +243,7 @@ impl Cause {
             Cause::Stopped => info!("{peer}: request cut short: lb-mio stopped"),
             Cause::NoBackend => warn!("{peer}: no backend is up"),
             Cause::BackendFailed(_, why) => warn!("{peer}: not retried: {why}"),
-            Cause::BadResponse(e) => warn!("{peer}: bad response from {backend}: {}", describe(e)),
+            Cause::BadResponse(e) => warn!("{peer}: bad response from {backend}: {}", e.why()),
             Cause::BadResponseBody(e) => {
                 warn!("{peer}: backend {backend} sent a bad chunked body: {e}")
             }
@@ -340,14 +348,6 @@ impl Outcome {
 /// The two-letter termination code of `cause` at `at`.
 pub fn code(cause: Cause, at: At) -> [u8; 2] {
     [cause.by().letter(), cause.at().unwrap_or(at).letter()]
-}
-
-fn describe(e: HeadError) -> &'static str {
-    match e {
-        HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
-        HeadError::TooLarge => "head too large",
-        HeadError::UriTooLong => "request line too long",
-    }
 }
 
 #[cfg(test)]

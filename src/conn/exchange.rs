@@ -193,6 +193,10 @@ pub struct Exchange {
     pub took: Option<Duration>,
     /// What `hash` balances by (see `admission`).
     pub key: u64,
+    /// The pool the route chose (by position in the snapshot's pools).
+    pub pool: usize,
+    /// The route that matched, by position.
+    pub route: Option<usize>,
     pub record: Record,
 }
 
@@ -219,6 +223,8 @@ impl Exchange {
             admitted: now,
             took: None,
             key: 0,
+            pool: 0,
+            route: None,
             record: Record {
                 started,
                 bytes_in: request.head_len as u64,

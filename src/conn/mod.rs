@@ -26,16 +26,17 @@ pub use exchange::Exchanges;
 use crate::access_log::{self, RequestLine, Sink};
 use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
-use crate::config::{AccessLog, Sticky, Strategy};
+use crate::config::{AccessLog, Config, Sticky, Strategy};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::redirect::{self, MAX_LOCATION};
-use crate::http::reply::Reply;
-use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Wanted, STICKY_COOKIE};
+use crate::http::reply::{self, Reply};
+use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Seen, Wanted};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
 use crate::request_id::{RequestIds, ID_LEN};
+use crate::route::{To, Via};
 use crate::shared::Snapshot;
 use crate::tls::{self, TlsFailure};
 use crate::token::Readiness;
@@ -470,19 +471,28 @@ impl Conn {
                 name,
                 fresh: &fresh,
             }),
-            hash_key: admission::wanted_hash_key(ctx.snap),
+            normalise: !ctx.snap.routes.is_empty(),
             https: self.client.is_tls(),
             client_cert: (config.tls.client_ca.is_some() && self.client.is_tls())
                 .then(|| self.client.client_subject()),
         };
+        let via = Via {
+            client: self.peer.ip(),
+            listener: listen_addr(config, self.listener),
+            https: self.client.is_tls(),
+            sni: self.client.sni(),
+        };
+        let draw = ctx.admission.draw();
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if let Some((version, dest)) = dest {
             proxy_protocol::write(version, self.peer, dest, uout);
         }
         let proxy_len = uout.len();
-        let request = match request::parse_with(cin.data(), limits, self.peer.ip(), wanted, uout) {
-            Ok(Some(request)) => request,
+        let route = |seen: &Seen| admission::route(ctx.snap, seen, &via, draw);
+        let parsed = request::parse_routed(cin.data(), limits, self.peer.ip(), wanted, uout, route);
+        let (request, decision) = match parsed {
+            Ok(Some(parsed)) => parsed,
             Ok(None) => {
                 uout.truncate(0);
                 return Ok(false);
@@ -501,20 +511,36 @@ impl Conn {
             let header = config.lb.request_id.as_deref().unwrap_or_default();
             info!("{}: invalid {header} replaced by a fresh one", self.peer);
         }
-        let ex = Exchange::new(request, config.lb.retries, self.head_started, ctx.now);
+        let pool = match decision.to {
+            To::Pool(pool) => pool,
+            To::Answer | To::NotFound => {
+                uout.truncate(0);
+                let cause = match decision.route {
+                    Some(route) => Cause::Routed(route),
+                    None => Cause::NoRoute,
+                };
+                return Err(cause.into());
+            }
+        };
+        let conf = &ctx.snap.pools[pool].conf;
+        let ex = Exchange::new(request, conf.retries, self.head_started, ctx.now);
         let mut held = ctx.exchanges.start(ex);
         let text = held.text_mut();
         text.set_id(request.id, head, &fresh);
         if config.log.access_log != AccessLog::Off {
             text.line.fill(head);
         }
-        let admitted = ctx
-            .admission
-            .admit(ctx.snap, self.peer.ip(), &request, head, ctx.now);
+        let admitted = match over_max_body(&request, conf.max_body) {
+            true => Err(Cause::BodyTooLarge),
+            false => ctx
+                .admission
+                .admit(ctx.snap, pool, self.peer.ip(), &request, head, ctx.now),
+        };
         cin.consume(request.head_len);
         self.exchange = Some(held);
-        let admitted = admitted?;
         let ex = self.exchange.as_mut().expect("just started");
+        (ex.pool, ex.route) = (pool, decision.route);
+        let admitted = admitted?;
         ex.proxy_len = proxy_len;
         ex.lease = Some(admitted.lease);
         ex.key = admitted.key;
@@ -654,6 +680,12 @@ impl Conn {
         uout.put(&cin.data()[..used]);
         cin.consume(used);
         ex.record.bytes_in += used as u64;
+        // A chunked body counts with its framing: a few bytes a chunk on top of the data.
+        let max_body = ctx.snap.pools[ex.pool].conf.max_body;
+        let body = ex.record.bytes_in - ex.request.head_len as u64;
+        if max_body > 0 && body > max_body {
+            return Err(Cause::BodyTooLarge.into());
+        }
         Ok(used > 0)
     }
 
@@ -832,8 +864,9 @@ impl Conn {
         // A sticky client whose cookie does not name this backend (new, or moved by a failure)
         // gets one that does.
         let token = backend.token();
-        let cookie = (lb.sticky == Sticky::Cookie && request.sticky != Some(token))
-            .then(|| format!("{STICKY_COOKIE}={token:016x}; Path=/; HttpOnly"));
+        let pool = &ctx.snap.pools[ex.pool];
+        let cookie = (pool.conf.sticky == Sticky::Cookie && request.sticky != Some(token))
+            .then(|| format!("{}={token:016x}; Path=/; HttpOnly", pool.sticky_cookie));
         let added = Added {
             backend: lb
                 .expose_backend
@@ -843,6 +876,9 @@ impl Conn {
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(text.id()),
             hsts: (ctx.snap.config.tls.hsts.as_deref()).filter(|_| self.client.is_tls()),
+            rules: ex
+                .route
+                .map(|at| &ctx.snap.routes.route(at).rewrite().response),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,
@@ -860,7 +896,7 @@ impl Conn {
         ex.record.bytes_out += (cout.len() - before) as u64;
         backend.record_success();
         if response.kind == Kind::Final {
-            observe_latency(ctx, backend, ctx.now - ex.admitted);
+            observe_latency(ctx, ex.pool, backend, ctx.now - ex.admitted);
         }
         ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
         ex.status = response.status;
@@ -989,7 +1025,11 @@ impl Conn {
         if cause.failed_handshake() {
             ctx.metrics.tls_failed();
         }
-        let sent = reply.map_or(0, |reply| self.send_reply(ctx, reply, fresh.as_ref()));
+        let sent = match (reply, cause) {
+            (Some(reply), _) => self.send_reply(ctx, reply, fresh.as_ref()),
+            (None, Cause::Routed(at)) => self.send_route_answer(ctx, at, fresh.as_ref()),
+            (None, _) => 0,
+        };
         match (reply, &self.exchange) {
             (Some(reply), _) => ctx.metrics.reply(reply),
             // A tunnel is counted however it ends: its response was the 101.
@@ -1007,7 +1047,10 @@ impl Conn {
         if format != AccessLog::Off {
             let outcome = Outcome {
                 code: ending::code(cause, self.at()),
-                reply: reply.map(Reply::status),
+                reply: reply.map(Reply::status).or(match cause {
+                    Cause::Routed(at) => Some(ctx.snap.routes.route(at).status()),
+                    _ => None,
+                }),
                 sent,
                 now: ctx.now,
             };
@@ -1062,6 +1105,27 @@ impl Conn {
         (cout.len() - before) as u64
     }
 
+    /// Writes a route's own answer (a redirect or a direct answer) for the head still in
+    /// `cin`; returns its length.
+    fn send_route_answer(&mut self, ctx: &mut Ctx, at: usize, fresh: Option<&[u8; ID_LEN]>) -> u64 {
+        let route = ctx.snap.routes.route(at);
+        let head = self.cin.as_ref().map_or(&[][..], Buffer::data);
+        let mut location = [0; MAX_LOCATION];
+        let https = self.client.is_tls();
+        let len = request::with_seen(head, |seen| route.location(seen, https, &mut location));
+        let cout = buf(&mut self.cout, ctx.buffers);
+        let before = cout.len();
+        let lb = &ctx.snap.config.lb;
+        let id = fresh.map(|id| &id[..]);
+        let extra = &location[..len.unwrap_or(0)];
+        let (server, id) = (
+            lb.server_header.as_deref(),
+            lb.request_id.as_deref().zip(id),
+        );
+        reply::write_response(route.answer(), server, id, extra, cout);
+        (cout.len() - before) as u64
+    }
+
     /// Where the request was, for the termination code.
     fn at(&self) -> At {
         match (self.phase, &self.exchange) {
@@ -1097,12 +1161,12 @@ impl Conn {
         let next = ex.after_failure(failure, reused);
         if failure.blames_backend(reused) {
             ex.tried.add(backend);
-            count_failure(ctx, ex.lease(), failure);
+            count_failure(ctx, ex.pool, ex.lease(), failure);
         }
         let next = match next {
             Next::Retry => ctx
                 .admission
-                .retry(ctx.snap, ex.tried, ex.key, ctx.now)
+                .retry(ctx.snap, ex.pool, ex.tried, ex.key, ctx.now)
                 .map_err(|why| Cause::BackendFailed(failure, why))
                 .map(Some)?,
             Next::Fresh => None,
@@ -1139,11 +1203,15 @@ impl Conn {
 
     fn timeout(&self, ctx: &Ctx) -> Duration {
         let t = &ctx.snap.config.timeouts;
+        let pool = self
+            .exchange
+            .as_ref()
+            .map(|ex| &ctx.snap.pools[ex.pool].conf);
         match self.phase {
             Phase::KeepAlive | Phase::Tunnel => t.idle,
             Phase::Proxy | Phase::Fresh | Phase::Head => t.header,
-            Phase::Connecting => t.connect,
-            Phase::Forwarding => t.backend,
+            Phase::Connecting => pool.map_or(t.connect, |p| p.connect),
+            Phase::Forwarding => pool.map_or(t.backend, |p| p.backend),
             Phase::Closing => LINGER,
         }
     }
@@ -1236,14 +1304,28 @@ fn refused_by_listener(client: &Transport, listener: u8, ctx: &Ctx, head: &[u8])
     )
 }
 
+/// The address of listener `index` as config.ini gives it: `[lb] listen`, then `tls_listen`.
+fn listen_addr(config: &Config, index: u8) -> SocketAddr {
+    let lb = &config.lb;
+    let all = lb.listen.iter().chain(&lb.tls_listen);
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    all.copied().nth(usize::from(index)).unwrap_or(unknown)
+}
+
+/// A body its length says is over the pool's `max_body` (a chunked one is counted as it goes).
+fn over_max_body(request: &Request, max_body: u64) -> bool {
+    matches!(request.framing, Framing::Length(n) if max_body > 0 && n > max_body)
+}
+
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
 /// row mark it down without waiting for the health checks (which bring it back).
-fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
+fn count_failure(ctx: &Ctx, pool: usize, lease: &Lease, failure: Failure) {
     ctx.metrics.backend_error(lease.id);
     let backend = lease.backend();
+    let conf = &ctx.snap.pools[pool].conf;
     // For `ewma` a failure costs as much as the slowest connect we would wait for.
-    observe_latency(ctx, backend, ctx.snap.config.timeouts.connect);
-    let max_fails = ctx.snap.config.health.max_fails;
+    observe_latency(ctx, pool, backend, conf.connect);
+    let max_fails = conf.health.max_fails;
     if backend.record_failure(max_fails) {
         warn!(
             "backend {} is down: {max_fails} failures in a row, the last: {failure}",
@@ -1254,8 +1336,8 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
 
 /// Feeds the response-time average that `ewma` picks by (only then: it is a write that every
 /// worker makes to the backend's shared record).
-fn observe_latency(ctx: &Ctx, backend: &Backend, took: Duration) {
-    if ctx.snap.config.lb.strategy == Strategy::Ewma {
+fn observe_latency(ctx: &Ctx, pool: usize, backend: &Backend, took: Duration) {
+    if ctx.snap.pools[pool].conf.strategy == Strategy::Ewma {
         backend.observe_latency(took, backend::clock_ms(ctx.now));
     }
 }

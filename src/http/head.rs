@@ -24,6 +24,17 @@ pub enum HeadError {
     NotImplemented(&'static str),
 }
 
+impl HeadError {
+    /// What was wrong, for a log line.
+    pub fn why(self) -> &'static str {
+        match self {
+            HeadError::Malformed(why) | HeadError::NotImplemented(why) => why,
+            HeadError::TooLarge => "head too large",
+            HeadError::UriTooLong => "request line too long",
+        }
+    }
+}
+
 /// Headers that are hop-by-hop whatever `Connection` names (besides `Upgrade`, kept when
 /// upgrading).
 pub const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "te"];

@@ -4,9 +4,11 @@
 pub mod body;
 pub mod chunked;
 pub mod head;
+pub mod path;
 pub mod redirect;
 pub mod reply;
 pub mod request;
 pub mod response;
+pub mod rewrite;
 #[cfg(test)]
 mod testing;

@@ -1,7 +1,7 @@
 //! The answers lb-mio gives itself when it cannot forward a request. Each is a complete
 //! response that closes the connection, with a short body that names no backend.
 
-use super::head;
+use super::head::{self, HeadError};
 use crate::buffer::Buffer;
 
 /// Why lb-mio answered instead of a backend.
@@ -30,6 +30,10 @@ pub enum Reply {
     /// A plain listener sends the request to https (`[tls] redirect_http`); the `Location`
     /// header comes from the request.
     RedirectHttps,
+    /// No route matched and there is no pool `default`.
+    NotFound,
+    /// The request body is over its pool's `max_body`.
+    PayloadTooLarge,
 }
 
 impl Reply {
@@ -38,7 +42,7 @@ impl Reply {
     pub const MAX_LEN: usize = 512 + super::redirect::MAX_LOCATION;
 
     /// Every reply, in a fixed order (metrics count them by position).
-    pub const ALL: [Reply; 11] = [
+    pub const ALL: [Reply; 13] = [
         Reply::BadRequest,
         Reply::RequestTimeout,
         Reply::HeaderTooLarge,
@@ -50,6 +54,8 @@ impl Reply {
         Reply::UriTooLong,
         Reply::PlainHttpToTls,
         Reply::RedirectHttps,
+        Reply::NotFound,
+        Reply::PayloadTooLarge,
     ];
 
     pub fn status(self) -> u16 {
@@ -65,6 +71,18 @@ impl Reply {
             Reply::UriTooLong => 414,
             Reply::PlainHttpToTls => 400,
             Reply::RedirectHttps => 308,
+            Reply::NotFound => 404,
+            Reply::PayloadTooLarge => 413,
+        }
+    }
+
+    /// The answer to a head lb-mio refuses.
+    pub fn for_head(e: HeadError) -> Reply {
+        match e {
+            HeadError::Malformed(_) => Reply::BadRequest,
+            HeadError::TooLarge => Reply::HeaderTooLarge,
+            HeadError::UriTooLong => Reply::UriTooLong,
+            HeadError::NotImplemented(_) => Reply::NotImplemented,
         }
     }
 
@@ -82,6 +100,8 @@ impl Reply {
             Reply::UriTooLong => "uri_too_long",
             Reply::PlainHttpToTls => "plain_http_to_tls",
             Reply::RedirectHttps => "redirect_https",
+            Reply::NotFound => "no_route",
+            Reply::PayloadTooLarge => "body_too_large",
         }
     }
 
@@ -95,17 +115,7 @@ impl Reply {
         extra: &[u8],
         out: &mut Buffer,
     ) {
-        let bytes = self.bytes();
-        let line = head::first_line_len(bytes);
-        out.put(&bytes[..line]);
-        if let Some(server) = server {
-            let _ = head::put_header(out, b"Server", server.as_bytes());
-        }
-        if let Some((header, id)) = request_id {
-            let _ = head::put_header(out, header.as_bytes(), id);
-        }
-        out.put(extra);
-        out.put(&bytes[line..]);
+        write_response(self.bytes(), server, request_id, extra, out);
     }
 
     /// The whole response on the wire (a unit test checks each `Content-Length`).
@@ -122,8 +132,31 @@ impl Reply {
             Reply::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nrequest line too long\n",
             Reply::PlainHttpToTls => b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 44\r\nConnection: close\r\n\r\na plain HTTP request was sent to a TLS port\n",
             Reply::RedirectHttps => b"HTTP/1.1 308 Permanent Redirect\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\nredirected to https\n",
+            Reply::NotFound => b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nno route\n",
+            Reply::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 23\r\nConnection: close\r\n\r\nrequest body too large\n",
         }
     }
+}
+
+/// Appends the response `bytes` to `out` with `Server: <server>` after the status line when
+/// one is configured, the request's id when it has one, then `extra` (whole header lines).
+pub fn write_response(
+    bytes: &[u8],
+    server: Option<&str>,
+    request_id: Option<(&str, &[u8])>,
+    extra: &[u8],
+    out: &mut Buffer,
+) {
+    let line = head::first_line_len(bytes);
+    out.put(&bytes[..line]);
+    if let Some(server) = server {
+        let _ = head::put_header(out, b"Server", server.as_bytes());
+    }
+    if let Some((header, id)) = request_id {
+        let _ = head::put_header(out, header.as_bytes(), id);
+    }
+    out.put(extra);
+    out.put(&bytes[line..]);
 }
 
 #[cfg(test)]

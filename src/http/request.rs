@@ -4,6 +4,8 @@
 
 use super::body::Framing;
 use super::head::{self, HeadError, HopHeaders};
+use super::path;
+use super::rewrite::{self, Rewrite};
 use crate::buffer::Buffer;
 use crate::request_id;
 use std::io::Write;
@@ -119,13 +121,42 @@ impl Span {
 pub struct Wanted<'a> {
     /// `[lb] request_id`.
     pub id: Option<IdHeader<'a>>,
-    /// `[lb] hash_key`, when `hash` balances.
-    pub hash_key: Option<&'a HashKey>,
+    /// Routes exist: the path is normalised for them, and a path that cannot be is refused.
+    pub normalise: bool,
     /// The request came over TLS: `X-Forwarded-Proto: https`.
     pub https: bool,
     /// `[tls] client_ca`: the client certificate's subject goes to the backend (`None`: it
     /// sent none).
     pub client_cert: Option<Option<&'a str>>,
+}
+
+/// What the route table sees of a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub method: &'a str,
+    /// The host, lower case, without port or trailing dot (from `Host`, or an absolute-form
+    /// target's authority, which must agree); empty when there is none.
+    pub host: &'a [u8],
+    /// The host with its port, as sent.
+    pub authority: &'a [u8],
+    /// The path, normalised (`http::path`) when routes look at it.
+    pub path: &'a [u8],
+    /// The path as sent.
+    pub sent_path: &'a [u8],
+    /// The query as sent, without its `?`.
+    pub query: Option<&'a [u8]>,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+/// What the route decided about forwarding: the pool's hash key and sticky cookie, and the
+/// route's rewrite.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarding<'s> {
+    pub rewrite: Option<&'s Rewrite>,
+    /// What `hash` balances by in the request's pool, when it hashes.
+    pub hash_key: Option<&'s HashKey>,
+    /// The pool's sticky cookie, when it has one.
+    pub sticky_cookie: Option<&'s str>,
 }
 
 /// `[lb] request_id`: the header that carries request ids, and the fresh id a request gets
@@ -164,9 +195,18 @@ fn id_from(input: &[u8], headers: &[httparse::Header], name: &str) -> IdFrom {
 /// The name of lb-mio's sticky-session cookie.
 pub const STICKY_COOKIE: &str = "lbmio";
 
+/// A pool's sticky cookie: `lbmio` for `default`, `lbmio_<pool>` for the others, so two pools
+/// never overwrite each other's.
+pub fn sticky_cookie(pool: &str) -> String {
+    match pool {
+        "default" => STICKY_COOKIE.to_string(),
+        _ => format!("{STICKY_COOKIE}_{pool}"),
+    }
+}
+
 /// The token in an `lbmio=<16 hex digits>` cookie pair, if the client sent one.
-fn sticky_token(headers: &[httparse::Header]) -> Option<u64> {
-    let value = cookie(headers, STICKY_COOKIE)?;
+fn sticky_token(headers: &[httparse::Header], name: &str) -> Option<u64> {
+    let value = cookie(headers, name)?;
     let hex = std::str::from_utf8(value).ok().filter(|v| v.len() == 16)?;
     u64::from_str_radix(hex, 16).ok()
 }
@@ -185,7 +225,7 @@ fn cookie<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> 
 }
 
 /// Where the value `hash` balances by is in `headers`: the configured header or cookie.
-fn hash_source<'a>(headers: &[httparse::Header<'a>], key: &HashKey) -> Option<&'a [u8]> {
+pub fn hash_source<'a>(headers: &[httparse::Header<'a>], key: &HashKey) -> Option<&'a [u8]> {
     match key {
         HashKey::ClientIp => None,
         HashKey::Header(name) => headers
@@ -207,8 +247,8 @@ pub fn parse(
     parse_with(input, limits, client, Wanted::default(), out)
 }
 
-/// `parse`, and what `wanted` asks for: with an id header, the client's id kept when valid, else
-/// the fresh one written in its place; with a hash key, where its value is.
+/// `parse`, and what `wanted` asks for: with an id header, the client's id kept when valid,
+/// else the fresh one written in its place.
 pub fn parse_with(
     input: &[u8],
     limits: HeadLimits,
@@ -216,6 +256,22 @@ pub fn parse_with(
     wanted: Wanted,
     out: &mut Buffer,
 ) -> Result<Option<Request>, HeadError> {
+    let routed = parse_routed(input, limits, client, wanted, out, |_| {
+        Ok((Forwarding::default(), ()))
+    })?;
+    Ok(routed.map(|(request, ())| request))
+}
+
+/// `parse_with`, with `route` deciding, from what it sees of the head, how the request is
+/// forwarded; its decision comes back beside the request.
+pub fn parse_routed<'s, D>(
+    input: &[u8],
+    limits: HeadLimits,
+    client: IpAddr,
+    wanted: Wanted,
+    out: &mut Buffer,
+    route: impl FnOnce(&Seen) -> Result<(Forwarding<'s>, D), HeadError>,
+) -> Result<Option<(Request, D)>, HeadError> {
     let id = wanted.id;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage[..limits.max_headers.min(MAX_HEADERS)]);
@@ -239,10 +295,23 @@ pub fn parse_with(
     let http10 = req.version == Some(0);
     let hop = HopHeaders::read(req.headers)?;
     let host = single_host(req.headers, http10)?;
-    check_target(method_token, req.path.unwrap_or_default().as_bytes(), host)?;
+    let target = req.path.unwrap_or_default().as_bytes();
+    check_target(method_token, target, host)?;
     if http10 && hop.chunked {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
+    let (mut host_buf, mut path_buf) = ([0u8; 256], [0u8; MAX_PATH]);
+    let seen = see(
+        method_token,
+        target,
+        host,
+        req.headers,
+        wanted.normalise,
+        &mut host_buf,
+        &mut path_buf,
+    )?;
+    let (forwarding, decision) = route(&seen)?;
+    let sticky_cookie = forwarding.sticky_cookie;
     let request = Request {
         method: Method::from_token(method_token),
         http10,
@@ -250,9 +319,9 @@ pub fn parse_with(
         keep_alive: !hop.close && (!http10 || hop.keep_alive),
         upgrade: !http10 && hop.upgrade && hop.has_upgrade_header,
         head_len,
-        sticky: sticky_token(req.headers),
+        sticky: sticky_cookie.and_then(|name| sticky_token(req.headers, name)),
         id: id.map_or(IdFrom::Off, |id| id_from(input, req.headers, id.name)),
-        hash_source: (wanted.hash_key)
+        hash_source: (forwarding.hash_key)
             .and_then(|key| hash_source(req.headers, key))
             .map(|value| Span::within(input, value)),
     };
@@ -264,9 +333,94 @@ pub fn parse_with(
         id,
         https: wanted.https,
         client_cert: wanted.client_cert,
+        rewrite: forwarding.rewrite,
+        sent_path: seen.sent_path,
     };
     write_upstream_head(head, req.headers, &forward, out)?;
-    Ok(Some(request))
+    Ok(Some((request, decision)))
+}
+
+/// Room for a normalised path: more than the longest head `max_header_bytes` allows.
+const MAX_PATH: usize = 16 * 1024;
+
+/// What the route table sees: the host in lower case without port or trailing dot (into
+/// `host_buf`), and the path normalised (into `path_buf`) when `normalise` says routes exist.
+fn see<'a>(
+    method: &'a str,
+    target: &'a [u8],
+    host: Option<&'a [u8]>,
+    headers: &'a [httparse::Header<'a>],
+    normalise: bool,
+    host_buf: &'a mut [u8; 256],
+    path_buf: &'a mut [u8; MAX_PATH],
+) -> Result<Seen<'a>, HeadError> {
+    let (sent_path, query) =
+        path::split_target(target).ok_or(HeadError::Malformed("bad request target"))?;
+    let authority = match (host.map(<[u8]>::trim_ascii), absolute_authority(target)) {
+        (_, Some(authority)) => authority,
+        (Some(host), None) => host,
+        (None, None) => b"",
+    };
+    let name = authority_host(authority);
+    let host_len = name.len().min(host_buf.len());
+    host_buf[..host_len].copy_from_slice(&name[..host_len]);
+    host_buf[..host_len].make_ascii_lowercase();
+    let path = match normalise {
+        false => sent_path,
+        true if sent_path == b"*" => sent_path,
+        true => path::normalise(sent_path, &mut path_buf[..])
+            .map_err(|e| HeadError::Malformed(e.why()))?,
+    };
+    Ok(Seen {
+        method,
+        host: &host_buf[..host_len],
+        authority,
+        path,
+        sent_path,
+        query,
+        headers,
+    })
+}
+
+/// Runs `f` over what the route table sees of a head that was parsed before (a redirect's
+/// `Location` is built from it when the answer is written).
+pub fn with_seen<R>(input: &[u8], f: impl FnOnce(&Seen) -> R) -> Option<R> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    req.parse(input).ok()?;
+    let host = single_host(req.headers, req.version == Some(0)).ok()?;
+    let target = req.path?.as_bytes();
+    let (mut host_buf, mut path_buf) = ([0u8; 256], [0u8; MAX_PATH]);
+    let seen = see(
+        req.method?,
+        target,
+        host,
+        req.headers,
+        false,
+        &mut host_buf,
+        &mut path_buf,
+    );
+    Some(f(&seen.ok()?))
+}
+
+/// The authority of an absolute-form target.
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let at = target.windows(3).position(|w| w == b"://")?;
+    let rest = &target[at + 3..];
+    let end = rest
+        .iter()
+        .position(|b| b"/?#".contains(b))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The host of `host[:port]`, without a trailing dot (`[::1]` stays bracketed).
+fn authority_host(authority: &[u8]) -> &[u8] {
+    let name = match authority.iter().rposition(|&b| b == b':') {
+        Some(colon) if !authority[colon..].contains(&b']') => &authority[..colon],
+        _ => authority,
+    };
+    name.strip_suffix(b".").unwrap_or(name)
 }
 
 /// A head over the size limit: 414 when the request line alone does not fit in the limit (a
@@ -407,6 +561,8 @@ struct Forward<'a> {
     id: Option<IdHeader<'a>>,
     https: bool,
     client_cert: Option<Option<&'a str>>,
+    rewrite: Option<&'a Rewrite>,
+    sent_path: &'a [u8],
 }
 
 impl Forward<'_> {
@@ -425,8 +581,18 @@ fn write_upstream_head(
 ) -> Result<(), HeadError> {
     let request = fwd.request;
     let fresh = fwd.fresh_id();
-    head::put_all(out, &head[..head::first_line_len(head)])?;
+    let line = &head[..head::first_line_len(head)];
+    match fwd.rewrite.filter(|r| r.changes_path()) {
+        Some(rewrite) => {
+            rewrite::put_request_line(out, line, path_at(line, fwd.sent_path), rewrite)?
+        }
+        None => head::put_all(out, line)?,
+    }
+    let rules = fwd.rewrite.map(|r| &r.request);
     for h in headers {
+        if rules.is_some_and(|rules| rules.drops(h.name.as_bytes())) {
+            continue;
+        }
         let is_id = fwd
             .id
             .is_some_and(|id| h.name.eq_ignore_ascii_case(id.name));
@@ -458,6 +624,9 @@ fn write_upstream_head(
     if let Some(id) = fresh {
         head::put_header(out, id.name.as_bytes(), id.fresh)?;
     }
+    if let Some(rules) = rules {
+        rules.put(out)?;
+    }
     if request.upgrade {
         head::put_header(out, b"Connection", b"upgrade")?;
     } else if request.http10 {
@@ -465,6 +634,17 @@ fn write_upstream_head(
         head::put_header(out, b"Connection", b"keep-alive")?;
     }
     head::put_all(out, b"\r\n")
+}
+
+/// Where the path is in the request line: an absolute-form target without one (`http://h`)
+/// has it, empty, at the end of the target.
+fn path_at(line: &[u8], sent_path: &[u8]) -> (usize, usize) {
+    if line.as_ptr_range().contains(&sent_path.as_ptr()) {
+        let start = Span::within(line, sent_path).at;
+        return (start, start + sent_path.len());
+    }
+    let target_end = line.iter().rposition(|&b| b == b' ').unwrap_or(line.len());
+    (target_end, target_end)
 }
 
 /// `X-Forwarded-For: <what the client sent>, <client address>` as one header.
@@ -933,13 +1113,16 @@ mod tests {
     fn hash_sources_are_found_in_headers_and_cookies() {
         let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-User: alice\r\nCookie: a=1; sid=xyz\r\n\r\n";
         let found = |key: HashKey| {
-            let wanted = Wanted {
+            let forwarding = Forwarding {
                 hash_key: Some(&key),
-                ..Wanted::default()
+                ..Forwarding::default()
             };
             let mut out = BufferPool::new(0).take();
-            let request = super::parse_with(head, LIMITS, CLIENT, wanted, &mut out);
-            let span = request.unwrap().unwrap().hash_source;
+            let wanted = Wanted::default();
+            let request = parse_routed(head, LIMITS, CLIENT, wanted, &mut out, |_| {
+                Ok((forwarding, ()))
+            });
+            let span = request.unwrap().unwrap().0.hash_source;
             span.map(|span| span.of(head).to_vec())
         };
         assert_eq!(
@@ -955,11 +1138,31 @@ mod tests {
 
     #[test]
     fn the_sticky_cookie_is_found_among_others() {
-        let parsed = |cookie: &str| {
+        let in_pool = |pool: &str, cookie: &str| {
             let input = format!("GET / HTTP/1.1\r\nHost: h\r\nCookie: {cookie}\r\n\r\n");
-            run(input.as_bytes()).0.unwrap().unwrap().sticky
+            let name = sticky_cookie(pool);
+            let forwarding = Forwarding {
+                sticky_cookie: Some(&name),
+                ..Forwarding::default()
+            };
+            let mut out = BufferPool::new(0).take();
+            let parsed = parse_routed(
+                input.as_bytes(),
+                LIMITS,
+                CLIENT,
+                Wanted::default(),
+                &mut out,
+                |_| Ok((forwarding, ())),
+            );
+            parsed.unwrap().unwrap().0.sticky
         };
+        let parsed = |cookie: &str| in_pool("default", cookie);
         assert_eq!(parsed("a=1; lbmio=00000000000000ff; b=2"), Some(255));
+        // Each pool reads its own cookie only.
+        let both = "lbmio=00000000000000ff; lbmio_api=0000000000000001";
+        assert_eq!(in_pool("api", both), Some(1));
+        assert_eq!(in_pool("default", both), Some(255));
+        assert_eq!(in_pool("cart", both), None);
         assert_eq!(parsed("lbmio=00000000000000FF"), Some(255));
         assert_eq!(parsed("xlbmio=00000000000000ff"), None);
         assert_eq!(parsed("lbmio=ff"), None, "not 16 digits");

@@ -4,6 +4,7 @@
 use super::body::Framing;
 use super::head::{self, HeadError, HopHeaders};
 use super::request::{Method, Request, MAX_HEADERS};
+use super::rewrite::HeaderRules;
 use crate::buffer::Buffer;
 
 /// What kind of response head this is.
@@ -123,6 +124,9 @@ fn write_client_head(
         if let Some(hsts) = added.hsts {
             head::put_header(out, b"Strict-Transport-Security", hsts.as_bytes())?;
         }
+        if let Some(rules) = added.rules {
+            rules.put(out)?;
+        }
     }
     if let Some((header, id)) = added.request_id.filter(|_| response.kind != Kind::Interim) {
         head::put_header(out, header.as_bytes(), id)?;
@@ -145,6 +149,8 @@ pub struct Added<'a> {
     pub request_id: Option<(&'a str, &'a [u8])>,
     /// `Strict-Transport-Security: <value>` in place of the backend's, over TLS (`[tls] hsts`).
     pub hsts: Option<&'a str>,
+    /// The route's response header rules.
+    pub rules: Option<&'a HeaderRules>,
 }
 
 impl<'a> Added<'a> {
@@ -155,7 +161,8 @@ impl<'a> Added<'a> {
         let server = self.server.is_some() && name.eq_ignore_ascii_case("server");
         let id = self.request_id.filter(|_| kind != Kind::Interim);
         let hsts = self.hsts.is_some() && name.eq_ignore_ascii_case("strict-transport-security");
-        server || hsts || id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
+        let ruled = kind == Kind::Final && self.rules.is_some_and(|r| r.drops(name.as_bytes()));
+        server || hsts || ruled || id.is_some_and(|(h, _)| name.eq_ignore_ascii_case(h))
     }
 
     pub fn backend(header_and_name: Option<(&'a str, &'a str)>) -> Added<'a> {

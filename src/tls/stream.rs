@@ -377,6 +377,14 @@ impl TlsStream {
         self.client_subject.as_deref()
     }
 
+    /// The name the client asked for (SNI), when it sent one.
+    pub fn sni(&self) -> Option<&str> {
+        match &self.tls {
+            Connection::Server(server) => server.server_name(),
+            Connection::Client(_) => None,
+        }
+    }
+
     /// Bytes arrived but the handshake has not finished (a close now is a failed one).
     pub fn in_handshake(&self) -> bool {
         self.started && !self.plain && self.tls.is_handshaking()

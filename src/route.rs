@@ -1,0 +1,504 @@
+//! The route table: which pool a request goes to, or what lb-mio answers instead, decided
+//! once per request before a pool's strategy picks a backend. Routes are tried in file order
+//! and the first whose every condition holds wins; none: the pool `default`, or 404.
+//!
+//! Finding a host's routes costs one hash lookup however many hosts there are (each exact host
+//! and each `*.` suffix has its own list, merged at build time with the routes for any host);
+//! then only that list is walked. Matching allocates nothing. `explain` walks the same checks
+//! over every route and says why each one before the match did not match.
+
+mod conf;
+mod explain;
+
+pub use conf::{parse_key, Action, HostPattern, RouteConf, Template};
+pub use explain::{explain, Explained, Question};
+
+use crate::config::Cidr;
+use crate::hash;
+use crate::http::redirect::MAX_LOCATION;
+use crate::http::request::{self, Seen};
+use crate::http::rewrite::Rewrite;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Where a request came from, besides its head.
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a> {
+    pub client: IpAddr,
+    pub listener: SocketAddr,
+    pub https: bool,
+    pub sni: Option<&'a str>,
+}
+
+/// Where the table sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// This pool (by its index in the snapshot's pools).
+    Pool(usize),
+    /// The route answers itself: a redirect or a direct answer.
+    Answer,
+    /// No route matched and there is no pool `default`.
+    NotFound,
+}
+
+/// The table's decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The route that matched, by position.
+    pub route: Option<usize>,
+    pub to: To,
+}
+
+/// A route ready to match: its configuration with pool names resolved.
+#[derive(Debug)]
+pub struct Route {
+    pub conf: RouteConf,
+    /// Requests it matched, over all workers; a reload keeps a route's count by its name.
+    hits: Arc<AtomicU64>,
+    /// The pools of its `pool` action with their weights (one, or a split).
+    pools: Vec<(usize, u32)>,
+    /// The whole response of a `return` action.
+    answer: Vec<u8>,
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        &self.conf.name
+    }
+
+    pub fn rewrite(&self) -> &Rewrite {
+        &self.conf.rewrite
+    }
+
+    pub fn count(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// The status a `return` or `redirect` route answers with (0 for a pool route).
+    pub fn status(&self) -> u16 {
+        match self.conf.action {
+            Action::Redirect { status, .. } | Action::Return { status, .. } => status,
+            Action::Pools { .. } => 0,
+        }
+    }
+
+    /// The response a `return` or `redirect` route sends (a redirect's without its
+    /// `Location`); empty for the others.
+    pub fn answer(&self) -> &[u8] {
+        &self.answer
+    }
+
+    /// Writes a redirect's `Location` header line for a request into `out`; its length (0
+    /// for a route that does not redirect, or when it does not fit).
+    pub fn location(&self, seen: &Seen, https: bool, out: &mut [u8; MAX_LOCATION]) -> usize {
+        let Action::Redirect { template, .. } = &self.conf.action else {
+            return 0;
+        };
+        let room = out.len();
+        let mut rest = &mut out[..];
+        let mut write = || -> std::io::Result<()> {
+            rest.write_all(b"Location: ")?;
+            template.write(seen, https, &mut rest)?;
+            rest.write_all(b"\r\n")
+        };
+        match write() {
+            Ok(()) => room - rest.len(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Whether a redirect's `Location` for this request fits (a non-redirect always does).
+    pub fn location_fits(&self, seen: &Seen, https: bool) -> bool {
+        let redirects = matches!(self.conf.action, Action::Redirect { .. });
+        !redirects || self.location(seen, https, &mut [0; MAX_LOCATION]) > 0
+    }
+}
+
+/// Every route, and the lists that find a host's routes.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Routes for one exact host (with the `*.` and any-host routes that also match it).
+    exact: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Routes for any host one label under a suffix (with the any-host routes).
+    wildcard: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Routes without a host condition.
+    any: Vec<usize>,
+    /// The pool `default`, when there is one.
+    default_pool: Option<usize>,
+}
+
+/// Why a route did not match: the first condition that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    Host,
+    Path,
+    Method,
+    Header(usize),
+    HasHeader,
+    Query(usize),
+    HasQuery,
+    Client,
+    Listener,
+    Scheme,
+    Sni,
+}
+
+impl RouteTable {
+    /// The table for `routes`; `pool` finds a pool's index by name.
+    pub fn new(
+        confs: Vec<RouteConf>,
+        pool: impl Fn(&str) -> Option<usize>,
+    ) -> Result<RouteTable, String> {
+        let mut table = RouteTable {
+            default_pool: pool("default"),
+            ..RouteTable::default()
+        };
+        for conf in confs {
+            let pools = match &conf.action {
+                Action::Pools { pools, .. } => pools
+                    .iter()
+                    .map(|(name, weight)| match pool(name) {
+                        Some(index) => Ok((index, *weight)),
+                        None => Err(format!("route {}: no pool {name:?}", conf.name)),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            };
+            let answer = match &conf.action {
+                Action::Return { status, body } => conf::answer_bytes(*status, body),
+                Action::Redirect { status, .. } => conf::answer_bytes(*status, ""),
+                Action::Pools { .. } => Vec::new(),
+            };
+            table.routes.push(Route {
+                conf,
+                hits: Arc::default(),
+                pools,
+                answer,
+            });
+        }
+        table.index_hosts();
+        Ok(table)
+    }
+
+    /// Fills the host lists: each exact host's list holds, in file order, its own routes, those
+    /// of the `*.` suffix it falls under, and those for any host; each suffix's list the same
+    /// without an exact host.
+    fn index_hosts(&mut self) {
+        let mut exact: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        for (at, route) in self.routes.iter().enumerate() {
+            if route.conf.hosts.is_empty() {
+                self.any.push(at);
+            }
+            for host in &route.conf.hosts {
+                let list = match host {
+                    HostPattern::Exact(h) => exact.entry(h.as_bytes().into()).or_default(),
+                    HostPattern::Under(s) => wildcard.entry(s.as_bytes().into()).or_default(),
+                };
+                list.push(at);
+            }
+        }
+        for (host, list) in exact.iter_mut() {
+            if let Some(under) = parent(host).and_then(|p| wildcard.get(p)) {
+                list.extend(under);
+            }
+            list.extend(&self.any);
+            list.sort_unstable();
+            list.dedup();
+        }
+        for list in wildcard.values_mut() {
+            list.extend(&self.any);
+            list.sort_unstable();
+            list.dedup();
+        }
+        (self.exact, self.wildcard) = (exact, wildcard);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Takes over the counts of `old`'s routes that have the same names.
+    pub fn carry_counts(&mut self, old: &RouteTable) {
+        for route in &mut self.routes {
+            if let Some(was) = old.routes.iter().find(|r| r.name() == route.name()) {
+                route.hits = Arc::clone(&was.hits);
+            }
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn route(&self, at: usize) -> &Route {
+        &self.routes[at]
+    }
+
+    /// The routes that may match requests for `host` (lower case, no port, no trailing dot).
+    fn candidates(&self, host: &[u8]) -> &[usize] {
+        if let Some(list) = self.exact.get(host) {
+            return list;
+        }
+        match parent(host).and_then(|p| self.wildcard.get(p)) {
+            Some(list) => list,
+            None => &self.any,
+        }
+    }
+
+    /// Where a request goes. `draw` is a random number, for a split without `split_by`.
+    pub fn decide(&self, seen: &Seen, via: &Via, draw: u64) -> Decision {
+        let matched = self
+            .candidates(seen.host)
+            .iter()
+            .copied()
+            .find(|&at| self.check(at, seen, via).is_ok());
+        match matched {
+            Some(at) => Decision {
+                route: Some(at),
+                to: self.action(at, seen, via, draw),
+            },
+            None => Decision {
+                route: None,
+                to: self.default_pool.map_or(To::NotFound, To::Pool),
+            },
+        }
+    }
+
+    fn action(&self, at: usize, seen: &Seen, via: &Via, draw: u64) -> To {
+        let route = &self.routes[at];
+        match &route.conf.action {
+            Action::Pools { split_by, .. } => {
+                let draw = match split_by {
+                    Some(key) => split_key(seen, via, key),
+                    None => draw,
+                };
+                To::Pool(pick_weighted(&route.pools, draw))
+            }
+            Action::Redirect { .. } | Action::Return { .. } => To::Answer,
+        }
+    }
+
+    /// Checks every condition of route `at`, in the order `explain` reports them.
+    fn check(&self, at: usize, seen: &Seen, via: &Via) -> Result<(), Miss> {
+        let c = &self.routes[at].conf;
+        let ok = |cond: bool, miss: Miss| if cond { Ok(()) } else { Err(miss) };
+        ok(
+            c.hosts.is_empty() || c.hosts.iter().any(|h| h.matches(seen.host)),
+            Miss::Host,
+        )?;
+        ok(c.path_matches(seen.path), Miss::Path)?;
+        let method = seen.method.as_bytes();
+        ok(
+            c.methods.is_empty() || c.methods.iter().any(|m| m.as_bytes() == method),
+            Miss::Method,
+        )?;
+        for (i, (name, value)) in c.headers.iter().enumerate() {
+            ok(
+                header_values(seen, name).any(|v| v == value.as_bytes()),
+                Miss::Header(i),
+            )?;
+        }
+        let present = |name: &String| header_values(seen, name).next().is_some();
+        ok(
+            c.has_headers.is_empty() || c.has_headers.iter().any(present),
+            Miss::HasHeader,
+        )?;
+        for (i, (name, value)) in c.queries.iter().enumerate() {
+            ok(
+                query_values(seen, name).any(|v| v == value.as_bytes()),
+                Miss::Query(i),
+            )?;
+        }
+        let given = |name: &String| query_values(seen, name).next().is_some();
+        ok(
+            c.has_queries.is_empty() || c.has_queries.iter().any(given),
+            Miss::HasQuery,
+        )?;
+        ok(
+            c.clients.is_empty() || c.clients.iter().any(|r: &Cidr| r.contains(via.client)),
+            Miss::Client,
+        )?;
+        ok(
+            c.listeners.is_empty() || c.listeners.contains(&via.listener),
+            Miss::Listener,
+        )?;
+        ok(c.https.is_none_or(|https| https == via.https), Miss::Scheme)?;
+        let sni = via.sni.unwrap_or_default().as_bytes();
+        ok(
+            c.sni.is_empty() || c.sni.iter().any(|h| h.matches(sni)),
+            Miss::Sni,
+        )
+    }
+
+    /// What the table does with a request, line by line (`lb-mio --explain`).
+    pub fn explain(&self, seen: &Seen, via: &Via, pools: &[&str]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut matched = None;
+        for (at, route) in self.routes.iter().enumerate() {
+            match self.check(at, seen, via) {
+                Ok(()) => {
+                    lines.push(format!("route {}: match", route.name()));
+                    matched = Some(at);
+                    break;
+                }
+                Err(miss) => lines.push(format!(
+                    "route {}: no ({})",
+                    route.name(),
+                    self.miss_text(at, miss, seen, via)
+                )),
+            }
+        }
+        let Some(at) = matched else {
+            lines.push("no route matched".into());
+            lines.push(match self.default_pool {
+                Some(pool) => format!("action: pool {}", pools[pool]),
+                None => "action: return 404".into(),
+            });
+            return lines;
+        };
+        let route = &self.routes[at];
+        lines.push(self.action_text(at, seen, via, pools));
+        explain_rewrite(route.rewrite(), seen.sent_path, &mut lines);
+        lines
+    }
+
+    fn action_text(&self, at: usize, seen: &Seen, via: &Via, pools: &[&str]) -> String {
+        let route = &self.routes[at];
+        match &route.conf.action {
+            Action::Pools { split_by, .. } if route.pools.len() > 1 => {
+                let shares: Vec<String> = (route.pools.iter())
+                    .map(|&(p, w)| format!("{} {w}", pools[p]))
+                    .collect();
+                let to = match (split_by, self.action(at, seen, via, 0)) {
+                    (Some(_), To::Pool(p)) => pools[p],
+                    _ => "random",
+                };
+                format!("action: split {} -> {to}", shares.join(", "))
+            }
+            Action::Pools { .. } => format!("action: pool {}", pools[route.pools[0].0]),
+            Action::Redirect { status, template } => {
+                let mut location = Vec::new();
+                // Writing to a Vec cannot fail.
+                let _ = template.write(seen, via.https, &mut location);
+                format!(
+                    "action: redirect {status} {}",
+                    String::from_utf8_lossy(&location)
+                )
+            }
+            Action::Return { status, .. } => format!("action: return {status}"),
+        }
+    }
+
+    fn miss_text(&self, at: usize, miss: Miss, seen: &Seen, via: &Via) -> String {
+        let c = &self.routes[at].conf;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let list = |items: &[String]| items.join(" ");
+        match miss {
+            Miss::Host => format!("host: {} is not {}", text(seen.host), c.host_list()),
+            Miss::Path => c.path_miss(&text(seen.path)),
+            Miss::Method => format!("method: {} is not {}", seen.method, list(&c.methods)),
+            Miss::Header(i) => {
+                let (name, want) = &c.headers[i];
+                match header_values(seen, name).next() {
+                    None => format!("header {name}: absent"),
+                    Some(v) => format!("header {name}: {} is not {want}", text(v)),
+                }
+            }
+            Miss::HasHeader => format!("has_header: none of {}", list(&c.has_headers)),
+            Miss::Query(i) => {
+                let (name, want) = &c.queries[i];
+                match query_values(seen, name).next() {
+                    None => format!("query {name}: absent"),
+                    Some(v) => format!("query {name}: {} is not {want}", text(v)),
+                }
+            }
+            Miss::HasQuery => format!("has_query: none of {}", list(&c.has_queries)),
+            Miss::Client => format!("client: {} is outside the ranges", via.client),
+            Miss::Listener => format!("listener: came in on {}", via.listener),
+            Miss::Scheme => format!("scheme: {}", if via.https { "https" } else { "http" }),
+            Miss::Sni => format!("sni: {}", via.sni.unwrap_or("(none)")),
+        }
+    }
+}
+
+fn explain_rewrite(rewrite: &Rewrite, sent_path: &[u8], lines: &mut Vec<String>) {
+    if rewrite.changes_path() {
+        let new = rewrite.path(sent_path).concat();
+        let (from, to) = (
+            String::from_utf8_lossy(sent_path),
+            String::from_utf8_lossy(&new),
+        );
+        lines.push(format!("rewrite: {from} -> {to}"));
+    }
+    for (direction, rules) in [
+        ("request", &rewrite.request),
+        ("response", &rewrite.response),
+    ] {
+        let mut line =
+            |what: &str, rule: &str| lines.push(format!("{direction} header: {what} {rule}"));
+        for (name, value) in &rules.set {
+            line("set", &format!("{name}: {value}"));
+        }
+        for (name, value) in &rules.add {
+            line("add", &format!("{name}: {value}"));
+        }
+        for name in &rules.remove {
+            line("remove", name);
+        }
+    }
+}
+
+/// `host` without its first label: what a `*.` pattern would have to be.
+fn parent(host: &[u8]) -> Option<&[u8]> {
+    let dot = host.iter().position(|&b| b == b'.')?;
+    Some(&host[dot + 1..]).filter(|rest| !rest.is_empty())
+}
+
+fn header_values<'a>(seen: &'a Seen, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    (seen.headers.iter())
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.trim_ascii())
+}
+
+/// The values of query parameter `name`, as sent.
+fn query_values<'a>(seen: &'a Seen, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let pairs = seen.query.unwrap_or_default().split(|&b| b == b'&');
+    pairs.filter_map(move |pair| {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        (key == name.as_bytes()).then_some(value)
+    })
+}
+
+/// What keeps a client on one side of a split: the `split_by` header or cookie, else its address.
+fn split_key(seen: &Seen, via: &Via, key: &request::HashKey) -> u64 {
+    const SEED: u64 = 0x5e1f_5eed;
+    match request::hash_source(seen.headers, key) {
+        Some(value) => hash::fixed(SEED, value),
+        None => hash::ip(SEED, via.client),
+    }
+}
+
+/// The pool whose share of the total weight `draw` falls in.
+fn pick_weighted(pools: &[(usize, u32)], draw: u64) -> usize {
+    let total: u64 = pools.iter().map(|&(_, w)| u64::from(w)).sum();
+    let mut at = draw % total.max(1);
+    for &(pool, weight) in pools {
+        if at < u64::from(weight) {
+            return pool;
+        }
+        at -= u64::from(weight);
+    }
+    pools[0].0
+}

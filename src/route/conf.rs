@@ -1,0 +1,442 @@
+//! A `[route.NAME]` section: its conditions, its action and its rewrites, parsed key by key.
+
+use crate::backend::check_name;
+use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr};
+use crate::http::request::{HashKey, Seen};
+use crate::http::rewrite::Rewrite;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+/// Longest body a `return` route may answer with.
+pub const MAX_ANSWER_BODY: usize = 512;
+
+/// A host condition: `example.com`, or `*.example.com` (any one label under it). Stored lower
+/// case without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix after `*.`.
+    Under(String),
+}
+
+impl HostPattern {
+    fn parse(v: &str) -> Result<HostPattern, String> {
+        let lower = v.trim_end_matches('.').to_ascii_lowercase();
+        let (pattern, name) = match lower.strip_prefix("*.") {
+            Some(suffix) => (HostPattern::Under(suffix.to_string()), suffix),
+            None => (HostPattern::Exact(lower.clone()), lower.as_str()),
+        };
+        let ok =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '[' | ']');
+        if name.is_empty() || name.len() > 253 || !name.chars().all(ok) {
+            return Err(format!("{v:?} is not a host name (or *.name)"));
+        }
+        Ok(pattern)
+    }
+
+    /// Whether `host` (lower case, no port, no trailing dot) is this one, or one label under it.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            HostPattern::Under(suffix) => super::parent(host)
+                .is_some_and(|parent| parent.eq_ignore_ascii_case(suffix.as_bytes())),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Under(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A redirect's target: text with `{scheme}`, `{host}`, `{path}` and `{query}` in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Scheme,
+    Host,
+    Path,
+    Query,
+}
+
+impl Template {
+    fn parse(v: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut rest = v;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..].find('}').ok_or("an unclosed {")? + open;
+            pieces.push(match &rest[open + 1..close] {
+                "scheme" => Piece::Scheme,
+                "host" => Piece::Host,
+                "path" => Piece::Path,
+                "query" => Piece::Query,
+                other => {
+                    return Err(format!(
+                        "unknown {{{other}}}: expected {{scheme}} {{host}} {{path}} {{query}}"
+                    ))
+                }
+            });
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        if pieces.is_empty() || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("{v:?} is not a redirect target"));
+        }
+        Ok(Template(pieces))
+    }
+
+    /// Writes the target for a request: `{host}` is its host with any port, `{path}` its
+    /// path as sent, `{query}` `?` and its query when it has one.
+    pub fn write(&self, seen: &Seen, https: bool, out: &mut impl Write) -> io::Result<()> {
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(text) => out.write_all(text.as_bytes())?,
+                Piece::Scheme => out.write_all(if https { b"https" } else { b"http" })?,
+                Piece::Host => out.write_all(seen.authority)?,
+                Piece::Path => out.write_all(seen.sent_path)?,
+                Piece::Query => {
+                    if let Some(query) = seen.query {
+                        out.write_all(b"?")?;
+                        out.write_all(query)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a route does with a request it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `pool = api`, or a split `pool = stable 95, canary 5` (optionally kept per client).
+    Pools {
+        pools: Vec<(String, u32)>,
+        split_by: Option<HashKey>,
+    },
+    Redirect {
+        status: u16,
+        template: Template,
+    },
+    Return {
+        status: u16,
+        body: String,
+    },
+}
+
+/// One `[route.NAME]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConf {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub paths: Vec<String>,
+    pub exact_paths: Vec<String>,
+    pub path_nocase: bool,
+    pub methods: Vec<String>,
+    pub headers: Vec<(String, String)>,
+    pub has_headers: Vec<String>,
+    pub queries: Vec<(String, String)>,
+    pub has_queries: Vec<String>,
+    pub clients: Vec<Cidr>,
+    pub listeners: Vec<SocketAddr>,
+    /// `scheme`: `Some(true)` for https only.
+    pub https: Option<bool>,
+    pub sni: Vec<HostPattern>,
+    pub action: Action,
+    pub rewrite: Rewrite,
+}
+
+impl RouteConf {
+    /// A route with no conditions yet; `parse_key` fills it, `check` tells whether it is whole.
+    pub fn new(name: &str) -> Result<RouteConf, String> {
+        check_name(name)
+            .map_err(|_| format!("{name:?} is not a route name: 1 to 64 of A-Z a-z 0-9 _ . -"))?;
+        Ok(RouteConf {
+            name: name.to_string(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            exact_paths: Vec::new(),
+            path_nocase: false,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            has_headers: Vec::new(),
+            queries: Vec::new(),
+            has_queries: Vec::new(),
+            clients: Vec::new(),
+            listeners: Vec::new(),
+            https: None,
+            sni: Vec::new(),
+            action: Action::Pools {
+                pools: Vec::new(),
+                split_by: None,
+            },
+            rewrite: Rewrite::default(),
+        })
+    }
+
+    /// Whether the route is whole: one action, and rewrites only where a request goes on.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.action {
+            Action::Pools { pools, .. } if pools.is_empty() => {
+                Err("needs an action: pool, redirect or return".into())
+            }
+            Action::Pools { .. } => Ok(()),
+            Action::Redirect { .. } | Action::Return { .. } => {
+                let r = &self.rewrite;
+                match r.changes_path() || !r.request.is_empty() || !r.response.is_empty() {
+                    true => Err("rewrites and header rules need a pool action".into()),
+                    false => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The pools its action sends requests to.
+    pub fn pool_names(&self) -> impl Iterator<Item = &str> {
+        let pools = match &self.action {
+            Action::Pools { pools, .. } => &pools[..],
+            _ => &[],
+        };
+        pools.iter().map(|(name, _)| name.as_str())
+    }
+
+    pub fn path_matches(&self, path: &[u8]) -> bool {
+        if self.paths.is_empty() && self.exact_paths.is_empty() {
+            return true;
+        }
+        let same = |a: &[u8], b: &[u8]| match self.path_nocase {
+            true => a.eq_ignore_ascii_case(b),
+            false => a == b,
+        };
+        let prefix = |p: &String| path.len() >= p.len() && same(&path[..p.len()], p.as_bytes());
+        self.paths.iter().any(prefix) || self.exact_paths.iter().any(|p| same(path, p.as_bytes()))
+    }
+
+    pub fn path_miss(&self, path: &str) -> String {
+        let mut why = Vec::new();
+        if !self.paths.is_empty() {
+            why.push(format!("does not start with {}", self.paths.join(" or ")));
+        }
+        if !self.exact_paths.is_empty() {
+            why.push(format!("is not {}", self.exact_paths.join(" or ")));
+        }
+        format!("path: {path} {}", why.join(" and "))
+    }
+
+    pub fn host_list(&self) -> String {
+        let names: Vec<String> = self.hosts.iter().map(ToString::to_string).collect();
+        names.join(" ")
+    }
+}
+
+/// The whole response of a `return` route: the status, a short text body, and a close.
+pub fn answer_bytes(status: u16, body: &str) -> Vec<u8> {
+    let body = if body.is_empty() {
+        String::new()
+    } else {
+        format!("{body}\n")
+    };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Sets one `key = value` of a route section. Keys with an argument (`header X-Canary = 1`)
+/// arrive whole in `key`.
+pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String> {
+    let (word, arg) = match key.split_once(char::is_whitespace) {
+        Some((word, arg)) => (word, Some(arg.trim())),
+        None => (key, None),
+    };
+    let words = || v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let named = |what: &str| {
+        arg.map(str::to_string).ok_or(format!(
+            "{word} needs a header or parameter name: `{word} NAME = {what}`"
+        ))
+    };
+    let r = &mut route.rewrite;
+    match (word, arg) {
+        ("host", None) => route.hosts = list(v, HostPattern::parse)?,
+        ("sni", None) => route.sni = list(v, HostPattern::parse)?,
+        ("path", None) => route.paths = list(v, parse_path)?,
+        ("path_exact", None) => route.exact_paths = list(v, parse_path)?,
+        ("path_case", None) => {
+            route.path_nocase = match v {
+                "sensitive" => false,
+                "insensitive" => true,
+                _ => return Err("expected sensitive or insensitive".into()),
+            }
+        }
+        ("method", None) => route.methods = list(v, parse_method)?,
+        ("header", Some(_)) => route.headers.push((named("VALUE")?, v.to_string())),
+        ("has_header", None) => route.has_headers = words(),
+        ("query", Some(_)) => route.queries.push((named("VALUE")?, v.to_string())),
+        ("has_query", None) => route.has_queries = words(),
+        ("client", None) => route.clients = list(v, parse_cidr)?,
+        ("listener", None) => route.listeners = parse_listen(v)?,
+        ("scheme", None) => {
+            route.https = Some(match v {
+                "http" => false,
+                "https" => true,
+                _ => return Err("expected http or https".into()),
+            })
+        }
+        ("pool", None) => set_action(route, parse_pools(v)?)?,
+        ("split_by", None) => match &mut route.action {
+            Action::Pools { split_by, .. } => *split_by = Some(parse_hash_key(v)?),
+            _ => return Err("split_by goes with a pool action".into()),
+        },
+        ("redirect", None) => set_action(route, parse_redirect(v)?)?,
+        ("return", None) => set_action(route, parse_return(v)?)?,
+        ("strip_prefix", None) => r.strip_prefix = Some(parse_path(v)?),
+        ("add_prefix", None) => {
+            r.add_prefix = Some(parse_path(v)?.trim_end_matches('/').to_string())
+        }
+        ("set_header", Some(_)) => r.request.set.push((named("VALUE")?, v.to_string())),
+        ("add_header", Some(_)) => r.request.add.push((named("VALUE")?, v.to_string())),
+        ("remove_header", None) => r.request.remove = words(),
+        ("set_response_header", Some(_)) => r.response.set.push((named("VALUE")?, v.to_string())),
+        ("add_response_header", Some(_)) => r.response.add.push((named("VALUE")?, v.to_string())),
+        ("remove_response_header", None) => r.response.remove = words(),
+        _ => return Err("unknown route key".into()),
+    }
+    Ok(())
+}
+
+fn list<T>(v: &str, item: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let items: Vec<T> = v.split_whitespace().map(item).collect::<Result<_, _>>()?;
+    match items.is_empty() {
+        true => Err("expected at least one value".into()),
+        false => Ok(items),
+    }
+}
+
+/// The one action a route has: a second one is a mistake.
+fn set_action(route: &mut RouteConf, action: Action) -> Result<(), String> {
+    if !matches!(&route.action, Action::Pools { pools, .. } if pools.is_empty()) {
+        return Err("a route has one action: pool, redirect or return".into());
+    }
+    route.action = action;
+    Ok(())
+}
+
+/// A path as routes compare it: normal already (matching uses normalised paths, so `//` or a
+/// dot segment here could never match).
+fn parse_path(v: &str) -> Result<String, String> {
+    let odd = |b: u8| b.is_ascii_control() || b" ?#\\%".contains(&b);
+    let dots = v.split('/').skip(1).any(|seg| seg == "." || seg == "..");
+    match v.starts_with('/') && !v.bytes().any(odd) && !v.contains("//") && !dots {
+        true => Ok(v.to_string()),
+        false => Err(format!(
+            "{v:?} is not a normal path: it starts with /, has no // or dot segment, no space ? # \\ or %"
+        )),
+    }
+}
+
+fn parse_method(v: &str) -> Result<String, String> {
+    match !v.is_empty() && v.bytes().all(|b| b.is_ascii_uppercase()) {
+        true => Ok(v.to_string()),
+        false => Err(format!("{v:?} is not a method (GET, POST, ...)")),
+    }
+}
+
+/// `api`, or `stable 95, canary 5`.
+fn parse_pools(v: &str) -> Result<Action, String> {
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let mut pools = Vec::new();
+    for part in &parts {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let (name, weight) = match words[..] {
+            [name] if parts.len() == 1 => (name, 1),
+            [name, weight] => (
+                name,
+                weight
+                    .parse()
+                    .ok()
+                    .filter(|w| (1..=1000).contains(w))
+                    .ok_or(format!("{weight:?} is not a weight (1 to 1000)"))?,
+            ),
+            _ => {
+                return Err("expected a pool, or pools with weights: `stable 95, canary 5`".into())
+            }
+        };
+        check_name(name).map_err(|_| format!("{name:?} is not a pool name"))?;
+        pools.push((name.to_string(), weight));
+    }
+    Ok(Action::Pools {
+        pools,
+        split_by: None,
+    })
+}
+
+fn parse_redirect(v: &str) -> Result<Action, String> {
+    let (status, target) = v
+        .split_once(char::is_whitespace)
+        .ok_or("expected a status and a target: `301 https://{host}{path}{query}`")?;
+    let status = match status.parse() {
+        Ok(s @ (301 | 302 | 303 | 307 | 308)) => s,
+        _ => {
+            return Err(format!(
+                "{status:?} is not a redirect status (301 302 303 307 308)"
+            ))
+        }
+    };
+    Ok(Action::Redirect {
+        status,
+        template: Template::parse(target.trim())?,
+    })
+}
+
+fn parse_return(v: &str) -> Result<Action, String> {
+    let (status, body) = v.split_once(char::is_whitespace).unwrap_or((v, ""));
+    let status = match status.parse() {
+        Ok(s @ 200..=599) => s,
+        _ => return Err(format!("{status:?} is not a status (200 to 599)")),
+    };
+    let body = body.trim();
+    if body.len() > MAX_ANSWER_BODY || body.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!(
+            "the body is one line of at most {MAX_ANSWER_BODY} bytes"
+        ));
+    }
+    Ok(Action::Return {
+        status,
+        body: body.to_string(),
+    })
+}
