@@ -27,6 +27,7 @@ use crate::access_log::{self, RequestLine, Sink};
 use crate::backend::{self, Backend, Lease};
 use crate::buffer::{Buffer, BufferPool, Io, BUF_SIZE};
 use crate::config::{AccessLog, Sticky, Strategy};
+use crate::health;
 use crate::http::body::{Body, Framing};
 use crate::http::head::HeadError;
 use crate::http::redirect::{self, MAX_LOCATION};
@@ -1243,7 +1244,7 @@ fn count_failure(ctx: &Ctx, lease: &Lease, failure: Failure) {
     let backend = lease.backend();
     // For `ewma` a failure costs as much as the slowest connect we would wait for.
     observe_latency(ctx, backend, ctx.snap.config.timeouts.connect);
-    let max_fails = ctx.snap.config.health.max_fails;
+    let max_fails = health::settings(ctx.snap, lease.id).max_fails;
     if backend.record_failure(max_fails) {
         warn!(
             "backend {} is down: {max_fails} failures in a row, the last: {failure}",
