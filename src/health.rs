@@ -1,19 +1,33 @@
-//! Health checks: a prober thread per backend sends `GET <path>` on its own connections and
-//! flips the backend's atomic state after `rise` good or `fall` bad probes in a row. Workers only
-//! read the state (and mark a backend down when live traffic fails on it), so they never wait
-//! for a probe.
+//! Health checks: one thread, `health`, runs its own `mio` event loop with a probe state machine
+//! per backend (`probe::Probe`: connect, PROXY header, TLS handshake, `GET <path>`, status line).
+//! Each probe sends `GET <path>` on a connection of its own and the backend's atomic state flips
+//! after `rise` good or `fall` bad probes in a row. Workers only read the state (and mark a
+//! backend down when live traffic fails on it), so they never wait for a probe.
+//!
+//! Scale: no thread per backend, and nothing waits for a slow or black-holed backend (its
+//! probe just sits in the loop until its deadline). First probes are spread over the interval
+//! (`first_offset`), later ones every interval ±10%, and at most `in_flight_cap()` probes are
+//! under way at once, so 10,000 backends neither connect all at once nor run the process out
+//! of descriptors: a backend due while every slot is taken starts when one frees.
+//!
+//! The same thread looks at the backend set every `SUPERVISE_EVERY`: new backends get a
+//! prober, replaced ones lose theirs, and drained backends being removed are retired.
+
+mod probe;
+
+pub use probe::ProbeError;
 
 use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
-use crate::proxy_protocol::{self, Version};
-use crate::shared::Shared;
-use crate::tls;
+use crate::shared::{Shared, Snapshot};
 use log::{info, warn};
+use mio::{Events, Poll, Token};
+use probe::{Probe, Target};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,72 +35,298 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How often the health thread looks for new backends and for drained ones to remove.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
-pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
-    thread::Builder::new()
-        .name("health".into())
-        .spawn(move || supervise(&shared))
+/// Most probes under way at once (fewer when the descriptor limit is low: `in_flight_cap`).
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// First probes start at most this often on average: a set of 10,000 backends spreads its
+/// first round over 2 s (or the interval, if shorter), while a handful are all probed at once,
+/// as soon as they join.
+const FIRST_PROBE_GAP: Duration = Duration::from_micros(200);
+
+/// The health settings backend `id` is checked with: its pool's (the global ones for a
+/// backend whose pool a reload removed while it drains). The one place that decides.
+pub fn settings(snap: &Snapshot, id: usize) -> &Health {
+    match snap.pool(&snap.backends[id].pool) {
+        Some(pool) => &snap.pools[pool].conf.health,
+        None => &snap.config.health,
+    }
 }
 
-/// Gives every backend a prober thread of its own, so a slow or black-holed backend delays no
-/// other backend's checks, and removes deleted backends once their last request finished.
-fn supervise(shared: &Arc<Shared>) {
-    // The backend each slot had at the last look: a slot holding another one (new, or a
-    // removed backend's slot taken by a new one) gets a prober. Holding the `Arc`s keeps an
-    // old record's address from being reused by a new one, so pointers compare safely.
-    let mut probed: Vec<Arc<Backend>> = Vec::new();
-    loop {
-        let snap = shared.load();
-        let new = snap.backends.iter().enumerate().filter(|(id, backend)| {
-            !probed
-                .get(*id)
-                .is_some_and(|known| Arc::ptr_eq(known, backend))
-        });
-        for (_, backend) in new {
-            let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
-            let name = format!("probe-{}", backend.name);
-            if let Err(e) = thread::Builder::new()
-                .name(name)
-                .spawn(move || probe_loop(&shared, &backend))
+pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+    let poll = Poll::new()?;
+    thread::Builder::new()
+        .name("health".into())
+        .spawn(move || Checker::new(shared, poll).run())
+}
+
+/// The probes one backend slot gets, and what they learnt.
+struct Prober {
+    backend: Arc<Backend>,
+    tracker: Tracker,
+    phase: Phase,
+}
+
+enum Phase {
+    /// The next probe is due then.
+    Idle { next_at: Instant },
+    /// Due, waiting for one of the in-flight slots (in `Checker::waiting`).
+    Waiting,
+    /// A probe under way.
+    Probing(Box<InFlight>),
+    /// Out of the set for good: no more probes, until the slot takes another backend.
+    Retired,
+}
+
+struct InFlight {
+    probe: Probe,
+    /// The settings it started with, to judge it by.
+    conf: Health,
+}
+
+/// The health thread's state.
+struct Checker {
+    shared: Arc<Shared>,
+    poll: Poll,
+    /// By backend id; the id is also the mio token of the backend's probe.
+    probers: Vec<Prober>,
+    /// When probers want attention: a probe due, a probe's deadline. Entries are not removed
+    /// when plans change: one whose time no longer matches its prober is skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Backends due while every slot was taken, in the order they came due.
+    waiting: VecDeque<usize>,
+    in_flight: usize,
+    cap: usize,
+    rng: SmallRng,
+}
+
+impl Checker {
+    fn new(shared: Arc<Shared>, poll: Poll) -> Checker {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Checker {
+            shared,
+            poll,
+            probers: Vec::new(),
+            timers: BinaryHeap::new(),
+            waiting: VecDeque::new(),
+            in_flight: 0,
+            cap: in_flight_cap(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_look = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_look {
+                self.look(now);
+                next_look = now + SUPERVISE_EVERY;
+            }
+            self.fire_timers(now);
+            self.start_waiting(now);
+            let wake = self
+                .timers
+                .peek()
+                .map_or(next_look, |t| t.0 .0.min(next_look));
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(wake.saturating_duration_since(now)))
             {
-                warn!("cannot start a health prober: {e}");
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("health checks: poll failed: {e}");
+                    thread::sleep(SUPERVISE_EVERY);
+                }
+            }
+            for event in events.iter() {
+                self.on_event(event.token().0);
             }
         }
-        probed = snap.backends.to_vec();
-        for backend in snap.backends.iter() {
+    }
+
+    /// Follows the backend set: a slot holding another backend than at the last look (new, or
+    /// a removed backend's slot taken by a new one) gets a new prober, whose first probe is
+    /// spread over the interval. Holding the `Arc`s keeps an old record's address from being
+    /// reused by a new one, so pointers compare safely.
+    fn look(&mut self, now: Instant) {
+        let snap = self.shared.load();
+        for id in snap.backends.len()..self.probers.len() {
+            self.stop_probe(id);
+        }
+        self.probers.truncate(snap.backends.len());
+        for (id, backend) in snap.backends.iter().enumerate() {
+            let known = self.probers.get(id);
+            if !known.is_some_and(|p| Arc::ptr_eq(&p.backend, backend)) {
+                let offset = first_offset(&mut self.rng, settings(&snap, id), snap.backends.len());
+                self.adopt(id, backend, now + offset);
+            }
             if backend.retire() {
                 info!("backend {} removed from the pool: drained", backend.name);
             }
         }
-        thread::sleep(SUPERVISE_EVERY);
+    }
+
+    fn adopt(&mut self, id: usize, backend: &Arc<Backend>, next_at: Instant) {
+        let prober = Prober {
+            backend: Arc::clone(backend),
+            tracker: Tracker::default(),
+            phase: Phase::Idle { next_at },
+        };
+        if id < self.probers.len() {
+            self.stop_probe(id);
+            self.probers[id] = prober;
+        } else {
+            self.probers.push(prober);
+        }
+        self.timers.push(Reverse((next_at, id)));
+    }
+
+    /// Drops the probe under way for slot `id`, if any (its backend left the slot).
+    fn stop_probe(&mut self, id: usize) {
+        let phase = std::mem::replace(&mut self.probers[id].phase, Phase::Retired);
+        if let Phase::Probing(probing) = phase {
+            probing.probe.close(self.poll.registry());
+            self.in_flight -= 1;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(prober) = self.probers.get(id) else {
+                continue;
+            };
+            match &prober.phase {
+                Phase::Idle { next_at } if *next_at <= now => self.due(id, now),
+                Phase::Probing(probing) if probing.probe.deadline <= now => {
+                    self.finish(id, Err(ProbeError::Timeout), now)
+                }
+                _ => {} // planned for another time since
+            }
+        }
+    }
+
+    /// Backends that waited for a slot, while there are slots.
+    fn start_waiting(&mut self, now: Instant) {
+        while self.in_flight < self.cap {
+            let Some(id) = self.waiting.pop_front() else {
+                return;
+            };
+            if matches!(self.probers.get(id), Some(p) if matches!(p.phase, Phase::Waiting)) {
+                self.due(id, now);
+            }
+        }
+    }
+
+    /// A probe is due: started while the backend is up or down and a slot is free; a
+    /// draining backend is skipped this time, a removed one for good.
+    fn due(&mut self, id: usize, now: Instant) {
+        let prober = &mut self.probers[id];
+        match prober.backend.state() {
+            State::Removed => prober.phase = Phase::Retired,
+            State::Draining => self.plan_next(id, now, now),
+            State::Up | State::Down if self.in_flight >= self.cap => {
+                prober.phase = Phase::Waiting;
+                self.waiting.push_back(id);
+            }
+            State::Up | State::Down => self.start(id, now),
+        }
+    }
+
+    /// Starts a probe with the settings of the moment.
+    fn start(&mut self, id: usize, now: Instant) {
+        let snap = self.shared.load();
+        let conf = settings(&snap, id).clone();
+        let backend = Arc::clone(&self.probers[id].backend);
+        let target = Target {
+            addr: backend.addr,
+            conf: &conf,
+            proxy: snap.config.lb.send_proxy,
+            tls: (self.shared.backend_tls.as_ref()).zip(backend.tls.as_deref()),
+        };
+        match Probe::start(self.poll.registry(), Token(id), &target, now) {
+            Ok(probe) => {
+                self.timers.push(Reverse((probe.deadline, id)));
+                self.probers[id].phase = Phase::Probing(Box::new(InFlight { probe, conf }));
+                self.in_flight += 1;
+            }
+            Err(why) => {
+                let prober = &mut self.probers[id];
+                prober
+                    .tracker
+                    .observe(&prober.backend, &conf, Err(why), now);
+                self.plan_next(id, now, now);
+            }
+        }
+    }
+
+    fn on_event(&mut self, id: usize) {
+        let Some(Prober {
+            phase: Phase::Probing(probing),
+            ..
+        }) = self.probers.get_mut(id)
+        else {
+            return; // the probe ended earlier in this round of events
+        };
+        if let Some(result) = probing.probe.advance() {
+            self.finish(id, result, Instant::now());
+        }
+    }
+
+    /// A probe ended (`status`: the answer's, or why there was none): judged, counted, and the
+    /// next one planned.
+    fn finish(&mut self, id: usize, status: Result<u16, ProbeError>, now: Instant) {
+        let prober = &mut self.probers[id];
+        let Phase::Probing(probing) = std::mem::replace(&mut prober.phase, Phase::Retired) else {
+            return;
+        };
+        let InFlight { probe, conf } = *probing;
+        let started = probe.started;
+        probe.close(self.poll.registry());
+        self.in_flight -= 1;
+        let result = status.and_then(|status| probe::judge(&conf, status, now - started));
+        prober
+            .tracker
+            .observe(&prober.backend, &conf, result, started);
+        self.plan_next(id, started, now);
+    }
+
+    /// The next probe: an interval (±10% jitter, so balancers started alike do not probe in
+    /// lockstep) after this one started, and not before it ended.
+    fn plan_next(&mut self, id: usize, started: Instant, now: Instant) {
+        let interval = settings(&self.shared.load(), id).interval;
+        let next_at = (started + interval.mul_f64(self.rng.random_range(0.9..1.1))).max(now);
+        self.probers[id].phase = Phase::Idle { next_at };
+        self.timers.push(Reverse((next_at, id)));
     }
 }
 
-/// Probes one backend every interval (±10% jitter, so balancers started alike do not probe in
-/// lockstep) while it is up or down, with the health settings of the moment; ends when the
-/// backend leaves the set.
-fn probe_loop(shared: &Shared, backend: &Backend) {
-    let mut tracker = Tracker::default();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = SmallRng::seed_from_u64(seed ^ backend.addr.port() as u64);
-    loop {
-        let started = Instant::now();
-        let snap = shared.load();
-        let (conf, proxy) = (snap.config.health.clone(), snap.config.lb.send_proxy);
-        drop(snap);
-        match backend.state() {
-            State::Removed => return,
-            State::Up | State::Down => {
-                let tls = (shared.backend_tls.as_ref()).zip(backend.tls.as_deref());
-                let result = probe(backend.addr, &conf, proxy, tls);
-                tracker.observe(backend, &conf, result, started)
-            }
-            State::Draining => {}
-        }
-        let pause = conf.interval.mul_f64(rng.random_range(0.9..1.1));
-        thread::sleep(pause.saturating_sub(started.elapsed()));
-    }
+/// When a new backend's first probe comes: at random within the interval, or within
+/// `FIRST_PROBE_GAP` per backend of the set when that is shorter, so a large set's first round
+/// is spread out but a small set is checked at once.
+fn first_offset(rng: &mut SmallRng, conf: &Health, backends: usize) -> Duration {
+    let window = conf.interval.min(FIRST_PROBE_GAP * backends as u32);
+    window.mul_f64(rng.random_range(0.0..1.0))
+}
+
+/// `MAX_IN_FLIGHT`, or a quarter of the descriptor limit when that is lower: probes must
+/// leave the workers most of the descriptors.
+fn in_flight_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let quarter = if ok { limit.rlim_cur / 4 } else { 64 };
+    MAX_IN_FLIGHT
+        .min(usize::try_from(quarter).unwrap_or(MAX_IN_FLIGHT))
+        .max(1)
 }
 
 /// What a prober remembers of its backend between probes.
@@ -185,129 +425,6 @@ impl Streak {
     }
 }
 
-/// Why a probe failed.
-#[derive(Debug)]
-pub enum ProbeError {
-    Connect(io::Error),
-    Timeout,
-    Io(io::Error),
-    Status(u16),
-    /// Answered, but slower than `slow_ms`.
-    Slow(Duration),
-    Garbage,
-    Panicked,
-}
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            ProbeError::Connect(e) => write!(f, "connect: {e}"),
-            ProbeError::Timeout => write!(f, "timeout"),
-            ProbeError::Io(e) => write!(f, "{e}"),
-            ProbeError::Status(code) => write!(f, "status {code}"),
-            ProbeError::Slow(latency) => write!(f, "slow: answered in {latency:?}"),
-            ProbeError::Garbage => write!(f, "not an HTTP response"),
-            ProbeError::Panicked => write!(f, "probe thread panicked"),
-        }
-    }
-}
-
-/// One `GET <path>` on a fresh connection; healthy is a status in the expected range, within
-/// the timeout (and `slow_ms`, when set).
-/// With `send_proxy`, the probe starts with a header that names no client (v1 `UNKNOWN`,
-/// v2 `LOCAL`), as a backend that expects one on every connection needs. A TLS backend is
-/// probed over TLS (after that header), its certificate checked as for requests.
-pub fn probe(
-    addr: SocketAddr,
-    conf: &Health,
-    proxy: Option<Version>,
-    tls: Option<(&tls::Client, &str)>,
-) -> Result<Duration, ProbeError> {
-    let started = Instant::now();
-    let mut stream =
-        TcpStream::connect_timeout(&addr, conf.timeout).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => ProbeError::Timeout,
-            _ => ProbeError::Connect(e),
-        })?;
-    let left = conf
-        .timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(1));
-    stream
-        .set_read_timeout(Some(left))
-        .and_then(|()| stream.set_write_timeout(Some(left)))
-        .map_err(ProbeError::Io)?;
-    // A TLS backend is asked for the site its certificate names.
-    let host = tls.map_or(addr.to_string(), |(_, name)| name.to_string());
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-mio-health\r\nConnection: close\r\n\r\n",
-        conf.path
-    );
-    if let Some(version) = proxy {
-        stream
-            .write_all(proxy_protocol::local(version))
-            .map_err(io_error)?;
-    }
-    let status = match tls {
-        None => ask(&mut stream, &request)?,
-        Some((client, name)) => {
-            let connection = client
-                .connection(name)
-                .map_err(|e| ProbeError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-            ask(&mut rustls::StreamOwned::new(connection, stream), &request)?
-        }
-    };
-    let latency = started.elapsed();
-    // Each read and write had the time left then; together they may have had more.
-    if latency > conf.timeout {
-        return Err(ProbeError::Timeout);
-    }
-    if !conf.status.contains(&status) {
-        return Err(ProbeError::Status(status));
-    }
-    match conf.slow {
-        Some(slow) if latency > slow => Err(ProbeError::Slow(latency)),
-        _ => Ok(latency),
-    }
-}
-
-fn io_error(e: io::Error) -> ProbeError {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProbeError::Timeout,
-        _ => ProbeError::Io(e),
-    }
-}
-
-/// Sends `request` and reads the status of the answer.
-fn ask(stream: &mut (impl Read + Write), request: &str) -> Result<u16, ProbeError> {
-    stream.write_all(request.as_bytes()).map_err(io_error)?;
-    read_status(stream)
-}
-
-/// Reads just enough of the response for its status line.
-fn read_status(stream: &mut impl Read) -> Result<u16, ProbeError> {
-    let mut head = [0u8; 512];
-    let mut len = 0;
-    while len < head.len() {
-        let n = stream.read(&mut head[len..]).map_err(io_error)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if let Some(end) = head[..len].windows(2).position(|w| w == b"\r\n") {
-            return parse_status_line(&head[..end]).ok_or(ProbeError::Garbage);
-        }
-    }
-    Err(ProbeError::Garbage)
-}
-
-/// `HTTP/1.x NNN reason` -> NNN.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let code = line.strip_prefix(b"HTTP/1.")?.get(2..5)?;
-    let valid = line.get(8) == Some(&b' ') && code.iter().all(u8::is_ascii_digit);
-    valid.then(|| code.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,11 +450,31 @@ mod tests {
     }
 
     #[test]
-    fn status_lines_parse() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Some(503));
-        assert_eq!(parse_status_line(b"HTTP/1.1 2x0 OK"), None);
-        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH"), None);
+    fn first_probes_spread_over_the_interval_or_less_for_a_small_set() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let conf = Health {
+            interval: Duration::from_secs(2),
+            ..Health::default()
+        };
+        let offsets: Vec<Duration> = (0..1000)
+            .map(|_| first_offset(&mut rng, &conf, 10_000))
+            .collect();
+        assert!(offsets.iter().all(|&o| o < conf.interval));
+        // Spread: each half of the interval gets a fair share.
+        let early = offsets.iter().filter(|&&o| o < conf.interval / 2).count();
+        assert!(
+            (400..=600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
+        // Ten backends: all within 2 ms, not up to 2 s.
+        let small = (0..100).map(|_| first_offset(&mut rng, &conf, 10)).max();
+        assert!(small.unwrap() < FIRST_PROBE_GAP * 10);
+    }
+
+    #[test]
+    fn the_in_flight_cap_leaves_most_descriptors_to_the_workers() {
+        let cap = in_flight_cap();
+        assert!((1..=MAX_IN_FLIGHT).contains(&cap), "{cap}");
     }
 
     #[test]

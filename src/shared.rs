@@ -4,7 +4,7 @@
 //! take the new snapshot only when it moved, so the request path never takes a lock.
 
 use crate::access_log::Sink;
-use crate::backend::{Backend, Backends};
+use crate::backend::Backends;
 use crate::balance::{self, Balancer};
 use crate::config::{Config, PoolConf, Sticky, Strategy};
 use crate::http::request;
@@ -111,15 +111,6 @@ impl Snapshot {
     /// The pool called `name`, by position.
     pub fn pool(&self, name: &str) -> Option<usize> {
         self.config.pool(name)
-    }
-
-    /// The settings of the pool `backend` serves (the global ones for a backend whose pool a
-    /// reload removed while it drains).
-    pub fn pool_of(&self, backend: &Backend) -> &PoolConf {
-        match self.pool(&backend.pool) {
-            Some(at) => &self.pools[at].conf,
-            None => &self.pools[0].conf,
-        }
     }
 }
 

@@ -56,7 +56,7 @@ impl Client {
         Ok(TlsStream::client(tcp, self.connection(name)?))
     }
 
-    /// rustls's side of a connection to `name`, for a blocking probe too.
+    /// rustls's side of a connection to `name`, for a health probe too.
     pub fn connection(&self, name: &str) -> Result<ClientConnection, String> {
         let name = ServerName::try_from(name.to_string())
             .map_err(|_| format!("{name:?} is no DNS name or IP address"))?;
