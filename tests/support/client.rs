@@ -1,10 +1,12 @@
 //! The raw-socket client: connect, send bytes as given, read responses exactly as they come.
+//! The readers take any `Read`: a `TcpStream`, or a TLS stream over one.
 
 use super::http::{has_token, impl_message, parse_header_line, Message};
 use super::util::{find, show};
 use super::{IO_TIMEOUT, MAX_HEAD};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -20,6 +22,30 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// Nagle delay.
 pub fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A connection to `addr` from the source address `from` (any port), with the timeouts of
+/// [`connect`]: a client at another loopback address such as 127.0.0.2.
+#[track_caller]
+pub fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
+    try_connect_from(from, addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"))
+}
+
+/// `connect_from` within `timeout`, as a `Result`.
+pub fn try_connect_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    let stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
@@ -75,7 +101,7 @@ pub enum Expect {
     Head,
 }
 
-fn read_byte(stream: &mut TcpStream) -> io::Result<Option<u8>> {
+fn read_byte<S: Read>(stream: &mut S) -> io::Result<Option<u8>> {
     let mut b = [0u8; 1];
     loop {
         match stream.read(&mut b) {
@@ -87,7 +113,7 @@ fn read_byte(stream: &mut TcpStream) -> io::Result<Option<u8>> {
     }
 }
 
-fn read_line(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+fn read_line<S: Read>(stream: &mut S) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
     while !line.ends_with(b"\r\n") {
         match read_byte(stream)? {
@@ -112,7 +138,7 @@ fn bad(msg: String) -> io::Error {
 
 /// Reads one response head. It reads byte by byte so nothing after the head is consumed.
 /// `Err(UnexpectedEof)` when the connection closed before any byte.
-pub fn try_read_head(stream: &mut TcpStream) -> io::Result<Resp> {
+pub fn try_read_head<S: Read>(stream: &mut S) -> io::Result<Resp> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         match read_byte(stream)? {
@@ -165,7 +191,7 @@ pub fn try_read_head(stream: &mut TcpStream) -> io::Result<Resp> {
 }
 
 /// Reads one whole response: head and body framed per `expect` and the response's headers.
-pub fn try_read_response_as(stream: &mut TcpStream, expect: Expect) -> io::Result<Resp> {
+pub fn try_read_response_as<S: Read>(stream: &mut S, expect: Expect) -> io::Result<Resp> {
     let mut resp = try_read_head(stream)?;
     let no_body = expect == Expect::Head || matches!(resp.status, 100..=199 | 204 | 304);
     if no_body {
@@ -214,25 +240,25 @@ pub fn try_read_response_as(stream: &mut TcpStream, expect: Expect) -> io::Resul
 }
 
 /// `try_read_response_as(stream, Expect::Normal)`.
-pub fn try_read_response(stream: &mut TcpStream) -> io::Result<Resp> {
+pub fn try_read_response<S: Read>(stream: &mut S) -> io::Result<Resp> {
     try_read_response_as(stream, Expect::Normal)
 }
 
 /// Reads one whole response (a 1xx comes back on its own: call again for the final one).
 /// Panics on error.
 #[track_caller]
-pub fn read_response(stream: &mut TcpStream) -> Resp {
+pub fn read_response<S: Read>(stream: &mut S) -> Resp {
     try_read_response(stream).unwrap_or_else(|e| panic!("reading a response: {e}"))
 }
 
 /// Reads the response to a HEAD request (never a body).
 #[track_caller]
-pub fn read_head_response(stream: &mut TcpStream) -> Resp {
+pub fn read_head_response<S: Read>(stream: &mut S) -> Resp {
     try_read_response_as(stream, Expect::Head).unwrap_or_else(|e| panic!("reading a response: {e}"))
 }
 
 /// Reads until the peer closes (EOF, or a reset after some bytes). Errors on timeout.
-pub fn try_read_to_close(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+pub fn try_read_to_close<S: Read>(stream: &mut S) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut tmp = [0u8; 64 * 1024];
     loop {
