@@ -5,13 +5,14 @@
 use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::config;
 use crate::metrics;
+use crate::route::{self, Question};
 use crate::shared::Shared;
 use crate::state_file;
 use crate::tls::EXPIRY_WARNING_DAYS;
 use log::{info, warn};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -261,6 +262,7 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
         ("GET", ["api", "backends"]) => ApiAnswer::json(200, list_backends(shared)),
         ("GET", ["api", "certificates"]) => ApiAnswer::json(200, list_certificates(shared)),
         ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
+        ("POST", ["api", "explain"]) => explain(shared, &request.body),
         ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
             b.drain(false);
             info!("backend {} draining (admin API)", b.name);
@@ -283,7 +285,7 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             }
             answer
         }
-        (_, ["", ..] | ["metrics"] | ["api", "backends" | "certificates", ..]) => {
+        (_, ["", ..] | ["metrics"] | ["api", "backends" | "certificates" | "explain", ..]) => {
             ApiAnswer::error(405, "method not allowed")
         }
         _ => ApiAnswer::error(404, "not found"),
@@ -445,6 +447,68 @@ fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
         (Err(answer), _) => answer,
         (Ok(()), None) => ApiAnswer::error(500, "backend not added"),
     }
+}
+
+/// `POST /api/explain`: what the running route table does with the request described.
+fn explain(shared: &Shared, body: &[u8]) -> ApiAnswer {
+    let question = match parse_question(body) {
+        Ok(question) => question,
+        Err(e) => return ApiAnswer::error(400, e),
+    };
+    let snap = shared.load();
+    match route::explain(&snap.config, &snap.routes, &question) {
+        Ok(explained) => {
+            let action = explained
+                .lines
+                .iter()
+                .find_map(|l| l.strip_prefix("action: "));
+            let action = action.map(|a| a.split_once(' ').unwrap_or((a, "")));
+            ApiAnswer::json(
+                200,
+                json!({
+                    "route": explained.route,
+                    "action": action.map(|(kind, detail)| json!({ "kind": kind, "detail": detail })),
+                    "lines": explained.lines,
+                }),
+            )
+        }
+        Err(e) => ApiAnswer::error(400, e),
+    }
+}
+
+/// `{"method": "GET", "url": "https://...", "headers": {"Name": "value"}, "client": "ip"}`.
+fn parse_question(body: &[u8]) -> Result<Question, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+    let text = |key: &str| value.get(key).and_then(Value::as_str);
+    let headers = match value.get("headers") {
+        None => Vec::new(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(name, v)| {
+                Ok((
+                    name.clone(),
+                    v.as_str().ok_or("header values are strings")?.to_string(),
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+        Some(_) => return Err("\"headers\" must be an object".into()),
+    };
+    let client = match text("client") {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(ip) => ip
+            .parse()
+            .map_err(|_| format!("\"client\": {ip:?} is not an IP address"))?,
+    };
+    Ok(Question {
+        method: text("method").unwrap_or("GET").to_string(),
+        url: text("url")
+            .ok_or("\"url\" (an absolute http:// or https:// URL) is required")?
+            .to_string(),
+        headers,
+        client,
+        listener: None,
+        sni: text("sni").map(str::to_string),
+    })
 }
 
 fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {

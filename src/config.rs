@@ -933,14 +933,23 @@ impl Parser<'_> {
         for route in &c.routes {
             let section = format!("route.{}", route.name);
             let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
-            let mut check = || {
-                route.check()?;
-                for name in route.pool_names() {
-                    routed[c.pool(name).ok_or(format!("no pool {name:?}"))?] = true;
+            if let Err(message) = route.check() {
+                return Err(self.error(line, format!("[{section}]"), message));
+            }
+            for name in route.pool_names() {
+                match c.pool(name) {
+                    Some(pool) => routed[pool] = true,
+                    None => {
+                        let line = self
+                            .keys
+                            .get(&(section.as_str(), "pool"))
+                            .copied()
+                            .unwrap_or(line);
+                        let message = format!("no pool {name:?}");
+                        return Err(self.error(line, format!("[{section}] pool"), message));
+                    }
                 }
-                Ok::<(), String>(())
-            };
-            check().map_err(|message| self.error(line, format!("[{section}]"), message))?;
+            }
         }
         for (pool, routed) in c.pools.iter().zip(routed) {
             if !routed && pool.name != DEFAULT_POOL {

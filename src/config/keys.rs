@@ -439,6 +439,17 @@ pub const KEYS: &[Key] = &[
         },
         meaning: "open connections per client address over all workers; more are closed at accept (fixed at start)",
     },
+    Key {
+        section: "limits",
+        name: "max_body",
+        default: DefaultValue::Means("0", "no limit"),
+        value: Value::Number {
+            min: 0,
+            max: u32::MAX,
+            set: |c, n| c.limits.max_body = u64::from(n),
+        },
+        meaning: "largest request body in bytes (413 above it); a pool may set its own",
+    },
     // ---- [health] ---------------------------------------------------------------------------
     Key {
         section: "health",

@@ -232,7 +232,12 @@ impl RouteConf {
         if !self.exact_paths.is_empty() {
             why.push(format!("is not {}", self.exact_paths.join(" or ")));
         }
-        format!("path: {path} {}", why.join(" and "))
+        let key = if self.paths.is_empty() {
+            "path_exact"
+        } else {
+            "path"
+        };
+        format!("{key}: {path} {}", why.join(" and "))
     }
 
     pub fn host_list(&self) -> String {
@@ -241,13 +246,9 @@ impl RouteConf {
     }
 }
 
-/// The whole response of a `return` route: the status, a short text body, and a close.
+/// The whole response of a `return` route: the status, its short text body exactly as
+/// configured (as nginx's `return` sends it), and a close.
 pub fn answer_bytes(status: u16, body: &str) -> Vec<u8> {
-    let body = if body.is_empty() {
-        String::new()
-    } else {
-        format!("{body}\n")
-    };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         reason(status),
