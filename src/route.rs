@@ -502,3 +502,6 @@ fn pick_weighted(pools: &[(usize, u32)], draw: u64) -> usize {
     }
     pools[0].0
 }
+
+#[cfg(test)]
+mod tests;

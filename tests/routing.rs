@@ -1012,7 +1012,8 @@ fn a_reload_under_load_adds_a_pool_and_route_and_removes_others_without_failing_
         pools.addr("c")
     );
     let lb = Lb::start(&before);
-    let load = Load::start(lb.addr, 4);
+    const CLIENTS: usize = 4;
+    let load = Load::start(lb.addr, CLIENTS);
     load.wait_for_more(300, WAIT);
     assert!(pools.get("b").request_count() > 0);
     assert_eq!(
@@ -1062,7 +1063,13 @@ fn a_reload_under_load_adds_a_pool_and_route_and_removes_others_without_failing_
         pools.get("b").request_count(),
     );
     load.wait_for_more(300, WAIT);
-    assert!(pools.get("a").request_count() >= a_then + 300);
+    // Each client may have had one request at a already when `a_then` was read.
+    let a_now = pools.get("a").request_count();
+    assert!(
+        a_now + CLIENTS >= a_then + 300,
+        "a got {} of 300",
+        a_now - a_then
+    );
     assert_eq!(
         pools.get("b").request_count(),
         b_then,

@@ -2,6 +2,7 @@
 
 use crate::backend::check_name;
 use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr};
+use crate::http::chunked::is_token;
 use crate::http::request::{HashKey, Seen};
 use crate::http::rewrite::Rewrite;
 use std::io::{self, Write};
@@ -286,11 +287,10 @@ pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String
         None => (key, None),
     };
     let words = || v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    let named = |what: &str| {
-        arg.map(str::to_string).ok_or(format!(
-            "{word} needs a header or parameter name: `{word} NAME = {what}`"
-        ))
-    };
+    if NAMED.contains(&word) && arg.is_none() {
+        return Err(format!("{word} needs a name: `{word} NAME = VALUE`"));
+    }
+    let named = || arg.map_or(Ok(String::new()), |name| header_name(word, name));
     let r = &mut route.rewrite;
     match (word, arg) {
         ("host", None) => route.hosts = list(v, HostPattern::parse)?,
@@ -305,9 +305,9 @@ pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String
             }
         }
         ("method", None) => route.methods = list(v, parse_method)?,
-        ("header", Some(_)) => route.headers.push((named("VALUE")?, v.to_string())),
+        ("header", Some(_)) => route.headers.push((named()?, v.to_string())),
         ("has_header", None) => route.has_headers = words(),
-        ("query", Some(_)) => route.queries.push((named("VALUE")?, v.to_string())),
+        ("query", Some(_)) => route.queries.push((named()?, v.to_string())),
         ("has_query", None) => route.has_queries = words(),
         ("client", None) => route.clients = list(v, parse_cidr)?,
         ("listener", None) => route.listeners = parse_listen(v)?,
@@ -329,18 +329,56 @@ pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String
         ("add_prefix", None) => {
             r.add_prefix = Some(parse_path(v)?.trim_end_matches('/').to_string())
         }
-        ("set_header", Some(_)) => r.request.set.push((named("VALUE")?, v.to_string())),
-        ("add_header", Some(_)) => r.request.add.push((named("VALUE")?, v.to_string())),
-        ("remove_header", None) => r.request.remove = words(),
-        ("set_response_header", Some(_)) => r.response.set.push((named("VALUE")?, v.to_string())),
-        ("add_response_header", Some(_)) => r.response.add.push((named("VALUE")?, v.to_string())),
-        ("remove_response_header", None) => r.response.remove = words(),
+        ("set_header", Some(_)) => r.request.set.push((named()?, v.to_string())),
+        ("add_header", Some(_)) => r.request.add.push((named()?, v.to_string())),
+        ("remove_header", None) => r.request.remove = list(v, |n| header_name(word, n))?,
+        ("set_response_header", Some(_)) => r.response.set.push((named()?, v.to_string())),
+        ("add_response_header", Some(_)) => r.response.add.push((named()?, v.to_string())),
+        ("remove_response_header", None) => r.response.remove = list(v, |n| header_name(word, n))?,
         _ => return Err("unknown route key".into()),
     }
     Ok(())
 }
 
-fn list<T>(v: &str, item: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+/// The keys that take a name: `header X-Canary = 1`.
+const NAMED: [&str; 6] = [
+    "header",
+    "query",
+    "set_header",
+    "add_header",
+    "set_response_header",
+    "add_response_header",
+];
+
+/// Headers no rule may touch: they frame or route the message, or are the connection's own.
+const FRAMING: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "trailer",
+    "upgrade",
+    "connection",
+    "keep-alive",
+    "te",
+    "proxy-connection",
+];
+
+/// A header (or query parameter) name a key names: a token, and for header rules none that
+/// frames the message.
+fn header_name(word: &str, name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(is_token) {
+        return Err(format!("{name:?} is not a name"));
+    }
+    let rule = word.ends_with("_header");
+    if rule && FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+        return Err(format!(
+            "{word}: {name} frames the message; no rule may change it"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn list<T>(v: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     let items: Vec<T> = v.split_whitespace().map(item).collect::<Result<_, _>>()?;
     match items.is_empty() {
         true => Err("expected at least one value".into()),
