@@ -60,6 +60,9 @@ pub struct Config {
     pub certificates: Vec<CertConf>,
 }
 
+/// Most `[lb] retries`: it also bounds the backends one request tries (`balance::Tried`).
+pub const MAX_RETRIES: u32 = 10;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lb {
     /// Every address clients connect to (each worker listens on all of them).
@@ -76,6 +79,8 @@ pub struct Lb {
     pub request_id: Option<String>,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_keepalive: usize,
+    /// Idle upstream connections kept per worker over all backends.
+    pub upstream_keepalive_total: usize,
     /// Retries allowed, as a percentage of requests.
     pub retry_budget: u32,
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
@@ -393,6 +398,7 @@ impl Default for Lb {
             expose_backend: None,
             request_id: None,
             upstream_keepalive: 256,
+            upstream_keepalive_total: 1024,
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
             sticky: Sticky::Off,
@@ -1224,6 +1230,7 @@ web = srv:_http._tcp.web.consul
                 expose_backend: Some("X-Backend".to_string()),
                 request_id: Some("X-Trace-Id".to_string()),
                 upstream_keepalive: 0,
+                upstream_keepalive_total: 1024,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
                 sticky: Sticky::Off,

@@ -23,6 +23,8 @@ pub struct Snapshot {
     /// workers compare each slot's `Arc` with the one they knew when they take a new snapshot,
     /// and clear what they keep by id (idle connections, counters) for a slot that changed.
     pub backends: Backends,
+    /// The ids the balancer chooses among (every backend).
+    pub members: Vec<usize>,
     pub balancer: Box<dyn Balancer>,
 }
 
@@ -32,10 +34,12 @@ impl Snapshot {
             Sticky::ClientIp => Strategy::Hash,
             Sticky::Off | Sticky::Cookie => config.lb.strategy,
         };
-        let balancer = balance::new(strategy, config.health.slow_start, &backends);
+        let members: Vec<usize> = (0..backends.len()).collect();
+        let balancer = balance::new(strategy, config.health.slow_start, &backends, &members);
         Snapshot {
             config,
             backends,
+            members,
             balancer,
         }
     }

@@ -7,13 +7,13 @@ use super::exchange::GiveUp;
 use crate::backend::{self, Lease};
 use crate::balance::{Pick, Tried};
 use crate::config::{HashKey, Sticky, Strategy};
+use crate::hash;
 use crate::http::request::Request;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryBudget;
 use crate::shared::Snapshot;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -94,7 +94,9 @@ impl Admission {
             now_ms: backend::clock_ms(now),
             key,
         };
-        let id = snap.balancer.pick(&snap.backends, &mut pick)?;
+        let id = snap
+            .balancer
+            .pick(&snap.backends, &snap.members, &mut pick)?;
         Some(Lease::new(&snap.backends, id))
     }
 }
@@ -110,12 +112,13 @@ fn sticky_backend(snap: &Snapshot, token: Option<u64>) -> Option<usize> {
 /// client address (also when the request lacks that header or cookie). The parse found the
 /// value (`Wanted::hash_key`) only when the `hash` strategy is in use.
 fn hash_key(client: IpAddr, request: &Request, head: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
     match request.hash_source {
-        Some(span) => span.of(head).hash(&mut hasher),
-        None => client.hash(&mut hasher),
+        Some(span) => hash::fixed(0, span.of(head)),
+        None => match client {
+            IpAddr::V4(ip) => hash::fixed(0, &ip.octets()),
+            IpAddr::V6(ip) => hash::fixed(0, &ip.octets()),
+        },
     }
-    hasher.finish()
 }
 
 /// The hash key the parse must look for: `hash` balances by it.
