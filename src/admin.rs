@@ -259,7 +259,10 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
                 body,
             }
         }
-        ("GET", ["api", "backends"]) => ApiAnswer::json(200, list_backends(shared)),
+        ("GET", ["api", "backends"]) => match page(request.path.split_once('?')) {
+            Ok((offset, limit)) => ApiAnswer::json(200, list_backends(shared, offset, limit)),
+            Err(message) => ApiAnswer::error(400, message),
+        },
         ("GET", ["api", "certificates"]) => ApiAnswer::json(200, list_certificates(shared)),
         ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
         ("POST", ["api", "explain"]) => explain(shared, &request.body),
@@ -315,15 +318,46 @@ fn list_certificates(shared: &Shared) -> Value {
     Value::Array(certificates)
 }
 
-/// Every listed backend, with its counters summed over workers.
-fn list_backends(shared: &Shared) -> Value {
+/// Backends one listing returns without `limit`, and at most.
+const PAGE_DEFAULT: usize = 1_000;
+const PAGE_MAX: usize = 10_000;
+
+/// `offset` and `limit` from a listing's query string (`path`, `query` when there is one);
+/// other parameters are ignored.
+fn page(query: Option<(&str, &str)>) -> Result<(usize, usize), String> {
+    let (mut offset, mut limit) = (0, PAGE_DEFAULT);
+    let pairs = query.map_or("", |(_, q)| q).split('&');
+    for (name, value) in pairs.filter_map(|pair| pair.split_once('=')) {
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{name}: expected a number, got {value:?}"))
+        };
+        match name {
+            "offset" => offset = number()?,
+            "limit" => limit = number()?,
+            _ => {}
+        }
+    }
+    if limit > PAGE_MAX {
+        return Err(format!("limit: at most {PAGE_MAX}"));
+    }
+    Ok((offset, limit))
+}
+
+/// The listed backends from the `offset`-th, at most `limit` of them, with their counters
+/// summed over workers, and how many are listed in all (`total`).
+fn list_backends(shared: &Shared, offset: usize, limit: usize) -> Value {
     let snap = shared.load();
     let totals = shared.totals();
-    let backends: Vec<Value> = snap
-        .backends
-        .iter()
-        .zip(&totals.backends)
-        .filter(|(b, _)| b.is_listed())
+    let listed = || {
+        (snap.backends.iter())
+            .zip(&totals.backends)
+            .filter(|(b, _)| b.is_listed())
+    };
+    let backends: Vec<Value> = listed()
+        .skip(offset)
+        .take(limit)
         .map(|(b, t)| {
             let probe = b.last_probe().map(|p| {
                 json!({ "ok": p.ok, "latency_ms": p.latency.as_secs_f64() * 1000.0, "reason": p.reason })
@@ -346,6 +380,9 @@ fn list_backends(shared: &Shared) -> Value {
     let latency = &totals.latency;
     json!({
         "backends": backends,
+        "total": listed().count(),
+        "offset": offset,
+        "limit": limit,
         "totals": {
             "requests": latency.count(),
             "errors": totals.backends.iter().map(|t| t.errors + t.responses[4]).sum::<u64>(),

@@ -83,11 +83,11 @@ impl Source {
     }
 }
 
-/// Most backend slots: per-worker counters are fixed arrays of this size, and a retry's set of
-/// tried backends is a 64-bit mask. A slot whose backend left the set for good and has no
-/// request in flight takes the next backend added (`place`), so this bounds the backends in
-/// the set at once, not over the process's life.
-pub const MAX_BACKENDS: usize = 64;
+/// Most backend slots, over all pools. Per-worker tables (counters, idle connections) grow
+/// with the set up to this, and ids fit in 16 bits (`balance::Tried`). A slot whose backend
+/// left the set for good and has no request in flight takes the next backend added (`place`),
+/// so this bounds the backends in the set at once, not over the process's life.
+pub const MAX_BACKENDS: usize = 16_384;
 
 /// The weights a backend may have: its share of traffic, relative to the others'.
 pub const WEIGHTS: RangeInclusive<u32> = 1..=1000;
@@ -450,7 +450,7 @@ mod tests {
     fn conf(n: usize) -> BackendConf {
         BackendConf {
             name: format!("b{n}"),
-            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + (n % 60_000) as u16)),
             weight: 1,
             tls: None,
             pool: "default".into(),

@@ -548,10 +548,11 @@ impl Balancer for Cheapest {
 
 /// Up to this many members `hash` uses rendezvous hashing (exact: only the keys of a backend
 /// that comes or goes move; O(members) per pick); above, a Maglev table (O(1) per pick).
-pub const RENDEZVOUS_UP_TO: usize = usize::MAX;
+pub const RENDEZVOUS_UP_TO: usize = 16;
 
-/// Maglev table slots per member: with 100, each member's share is within about 1% of its
-/// weight's, and a change of one member moves little more than its own keys.
+/// Maglev table slots per member, at least (up to twice as many: `maglev_size`): with 100, each
+/// member's share is within a few percent of its weight's, and a change of one member moves
+/// little more than its own keys.
 const MAGLEV_SLOTS_PER_MEMBER: usize = 100;
 
 /// No member in this Maglev slot yet (while the table is built).
@@ -589,7 +590,7 @@ impl Hash {
             .collect();
         let table = match members.len() {
             0..=RENDEZVOUS_UP_TO => Vec::new(),
-            n => maglev_table(&names, weights, prime_at_least(n * MAGLEV_SLOTS_PER_MEMBER)),
+            n => maglev_table(&names, weights, maglev_size(n)),
         };
         Hash {
             names,
@@ -684,6 +685,14 @@ fn maglev_table(names: &[u64], weights: &[u32], size: usize) -> Vec<u16> {
             }
         }
     }
+}
+
+/// Maglev slots for `members`: at least `MAGLEV_SLOTS_PER_MEMBER` a member, the first prime
+/// past a power of two. A key's slot depends on the size, so the size changes only when the
+/// group doubles (then every key may move, once); between, adding or removing a member moves
+/// about its own share of keys.
+fn maglev_size(members: usize) -> usize {
+    prime_at_least((members * MAGLEV_SLOTS_PER_MEMBER).next_power_of_two())
 }
 
 /// The smallest prime at or above `n` (n is at most a few million: trial division is quick).
@@ -1206,5 +1215,173 @@ mod tests {
         let backends = up(1);
         assert!((0..10).all(|_| !backends[0].record_failure(0)));
         assert!(backends[0].is_up());
+    }
+
+    #[test]
+    fn ten_thousand_backends_are_placed_and_picked_by_every_strategy() {
+        let mut set = Vec::new();
+        for conf in up(10_000).iter() {
+            let next = set.len();
+            let placed = backend::Backend::new(
+                &BackendConf {
+                    name: conf.name.clone(),
+                    addr: conf.addr,
+                    weight: 1 + (set.len() % 3) as u32,
+                    tls: None,
+                    pool: "default".into(),
+                    backup: false,
+                },
+                State::Up,
+                Source::Config,
+            );
+            assert_eq!(backend::place(&mut set, placed), Ok(next));
+        }
+        let backends: Backends = set.into();
+        // A group of the last thousand, one of them down and one tried.
+        let group: Vec<usize> = (9_000..10_000).collect();
+        backends[9_500].transition(State::Up, State::Down);
+        let mut tried = Tried::default();
+        tried.add(9_999);
+        for strategy in Strategy::ALL {
+            let b = new(strategy, Duration::ZERO, &backends, &group);
+            let mut rng = SmallRng::seed_from_u64(5);
+            for key in 0..200 {
+                let mut pick = Pick {
+                    avoid: tried,
+                    rng: &mut rng,
+                    now_ms: 0,
+                    key,
+                };
+                let id = b.pick(&backends, &group, &mut pick).unwrap();
+                assert!(
+                    group.contains(&id) && id != 9_500 && id != 9_999,
+                    "{}: {id}",
+                    strategy.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tried_holds_any_ids_up_to_the_most_a_request_can_try() {
+        let mut tried = Tried::default();
+        let ids: Vec<usize> = (0..MAX_TRIED).map(|n| n * 1_499 + 64).collect();
+        ids.iter().for_each(|&id| tried.add(id));
+        assert!(ids.iter().all(|&id| tried.has(id)));
+        assert!(!tried.has(0) && !tried.has(MAX_BACKENDS - 1));
+        tried.add(7);
+        assert!(!tried.has(7), "past MAX_TRIED ids go unmarked");
+    }
+
+    #[test]
+    fn a_large_group_compares_a_sample_and_still_avoids_the_busy() {
+        // Least conn in a group past EXACT_UP_TO: 4 drawn at random, the idlest of them. Half
+        // the group busy: a busy one wins only when all four drawn are busy (1 in 16).
+        let backends = up(100);
+        let _busy: Vec<Lease> = (0..50).map(|id| Lease::new(&backends, id)).collect();
+        let counts = counts(
+            &picks(&*balancer(Strategy::LeastConn, &backends), &backends, 3200),
+            100,
+        );
+        let to_busy: usize = counts[..50].iter().sum();
+        assert!(
+            (100..=320).contains(&to_busy),
+            "{to_busy} of 3200 to busy backends"
+        );
+    }
+
+    #[test]
+    fn random_draws_by_weight_in_a_large_group() {
+        let backends = weighted(&[[4; 50], [1; 50]].concat());
+        let counts = counts(
+            &picks(
+                &*balancer(Strategy::WeightedRandom, &backends),
+                &backends,
+                10_000,
+            ),
+            100,
+        );
+        let heavy: usize = counts[..50].iter().sum();
+        // 80%, within about 5 standard deviations.
+        assert!((7800..=8200).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn a_smooth_schedule_stays_bounded_and_keeps_the_weights() {
+        // 1,000 members of weights 1..=1000: a million turns unbounded.
+        let weights: Vec<u32> = (1..=1000).collect();
+        let schedule: Vec<usize> = smooth_schedule(&weights).collect();
+        let bound = SCHEDULE_MIN.max(SCHEDULE_PER_MEMBER * weights.len());
+        assert!(
+            schedule.len() <= bound + weights.len(),
+            "{}",
+            schedule.len()
+        );
+        let counts = counts(&schedule, 1000);
+        // Each share within one scaled unit of its weight's.
+        let unit = 500_500.0 / schedule.len() as f64;
+        for (w, &c) in weights.iter().zip(&counts) {
+            let wanted = f64::from(*w) / unit;
+            assert!(
+                (c as f64 - wanted).abs() <= 1.0 + wanted * 0.05,
+                "weight {w}: {c} turns, {wanted} wanted"
+            );
+        }
+        // Equal weights: one turn each, in order.
+        assert_eq!(
+            smooth_schedule(&[7; 5]).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn hash_in_a_large_group_moves_only_the_keys_of_a_backend_that_goes() {
+        let backends = up(200);
+        let before = hashed(&backends, 20_000);
+        let counts = counts(&before, 200);
+        // 100 keys each on average; Maglev's table keeps every share close.
+        assert!(
+            counts.iter().all(|&c| (55..=150).contains(&c)),
+            "{counts:?}"
+        );
+        backends[17].transition(State::Up, State::Down);
+        let after = hashed(&backends, 20_000);
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
+        assert!(
+            moved.iter().all(|&i| before[i] == 17),
+            "only backend 17's keys move"
+        );
+        assert_eq!(moved.len(), counts[17]);
+    }
+
+    #[test]
+    fn hash_in_a_large_group_moves_about_one_in_n_keys_to_a_new_backend() {
+        let (old, new) = (up(200), up(201));
+        let (before, after) = (hashed(&old, 20_000), hashed(&new, 20_000));
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
+        let to_new = moved.iter().filter(|&&i| after[i] == 200).count();
+        // About 100 keys (1/201) go to the new backend. Maglev's rebuilt table also shifts
+        // some between the others: about twice as many again (297 moved in all, 1.5%).
+        assert!((55..=150).contains(&to_new), "{to_new} to the new backend");
+        assert!(
+            moved.len() <= 4 * to_new,
+            "{} moved, {to_new} to the new one",
+            moved.len()
+        );
+    }
+
+    #[test]
+    fn hash_in_a_large_group_follows_the_weights() {
+        let backends = weighted(&[[3; 50], [1; 50]].concat());
+        let counts = counts(&hashed(&backends, 20_000), 100);
+        let heavy: usize = counts[..50].iter().sum();
+        assert!(
+            (14_700..=15_300).contains(&heavy),
+            "{heavy} of 20000, 15000 wanted"
+        );
     }
 }

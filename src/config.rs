@@ -138,6 +138,8 @@ pub struct Lb {
     pub request_id: Option<String>,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_keepalive: usize,
+    /// Idle upstream connections kept per worker over all backends.
+    pub upstream_keepalive_total: usize,
     /// Retries allowed, as a percentage of requests.
     pub retry_budget: u32,
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish.
@@ -461,6 +463,7 @@ impl Default for Lb {
             expose_backend: None,
             request_id: None,
             upstream_keepalive: 256,
+            upstream_keepalive_total: 1024,
             retry_budget: 20,
             drain_timeout: Duration::from_secs(10),
             sticky: Sticky::Off,
@@ -1534,6 +1537,7 @@ web = srv:_http._tcp.web.consul
                 expose_backend: Some("X-Backend".to_string()),
                 request_id: Some("X-Trace-Id".to_string()),
                 upstream_keepalive: 0,
+                upstream_keepalive_total: 1024,
                 retry_budget: 50,
                 drain_timeout: Duration::from_secs(10),
                 sticky: Sticky::Off,

@@ -307,6 +307,23 @@ mod tests {
         }
     }
 
+    /// `snap` with `others` more backends from config.ini.
+    fn crowded(snap: &Snapshot, others: usize) -> Snapshot {
+        let confs: Vec<BackendConf> = (0..others)
+            .map(|n| BackendConf {
+                name: format!("s{n}"),
+                addr: SocketAddr::from(([10, 9, (n / 250) as u8, (n % 250) as u8 + 1], 80)),
+                weight: 1,
+                tls: None,
+                pool: "default".into(),
+                backup: false,
+            })
+            .collect();
+        let mut backends = snap.backends.to_vec();
+        backends.extend(backend::at_start(&confs, &Source::Config).iter().cloned());
+        Snapshot::new(snap.config.clone(), backends.into()).unwrap()
+    }
+
     #[test]
     fn names_fit_the_backend_name_rules() {
         let v4 = backend_name("api", "10.0.0.5:8080".parse().unwrap());
@@ -410,7 +427,9 @@ mod tests {
                 snap.backends.len()
             );
         }
-        // More addresses than slots: the first 64 get one, the rest wait.
+        // Others hold all slots but 64, and the old 8 keep theirs while they drain: of 80 new
+        // addresses, 56 get one, the rest wait.
+        let snap = crowded(&snap, MAX_BACKENDS - 64);
         let many: Vec<SocketAddr> = (1..=80)
             .map(|n| SocketAddr::from(([10, 1, 0, n], 80)))
             .collect();
@@ -421,7 +440,7 @@ mod tests {
         let refused = notes.iter().filter(|(level, line)| {
             *level == Level::Warn && line.contains("not added: no free backend slot")
         });
-        assert_eq!(refused.count(), 80 - (MAX_BACKENDS - 8));
+        assert_eq!(refused.count(), 80 - 56);
         let gone = notes
             .iter()
             .filter(|(_, line)| line.contains("is gone from DNS"));

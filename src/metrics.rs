@@ -1,13 +1,17 @@
 //! Counters and latency histograms. Each worker owns one `WorkerMetrics` and is the only thread
 //! that writes it, so the request path never writes a cache line another thread writes; the
 //! admin thread sums all workers' counters when it is asked for them.
+//!
+//! Per-backend counters come in blocks of `BLOCK` backends, allocated as the backend set grows
+//! (`WorkerMetrics::grow`, when a worker takes a larger snapshot) and never moved or freed, so
+//! the admin thread reads them while the worker writes, without a lock.
 
 use crate::backend::{Backend, MAX_BACKENDS};
 use crate::http::reply::Reply;
 use crate::tls::{Certificate, Handshake};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus `le` labels).
@@ -67,11 +71,17 @@ pub struct BackendMetrics {
     latency: Histogram,
 }
 
+/// Backends per block of counters: 64 × 176 bytes, about 11 KiB a block per worker.
+const BLOCK: usize = 64;
+
+type Block = [BackendMetrics; BLOCK];
+
 /// One worker's counters, on cache lines of their own.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct WorkerMetrics {
-    backends: [BackendMetrics; MAX_BACKENDS],
+    /// Per-backend counters, by id: block `id / BLOCK`, once allocated.
+    backends: [OnceLock<Box<Block>>; MAX_BACKENDS / BLOCK],
     latency: Histogram,
     replies: [AtomicU64; Reply::ALL.len()],
     closed: [AtomicU64; CLOSED_REASONS.len()],
@@ -89,7 +99,7 @@ pub struct WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> WorkerMetrics {
         WorkerMetrics {
-            backends: std::array::from_fn(|_| BackendMetrics::default()),
+            backends: std::array::from_fn(|_| OnceLock::new()),
             latency: Histogram::default(),
             replies: Default::default(),
             closed: Default::default(),
@@ -106,10 +116,31 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// Counters for the first `backends` ids: the worker calls this when it takes a snapshot,
+    /// so the request path finds them allocated.
+    pub fn grow(&self, backends: usize) {
+        for id in (0..backends).step_by(BLOCK) {
+            self.counters(id);
+        }
+    }
+
+    /// The counters of backend `id`, allocating its block if `grow` did not.
+    fn counters(&self, id: usize) -> &BackendMetrics {
+        let block = self.backends[id / BLOCK]
+            .get_or_init(|| Box::new(std::array::from_fn(|_| BackendMetrics::default())));
+        &block[id % BLOCK]
+    }
+
+    /// The counters of backend `id` if any were kept.
+    fn kept(&self, id: usize) -> Option<&BackendMetrics> {
+        let block = self.backends[id / BLOCK].get()?;
+        Some(&block[id % BLOCK])
+    }
+
     /// Slot `backend` took a new backend: its counters start again from zero. Only the
     /// worker that owns these counters calls this (they have one writer).
     pub fn reset_backend(&self, backend: usize) {
-        let counters = &self.backends[backend];
+        let counters = self.counters(backend);
         let zero = |c: &AtomicU64| c.store(0, Ordering::Relaxed);
         counters.responses.iter().for_each(zero);
         zero(&counters.errors);
@@ -120,14 +151,14 @@ impl WorkerMetrics {
     /// A response from `backend` ended after `took`.
     pub fn response(&self, backend: usize, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        let counters = &self.backends[backend];
+        let counters = self.counters(backend);
         bump(&counters.responses[class], 1);
         counters.latency.observe(took);
         self.latency.observe(took);
     }
 
     pub fn backend_error(&self, backend: usize) {
-        bump(&self.backends[backend].errors, 1);
+        bump(&self.counters(backend).errors, 1);
     }
 
     pub fn reply(&self, reply: Reply) {
@@ -235,7 +266,8 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     for w in workers {
-        for (total, counters) in t.backends.iter_mut().zip(&w.backends) {
+        let kept = t.backends.iter_mut().enumerate();
+        for (total, counters) in kept.filter_map(|(id, total)| Some((total, w.kept(id)?))) {
             for (sum, class) in total.responses.iter_mut().zip(&counters.responses) {
                 *sum += load(class);
             }

@@ -1,5 +1,6 @@
 //! A worker's upstream connections: the ones in use by client connections and the idle
-//! upstream connections, kept per backend so most requests skip the TCP handshake.
+//! upstream connections, kept per backend so most requests skip the TCP handshake, within a
+//! limit per backend and one over all backends (the least recently used goes first).
 
 use crate::tls;
 use crate::token::{Readiness, Tok};
@@ -25,39 +26,105 @@ pub struct Upstream {
     /// The slot's generation when it was opened: a connection to a backend whose slot has
     /// since taken another backend is closed on release, never kept idle for the new one.
     generation: u64,
+    /// Its places in the idle lists (`ALL`, `BACKEND`) while it waits idle.
+    links: [Links; 2],
+}
+
+/// Idle connections kept per worker: `per_backend` for each backend, `total` over all of them
+/// (with thousands of backends, the first bound alone would allow millions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    pub per_backend: usize,
+    pub total: usize,
+}
+
+/// No connection (the end of an idle list).
+const NONE: usize = usize::MAX;
+
+/// Which idle list a link belongs to: every idle connection is in both.
+const ALL: usize = 0;
+const BACKEND: usize = 1;
+
+/// An idle connection's neighbours in one idle list.
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    older: usize,
+    newer: usize,
+}
+
+/// Idle connections, least recently used first, linked through the slab: adding, taking one
+/// out and finding the oldest are O(1), and an empty list is three words.
+#[derive(Debug, Clone, Copy)]
+struct IdleList {
+    oldest: usize,
+    newest: usize,
+    len: usize,
+}
+
+impl IdleList {
+    const EMPTY: IdleList = IdleList {
+        oldest: NONE,
+        newest: NONE,
+        len: 0,
+    };
+
+    fn push(&mut self, slab: &mut Slab<Upstream>, which: usize, id: usize) {
+        slab[id].links[which] = Links {
+            older: self.newest,
+            newer: NONE,
+        };
+        match self.newest {
+            NONE => self.oldest = id,
+            newest => slab[newest].links[which].newer = id,
+        }
+        self.newest = id;
+        self.len += 1;
+    }
+
+    fn unlink(&mut self, slab: &mut Slab<Upstream>, which: usize, id: usize) {
+        let Links { older, newer } = slab[id].links[which];
+        match older {
+            NONE => self.oldest = newer,
+            older => slab[older].links[which].newer = newer,
+        }
+        match newer {
+            NONE => self.newest = older,
+            newer => slab[newer].links[which].older = older,
+        }
+        self.len -= 1;
+    }
 }
 
 pub struct Upstreams {
     slab: Slab<Upstream>,
-    /// Idle connections by backend id, most recently used last.
-    idle: Vec<Vec<usize>>,
+    /// Idle connections by backend id.
+    idle: Vec<IdleList>,
+    /// Every idle connection, whatever its backend.
+    all_idle: IdleList,
     /// By backend id: bumped each time the slot takes a new backend (`renew`).
     generations: Vec<u64>,
-    /// Most idle connections kept per backend.
-    keep: usize,
+    keep: Keep,
 }
 
 impl Upstreams {
-    pub fn new(backends: usize, keep: usize) -> Upstreams {
+    pub fn new(backends: usize, keep: Keep) -> Upstreams {
         Upstreams {
             slab: Slab::new(),
-            idle: vec![Vec::new(); backends],
+            idle: vec![IdleList::EMPTY; backends],
+            all_idle: IdleList::EMPTY,
             generations: vec![0; backends],
             keep,
         }
     }
 
-    /// Makes room for backends added since, and takes the new idle limit: idle connections
-    /// over it are closed, the least recently used first.
-    pub fn resize(&mut self, registry: &Registry, backends: usize, keep: usize) {
-        self.idle.resize_with(backends, Vec::new);
+    /// Makes room for backends added since, and takes the new idle limits: idle connections
+    /// over them are closed, the least recently used first.
+    pub fn resize(&mut self, registry: &Registry, backends: usize, keep: Keep) {
+        self.idle.resize(backends, IdleList::EMPTY);
         self.generations.resize(backends, 0);
         self.keep = keep;
         for backend in 0..backends {
-            while self.idle[backend].len() > keep {
-                let oldest = self.idle[backend].remove(0);
-                self.close(registry, oldest);
-            }
+            self.trim(registry, backend);
         }
     }
 
@@ -79,7 +146,8 @@ impl Upstreams {
 
     /// An idle connection to `backend`, now owned by connection `owner`.
     pub fn checkout(&mut self, backend: usize, owner: usize) -> Option<usize> {
-        let id = self.idle[backend].pop()?;
+        let id = Some(self.idle[backend].newest).filter(|&id| id != NONE)?;
+        self.wake(id);
         let upstream = &mut self.slab[id];
         upstream.owner = Some(owner);
         upstream.reused = true;
@@ -121,21 +189,49 @@ impl Upstreams {
             connected: false,
             reused: false,
             generation: self.generations[backend],
+            links: [Links {
+                older: NONE,
+                newer: NONE,
+            }; 2],
         });
         Ok(id)
     }
 
-    /// Gives a connection back: kept idle for reuse when `reusable` and its backend has fewer
-    /// than the limit idle, else closed.
+    /// Gives a connection back: kept idle for reuse when `reusable`, else closed. Past either
+    /// idle limit, the least recently used idle connection goes.
     pub fn release(&mut self, registry: &Registry, id: usize, reusable: bool) {
         let backend = self.slab[id].backend;
         let current = self.slab[id].generation == self.generations[backend];
-        if reusable && current && self.idle[backend].len() < self.keep {
+        if reusable && current {
             self.slab[id].owner = None;
-            self.idle[backend].push(id);
+            self.idle[backend].push(&mut self.slab, BACKEND, id);
+            self.all_idle.push(&mut self.slab, ALL, id);
+            self.trim(registry, backend);
         } else {
             self.close(registry, id);
         }
+    }
+
+    /// Closes the oldest idle connections while `backend` or the worker has more than kept.
+    fn trim(&mut self, registry: &Registry, backend: usize) {
+        while self.idle[backend].len > self.keep.per_backend {
+            self.close_one_idle(registry, self.idle[backend].oldest);
+        }
+        while self.all_idle.len > self.keep.total {
+            self.close_one_idle(registry, self.all_idle.oldest);
+        }
+    }
+
+    /// Idle connection `id` leaves the idle lists (to be used, or closed).
+    fn wake(&mut self, id: usize) {
+        let backend = self.slab[id].backend;
+        self.idle[backend].unlink(&mut self.slab, BACKEND, id);
+        self.all_idle.unlink(&mut self.slab, ALL, id);
+    }
+
+    fn close_one_idle(&mut self, registry: &Registry, id: usize) {
+        self.wake(id);
+        self.close(registry, id);
     }
 
     /// An event on an idle connection: the backend closed it or sent something unasked.
@@ -150,18 +246,14 @@ impl Upstreams {
         };
         match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => {
-                let backend = self.slab[id].backend;
-                self.idle[backend].retain(|&idle| idle != id);
-                self.close(registry, id);
-            }
+            _ => self.close_one_idle(registry, id),
         }
     }
 
     /// Closes every idle connection to `backend`.
     pub fn close_idle(&mut self, registry: &Registry, backend: usize) {
-        for id in std::mem::take(&mut self.idle[backend]) {
-            self.close(registry, id);
+        while self.idle[backend].len > 0 {
+            self.close_one_idle(registry, self.idle[backend].newest);
         }
     }
 
@@ -176,13 +268,17 @@ impl Upstreams {
 mod tests {
     use super::*;
 
+    fn keep(per_backend: usize, total: usize) -> Keep {
+        Keep { per_backend, total }
+    }
+
     #[test]
     fn a_reused_slot_never_keeps_an_idle_connection_to_its_old_backend() {
         let poll = mio::Poll::new().unwrap();
         let registry = poll.registry();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut upstreams = Upstreams::new(1, 8);
+        let mut upstreams = Upstreams::new(1, keep(8, 100));
         let idle = upstreams.connect(registry, 0, addr, 1, None).unwrap();
         let busy = upstreams.connect(registry, 0, addr, 2, None).unwrap();
         upstreams.release(registry, idle, true);
@@ -205,18 +301,44 @@ mod tests {
         let registry = poll.registry();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut upstreams = Upstreams::new(1, 8);
+        let mut upstreams = Upstreams::new(1, keep(8, 100));
         let ids: Vec<usize> = (0..3)
             .map(|owner| upstreams.connect(registry, 0, addr, owner, None).unwrap())
             .collect();
         for &id in &ids {
             upstreams.release(registry, id, true);
         }
-        upstreams.resize(registry, 1, 1);
+        upstreams.resize(registry, 1, keep(1, 100));
         assert!(upstreams.try_get(ids[0]).is_none() && upstreams.try_get(ids[1]).is_none());
         assert_eq!(upstreams.checkout(0, 9), Some(ids[2]));
         upstreams.release(registry, ids[2], true);
-        upstreams.resize(registry, 1, 0);
+        upstreams.resize(registry, 1, keep(0, 100));
         assert_eq!(upstreams.checkout(0, 9), None, "keep 0 keeps nothing idle");
+    }
+
+    #[test]
+    fn past_the_worker_limit_the_least_recently_used_of_any_backend_goes() {
+        let poll = mio::Poll::new().unwrap();
+        let registry = poll.registry();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut upstreams = Upstreams::new(3, keep(8, 2));
+        let ids: Vec<usize> = (0..3)
+            .map(|backend| upstreams.connect(registry, backend, addr, 1, None).unwrap())
+            .collect();
+        // Idle in the order 1, 0, 2: the third to go idle closes backend 1's.
+        for backend in [1, 0, 2] {
+            upstreams.release(registry, ids[backend], true);
+        }
+        assert!(upstreams.try_get(ids[1]).is_none());
+        assert_eq!(upstreams.checkout(1, 9), None);
+        // Backend 0's, used again, is the newest once back: backend 2's goes next.
+        assert_eq!(upstreams.checkout(0, 9), Some(ids[0]));
+        upstreams.release(registry, ids[0], true);
+        let again = upstreams.connect(registry, 1, addr, 1, None).unwrap();
+        upstreams.release(registry, again, true);
+        assert!(upstreams.try_get(ids[2]).is_none());
+        assert_eq!(upstreams.checkout(0, 9), Some(ids[0]));
+        assert_eq!(upstreams.checkout(1, 9), Some(again));
     }
 }

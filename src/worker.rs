@@ -14,7 +14,7 @@ use crate::request_id::RequestIds;
 use crate::shared::{Shared, Snapshot};
 use crate::token::Tok;
 use crate::transport::Transport;
-use crate::upstream::Upstreams;
+use crate::upstream::{Keep, Upstreams};
 use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
 use mio::net::TcpListener;
@@ -120,6 +120,7 @@ impl Worker {
         let epoch = shared.epoch();
         let snap = shared.load();
         let keep = idle_keep(&snap.config.lb);
+        metrics.grow(snap.backends.len());
         let now = Instant::now();
         let worker = Worker {
             poll,
@@ -244,6 +245,7 @@ impl Worker {
             self.admission.renew(&self.snap, Instant::now());
             let (backends, keep) = (self.snap.backends.len(), idle_keep(lb));
             self.upstreams.resize(self.poll.registry(), backends, keep);
+            self.metrics.grow(backends);
             let slots = old.backends.iter().zip(self.snap.backends.iter());
             for (id, (was, now)) in slots.enumerate() {
                 if !Arc::ptr_eq(was, now) {
@@ -468,11 +470,18 @@ impl HandshakeBudget {
     }
 }
 
-/// Idle backend connections kept per backend: `upstream_keepalive`, or none with `send_proxy`,
-/// since a connection's PROXY header names one client and cannot carry another's request.
-fn idle_keep(lb: &config::Lb) -> usize {
+/// Idle backend connections kept: `upstream_keepalive` per backend and
+/// `upstream_keepalive_total` in all, or none with `send_proxy`, since a connection's PROXY
+/// header names one client and cannot carry another's request.
+fn idle_keep(lb: &config::Lb) -> Keep {
     match lb.send_proxy {
-        Some(_) => 0,
-        None => lb.upstream_keepalive,
+        Some(_) => Keep {
+            per_backend: 0,
+            total: 0,
+        },
+        None => Keep {
+            per_backend: lb.upstream_keepalive,
+            total: lb.upstream_keepalive_total,
+        },
     }
 }

@@ -683,9 +683,58 @@ fn metrics_parse_and_count_every_request() {
 }
 
 #[test]
+fn the_listing_comes_in_pages() {
+    let a = Backend::named("a");
+    let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
+    let admin = lb.admin_addr();
+    let dead = dead_addr();
+    for i in 1..=5 {
+        let body = format!(r#"{{"address": "{dead}", "name": "n{i}"}}"#);
+        assert_eq!(
+            call(admin, "POST", "/api/backends", Some(&body)).status,
+            201
+        );
+    }
+    let names = |path: &str| {
+        let list = json_body(&call(admin, "GET", path, None));
+        let names: Vec<String> = (list["backends"].as_array().expect("backends").iter())
+            .map(|b| b["name"].as_str().expect("a name").to_string())
+            .collect();
+        (names, list["total"].clone())
+    };
+    // Without parameters: all of them (up to the default page of 1,000), and the count.
+    assert_eq!(
+        names("/api/backends"),
+        (
+            ["a", "n1", "n2", "n3", "n4", "n5"]
+                .map(String::from)
+                .to_vec(),
+            6.into()
+        )
+    );
+    assert_eq!(
+        names("/api/backends?offset=2&limit=3"),
+        (["n2", "n3", "n4"].map(String::from).to_vec(), 6.into())
+    );
+    assert_eq!(names("/api/backends?limit=0"), (Vec::new(), 6.into()));
+    assert_eq!(names("/api/backends?offset=9"), (Vec::new(), 6.into()));
+    let whole = json_body(&call(admin, "GET", "/api/backends?offset=4", None));
+    assert_eq!(
+        (whole["offset"].clone(), whole["limit"].clone()),
+        (4.into(), 1000.into())
+    );
+    for bad in ["limit=10001", "offset=-1", "limit=ten"] {
+        assert_error(
+            &call(admin, "GET", &format!("/api/backends?{bad}"), None),
+            400,
+        );
+    }
+}
+
+#[test]
 fn deleted_backends_free_their_ids_for_the_next_ones() {
-    // 70 backends added and deleted over the run, more than the 64 slots: each slot is taken
-    // again once its backend has left.
+    // 70 backends added and deleted over the run, ten at a time: each slot is taken again
+    // once its backend has left, so the set never grows past 11.
     let a = Backend::named("a");
     let lb = Lb::start(&ini(&[("a", a.addr)], ADMIN));
     let admin = lb.admin_addr();

@@ -13,6 +13,7 @@ use super::{
     parse_header_name, parse_level, parse_list, parse_listen, parse_optional_addr, parse_path,
     parse_range, parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header,
     parse_status_range, parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_MS,
+    MAX_RETRIES,
 };
 
 /// One `key = value` of a section.
@@ -187,7 +188,7 @@ pub const KEYS: &[Key] = &[
         default: DefaultValue::Is("2"),
         value: Value::Number {
             min: 0,
-            max: 10,
+            max: MAX_RETRIES,
             set: |c, n| c.lb.retries = n,
         },
         meaning: "other backends a request may try when its backend fails before answering",
@@ -222,6 +223,17 @@ pub const KEYS: &[Key] = &[
             set: |c, n| c.lb.upstream_keepalive = n as usize,
         },
         meaning: "idle backend connections kept per backend per worker",
+    },
+    Key {
+        section: "lb",
+        name: "upstream_keepalive_total",
+        default: DefaultValue::Is("1024"),
+        value: Value::Number {
+            min: 0,
+            max: 1_000_000,
+            set: |c, n| c.lb.upstream_keepalive_total = n as usize,
+        },
+        meaning: "idle backend connections kept per worker over all backends; past it the least recently used is closed",
     },
     Key {
         section: "lb",

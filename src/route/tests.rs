@@ -291,7 +291,11 @@ fn a_route_section_is_checked_key_by_key() {
         ("split_by", "header:X", ""),
         ("header", "1", "needs a name"),
         ("set_header Content-Length", "0", "frames the message"),
-        ("remove_response_header", "Transfer-Encoding", "frames the message"),
+        (
+            "remove_response_header",
+            "Transfer-Encoding",
+            "frames the message",
+        ),
         ("set_header X(1)", "v", "not a name"),
         ("colour", "red", "unknown route key"),
     ] {
