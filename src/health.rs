@@ -120,29 +120,32 @@ impl Checker {
         let mut events = Events::with_capacity(1024);
         let mut next_look = Instant::now();
         loop {
-            let now = Instant::now();
-            if now >= next_look {
-                self.look(now);
-                next_look = now + SUPERVISE_EVERY;
+            self.turn(&mut events, &mut next_look);
+        }
+    }
+
+    /// One turn of the loop: the backend set when it is time to look, the probes due or past
+    /// their deadline, then the socket events until the next of those.
+    fn turn(&mut self, events: &mut Events, next_look: &mut Instant) {
+        let now = Instant::now();
+        if now >= *next_look {
+            self.look(now);
+            *next_look = now + SUPERVISE_EVERY;
+        }
+        self.fire_timers(now);
+        self.start_waiting(now);
+        let wake = (self.timers.peek()).map_or(*next_look, |t| t.0 .0.min(*next_look));
+        if let Err(e) = self
+            .poll
+            .poll(events, Some(wake.saturating_duration_since(now)))
+        {
+            if e.kind() != io::ErrorKind::Interrupted {
+                warn!("health checks: poll failed: {e}");
+                thread::sleep(SUPERVISE_EVERY);
             }
-            self.fire_timers(now);
-            self.start_waiting(now);
-            let wake = self
-                .timers
-                .peek()
-                .map_or(next_look, |t| t.0 .0.min(next_look));
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(wake.saturating_duration_since(now)))
-            {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!("health checks: poll failed: {e}");
-                    thread::sleep(SUPERVISE_EVERY);
-                }
-            }
-            for event in events.iter() {
-                self.on_event(event.token().0);
-            }
+        }
+        for event in events.iter() {
+            self.on_event(event.token().0);
         }
     }
 
@@ -218,21 +221,31 @@ impl Checker {
                 return;
             };
             if matches!(self.probers.get(id), Some(p) if matches!(p.phase, Phase::Waiting)) {
-                self.due(id, now);
+                self.begin(id, now);
             }
         }
     }
 
-    /// A probe is due: started while the backend is up or down and a slot is free; a
-    /// draining backend is skipped this time, a removed one for good.
+    /// A probe is due: it begins when a slot is free and no backend waits for one (those that
+    /// waited go first, or a backend probed often would keep taking the slot back).
     fn due(&mut self, id: usize, now: Instant) {
+        if self.in_flight < self.cap && self.waiting.is_empty() {
+            self.begin(id, now);
+        } else {
+            self.probers[id].phase = Phase::Waiting;
+            self.waiting.push_back(id);
+        }
+    }
+
+    /// Probes a backend that is up or down; a draining one is skipped this time, a removed one
+    /// for good.
+    fn begin(&mut self, id: usize, now: Instant) {
         let prober = &mut self.probers[id];
         match prober.backend.state() {
             State::Removed => prober.phase = Phase::Retired,
-            State::Draining => self.plan_next(id, now, now),
-            State::Up | State::Down if self.in_flight >= self.cap => {
-                prober.phase = Phase::Waiting;
-                self.waiting.push_back(id);
+            State::Draining => {
+                let interval = settings(&self.shared.load(), id).interval;
+                self.plan_next(id, interval, now, now)
             }
             State::Up | State::Down => self.start(id, now),
         }
@@ -260,7 +273,7 @@ impl Checker {
                 prober
                     .tracker
                     .observe(&prober.backend, &conf, Err(why), now);
-                self.plan_next(id, now, now);
+                self.plan_next(id, conf.interval, now, now);
             }
         }
     }
@@ -293,13 +306,12 @@ impl Checker {
         prober
             .tracker
             .observe(&prober.backend, &conf, result, started);
-        self.plan_next(id, started, now);
+        self.plan_next(id, conf.interval, started, now);
     }
 
     /// The next probe: an interval (±10% jitter, so balancers started alike do not probe in
     /// lockstep) after this one started, and not before it ended.
-    fn plan_next(&mut self, id: usize, started: Instant, now: Instant) {
-        let interval = settings(&self.shared.load(), id).interval;
+    fn plan_next(&mut self, id: usize, interval: Duration, started: Instant, now: Instant) {
         let next_at = (started + interval.mul_f64(self.rng.random_range(0.9..1.1))).max(now);
         self.probers[id].phase = Phase::Idle { next_at };
         self.timers.push(Reverse((next_at, id)));
@@ -428,6 +440,10 @@ impl Streak {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access_log::Sink;
+    use crate::backend::{self, Source};
+    use crate::config::Config;
+    use std::net::{SocketAddr, TcpListener};
 
     #[test]
     fn flips_down_only_after_fall_failures_in_a_row() {
@@ -469,6 +485,56 @@ mod tests {
         // Ten backends: all within 2 ms, not up to 2 s.
         let small = (0..100).map(|_| first_offset(&mut rng, &conf, 10)).max();
         assert!(small.unwrap() < FIRST_PROBE_GAP * 10);
+    }
+
+    /// A checker for `backends` (silent listeners) with `cap` probes in flight at most.
+    fn checker(backends: &[SocketAddr], cap: usize) -> Checker {
+        let mut ini = String::from("[health]\ninterval_ms = 50\ntimeout_ms = 200\n[backends]\n");
+        for (i, addr) in backends.iter().enumerate() {
+            ini.push_str(&format!("b{i} = {addr}\n"));
+        }
+        let config = Config::parse(&ini, "test.ini").unwrap();
+        let set = backend::at_start(&config.backends, &Source::Config);
+        let sink = Sink::open(None).unwrap();
+        let shared = Shared::new(Snapshot::new(config, set), 1, sink, None, None);
+        let mut checker = Checker::new(Arc::new(shared), Poll::new().unwrap());
+        checker.cap = cap;
+        checker
+    }
+
+    /// Backends that never answer hold their slots till their deadlines; the others wait their
+    /// turn rather than start beyond the cap, and every one is probed in time all the same.
+    #[test]
+    fn probes_beyond_the_cap_wait_for_a_slot_and_still_all_run() {
+        // Bound and listening but never accepting: connects complete, answers never come.
+        let holes: Vec<TcpListener> = (0..5)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = holes.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut checker = checker(&addrs, 2);
+        let (mut events, mut next_look) = (Events::with_capacity(64), Instant::now());
+        let (started, mut waited) = (Instant::now(), false);
+        let probed = |checker: &Checker| {
+            (checker.probers.iter())
+                .filter(|p| p.backend.last_probe().is_some())
+                .count()
+        };
+        while probed(&checker) < addrs.len() && started.elapsed() < Duration::from_secs(5) {
+            checker.turn(&mut events, &mut next_look);
+            assert!(checker.in_flight <= 2, "{} in flight", checker.in_flight);
+            waited |= (checker.probers.iter()).any(|p| matches!(p.phase, Phase::Waiting));
+        }
+        assert!(waited, "no backend had to wait for a slot");
+        // Three rounds of two 200 ms timeouts: well under a second, on an idle machine.
+        assert_eq!(
+            probed(&checker),
+            addrs.len(),
+            "after {:?}",
+            started.elapsed()
+        );
+        for prober in &checker.probers {
+            assert_eq!(prober.backend.last_probe().unwrap().reason, "timeout");
+        }
     }
 
     #[test]

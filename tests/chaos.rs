@@ -655,7 +655,7 @@ fn at_rest(pid: u32) -> Usage {
 ///   while it held it, or it went out on a connection that broke before an answer) or 504 (its
 ///   backend hung), and a 504'd POST was held by a hung backend.
 /// - No client ever waits past `CLIENT_TIMEOUT` or sees a connection dropped without an answer.
-/// - Afterwards lb-mio has as many threads as before (no worker or prober gone), its open
+/// - Afterwards lb-mio has as many threads as before (no worker or health thread gone), its open
 ///   descriptors and RSS are back near the post-warmup baseline, and it serves every backend.
 #[test]
 fn chaos_under_load_keeps_the_promise() {
@@ -870,7 +870,7 @@ fn chaos_under_load_keeps_the_promise() {
     lb.assert_alive();
     assert_eq!(
         after.threads, before.threads,
-        "lb-mio's thread count changed: a worker or prober died\n{report}"
+        "lb-mio's thread count changed: a worker or the health thread died\n{report}"
     );
     assert!(
         after.fds <= before.fds + 2,

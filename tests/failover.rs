@@ -939,9 +939,9 @@ fn a_request_cut_on_a_pooled_connection_is_retried_on_another_backend() {
 // Health checks of one backend do not wait for another's; round robin keeps its rotation
 // ---------------------------------------------------------------------------------------------
 
-/// Each backend has a prober of its own, so a black-holed backend delays no other backend's
-/// checks: a recovering backend comes back after `rise x interval_ms`, not `rise x timeout_ms`
-/// (regression: probes once ran in rounds that waited for the slowest).
+/// Probes run side by side in the health thread's event loop, so a black-holed backend delays
+/// no other backend's checks: a recovering backend comes back after `rise x interval_ms`, not
+/// `rise x timeout_ms` (regression: probes once ran in rounds that waited for the slowest).
 #[test]
 fn a_black_holed_backend_does_not_slow_the_other_backends_health_checks() {
     let (hole, _) = black_hole_backend();
