@@ -27,6 +27,8 @@ pub mod keys;
 
 const MAX_WORKERS: usize = 256;
 const MAX_MS: u32 = 3_600_000;
+/// Most `[limits] max_header_bytes`: a request head, and so its path, is never longer.
+pub const MAX_HEAD: usize = 15_360;
 /// Longest header name `expose_backend` and `request_id` take.
 const MAX_HEADER_NAME: usize = 64;
 /// Headers `expose_backend` and `request_id` may not name, besides the hop-by-hop ones and the

@@ -14,6 +14,7 @@ use crate::request_id;
 use crate::route::RouteTable;
 use crate::tls;
 use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Pool {
     /// Take traffic only while no primary can.
     pub backup: Group,
     pub sticky_cookie: String,
+    /// Its backends by the token their sticky cookie carries.
+    pub tokens: HashMap<u64, usize>,
 }
 
 /// Some of a pool's backends (global ids) and the strategy's balancer over them.
@@ -69,7 +72,10 @@ impl Pool {
                 false => primary.push(id),
             }
         }
+        let members = primary.iter().chain(&backup);
+        let tokens = members.map(|&id| (backends[id].token(), id)).collect();
         Pool {
+            tokens,
             primary: Group::new(conf, backends, primary),
             backup: Group::new(conf, backends, backup),
             sticky_cookie: request::sticky_cookie(&conf.name),

@@ -12,8 +12,8 @@ use super::{
     off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_client_verify, parse_hash_key,
     parse_header_name, parse_level, parse_list, parse_listen, parse_optional_addr, parse_path,
     parse_range, parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header,
-    parse_status_range, parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_MS,
-    MAX_RETRIES,
+    parse_status_range, parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_HEAD,
+    MAX_MS, MAX_RETRIES,
 };
 
 /// One `key = value` of a section.
@@ -380,7 +380,7 @@ pub const KEYS: &[Key] = &[
         default: DefaultValue::Is("8192"),
         value: Value::Number {
             min: 1024,
-            max: 15_360,
+            max: MAX_HEAD as u32,
             set: |c, n| c.limits.max_header_bytes = n as usize,
         },
         meaning: "longest request head (431 above it; at most 15360)",

@@ -7,7 +7,7 @@ use super::ending::Cause;
 use super::exchange::GiveUp;
 use crate::backend::{self, Lease};
 use crate::balance::{Pick, Tried};
-use crate::config::Sticky;
+use crate::config::{Sticky, MAX_HEAD};
 use crate::hash;
 use crate::http::head::HeadError;
 use crate::http::request::{Forwarding, Request, Seen};
@@ -25,6 +25,9 @@ pub struct Admission {
     rate: RateLimits,
     budget: RetryBudget,
     rng: SmallRng,
+    /// Where a request's path is normalised for the routes: one per worker, as long as the
+    /// longest head, so routing takes no memory per request.
+    path_room: Box<[u8]>,
 }
 
 /// An admitted request: its backend, and what `hash` balanced it by (for a retry's choice).
@@ -40,6 +43,7 @@ impl Admission {
             rate: RateLimits::new(&config.limits, config.lb.workers, now),
             budget: RetryBudget::new(config.lb.retry_budget),
             rng: SmallRng::seed_from_u64(seed),
+            path_room: vec![0; MAX_HEAD].into(),
         }
     }
 
@@ -47,6 +51,11 @@ impl Admission {
     pub fn renew(&mut self, snap: &Snapshot, now: Instant) {
         let config = &snap.config;
         self.rate = RateLimits::new(&config.limits, config.lb.workers, now);
+    }
+
+    /// Room to normalise a path in.
+    pub fn path_room(&mut self) -> &mut [u8] {
+        &mut self.path_room
     }
 
     /// A random number for the route table's splits.
@@ -163,11 +172,8 @@ pub fn route<'s>(
 fn sticky_backend(snap: &Snapshot, pool: usize, token: Option<u64>) -> Option<usize> {
     let pool = &snap.pools[pool];
     let token = token.filter(|_| pool.conf.sticky == Sticky::Cookie)?;
-    let backends = &snap.backends;
-    let members = pool.primary.members.iter().chain(&pool.backup.members);
-    members
-        .copied()
-        .find(|&id| backends[id].is_up() && backends[id].token() == token)
+    let id = *pool.tokens.get(&token)?;
+    snap.backends[id].is_up().then_some(id)
 }
 
 /// What `hash` balances a request by: a hash of the configured header or cookie, or of the

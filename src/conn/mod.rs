@@ -466,12 +466,16 @@ impl Conn {
             .map(|_| ctx.ids.fresh())
             .unwrap_or_default();
         let dest = self.dest_addr(ctx);
+        let draw = ctx.admission.draw();
         let wanted = Wanted {
             id: config.lb.request_id.as_deref().map(|name| IdHeader {
                 name,
                 fresh: &fresh,
             }),
-            normalise: !ctx.snap.routes.is_empty(),
+            path_room: match ctx.snap.routes.is_empty() {
+                true => None,
+                false => Some(ctx.admission.path_room()),
+            },
             https: self.client.is_tls(),
             client_cert: (config.tls.client_ca.is_some() && self.client.is_tls())
                 .then(|| self.client.client_subject()),
@@ -482,7 +486,6 @@ impl Conn {
             https: self.client.is_tls(),
             sni: self.client.sni(),
         };
-        let draw = ctx.admission.draw();
         let cin = buf(&mut self.cin, ctx.buffers);
         let uout = buf(&mut self.uout, ctx.buffers);
         if let Some((version, dest)) = dest {

@@ -117,12 +117,13 @@ impl Span {
 }
 
 /// What a parse looks for besides what every request needs.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Wanted<'a> {
     /// `[lb] request_id`.
     pub id: Option<IdHeader<'a>>,
-    /// Routes exist: the path is normalised for them, and a path that cannot be is refused.
-    pub normalise: bool,
+    /// Routes exist: the path is normalised for them into this room (at least as long as
+    /// any head), and a path that cannot be is refused.
+    pub path_room: Option<&'a mut [u8]>,
     /// The request came over TLS: `X-Forwarded-Proto: https`.
     pub https: bool,
     /// `[tls] client_ca`: the client certificate's subject goes to the backend (`None`: it
@@ -300,15 +301,14 @@ pub fn parse_routed<'s, D>(
     if http10 && hop.chunked {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
-    let (mut host_buf, mut path_buf) = ([0u8; 256], [0u8; MAX_PATH]);
+    let mut host_buf = [0u8; 256];
     let seen = see(
         method_token,
         target,
         host,
         req.headers,
-        wanted.normalise,
+        wanted.path_room,
         &mut host_buf,
-        &mut path_buf,
     )?;
     let (forwarding, decision) = route(&seen)?;
     let sticky_cookie = forwarding.sticky_cookie;
@@ -340,19 +340,15 @@ pub fn parse_routed<'s, D>(
     Ok(Some((request, decision)))
 }
 
-/// Room for a normalised path: more than the longest head `max_header_bytes` allows.
-const MAX_PATH: usize = 16 * 1024;
-
 /// What the route table sees: the host in lower case without port or trailing dot (into
-/// `host_buf`), and the path normalised (into `path_buf`) when `normalise` says routes exist.
+/// `host_buf`), and the path normalised into `path_room` when routes exist.
 fn see<'a>(
     method: &'a str,
     target: &'a [u8],
     host: Option<&'a [u8]>,
     headers: &'a [httparse::Header<'a>],
-    normalise: bool,
+    path_room: Option<&'a mut [u8]>,
     host_buf: &'a mut [u8; 256],
-    path_buf: &'a mut [u8; MAX_PATH],
 ) -> Result<Seen<'a>, HeadError> {
     let (sent_path, query) =
         path::split_target(target).ok_or(HeadError::Malformed("bad request target"))?;
@@ -365,11 +361,12 @@ fn see<'a>(
     let host_len = name.len().min(host_buf.len());
     host_buf[..host_len].copy_from_slice(&name[..host_len]);
     host_buf[..host_len].make_ascii_lowercase();
-    let path = match normalise {
-        false => sent_path,
-        true if sent_path == b"*" => sent_path,
-        true => path::normalise(sent_path, &mut path_buf[..])
-            .map_err(|e| HeadError::Malformed(e.why()))?,
+    let path = match path_room {
+        None => sent_path,
+        Some(_) if sent_path == b"*" => sent_path,
+        Some(room) => {
+            path::normalise(sent_path, room).map_err(|e| HeadError::Malformed(e.why()))?
+        }
     };
     Ok(Seen {
         method,
@@ -390,16 +387,8 @@ pub fn with_seen<R>(input: &[u8], f: impl FnOnce(&Seen) -> R) -> Option<R> {
     req.parse(input).ok()?;
     let host = single_host(req.headers, req.version == Some(0)).ok()?;
     let target = req.path?.as_bytes();
-    let (mut host_buf, mut path_buf) = ([0u8; 256], [0u8; MAX_PATH]);
-    let seen = see(
-        req.method?,
-        target,
-        host,
-        req.headers,
-        false,
-        &mut host_buf,
-        &mut path_buf,
-    );
+    let mut host_buf = [0u8; 256];
+    let seen = see(req.method?, target, host, req.headers, None, &mut host_buf);
     Some(f(&seen.ok()?))
 }
 

@@ -59,8 +59,9 @@ pub fn explain(config: &Config, table: &RouteTable, q: &Question) -> Result<Expl
         max_bytes: config.limits.max_header_bytes,
         max_headers: config.limits.max_headers,
     };
+    let mut path_room = vec![0; head.len()];
     let wanted = request::Wanted {
-        normalise: true,
+        path_room: Some(&mut path_room),
         https,
         ..request::Wanted::default()
     };

@@ -35,8 +35,9 @@ fn ask(table: &RouteTable, head: &str, via: &Via) -> (Decision, Option<String>) 
         max_bytes: 8192,
         max_headers: 64,
     };
+    let mut room = [0; 1024];
     let wanted = Wanted {
-        normalise: true,
+        path_room: Some(&mut room),
         ..Wanted::default()
     };
     let mut out = BufferPool::new(0).take();
@@ -249,8 +250,9 @@ fn explain_says_which_key_failed_first() {
         max_bytes: 8192,
         max_headers: 64,
     };
+    let mut room = [0; 1024];
     let wanted = Wanted {
-        normalise: true,
+        path_room: Some(&mut room),
         ..Wanted::default()
     };
     let lines = parse_routed(
