@@ -26,7 +26,7 @@ use probe::{Probe, Target};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -97,6 +97,8 @@ struct Checker {
     in_flight: usize,
     cap: usize,
     rng: SmallRng,
+    /// Live backends whose pool was gone at the last look (by id).
+    orphans: HashSet<usize>,
 }
 
 impl Checker {
@@ -113,6 +115,7 @@ impl Checker {
             in_flight: 0,
             cap: in_flight_cap(),
             rng: SmallRng::seed_from_u64(seed),
+            orphans: HashSet::new(),
         }
     }
 
@@ -169,6 +172,26 @@ impl Checker {
                 info!("backend {} removed from the pool: drained", backend.name);
             }
         }
+        self.drain_orphans(&snap);
+    }
+
+    /// Drains the backends whose pool is gone (a reload or the admin API removed it) once they
+    /// were orphans at two looks in a row: by then every worker routes by a snapshot without
+    /// their pool, so none sends a request to a backend that drains under it.
+    fn drain_orphans(&mut self, snap: &Snapshot) {
+        let orphans: HashSet<usize> = (snap.backends.iter().enumerate())
+            .filter(|(_, b)| b.is_live() && snap.pool(&b.pool).is_none())
+            .map(|(id, _)| id)
+            .collect();
+        for &id in orphans.intersection(&self.orphans) {
+            let backend = &snap.backends[id];
+            info!(
+                "backend {}: its pool {} is gone: draining",
+                backend.name, backend.pool
+            );
+            backend.drain(true);
+        }
+        self.orphans = orphans;
     }
 
     fn adopt(&mut self, id: usize, backend: &Arc<Backend>, next_at: Instant) {

@@ -17,12 +17,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     let mut backends = old.backends.to_vec();
     let given = |b: &&Arc<Backend>| b.is_live() && b.source.is_given();
     for conf in &new.backends {
-        match old
-            .backends
-            .iter()
-            .filter(given)
-            .find(|b| b.name == conf.name && b.addr == conf.addr && b.tls == conf.tls)
-        {
+        match old.backends.iter().filter(given).find(|b| conf.is(b)) {
             Some(kept) => kept.set_weight(conf.weight),
             None => {
                 let backend = Backend::new(conf, State::Down, Source::Config);
@@ -39,35 +34,44 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             continue;
         };
         let same = |list: &[crate::config::Discover]| {
-            list.iter()
-                .find(|d| d.name == entry)
-                .map(|d| ((d.target.clone(), d.tls.clone()), d.weight))
+            list.iter().find(|d| d.name == entry).map(|d| {
+                (
+                    (d.target.clone(), d.tls.clone(), d.pool.clone(), d.backup),
+                    d.weight,
+                )
+            })
         };
         match (same(&old.config.discover), same(&new.discover)) {
             (Some((was, _)), Some((now, weight))) if was == now => found.set_weight(weight),
-            _ => {
-                info!(
-                    "reload: backend {} at {}: its DNS entry {entry} is gone or changed: draining",
-                    found.name, found.addr
-                );
-                found.drain(true);
-            }
+            _ => let_go(
+                found,
+                &new,
+                &format!("its DNS entry {entry} is gone or changed"),
+            ),
         }
     }
     for gone in old.backends.iter().filter(given) {
-        if !new
-            .backends
-            .iter()
-            .any(|c| c.name == gone.name && c.addr == gone.addr && c.tls == gone.tls)
-        {
-            info!(
-                "reload: backend {} at {} is gone from the config: draining",
-                gone.name, gone.addr
-            );
-            gone.drain(true);
+        if !new.backends.iter().any(|c| c.is(gone)) {
+            let_go(gone, &new, "it is gone from the config");
         }
     }
     old.next(new, backends.into())
+}
+
+/// A backend the new config no longer has leaves once drained: at once, or, when its whole
+/// pool went, by the health thread once no worker routes to that pool any more (draining it
+/// now would answer 503 to requests that workers still route by the old snapshot).
+fn let_go(backend: &Backend, new: &Config, why: &str) {
+    let (name, addr) = (&backend.name, backend.addr);
+    if new.pool(&backend.pool).is_none() {
+        info!(
+            "reload: backend {name} at {addr}: {why}, with its pool {}",
+            backend.pool
+        );
+        return;
+    }
+    info!("reload: backend {name} at {addr}: {why}: draining");
+    backend.drain(true);
 }
 
 fn keep_restart_only_settings(old: &Config, new: &mut Config) {
@@ -124,6 +128,29 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_backend_whose_pool_is_gone_is_left_for_the_health_thread_to_drain() {
+        let text = |extra: &str| {
+            format!(
+                "[backends]\na = 127.0.0.1:1\n{extra}[route.r]\nhost = x.test\npool = default\n"
+            )
+        };
+        let with_b =
+            text("[pool.b.backends]\nb = 127.0.0.1:2\n[route.rb]\nhost = b.test\npool = b\n");
+        let old = Config::parse(&with_b, "old.ini").unwrap();
+        let backends = backend::at_start(&old.backends, &Source::Config);
+        let old = Snapshot::new(old, backends).unwrap();
+        let new = apply(&old, Config::parse(&text(""), "new.ini").unwrap()).unwrap();
+        let b = new.backends.iter().find(|b| b.name == "b").unwrap();
+        assert_eq!(
+            b.state(),
+            State::Up,
+            "workers on the old snapshot may still route to b"
+        );
+        assert_eq!(new.pool("b"), None, "but the new snapshot has no pool b");
+        assert!(new.pools.iter().all(|p| !p.primary.members.contains(&1)));
     }
 
     fn snapshot(backends: &[(&str, &str, u32)]) -> Snapshot {

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub backends: Backends,
     /// The pools, as `config.pools` lists them.
     pub pools: Vec<Pool>,
+    /// Each pool's position by its name (the health thread asks for every backend).
+    by_name: HashMap<String, usize>,
     pub routes: RouteTable,
 }
 
@@ -98,11 +100,15 @@ impl Snapshot {
             .iter()
             .map(|p| Pool::new(p, &backends))
             .collect();
+        let by_name = (config.pools.iter().enumerate())
+            .map(|(at, p)| (p.name.clone(), at))
+            .collect();
         let routes = RouteTable::new(config.routes.clone(), |name| config.pool(name))?;
         Ok(Snapshot {
             config,
             backends,
             pools,
+            by_name,
             routes,
         })
     }
@@ -116,7 +122,7 @@ impl Snapshot {
 
     /// The pool called `name`, by position.
     pub fn pool(&self, name: &str) -> Option<usize> {
-        self.config.pool(name)
+        self.by_name.get(name).copied()
     }
 }
 

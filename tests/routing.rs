@@ -1075,6 +1075,8 @@ fn a_reload_under_load_adds_a_pool_and_route_and_removes_others_without_failing_
         b_then,
         "b still gets requests"
     );
+    // Once no worker routes to pool b, the health thread drains its backend.
+    lb.expect_log("backend b: its pool b is gone: draining", WAIT);
     let (ok, failures) = load.finish();
     assert!(
         failures.is_empty(),
