@@ -1681,6 +1681,75 @@ web = srv:_http._tcp.web.consul
     }
 
     #[test]
+    fn a_pool_takes_the_global_settings_it_does_not_set_whatever_the_order() {
+        let c = parse(
+            "[pool.api]\nstrategy = least_conn\nhealth_path = /hz\nmax_body = 10\n\
+             [pool.api.backends]\napi1 = 127.0.0.1:2 backup\n\
+             [lb]\nstrategy = random\nretries = 4\n[timeouts]\nbackend_ms = 7000\n\
+             [health]\ninterval_ms = 500\n[backends]\nweb = 127.0.0.1:1\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["default", "api"]);
+        let (default, api) = (&c.pools[0], &c.pools[1]);
+        assert_eq!(
+            (default.strategy, api.strategy),
+            (Strategy::Random, Strategy::LeastConn)
+        );
+        assert_eq!((default.retries, api.retries), (4, 4));
+        assert_eq!(api.backend, Duration::from_millis(7000));
+        assert_eq!((default.max_body, api.max_body), (0, 10));
+        assert_eq!(
+            (&default.health.path[..], &api.health.path[..]),
+            ("/healthcheck", "/hz")
+        );
+        assert_eq!(api.health.interval, Duration::from_millis(500));
+        let api1 = c.backends.iter().find(|b| b.name == "api1").unwrap();
+        assert_eq!((api1.pool.as_str(), api1.backup), ("api", true));
+    }
+
+    #[test]
+    fn pools_and_routes_are_checked_where_they_are_written() {
+        for (text, want) in [
+            (
+                "[pool.api]\nretries = 2\n",
+                "config.ini:1: [pool.api]: pool api has no backends",
+            ),
+            (
+                "[pool.api]\ncolour = red\n",
+                "config.ini:2: [pool.api] colour: unknown pool key",
+            ),
+            (
+                "[pool.api]\nretries = 99\n",
+                "config.ini:2: [pool.api] retries:",
+            ),
+            (
+                "[pool.a.backends]\nweb = 127.0.0.1:2\n",
+                "config.ini:4: [backends] web: backend name already used in pool a",
+            ),
+            (
+                "[route.r]\npath = /x\npool = nowhere\n",
+                "config.ini:3: [route.r] pool: no pool \"nowhere\"",
+            ),
+            (
+                "[route.r]\npath = /x\n",
+                "config.ini:1: [route.r]: needs an action",
+            ),
+            (
+                "[route.a b]\n",
+                "config.ini:1: [route.a b]: \"a b\" is not a route name",
+            ),
+            (
+                "[pool.x y]\n",
+                "config.ini:1: [pool.x y]: \"x y\" is not a pool name",
+            ),
+        ] {
+            let err = parse(&format!("{text}[backends]\nweb = 127.0.0.1:1\n")).unwrap_err();
+            assert!(err.to_string().starts_with(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn minimal_file_gets_defaults() {
         let config = parse(MINIMAL).unwrap();
         let expected = Config::with_backends(vec![backend("s1", "127.0.0.1:9001", 1)]);

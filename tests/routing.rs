@@ -783,6 +783,45 @@ fn a_pool_with_backups_uses_them_only_when_every_primary_is_down() {
     assert_eq!(pools.get("web").request_count(), 0);
 }
 
+#[test]
+fn each_pool_times_out_and_checks_health_by_its_own_settings() {
+    // Probes reach the handler, so each backend records the path it was checked on.
+    let options = BackendOptions {
+        answer_probes: false,
+        ..BackendOptions::default()
+    };
+    let slow = |r: &Request| match r.is_probe() {
+        true => Response::ok(""),
+        false => Response::ok("slow").delay(Duration::from_millis(600)),
+    };
+    let roomy = Backend::with_options("roomy", options.clone(), slow);
+    let tight = Backend::with_options("tight", options, slow);
+    let lb = Lb::start(&format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\nretries = 0\n\
+         [health]\ninterval_ms = 50\n\
+         [backends]\nroomy = {}\n\
+         [pool.tight]\nbackend_ms = 150\nhealth_path = /hz\nhealth_max_fails = 0\n\
+         [pool.tight.backends]\ntight = {}\n\
+         [route.tight]\npath = /t/\npool = tight\n",
+        roomy.addr, tight.addr
+    ));
+    let waited = get(lb.addr, "/x");
+    assert_eq!((waited.status, waited.body_str().as_str()), (200, "slow"));
+    let cut = get(lb.addr, "/t/x");
+    assert_eq!(cut.status, 504, "the pool's backend_ms: {}", cut.head_str());
+
+    let probed_on = |b: &Backend| -> HashSet<String> {
+        let probes = b.requests().into_iter().filter(Request::is_probe);
+        probes.map(|r| r.target).collect()
+    };
+    assert!(wait_until(WAIT, || !probed_on(&tight).is_empty()));
+    assert_eq!(probed_on(&tight), HashSet::from(["/hz".to_string()]));
+    assert_eq!(
+        probed_on(&roomy),
+        HashSet::from(["/healthcheck".to_string()])
+    );
+}
+
 /// `name=value` of a `Set-Cookie` header.
 fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().trim().to_string()
