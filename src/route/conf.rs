@@ -329,11 +329,11 @@ pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String
         ("add_prefix", None) => {
             r.add_prefix = Some(parse_path(v)?.trim_end_matches('/').to_string())
         }
-        ("set_header", Some(_)) => r.request.set.push((named()?, v.to_string())),
-        ("add_header", Some(_)) => r.request.add.push((named()?, v.to_string())),
+        ("set_header", Some(_)) => r.request.set.push((named()?, field_value(v)?)),
+        ("add_header", Some(_)) => r.request.add.push((named()?, field_value(v)?)),
         ("remove_header", None) => r.request.remove = list(v, |n| header_name(word, n))?,
-        ("set_response_header", Some(_)) => r.response.set.push((named()?, v.to_string())),
-        ("add_response_header", Some(_)) => r.response.add.push((named()?, v.to_string())),
+        ("set_response_header", Some(_)) => r.response.set.push((named()?, field_value(v)?)),
+        ("add_response_header", Some(_)) => r.response.add.push((named()?, field_value(v)?)),
         ("remove_response_header", None) => r.response.remove = list(v, |n| header_name(word, n))?,
         _ => return Err("unknown route key".into()),
     }
@@ -362,6 +362,15 @@ const FRAMING: [&str; 9] = [
     "te",
     "proxy-connection",
 ];
+
+/// A header value a rule writes: visible characters, spaces and tabs only, so no rule can end
+/// a header line early.
+fn field_value(v: &str) -> Result<String, String> {
+    match v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        true => Ok(v.to_string()),
+        false => Err("a header value has visible ASCII, spaces and tabs only".into()),
+    }
+}
 
 /// A header (or query parameter) name a key names: a token, and for header rules none that
 /// frames the message.

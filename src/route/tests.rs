@@ -299,6 +299,7 @@ fn a_route_section_is_checked_key_by_key() {
             "frames the message",
         ),
         ("set_header X(1)", "v", "not a name"),
+        ("add_header X-A", "a\rb", "visible ASCII"),
         ("colour", "red", "unknown route key"),
     ] {
         let err = parse_key(&mut r, key, value);
