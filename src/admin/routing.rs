@@ -67,7 +67,7 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
         Ok(value) => value,
         Err(answer) => return answer,
     };
-    let mut created = false;
+    let (mut created, mut shown) = (false, Value::Null);
     let changed = shared.update(|snap| {
         let document::PoolDocument {
             conf,
@@ -103,7 +103,10 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
         let by = ("admin API", "the pool's document");
         let backends = reload::replace_given(&snap.backends, &wanted, mine, &Source::Admin, by)
             .map_err(|e| ApiAnswer::error(409, e))?;
-        next(snap, config, backends)
+        let next = next(snap, config, backends)?;
+        // What this change made, whatever a later one makes of it.
+        shown = (next.pool(name)).map_or(Value::Null, |at| pool_document(&next, at));
+        Ok(next)
     });
     match changed {
         Ok(()) => {
@@ -111,9 +114,7 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
                 "pool {name} {} (admin API)",
                 if created { "created" } else { "replaced" }
             );
-            let snap = shared.load();
-            let at = snap.pool(name).expect("just put");
-            ApiAnswer::json(if created { 201 } else { 200 }, pool_document(&snap, at))
+            ApiAnswer::json(if created { 201 } else { 200 }, shown)
         }
         Err(answer) => answer,
     }
