@@ -4,6 +4,7 @@
 
 use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::config;
+use crate::document;
 use crate::metrics;
 use crate::route::{self, Question};
 use crate::shared::Shared;
@@ -31,6 +32,8 @@ const MAX_OPEN: usize = 16;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const STATUS_PAGE: &str = include_str!("status.html");
+
+mod routing;
 
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
 pub fn spawn(
@@ -252,19 +255,30 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
         ("GET", ["metrics"]) => {
             let snap = shared.load();
             let certificates = shared.tls.as_ref().map(|tls| tls.certificates());
-            let body = metrics::render(&shared.totals(), &snap.backends, certificates.as_deref());
+            let body = metrics::render(&shared.totals(), &snap, certificates.as_deref());
             ApiAnswer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
                 body,
             }
         }
-        ("GET", ["api", "backends"]) => match page(request.path.split_once('?')) {
-            Ok((offset, limit)) => ApiAnswer::json(200, list_backends(shared, offset, limit)),
-            Err(message) => ApiAnswer::error(400, message),
-        },
+        ("GET", ["api", "backends"]) => list_backends(shared, None, &request.path),
+        ("GET", ["api", "pools", name, "backends"]) => {
+            list_backends(shared, Some(name), &request.path)
+        }
         ("GET", ["api", "certificates"]) => ApiAnswer::json(200, list_certificates(shared)),
-        ("POST", ["api", "backends"]) => add_backend(shared, &request.body),
+        ("POST", ["api", "backends"]) => add_backend(shared, &request.body, None),
+        ("POST", ["api", "pools", name, "backends"]) => {
+            add_backend(shared, &request.body, Some(name))
+        }
+        ("GET", ["api", "pools"]) => routing::list_pools(shared),
+        ("GET", ["api", "pools", name]) => routing::get_pool(shared, name),
+        ("PUT", ["api", "pools", name]) => routing::put_pool(shared, name, &request.body),
+        ("DELETE", ["api", "pools", name]) => routing::delete_pool(shared, name),
+        ("GET", ["api", "routes"]) => routing::list_routes(shared),
+        ("GET", ["api", "routes", name]) => routing::get_route(shared, name),
+        ("PUT", ["api", "routes", name]) => routing::put_route(shared, name, &request.body),
+        ("DELETE", ["api", "routes", name]) => routing::delete_route(shared, name),
         ("POST", ["api", "explain"]) => explain(shared, &request.body),
         ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
             b.drain(false);
@@ -288,9 +302,12 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             }
             answer
         }
-        (_, ["", ..] | ["metrics"] | ["api", "backends" | "certificates" | "explain", ..]) => {
-            ApiAnswer::error(405, "method not allowed")
-        }
+        (
+            _,
+            ["", ..]
+            | ["metrics"]
+            | ["api", "backends" | "certificates" | "explain" | "pools" | "routes", ..],
+        ) => ApiAnswer::error(405, "method not allowed"),
         _ => ApiAnswer::error(404, "not found"),
     }
 }
@@ -345,15 +362,26 @@ fn page(query: Option<(&str, &str)>) -> Result<(usize, usize), String> {
     Ok((offset, limit))
 }
 
-/// The listed backends from the `offset`-th, at most `limit` of them, with their counters
-/// summed over workers, and how many are listed in all (`total`).
-fn list_backends(shared: &Shared, offset: usize, limit: usize) -> Value {
+/// `GET /api/backends`, or `/api/pools/NAME/backends` for `pool`: the page the query asks for.
+fn list_backends(shared: &Shared, pool: Option<&str>, path: &str) -> ApiAnswer {
+    if let Some(name) = pool.filter(|name| shared.load().pool(name).is_none()) {
+        return ApiAnswer::error(404, format!("no pool {name:?}"));
+    }
+    match page(path.split_once('?')) {
+        Ok((offset, limit)) => ApiAnswer::json(200, backends_page(shared, pool, offset, limit)),
+        Err(message) => ApiAnswer::error(400, message),
+    }
+}
+
+/// The listed backends (of `pool`, or all) from the `offset`-th, at most `limit` of them, with
+/// their counters summed over workers, and how many are listed in all (`total`).
+fn backends_page(shared: &Shared, pool: Option<&str>, offset: usize, limit: usize) -> Value {
     let snap = shared.load();
     let totals = shared.totals();
     let listed = || {
         (snap.backends.iter())
             .zip(&totals.backends)
-            .filter(|(b, _)| b.is_listed())
+            .filter(|(b, _)| b.is_listed() && pool.is_none_or(|name| b.pool == name))
     };
     let backends: Vec<Value> = listed()
         .skip(offset)
@@ -364,6 +392,7 @@ fn list_backends(shared: &Shared, offset: usize, limit: usize) -> Value {
             });
             json!({
                 "name": b.name,
+                "pool": b.pool,
                 "address": b.addr.to_string(),
                 "tls": b.tls,
                 "weight": b.weight(),
@@ -421,11 +450,18 @@ fn set_weight(backend: &Backend, body: &[u8]) -> ApiAnswer {
     }
 }
 
-/// `{"address": "ip:port", "weight": N, "name": "...", "tls": "NAME"}`: the new backend
-/// starts down and takes traffic once its health checks pass; with `tls`, lb-mio speaks TLS to
-/// it and checks its certificate against NAME.
-fn add_backend(shared: &Shared, body: &[u8]) -> ApiAnswer {
-    let conf = match parse_new_backend(body) {
+/// `{"address": "ip:port", "weight": N, "name": "...", "tls": "NAME", "pool": "...",
+/// "backup": false}` (`document::backend`), into the pool `pool` when the URL names one: the new
+/// backend starts down and takes traffic once its health checks pass; with `tls`, lb-mio speaks
+/// TLS to it and checks its certificate against NAME.
+fn add_backend(shared: &Shared, body: &[u8], pool: Option<&str>) -> ApiAnswer {
+    let parsed = serde_json::from_slice::<Value>(body).map_err(|e| format!("bad JSON: {e}"));
+    let conf = match (parsed, pool) {
+        (Ok(value), Some(pool)) => document::backend_of(&value, pool),
+        (Ok(value), None) => document::backend(&value, config::DEFAULT_POOL),
+        (Err(e), _) => Err(e),
+    };
+    let conf = match conf {
         Ok(conf) => conf,
         Err(message) => return ApiAnswer::error(400, message),
     };
@@ -548,51 +584,6 @@ fn parse_question(body: &[u8]) -> Result<Question, String> {
     })
 }
 
-fn parse_new_backend(body: &[u8]) -> Result<BackendConf, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    let address = value
-        .get("address")
-        .and_then(Value::as_str)
-        .ok_or("\"address\" (\"ip:port\") is required")?;
-    let addr = backend::parse_addr(address)?;
-    let weight = match value.get("weight") {
-        None => 1,
-        Some(w) => w
-            .as_u64()
-            .and_then(backend::check_weight)
-            .ok_or_else(|| format!("\"weight\" must be {WEIGHTS:?}"))?,
-    };
-    let name = match value.get("name") {
-        None => String::new(),
-        Some(n) => {
-            let n = n.as_str().ok_or("\"name\" must be a string")?;
-            backend::check_name(n)?;
-            n.to_string()
-        }
-    };
-    let tls = match value.get("tls") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(name)) => Some(config::parse_server_name(name)?),
-        Some(_) => return Err("\"tls\" must be the name the backend's certificate has".into()),
-    };
-    let pool = match value.get("pool") {
-        None => config::DEFAULT_POOL,
-        Some(p) => p.as_str().ok_or("\"pool\" must be a pool's name")?,
-    };
-    let backup = match value.get("backup") {
-        None => false,
-        Some(b) => b.as_bool().ok_or("\"backup\" must be true or false")?,
-    };
-    Ok(BackendConf {
-        name,
-        addr,
-        weight,
-        tls,
-        pool: pool.to_string(),
-        backup,
-    })
-}
-
 /// Compares in time that depends on the length only, so timing tells nothing of the token.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
@@ -603,7 +594,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
-        400 => "Bad ApiRequest",
+        400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",

@@ -81,6 +81,29 @@ pub struct PoolConf {
     /// Largest request body, in bytes (0: no limit).
     pub max_body: u64,
     pub health: Health,
+    /// The `(key, value)`s that set it, as given: a `[pool.NAME]` section's lines or a pool
+    /// document's settings. The pool is rebuilt from them when the globals change, and shown as
+    /// them (`document::pool_json`).
+    pub keys: Vec<(String, String)>,
+    pub origin: Origin,
+}
+
+/// Who defined a pool or a route. What the admin API defines lasts until the next reload or
+/// restart, which read config.ini alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    #[default]
+    File,
+    Api,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::File => "config",
+            Origin::Api => "admin",
+        }
+    }
 }
 
 impl PoolConf {
@@ -96,12 +119,49 @@ impl PoolConf {
             backend: c.timeouts.backend,
             max_body: c.limits.max_body,
             health: c.health.clone(),
+            keys: Vec::new(),
+            origin: Origin::File,
         }
+    }
+
+    /// The pool `name` that `keys` make over the global settings of `globals`: how config.ini's
+    /// `[pool.NAME]` sections and the admin API's pool documents both become pools. The error
+    /// names the first bad key.
+    pub fn build(
+        name: &str,
+        keys: Vec<(String, String)>,
+        globals: &Config,
+    ) -> Result<PoolConf, String> {
+        let mut own = globals.settings();
+        for (key, value) in &keys {
+            set_pool_key(&mut own, key, value).map_err(|e| format!("{key}: {e}"))?;
+        }
+        Ok(PoolConf {
+            keys,
+            ..PoolConf::from(name, &own)
+        })
     }
 }
 
-/// A `[pool.NAME]` section as read: its name and its `(line, key, value)`s.
-type PoolSection<'a> = (&'a str, Vec<(usize, &'a str, &'a str)>);
+/// Sets one pool key in `own` (a copy of the global settings) through the key table.
+fn set_pool_key(own: &mut Config, key: &str, value: &str) -> Result<(), String> {
+    match pool_key(key).and_then(|(section, name)| keys::find(section, name)) {
+        Some(k) => k.set(own, value),
+        None => Err("unknown pool key (expected strategy, retries, sticky, hash_key, connect_ms, backend_ms, max_body, or a [health] key prefixed health_)".into()),
+    }
+}
+
+/// Whether pool key `key` takes a number (the admin API shows it as a JSON number).
+pub fn pool_key_is_number(key: &str) -> bool {
+    let known = pool_key(key).and_then(|(section, name)| keys::find(section, name));
+    known.is_some_and(|k| matches!(k.value, keys::Value::Number { .. }))
+}
+
+/// A pool name: the backends' rule (it is a metric label and part of admin URLs).
+pub fn check_pool_name(name: &str) -> Result<(), String> {
+    backend::check_name(name)
+        .map_err(|_| format!("{name:?} is not a pool name: 1 to 64 of A-Z a-z 0-9 _ . -"))
+}
 
 /// The pool `[backends]` fills.
 pub const DEFAULT_POOL: &str = "default";
@@ -577,47 +637,39 @@ impl Config {
             pools: Vec::new(),
             routes: Vec::new(),
         }
-        .with_pools(&[])
+        .pools_from_globals()
     }
 
-    /// The pool `default` made anew from the global settings (after code changed them).
-    pub fn pools_from_globals(self) -> Config {
-        self.with_pools(&[])
-    }
-
-    /// `pools` set from the global settings and each pool section's keys (`(line, key,
-    /// value)`), the pool `default` first when `[backends]` has entries.
-    fn with_pools(mut self, sections: &[PoolSection]) -> Config {
-        self.pools.clear();
-        let has = |c: &Config, pool: &str| {
-            c.backends.iter().any(|b| b.pool == pool) || c.discover.iter().any(|d| d.pool == pool)
-        };
-        let mut names: Vec<&str> = Vec::new();
-        if has(&self, DEFAULT_POOL) {
-            names.push(DEFAULT_POOL);
+    /// Every pool made anew from its own keys over the global settings (after the parser or
+    /// code changed them), the pool `default` first when `[backends]` has entries (a
+    /// `[pool.default]` section only gives it keys).
+    pub fn pools_from_globals(mut self) -> Config {
+        let mut declared = std::mem::take(&mut self.pools);
+        let default =
+            (declared.iter().position(|p| p.name == DEFAULT_POOL)).map(|at| declared.remove(at));
+        if self.has_backends(DEFAULT_POOL) {
+            declared.insert(
+                0,
+                default.unwrap_or_else(|| PoolConf::from(DEFAULT_POOL, &self)),
+            );
         }
-        names.extend(
-            sections
-                .iter()
-                .map(|(name, _)| *name)
-                .filter(|n| *n != DEFAULT_POOL),
-        );
-        for name in names {
-            let mut own = self.settings();
-            let keys = sections
-                .iter()
-                .filter(|(n, _)| *n == name)
-                .flat_map(|(_, keys)| keys);
-            for &(_, key, value) in keys {
-                if let Some(k) = pool_key(key).and_then(|(section, name)| keys::find(section, name))
-                {
-                    // Checked when the line was read.
-                    let _ = k.set(&mut own, value);
-                }
-            }
-            self.pools.push(PoolConf::from(name, &own));
-        }
+        self.pools = (declared.into_iter())
+            .map(|p| match PoolConf::build(&p.name, p.keys.clone(), &self) {
+                Ok(built) => PoolConf {
+                    origin: p.origin,
+                    ..built
+                },
+                // Cannot happen: a key's checks do not depend on the globals, and every key was
+                // checked when it was read.
+                Err(_) => p,
+            })
+            .collect();
         self
+    }
+
+    /// Whether pool `pool` has backends: addresses, or entries to look up.
+    pub fn has_backends(&self, pool: &str) -> bool {
+        self.backends.iter().any(|b| b.pool == pool) || self.discover.iter().any(|d| d.pool == pool)
     }
 
     /// The settings pools may change, without the backends.
@@ -654,8 +706,6 @@ struct Parser<'a> {
     headers: HashMap<&'a str, usize>,
     /// Line of each `(section, key)` seen, to reject duplicates.
     keys: HashMap<(&'a str, &'a str), usize>,
-    /// Each pool section's keys, in file order, applied over the global settings at the end.
-    pools: Vec<PoolSection<'a>>,
     /// The pool of each backend name: names are unique over all pools.
     names: HashMap<&'a str, &'a str>,
 }
@@ -709,7 +759,6 @@ impl<'a> Parser<'a> {
             section: None,
             headers: HashMap::new(),
             keys: HashMap::new(),
-            pools: Vec::new(),
             names: HashMap::new(),
         }
     }
@@ -765,11 +814,12 @@ impl<'a> Parser<'a> {
     }
 
     /// A pool named by a section header (its settings or its backends, in either order).
+    /// Its settings are made at the end (`pools_from_globals`), once the globals are known.
     fn declare_pool(&mut self, pool: &'a str) -> Result<(), String> {
-        backend::check_name(pool)
-            .map_err(|_| format!("{pool:?} is not a pool name: 1 to 64 of A-Z a-z 0-9 _ . -"))?;
-        if !self.pools.iter().any(|(p, _)| *p == pool) {
-            self.pools.push((pool, Vec::new()));
+        check_pool_name(pool)?;
+        if self.config.pool(pool).is_none() {
+            let declared = PoolConf::from(pool, &self.config);
+            self.config.pools.push(declared);
         }
         Ok(())
     }
@@ -795,7 +845,7 @@ impl<'a> Parser<'a> {
                 let origin = format!("{}:{line}", self.file);
                 set_certificate(&mut self.config, key, value, origin)
             }
-            Section::Pool(pool) => self.set_pool_key(pool, line, key, value),
+            Section::Pool(pool) => self.set_pool_key(pool, key, value),
             Section::Route => {
                 let route = self
                     .config
@@ -822,25 +872,12 @@ impl<'a> Parser<'a> {
     }
 
     /// Checks a pool setting now (so its error names its line) and keeps it for the end.
-    fn set_pool_key(
-        &mut self,
-        pool: &'a str,
-        line: usize,
-        key: &'a str,
-        v: &'a str,
-    ) -> Result<(), String> {
-        let known = pool_key(key).and_then(|(section, name)| keys::find(section, name));
-        let Some(k) = known else {
-            return Err("unknown pool key (expected strategy, retries, sticky, hash_key, connect_ms, backend_ms, max_body, or a [health] key prefixed health_)".into());
-        };
-        k.set(&mut Config::with_backends(Vec::new()), v)?;
-        let keys = self
-            .pools
-            .iter_mut()
-            .find(|(p, _)| *p == pool)
-            .map(|(_, keys)| keys);
-        keys.expect("declared with its section")
-            .push((line, key, v));
+    fn set_pool_key(&mut self, pool: &str, key: &str, v: &str) -> Result<(), String> {
+        set_pool_key(&mut Config::with_backends(Vec::new()), key, v)?;
+        let at = self.config.pool(pool).expect("declared with its section");
+        self.config.pools[at]
+            .keys
+            .push((key.to_string(), v.to_string()));
         Ok(())
     }
 
@@ -850,9 +887,8 @@ impl<'a> Parser<'a> {
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
         }
-        let pools = std::mem::take(&mut self.pools);
         self.config = std::mem::replace(&mut self.config, Config::with_backends(Vec::new()))
-            .with_pools(&pools);
+            .pools_from_globals();
         self.check_pools_and_routes()?;
         let lb = &self.config.lb;
         if lb.accept_proxy && lb.proxy_from.is_empty() {
@@ -922,9 +958,7 @@ impl Parser<'_> {
     fn check_pools_and_routes(&self) -> Result<(), ConfigError> {
         let c = &self.config;
         for pool in &c.pools {
-            let has = c.backends.iter().any(|b| b.pool == pool.name)
-                || c.discover.iter().any(|d| d.pool == pool.name);
-            if !has {
+            if !c.has_backends(&pool.name) {
                 let section = format!("pool.{}", pool.name);
                 let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
                 let message = format!(

@@ -6,7 +6,7 @@
 //! (`backend`, which owns membership: every source of backends adds and removes them through
 //! it), reuse idle upstream connections (`upstream`) and end every request with one line in the
 //! `access_log`; `health` probes backends and `discovery` finds those that `[backends]` names
-//! by host, asking DNS (`dns`).
+//! by host, asking DNS (`dns`). Pools and routes are written as JSON `document`s to the admin API.
 
 pub mod accept;
 pub mod access_log;
@@ -19,6 +19,7 @@ pub mod conn;
 pub mod demo;
 pub mod discovery;
 pub mod dns;
+pub mod document;
 pub mod hash;
 pub mod health;
 pub mod http;

@@ -6,8 +6,9 @@
 //! (`WorkerMetrics::grow`, when a worker takes a larger snapshot) and never moved or freed, so
 //! the admin thread reads them while the worker writes, without a lock.
 
-use crate::backend::{Backend, MAX_BACKENDS};
+use crate::backend::{Backend, State, MAX_BACKENDS};
 use crate::http::reply::Reply;
+use crate::shared::{Pool, Snapshot};
 use crate::tls::{Certificate, Handshake};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -295,20 +296,21 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
     t
 }
 
-/// The Prometheus text exposition of `totals` for `backends`, and of the TLS listeners'
-/// handshakes and `certificates` when there are TLS listeners.
+/// The Prometheus text exposition of `totals` for the backends, pools and routes of `snap`,
+/// and of the TLS listeners' handshakes and `certificates` when there are TLS listeners.
 pub fn render(
     totals: &Totals,
-    backends: &[Arc<Backend>],
+    snap: &Snapshot,
     certificates: Option<&[Arc<Certificate>]>,
 ) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let named = || {
-        backends
-            .iter()
+        (snap.backends.iter())
             .zip(&totals.backends)
             .filter(|(b, _)| b.is_listed())
     };
+    // Every per-backend series names the backend and its pool.
+    let of = |b: &Backend| format!("backend=\"{}\",pool=\"{}\"", b.name, b.pool);
     header(
         &mut out,
         "lbmio_responses_total",
@@ -320,7 +322,7 @@ pub fn render(
             line(
                 &mut out,
                 "lbmio_responses_total",
-                &format!("backend=\"{}\",class=\"{class}\"", b.name),
+                &format!("{},class=\"{class}\"", of(b)),
                 n,
             );
         }
@@ -332,12 +334,7 @@ pub fn render(
         "Requests that failed on a backend (refused, reset, timed out).",
     );
     for (b, t) in named() {
-        line(
-            &mut out,
-            "lbmio_backend_failures_total",
-            &format!("backend=\"{}\"", b.name),
-            t.errors,
-        );
+        line(&mut out, "lbmio_backend_failures_total", &of(b), t.errors);
     }
     header(
         &mut out,
@@ -346,12 +343,7 @@ pub fn render(
         "1 when the backend takes traffic.",
     );
     for (b, _) in named() {
-        line(
-            &mut out,
-            "lbmio_backend_up",
-            &format!("backend=\"{}\"", b.name),
-            u64::from(b.is_up()),
-        );
+        line(&mut out, "lbmio_backend_up", &of(b), u64::from(b.is_up()));
     }
     header(
         &mut out,
@@ -363,7 +355,7 @@ pub fn render(
         line(
             &mut out,
             "lbmio_health_transitions_total",
-            &format!("backend=\"{}\"", b.name),
+            &of(b),
             b.transitions(),
         );
     }
@@ -389,10 +381,11 @@ pub fn render(
         histogram(
             &mut out,
             "lbmio_backend_request_duration_seconds",
-            &format!("backend=\"{}\",", b.name),
+            &format!("{},", of(b)),
             &t.latency,
         );
     }
+    render_routing(&mut out, totals, snap);
     header(
         &mut out,
         "lbmio_rejected_total",
@@ -471,6 +464,59 @@ pub fn render(
         render_tls(&mut out, totals, certificates);
     }
     out
+}
+
+/// Requests by route and by pool, and each pool's backends by state.
+fn render_routing(out: &mut String, totals: &Totals, snap: &Snapshot) {
+    let name = "lbmio_route_requests_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Requests each route matched (redirects and direct answers too).",
+    );
+    for route in snap.routes.routes() {
+        line(
+            out,
+            name,
+            &format!("route=\"{}\"", route.name()),
+            route.hits(),
+        );
+    }
+    let name = "lbmio_pool_requests_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Responses relayed from each pool's backends (backends removed no longer count).",
+    );
+    for pool in &snap.pools {
+        let relayed = pool_backends(snap, totals, pool)
+            .map(|(_, t)| t.responses.iter().sum::<u64>())
+            .sum();
+        line(out, name, &format!("pool=\"{}\"", pool.conf.name), relayed);
+    }
+    let name = "lbmio_pool_backends";
+    header(out, name, "gauge", "Each pool's backends, by state.");
+    for pool in &snap.pools {
+        for state in [State::Up, State::Down, State::Draining] {
+            let count = pool_backends(snap, totals, pool)
+                .filter(|(b, _)| b.state() == state)
+                .count();
+            let labels = format!("pool=\"{}\",state=\"{}\"", pool.conf.name, state.name());
+            line(out, name, &labels, count as u64);
+        }
+    }
+}
+
+/// The listed backends of `pool`, with their counters.
+fn pool_backends<'a>(
+    snap: &'a Snapshot,
+    totals: &'a Totals,
+    pool: &'a Pool,
+) -> impl Iterator<Item = (&'a Arc<Backend>, &'a BackendTotals)> {
+    (snap.backends.iter().zip(&totals.backends))
+        .filter(|(b, _)| b.is_listed() && b.pool == pool.conf.name)
 }
 
 fn render_tls(out: &mut String, totals: &Totals, certificates: &[Arc<Certificate>]) {

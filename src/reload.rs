@@ -4,8 +4,8 @@
 //! Addresses found by DNS stay while their entry stays as it was (discovery keeps them up to
 //! date); those of an entry removed or changed drain, and discovery looks the entry up anew.
 
-use crate::backend::{self, Backend, Source, State};
-use crate::config::Config;
+use crate::backend::{self, Backend, BackendConf, Source, State};
+use crate::config::{Config, Origin};
 use crate::shared::Snapshot;
 use log::{info, warn};
 use std::sync::Arc;
@@ -14,21 +14,17 @@ use std::sync::Arc;
 /// its worker count, the admin listener) is kept from the old config, with a warning.
 pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     keep_restart_only_settings(&old.config, &mut new);
-    let mut backends = old.backends.to_vec();
-    let given = |b: &&Arc<Backend>| b.is_live() && b.source.is_given();
-    for conf in &new.backends {
-        match old.backends.iter().filter(given).find(|b| conf.is(b)) {
-            Some(kept) => kept.set_weight(conf.weight),
-            None => {
-                let backend = Backend::new(conf, State::Down, Source::Config);
-                backend::place(&mut backends, backend)?;
-                info!(
-                    "reload: backend {} at {} added; down until its health checks pass",
-                    conf.name, conf.addr
-                );
-            }
-        }
-    }
+    warn_of_api_changes(&old.config, &new);
+    let given = |b: &Backend| b.source.is_given();
+    let gone = |b: &Backend| let_go(b, &new, " is gone from the config");
+    let backends = replace_given(
+        &old.backends,
+        &new.backends,
+        given,
+        &Source::Config,
+        "reload",
+        gone,
+    )?;
     for found in old.backends.iter().filter(|b| b.is_live()) {
         let Some(entry) = found.source.dns_entry() else {
             continue;
@@ -46,31 +42,89 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             _ => let_go(
                 found,
                 &new,
-                &format!("its DNS entry {entry} is gone or changed"),
+                &format!(": its DNS entry {entry} is gone or changed"),
             ),
-        }
-    }
-    for gone in old.backends.iter().filter(given) {
-        if !new.backends.iter().any(|c| c.is(gone)) {
-            let_go(gone, &new, "it is gone from the config");
         }
     }
     old.next(new, backends.into())
 }
 
-/// A backend the new config no longer has leaves once drained: at once, or, when its whole
+/// The backend set with the live given backends that `mine` selects replaced by `wanted`: one
+/// that stays (same name, address, TLS, pool and role) keeps its record (health, counters,
+/// requests in flight) and takes the new weight; a new one starts down until its health checks
+/// pass; one not wanted goes to `gone` (which drains it, now or later). A reload does this to
+/// every given backend, the admin API to one pool's. New backends come from `source`; `by`
+/// says who changed the set, in the log. Nothing changes when a new backend finds no free slot.
+pub fn replace_given(
+    old: &[Arc<Backend>],
+    wanted: &[BackendConf],
+    mine: impl Fn(&Backend) -> bool,
+    source: &Source,
+    by: &str,
+    gone: impl Fn(&Backend),
+) -> Result<Vec<Arc<Backend>>, String> {
+    let mine: Vec<&Arc<Backend>> = (old.iter()).filter(|b| b.is_live() && mine(b)).collect();
+    let mut backends = old.to_vec();
+    let mut kept = Vec::new();
+    for conf in wanted {
+        match mine.iter().find(|b| conf.is(b)) {
+            Some(b) => kept.push((*b, conf.weight)),
+            None => {
+                let backend = Backend::new(conf, State::Down, source.clone());
+                backend::place(&mut backends, backend)?;
+                info!(
+                    "{by}: backend {} at {} added; down until its health checks pass",
+                    conf.name, conf.addr
+                );
+            }
+        }
+    }
+    for (b, weight) in &kept {
+        b.set_weight(*weight);
+    }
+    for left in mine.iter().filter(|b| !wanted.iter().any(|c| c.is(b))) {
+        gone(left);
+    }
+    Ok(backends)
+}
+
+/// Pools and routes the admin API made or changed last only until a reload: says which ones
+/// the file drops, and which it puts back as the file has them.
+fn warn_of_api_changes(old: &Config, new: &Config) {
+    let pools = (old.pools.iter()).map(|p| (p.origin, &p.name, new.pool(&p.name).is_some()));
+    let routes = (old.routes.iter()).map(|r| {
+        (
+            r.origin,
+            &r.name,
+            new.routes.iter().any(|n| n.name == r.name),
+        )
+    });
+    for (what, made) in [
+        ("pool", pools.collect::<Vec<_>>()),
+        ("route", routes.collect()),
+    ] {
+        for (_, name, in_file) in made.iter().filter(|(o, ..)| *o == Origin::Api) {
+            match in_file {
+                true => warn!("reload: {what} {name} set through the admin API is config.ini's again"),
+                false => warn!("reload: {what} {name} made through the admin API is gone: config.ini does not have it"),
+            }
+        }
+    }
+}
+
+/// A backend the new config no longer has (`why`, after its address, says so) leaves once drained: at once, or, when its whole
 /// pool went, by the health thread once no worker routes to that pool any more (draining it
 /// now would answer 503 to requests that workers still route by the old snapshot).
 fn let_go(backend: &Backend, new: &Config, why: &str) {
     let (name, addr) = (&backend.name, backend.addr);
     if new.pool(&backend.pool).is_none() {
         info!(
-            "reload: backend {name} at {addr}: {why}, with its pool {}",
+            "reload: backend {name} at {addr}{why}, with its pool {}",
             backend.pool
         );
         return;
     }
-    info!("reload: backend {name} at {addr}: {why}: draining");
+    info!("reload: backend {name} at {addr}{why}: draining");
     backend.drain(true);
 }
 
@@ -112,7 +166,6 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendConf;
 
     fn config(backends: &[(&str, &str, u32)]) -> Config {
         Config::with_backends(

@@ -10,7 +10,7 @@
 mod conf;
 mod explain;
 
-pub use conf::{parse_key, Action, HostPattern, RouteConf, Template};
+pub use conf::{parse_key, role, Action, HostPattern, Role, RouteConf, Template};
 pub use explain::{explain, Explained, Question};
 
 use crate::config::Cidr;

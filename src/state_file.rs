@@ -3,7 +3,9 @@
 //! the state file, so a crash never leaves half a file; at start, a state file that exists
 //! replaces the config's `[backends]`.
 
-use crate::backend::{self, Backend, BackendConf};
+use crate::backend::{Backend, BackendConf};
+use crate::config::{Origin, DEFAULT_POOL};
+use crate::document;
 use crate::shared::Snapshot;
 use log::warn;
 use serde_json::{json, Value};
@@ -13,23 +15,34 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Saves the snapshot's backends when a state file is configured; a failure is logged (the
-/// change itself stands).
+/// change itself stands). Only the backends of config.ini's pools: a pool the admin API made
+/// lasts until the next restart, and its backends with it.
 pub fn persist(snap: &Snapshot) {
     if let Some(path) = &snap.config.admin.state_file {
-        if let Err(e) = save(path, &snap.backends) {
+        let of_file = |b: &Backend| {
+            let pool = snap.pool(&b.pool).map(|at| &snap.pools[at].conf);
+            pool.is_some_and(|p| p.origin == Origin::File)
+        };
+        if let Err(e) = save(path, &snap.backends, of_file) {
             warn!("state file {}: {e}", path.display());
         }
     }
 }
 
-/// Writes the live backends given as addresses, not those a lookup found: their entries stay
-/// in the config, and a restart looks them up again.
-pub fn save(path: &Path, backends: &[Arc<Backend>]) -> io::Result<()> {
+/// Writes the live backends given as addresses that `keep` keeps, not those a lookup found:
+/// their entries stay in the config, and a restart looks them up again.
+pub fn save(
+    path: &Path,
+    backends: &[Arc<Backend>],
+    keep: impl Fn(&Backend) -> bool,
+) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.is_live() && b.source.is_given())
+        .filter(|b| b.is_live() && b.source.is_given() && keep(b))
         .map(|b| {
-            json!({ "name": b.name, "address": b.addr.to_string(), "weight": b.weight(), "tls": b.tls, "pool": b.pool, "backup": b.backup })
+            let mut saved = document::backend_json(b);
+            saved["pool"] = json!(b.pool);
+            saved
         })
         .collect();
     let text = json!({ "backends": kept }).to_string() + "\n";
@@ -51,47 +64,12 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
         .get("backends")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no \"backends\" list"))?;
+    // `"pool"` and `"backup"` came with pools: a file from before has neither.
     list.iter()
-        .map(|b| {
-            let field = |key: &str| {
-                b.get(key)
-                    .ok_or_else(|| bad(&format!("a backend without {key:?}")))
-            };
-            let name = field("name")?.as_str().ok_or_else(|| bad("bad name"))?;
-            backend::check_name(name).map_err(|e| bad(&e))?;
-            let addr = field("address")?
-                .as_str()
-                .ok_or_else(|| bad("bad address"))?;
-            let addr = backend::parse_addr(addr).map_err(|e| bad(&e))?;
-            let weight = field("weight")?
-                .as_u64()
-                .and_then(backend::check_weight)
-                .ok_or_else(|| bad("bad weight"))?;
-            // `"tls"`: the name a TLS backend's certificate must have (absent: plain HTTP).
-            let tls = match b.get("tls") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(name)) => {
-                    Some(crate::config::parse_server_name(name).map_err(|e| bad(&e))?)
-                }
-                Some(_) => return Err(bad("bad tls")),
-            };
-            // `"pool"` and `"backup"` came with pools: a file from before has neither.
-            let pool = match b.get("pool") {
-                None => crate::config::DEFAULT_POOL,
-                Some(p) => p.as_str().ok_or_else(|| bad("bad pool"))?,
-            };
-            let backup = match b.get("backup") {
-                None => false,
-                Some(v) => v.as_bool().ok_or_else(|| bad("bad backup"))?,
-            };
-            Ok(BackendConf {
-                name: name.to_string(),
-                addr,
-                weight,
-                tls,
-                pool: pool.to_string(),
-                backup,
-            })
+        .map(|b| match document::backend(b, DEFAULT_POOL) {
+            Ok(conf) if conf.name.is_empty() => Err(bad("a backend without \"name\"")),
+            Ok(conf) => Ok(conf),
+            Err(e) => Err(bad(&e)),
         })
         .collect::<Result<Vec<_>, String>>()
         .map(Some)
@@ -100,7 +78,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Source, State};
+    use crate::backend::{self, Source, State};
 
     #[test]
     fn saved_backends_load_back_without_the_removed_ones() {
@@ -133,7 +111,7 @@ mod tests {
             entry: "api".into(),
         };
         backends.push(Arc::new(Backend::new(&found, State::Up, api)));
-        save(&path, &backends).unwrap();
+        save(&path, &backends, |_| true).unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);
         assert!(

@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium loads it from the admin listener while
 //! traffic flows, runs its polling script, and dumps the DOM; the table must list both
-//! backends and every chart must have drawn samples; with TLS, the certificates table lists
-//! each certificate and marks those that expire within 14 days.
+//! backends, the pools and routes tables their rows, and every chart must have drawn samples;
+//! with TLS, the certificates table lists each certificate and marks those that expire within
+//! 14 days.
 //!
 //! Needs Debian's `chromium`. Run as root (as on this project's machines and in CI), the test
 //! installs it with apt-get when it is missing, so `cargo test` works on a fresh machine;
@@ -147,7 +148,7 @@ fn the_status_page_lists_backends_and_draws_live_charts() {
     let b = Backend::named("beta");
     let lb = Lb::start(&ini(
         &[("alpha", a.addr), ("beta", b.addr)],
-        "[health]\ninterval_ms = 100\n[admin]\nlisten = 127.0.0.1:0\n",
+        "[health]\ninterval_ms = 100\n[admin]\nlisten = 127.0.0.1:0\n[route.all]\npool = default\n",
     ));
     let admin = lb.admin_addr();
     // A steady trickle of requests, not a flood that starves the browser.
@@ -182,6 +183,24 @@ fn the_status_page_lists_backends_and_draws_live_charts() {
             context()
         );
     }
+
+    assert_eq!(
+        attribute_values(&dom, "data-pool"),
+        ["default"],
+        "{}",
+        context()
+    );
+    assert_eq!(
+        attribute_values(&dom, "data-route"),
+        ["all"],
+        "{}",
+        context()
+    );
+    assert!(
+        dom.contains(">pool = default<") && dom.contains(">2 / 2<"),
+        "the route's action and the pool's backends up are not shown {}",
+        context()
+    );
 
     let charts = canvases(&dom);
     let ids: Vec<&str> = charts.iter().map(|(id, _)| id.as_str()).collect();

@@ -1,7 +1,7 @@
 //! A `[route.NAME]` section: its conditions, its action and its rewrites, parsed key by key.
 
 use crate::backend::check_name;
-use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr};
+use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr, Origin};
 use crate::http::chunked::is_token;
 use crate::http::request::{HashKey, Seen};
 use crate::http::rewrite::Rewrite;
@@ -157,6 +157,10 @@ pub struct RouteConf {
     pub sni: Vec<HostPattern>,
     pub action: Action,
     pub rewrite: Rewrite,
+    /// The `(key, value)`s that set it, as given (`parse_key` keeps each): a `[route.NAME]`
+    /// section's lines or a route document's keys, shown as they came (`document::route_json`).
+    pub keys: Vec<(String, String)>,
+    pub origin: Origin,
 }
 
 impl RouteConf {
@@ -184,7 +188,23 @@ impl RouteConf {
                 split_by: None,
             },
             rewrite: Rewrite::default(),
+            keys: Vec::new(),
+            origin: Origin::File,
         })
+    }
+
+    /// The route `keys` make, each read as a `[route.NAME]` line is (and, as there, each at
+    /// most once): how a route document becomes a route. The error names the first bad key.
+    pub fn from_keys(name: &str, keys: &[(String, String)]) -> Result<RouteConf, String> {
+        let mut route = RouteConf::new(name)?;
+        for (at, (key, value)) in keys.iter().enumerate() {
+            if keys[..at].iter().any(|(seen, _)| seen == key) {
+                return Err(format!("{key}: duplicate key"));
+            }
+            parse_key(&mut route, key, value).map_err(|e| format!("{key}: {e}"))?;
+        }
+        route.check()?;
+        Ok(route)
     }
 
     /// Whether the route is whole: one action, and rewrites only where a request goes on.
@@ -279,9 +299,35 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Sets one `key = value` of a route section. Keys with an argument (`header X-Canary = 1`)
-/// arrive whole in `key`.
+/// Sets one `key = value` of a route section, and keeps the pair. Keys with an argument
+/// (`header X-Canary = 1`) arrive whole in `key`.
 pub fn parse_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String> {
+    set_key(route, key, v)?;
+    route.keys.push((key.to_string(), v.to_string()));
+    Ok(())
+}
+
+/// What a route key does, by its first word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Decides whether the route matches.
+    Condition,
+    /// What the route does with a request: `pool`, `redirect`, `return`.
+    Action,
+    /// How a request or its response changes on the way (and `split_by`, which tunes a split).
+    Rule,
+}
+
+pub fn role(key: &str) -> Role {
+    match key.split_whitespace().next().unwrap_or_default() {
+        "pool" | "redirect" | "return" => Role::Action,
+        "split_by" | "strip_prefix" | "add_prefix" => Role::Rule,
+        word if word.ends_with("_header") && word != "has_header" => Role::Rule,
+        _ => Role::Condition,
+    }
+}
+
+fn set_key(route: &mut RouteConf, key: &str, v: &str) -> Result<(), String> {
     let (word, arg) = match key.split_once(char::is_whitespace) {
         Some((word, arg)) => (word, Some(arg.trim())),
         None => (key, None),

@@ -45,3 +45,24 @@ pub fn api_backends(admin: SocketAddr) -> Value {
     assert_eq!(resp.header("content-type"), Some("application/json"));
     json_body(&resp)
 }
+
+/// The value of the one counter or gauge sample of `name` whose labels include `labels` in
+/// `/metrics` (0 when there is none).
+#[track_caller]
+pub fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::{Scrape, Value as Metric};
+    let text = admin_request(admin, "GET", "/metrics", None, None).body_str();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse /metrics");
+    let found: Vec<f64> = (scrape.samples.iter())
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => v,
+            _ => panic!("{name} is not a single value"),
+        })
+        .collect();
+    match found[..] {
+        [] => 0.0,
+        [one] => one,
+        _ => panic!("{} samples of {name} {labels:?}:\n{text}", found.len()),
+    }
+}
