@@ -975,6 +975,14 @@ impl Parser<'_> {
             if let Err(message) = route.check() {
                 return Err(self.error(line, format!("[{section}]"), message));
             }
+            let id_header = c.lb.request_id.as_deref();
+            if let Some(id) =
+                id_header.filter(|id| route.rule_headers().any(|h| h.eq_ignore_ascii_case(id)))
+            {
+                let message =
+                    format!("a header rule names {id}, the [lb] request_id header lb-mio writes");
+                return Err(self.error(line, format!("[{section}]"), message));
+            }
             for name in route.pool_names() {
                 match c.pool(name) {
                     Some(pool) => routed[pool] = true,

@@ -222,8 +222,11 @@ impl RouteTable {
         (self.exact, self.wildcard) = (exact, wildcard);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+    /// Some route has a path condition: only then is a request's path normalised (and one
+    /// that cannot be is refused), so a table of host routes leaves paths as they are.
+    pub fn looks_at_paths(&self) -> bool {
+        let paths = |r: &Route| !r.conf.paths.is_empty() || !r.conf.exact_paths.is_empty();
+        self.routes.iter().any(paths)
     }
 
     /// Takes over the counts of `old`'s routes that have the same names.

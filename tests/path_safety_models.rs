@@ -73,10 +73,41 @@ fn tomcat(path: &[u8]) -> Option<Vec<u8>> {
     resolve(&decoded, AtRoot::Refuse)
 }
 
-/// Go's net/http (1.22's ServeMux cleans the escaped path) and Express-like routers: resolve
-/// dot segments on the raw path, staying at the root as `path.Clean` does, then decode.
+/// Go's net/http (1.22's ServeMux cleans the escaped path): resolve dot segments on the raw
+/// path, staying at the root as `path.Clean` does, then decode.
 fn go(path: &[u8]) -> Option<Vec<u8>> {
     decode_all(&resolve(path, AtRoot::Stay)?)
+}
+
+/// Routers that match the path as it came, dots and all (Express's `app.use('/admin')`,
+/// Flask's and Starlette's `/<path:rest>`): decoded, nothing resolved or merged.
+fn raw_router(path: &[u8]) -> Option<Vec<u8>> {
+    decode_all(path)
+}
+
+/// RFC 3986 §5.2.4 readers (Envoy, the WHATWG URL parser, Rust's `url`): dot segments
+/// resolved with empty segments kept, so `/admin//../x` is `/admin/x`; then decoded.
+fn rfc3986(path: &[u8]) -> Option<Vec<u8>> {
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let segments: Vec<&[u8]> = path.strip_prefix(b"/")?.split(|&b| b == b'/').collect();
+    for (at, segment) in segments.iter().enumerate() {
+        match *segment {
+            b"." => {}
+            b".." => {
+                kept.pop();
+            }
+            _ => kept.push(segment),
+        }
+        if matches!(*segment, b"." | b"..") && at + 1 == segments.len() {
+            kept.push(b"");
+        }
+    }
+    decode_all(
+        &kept
+            .iter()
+            .flat_map(|s| [&b"/"[..], s].concat())
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// IIS: decodes, takes `\` for `/`, then resolves. It ignores case, which [`MODELS`] says.
@@ -99,7 +130,7 @@ struct Model {
     any_case: bool,
 }
 
-const MODELS: [Model; 4] = [
+const MODELS: [Model; 6] = [
     Model {
         name: "nginx",
         read: nginx,
@@ -113,6 +144,16 @@ const MODELS: [Model; 4] = [
     Model {
         name: "go",
         read: go,
+        any_case: false,
+    },
+    Model {
+        name: "raw router",
+        read: raw_router,
+        any_case: false,
+    },
+    Model {
+        name: "rfc3986",
+        read: rfc3986,
         any_case: false,
     },
     Model {
@@ -138,9 +179,11 @@ fn corpus() -> Vec<&'static str> {
         .collect()
 }
 
-/// The target's path as sent, when lb-mio can split the target.
+/// The target's path as sent, when lb-mio can split the target (`/` for an absolute-form
+/// target without one, as routes see it).
 fn path_of(target: &str) -> Option<&[u8]> {
-    split_target(target.as_bytes()).map(|(path, _)| path)
+    let path = split_target(target.as_bytes()).map(|(path, _)| path)?;
+    Some(if path.is_empty() { b"/" } else { path })
 }
 
 /// lb-mio's normalised path, `None` when it answers 400.
@@ -218,7 +261,7 @@ fn the_corpus_is_large_and_hides_admin_often() {
 
 #[test]
 fn the_models_read_as_their_backends_do() {
-    let rows: [(Read, &str, Option<&str>); 10] = [
+    let rows: [(Read, &str, Option<&str>); 14] = [
         (nginx, "/public/%2e%2e/admin", Some("/admin")),
         (nginx, "/public/..%2fadmin/", Some("/admin/")),
         (nginx, "/admin/..;/x", Some("/admin/..;/x")),
@@ -229,6 +272,10 @@ fn the_models_read_as_their_backends_do() {
         (go, "/../x//./y", Some("/x/y")),
         (iis, "/public\\..%5cADMIN", Some("/ADMIN")),
         (iis, "/x%zz", None),
+        (raw_router, "/admin/../x", Some("/admin/../x")),
+        (rfc3986, "/admin//../x", Some("/admin/x")),
+        (rfc3986, "/a/b/..", Some("/a/")),
+        (rfc3986, "/../x", Some("/x")),
     ];
     for (read, path, want) in rows {
         assert_eq!(

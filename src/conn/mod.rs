@@ -472,9 +472,9 @@ impl Conn {
                 name,
                 fresh: &fresh,
             }),
-            path_room: match ctx.snap.routes.is_empty() {
-                true => None,
-                false => Some(ctx.admission.path_room()),
+            path_room: match ctx.snap.routes.looks_at_paths() {
+                true => Some(ctx.admission.path_room()),
+                false => None,
             },
             https: self.client.is_tls(),
             client_cert: (config.tls.client_ca.is_some() && self.client.is_tls())

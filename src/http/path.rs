@@ -9,13 +9,16 @@
 //! - escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, the others kept
 //!   with upper-case hex;
 //! - `;params` are dropped from each segment, as Tomcat does (`/admin;x/` reaches `/admin/`);
-//! - repeated slashes merge, and `.` and `..` segments are removed (RFC 3986 §5.2.4).
+//! - repeated slashes merge, and `.` segments are removed.
 //!
 //! Refused (400), because some backend would read it otherwise: a `#`; `%2F`, `%5C` or a raw
-//! `\` (a separator to some, not to others); an encoded control; a bad escape; a dot segment
-//! spelled with an escape (`%2e%2e`: nginx resolves it, Go does not); a `;` after a segment
-//! name that is `.` or `..` (`..;/`, the Tomcat bypass), or empty with more path after it
-//! (`/;x/../`); a `..` above the root.
+//! `\` (a separator to some, not to others); an encoded control; a bad escape; any `..`
+//! segment (nginx resolves `/admin/../x` to `/x`, while a router that matches the raw path,
+//! Express's or Flask's, serves it from `/admin`; and `/admin//../x` is `/x` once slashes
+//! merge but `/admin/x` by RFC 3986); a dot segment spelled with an escape (`%2e%2e`); a `;`
+//! after a segment name that is `.` or `..` (`..;/`, the Tomcat bypass), or empty with more
+//! path after it (`/;x/../`). Browsers resolve dot segments before they send a request, so
+//! the `..` a balancer sees comes from tools or from someone probing it.
 //!
 //! Nothing allocates: the result is written into the caller's buffer and is never longer
 //! than the input.
@@ -43,8 +46,8 @@ pub enum PathError {
     EncodedDot,
     /// A `;` after a segment name that is `.`, `..`, or empty with more path after it.
     DotParameter,
-    /// More `..` segments than there are segments before them.
-    AboveRoot,
+    /// A `..` segment: backends resolve it differently, or not at all.
+    DotDot,
 }
 
 impl PathError {
@@ -60,14 +63,16 @@ impl PathError {
             PathError::EncodedControl => "encoded control character in the path",
             PathError::EncodedDot => "percent-encoded dot segment in the path",
             PathError::DotParameter => "parameter on a dot or empty path segment",
-            PathError::AboveRoot => "path climbs above the root",
+            PathError::DotDot => "dot-dot segment in the path",
         }
     }
 }
 
 /// The path and the query (without its `?`) of a request target the head parser accepted:
-/// origin-form, absolute-form (the path after the authority, `/` when empty) or `*`.
-/// `None` for a target with a `#` (answered with [`PathError::Fragment`]) or of no such form.
+/// origin-form, absolute-form (the path after the authority: empty, right after it, when the
+/// target has none; routes then see `/`) or `*`. Both are slices of `target`, so a rewrite
+/// knows where the path is. `None` for a target with a `#` (answered with
+/// [`PathError::Fragment`]) or of no such form.
 pub fn split_target(target: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     if target.contains(&b'#') {
         return None;
@@ -84,7 +89,7 @@ pub fn split_target(target: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
         Some(q) => (&rest[..q], Some(&rest[q + 1..])),
         None => (rest, None),
     };
-    Some((if path.is_empty() { b"/" } else { path }, query))
+    Some((path, query))
 }
 
 /// What follows `scheme://authority` in an absolute-form target.
@@ -136,7 +141,7 @@ fn push_segment(raw: &[u8], last: bool, out: &mut [u8], len: usize) -> Result<us
     }
     match name {
         b"" | b"." => Ok(len),
-        b".." => parent(out, len),
+        b".." => Err(PathError::DotDot),
         _ => {
             let end = len + name.len();
             if last {
@@ -145,15 +150,6 @@ fn push_segment(raw: &[u8], last: bool, out: &mut [u8], len: usize) -> Result<us
             out[end] = b'/';
             Ok(end + 1)
         }
-    }
-}
-
-/// The length of `out[..len]` (which ends in `/`) without its last segment.
-fn parent(out: &[u8], len: usize) -> Result<usize, PathError> {
-    let before_slash = &out[..len - 1];
-    match before_slash.iter().rposition(|&b| b == b'/') {
-        Some(slash) => Ok(slash + 1),
-        None => Err(PathError::AboveRoot),
     }
 }
 
@@ -281,16 +277,16 @@ mod tests {
         check(&[
             ("//admin", Ok("/admin")),
             ("///admin//x//", Ok("/admin/x/")),
-            ("/public/../admin", Ok("/admin")),
-            ("/public/x/../../admin/", Ok("/admin/")),
+            ("/public/../admin", Err(DotDot)),
+            ("/public/x/../../admin/", Err(DotDot)),
             ("/./admin", Ok("/admin")),
             ("/a/./b", Ok("/a/b")),
-            ("/a/..", Ok("/")),
+            ("/a/..", Err(DotDot)),
             ("/a/.", Ok("/a/")),
-            ("/a/b/..", Ok("/a/")),
-            ("/a/b/../", Ok("/a/")),
+            ("/a/b/..", Err(DotDot)),
+            ("/a/b/../", Err(DotDot)),
             ("/.", Ok("/")),
-            ("/public//../admin", Ok("/admin")),
+            ("/public//../admin", Err(DotDot)),
         ]);
     }
 
@@ -299,7 +295,7 @@ mod tests {
         check(&[
             ("/admin;x", Ok("/admin")),
             ("/admin;jsessionid=1/secret", Ok("/admin/secret")),
-            ("/public;x/../admin", Ok("/admin")),
+            ("/public;x/../admin", Err(DotDot)),
             ("/admin;a;b=c/", Ok("/admin/")),
             ("/admin/;x", Ok("/admin/")),
             ("/;jsessionid=ABC", Ok("/")),
@@ -336,9 +332,9 @@ mod tests {
             ("/a/%2e%2e;x/admin", Err(DotParameter)),
             ("/;/admin", Err(DotParameter)),
             ("/admin/;x/../secret", Err(DotParameter)),
-            ("/..", Err(AboveRoot)),
-            ("/../admin", Err(AboveRoot)),
-            ("/a/../..", Err(AboveRoot)),
+            ("/..", Err(DotDot)),
+            ("/../admin", Err(DotDot)),
+            ("/a/../..", Err(DotDot)),
             ("/%2e%2e/admin", Err(EncodedDot)),
             ("admin", Err(NotAbsolute)),
             ("", Err(NotAbsolute)),
@@ -363,8 +359,8 @@ mod tests {
             ("/?q", Some(("/", Some("q")))),
             ("http://h:80/p?q", Some(("/p", Some("q")))),
             ("https://h/", Some(("/", None))),
-            ("http://h", Some(("/", None))),
-            ("http://h?q", Some(("/", Some("q")))),
+            ("http://h", Some(("", None))),
+            ("http://h?q", Some(("", Some("q")))),
             ("HTTP://h:8080//a/../b", Some(("//a/../b", None))),
             ("*", Some(("*", None))),
             ("/p#f", None),
@@ -395,7 +391,7 @@ mod tests {
     proptest! {
         #[test]
         fn normalised_paths_are_clean_and_stable(path in paths()) {
-            prop_assert!(split_target(&path).is_none_or(|(p, _)| p.len() <= path.len().max(1)));
+            prop_assert!(split_target(&path).is_none_or(|(p, _)| p.len() <= path.len()));
             let Ok(once) = normalised(&path) else { return Ok(()) };
             prop_assert!(once.len() <= path.len());
             if path.starts_with(b"/") {

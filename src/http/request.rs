@@ -297,7 +297,7 @@ pub fn parse_routed<'s, D>(
     let hop = HopHeaders::read(req.headers)?;
     let host = single_host(req.headers, http10)?;
     let target = req.path.unwrap_or_default().as_bytes();
-    check_target(method_token, target, host)?;
+    let absolute = check_target(method_token, target, host)?;
     if http10 && hop.chunked {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
@@ -305,7 +305,7 @@ pub fn parse_routed<'s, D>(
     let seen = see(
         method_token,
         target,
-        host,
+        absolute.or(host),
         req.headers,
         wanted.path_room,
         &mut host_buf,
@@ -340,37 +340,42 @@ pub fn parse_routed<'s, D>(
     Ok(Some((request, decision)))
 }
 
-/// What the route table sees: the host in lower case without port or trailing dot (into
-/// `host_buf`), and the path normalised into `path_room` when routes exist.
+/// What the route table sees: the host of `authority` (an absolute-form target's, else
+/// `Host`'s) in lower case without port or trailing dot (into `host_buf`), and the path
+/// normalised into `path_room` when routes look at paths.
 fn see<'a>(
     method: &'a str,
     target: &'a [u8],
-    host: Option<&'a [u8]>,
+    authority: Option<&'a [u8]>,
     headers: &'a [httparse::Header<'a>],
     path_room: Option<&'a mut [u8]>,
     host_buf: &'a mut [u8; 256],
 ) -> Result<Seen<'a>, HeadError> {
     let (sent_path, query) =
         path::split_target(target).ok_or(HeadError::Malformed("bad request target"))?;
-    let authority = match (host.map(<[u8]>::trim_ascii), absolute_authority(target)) {
-        (_, Some(authority)) => authority,
-        (Some(host), None) => host,
-        (None, None) => b"",
-    };
+    let authority = authority.map_or(&b""[..], <[u8]>::trim_ascii);
     let name = authority_host(authority);
-    let host_len = name.len().min(host_buf.len());
-    host_buf[..host_len].copy_from_slice(&name[..host_len]);
-    host_buf[..host_len].make_ascii_lowercase();
+    // Longer than any DNS name: cutting it would match a route it does not name.
+    let host = host_buf
+        .get_mut(..name.len())
+        .ok_or(HeadError::Malformed("host name longer than 255 bytes"))?;
+    host.copy_from_slice(name);
+    host.make_ascii_lowercase();
+    let routed_path = if sent_path.is_empty() {
+        b"/"
+    } else {
+        sent_path
+    };
     let path = match path_room {
-        None => sent_path,
+        None => routed_path,
         Some(_) if sent_path == b"*" => sent_path,
         Some(room) => {
-            path::normalise(sent_path, room).map_err(|e| HeadError::Malformed(e.why()))?
+            path::normalise(routed_path, room).map_err(|e| HeadError::Malformed(e.why()))?
         }
     };
     Ok(Seen {
         method,
-        host: &host_buf[..host_len],
+        host,
         authority,
         path,
         sent_path,
@@ -387,20 +392,17 @@ pub fn with_seen<R>(input: &[u8], f: impl FnOnce(&Seen) -> R) -> Option<R> {
     req.parse(input).ok()?;
     let host = single_host(req.headers, req.version == Some(0)).ok()?;
     let target = req.path?.as_bytes();
+    let absolute = check_target(req.method?, target, host).ok()?;
     let mut host_buf = [0u8; 256];
-    let seen = see(req.method?, target, host, req.headers, None, &mut host_buf);
+    let seen = see(
+        req.method?,
+        target,
+        absolute.or(host),
+        req.headers,
+        None,
+        &mut host_buf,
+    );
     Some(f(&seen.ok()?))
-}
-
-/// The authority of an absolute-form target.
-fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
-    let at = target.windows(3).position(|w| w == b"://")?;
-    let rest = &target[at + 3..];
-    let end = rest
-        .iter()
-        .position(|b| b"/?#".contains(b))
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
 }
 
 /// The host of `host[:port]`, without a trailing dot (`[::1]` stays bracketed).
@@ -478,12 +480,17 @@ fn authority(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
 /// for OPTIONS only, or an absolute `http`/`https` URI (CONNECT's authority-form was refused
 /// before). An absolute-form target must name the authority `Host` names: the backend, as an
 /// origin server, goes by the target (§3.2.2), while lb-mio forwards `Host` unchanged and
-/// balances, logs and sets `X-Forwarded-Host` by it, so the two must not disagree.
-fn check_target(method: &str, target: &[u8], host: Option<&[u8]>) -> Result<(), HeadError> {
+/// balances, logs and sets `X-Forwarded-Host` by it, so the two must not disagree. Returns an
+/// absolute-form target's authority: routes go by it.
+fn check_target<'a>(
+    method: &str,
+    target: &'a [u8],
+    host: Option<&[u8]>,
+) -> Result<Option<&'a [u8]>, HeadError> {
     let bad = |why| Err(HeadError::Malformed(why));
     match target {
-        [b'/', ..] => return Ok(()),
-        b"*" if method == "OPTIONS" => return Ok(()),
+        [b'/', ..] => return Ok(None),
+        b"*" if method == "OPTIONS" => return Ok(None),
         b"*" => return bad("asterisk-form target without OPTIONS"),
         _ => {}
     }
@@ -521,7 +528,7 @@ fn check_target(method: &str, target: &[u8], host: Option<&[u8]>) -> Result<(), 
     };
     match host {
         Some(host) if !same(host) => bad("Host differs from the request target"),
-        _ => Ok(()),
+        _ => Ok(Some(&rest[..end])),
     }
 }
 
@@ -625,15 +632,11 @@ fn write_upstream_head(
     head::put_all(out, b"\r\n")
 }
 
-/// Where the path is in the request line: an absolute-form target without one (`http://h`)
-/// has it, empty, at the end of the target.
+/// Where the path is in the request line (`split_target` gives it as a slice of the target, an
+/// empty one right after an absolute-form target's authority when it has no path).
 fn path_at(line: &[u8], sent_path: &[u8]) -> (usize, usize) {
-    if line.as_ptr_range().contains(&sent_path.as_ptr()) {
-        let start = Span::within(line, sent_path).at;
-        return (start, start + sent_path.len());
-    }
-    let target_end = line.iter().rposition(|&b| b == b' ').unwrap_or(line.len());
-    (target_end, target_end)
+    let start = Span::within(line, sent_path).at;
+    (start, start + sent_path.len())
 }
 
 /// `X-Forwarded-For: <what the client sent>, <client address>` as one header.

@@ -51,13 +51,17 @@ impl Rewrite {
         self.strip_prefix.is_some() || self.add_prefix.is_some()
     }
 
-    /// The path after the prefix rules, as the pieces to write in order (the rest of the sent
-    /// path always begins with `/`, so `/api` off `/api` leaves `/`).
+    /// The path after the prefix rules, as the pieces to write in order. The prefix comes off
+    /// only at a segment's end (`/api` off `/api/x` or `/api`, not off `/api../x`, which would
+    /// leave a `..` the route never saw); the rest always begins with `/`.
     pub fn path<'a>(&'a self, sent: &'a [u8]) -> [&'a [u8]; 3] {
         let add = self.add_prefix.as_deref().unwrap_or_default().as_bytes();
-        let rest = match self.strip_prefix.as_deref() {
-            Some(strip) => sent.strip_prefix(strip.as_bytes()).unwrap_or(sent),
-            None => sent,
+        let strip = self.strip_prefix.as_deref().unwrap_or_default().as_bytes();
+        let rest = match sent.strip_prefix(strip) {
+            Some(rest) if rest.is_empty() || rest.starts_with(b"/") || strip.ends_with(b"/") => {
+                rest
+            }
+            _ => sent,
         };
         let slash: &[u8] = if rest.first() == Some(&b'/') {
             b""

@@ -3,7 +3,7 @@
 use crate::backend::check_name;
 use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr, Origin};
 use crate::http::chunked::is_token;
-use crate::http::request::{HashKey, Seen};
+use crate::http::request::{HashKey, Seen, FORWARDING_HEADERS};
 use crate::http::rewrite::Rewrite;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -106,6 +106,7 @@ impl Template {
                 Piece::Text(text) => out.write_all(text.as_bytes())?,
                 Piece::Scheme => out.write_all(if https { b"https" } else { b"http" })?,
                 Piece::Host => out.write_all(seen.authority)?,
+                Piece::Path if seen.sent_path.is_empty() => out.write_all(b"/")?,
                 Piece::Path => out.write_all(seen.sent_path)?,
                 Piece::Query => {
                     if let Some(query) = seen.query {
@@ -222,6 +223,21 @@ impl RouteConf {
                 }
             }
         }
+    }
+
+    /// The header names its rules name, both ways.
+    pub fn rule_headers(&self) -> impl Iterator<Item = &str> {
+        let (req, res) = (&self.rewrite.request, &self.rewrite.response);
+        let given = (req
+            .set
+            .iter()
+            .chain(&req.add)
+            .chain(&res.set)
+            .chain(&res.add))
+        .map(|(n, _)| n);
+        given
+            .chain(req.remove.iter().chain(&res.remove))
+            .map(String::as_str)
     }
 
     /// The pools its action sends requests to.
@@ -425,9 +441,15 @@ fn header_name(word: &str, name: &str) -> Result<String, String> {
         return Err(format!("{name:?} is not a name"));
     }
     let rule = word.ends_with("_header");
-    if rule && FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+    let named = |list: &[&str]| list.iter().any(|f| name.eq_ignore_ascii_case(f));
+    if rule && named(&FRAMING) {
         return Err(format!(
             "{word}: {name} frames the message; no rule may change it"
+        ));
+    }
+    if rule && named(&FORWARDING_HEADERS) {
+        return Err(format!(
+            "{word}: lb-mio writes {name} itself; no rule may change it"
         ));
     }
     Ok(name.to_string())

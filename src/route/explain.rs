@@ -61,7 +61,7 @@ pub fn explain(config: &Config, table: &RouteTable, q: &Question) -> Result<Expl
     };
     let mut path_room = vec![0; head.len()];
     let wanted = request::Wanted {
-        path_room: Some(&mut path_room),
+        path_room: table.looks_at_paths().then_some(&mut path_room[..]),
         https,
         ..request::Wanted::default()
     };

@@ -31,6 +31,14 @@ const VIA: Via = Via {
 
 /// What the table decides for `head`, and the route `explain` says matched.
 fn ask(table: &RouteTable, head: &str, via: &Via) -> (Decision, Option<String>) {
+    try_ask(table, head, via).unwrap()
+}
+
+fn try_ask(
+    table: &RouteTable,
+    head: &str,
+    via: &Via,
+) -> Result<(Decision, Option<String>), crate::http::head::HeadError> {
     let limits = HeadLimits {
         max_bytes: 8192,
         max_headers: 64,
@@ -57,7 +65,7 @@ fn ask(table: &RouteTable, head: &str, via: &Via) -> (Decision, Option<String>) 
             Ok((Forwarding::default(), (decision, said)))
         },
     );
-    parsed.unwrap().unwrap().1
+    Ok(parsed?.unwrap().1)
 }
 
 fn get(host: &str, target: &str) -> String {
@@ -95,6 +103,32 @@ fn exact_wildcard_and_any_host_routes_keep_file_order() {
             "{host}{path}"
         );
     }
+}
+
+#[test]
+fn only_an_absolute_form_target_names_the_host() {
+    let t = table(&[
+        "admin: host = admin.example.com; return = 403",
+        "rest: pool = default",
+    ]);
+    let head = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: admin.example.com\r\n\r\n");
+    for target in [
+        "/?x=http://www.example.com",
+        "/a://b/c",
+        "http://admin.example.com/x",
+    ] {
+        assert_eq!(
+            matched(&t, &head(target)).as_deref(),
+            Some("admin"),
+            "{target}"
+        );
+    }
+    // A host longer than any DNS name is refused, not cut to one a route names.
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: {}.admin.example.com\r\n\r\n",
+        "a".repeat(250)
+    );
+    assert!(try_ask(&t, &long, &VIA).is_err());
 }
 
 #[test]
@@ -137,7 +171,7 @@ fn the_path_that_matches_is_the_normalised_one() {
     ]);
     for target in [
         "/admin/x",
-        "/public/../admin/x",
+        "/./admin/x",
         "//admin/x",
         "/%61dmin/x",
         "/ADMIN/x",
@@ -153,6 +187,8 @@ fn the_path_that_matches_is_the_normalised_one() {
         matched(&t, &get("h", "/administrator")).as_deref(),
         Some("rest")
     );
+    // A `..` is read differently by different backends: refused, not resolved.
+    assert!(try_ask(&t, &get("h", "/public/../admin/x"), &VIA).is_err());
 }
 
 #[test]
@@ -300,6 +336,11 @@ fn a_route_section_is_checked_key_by_key() {
         ),
         ("set_header X(1)", "v", "not a name"),
         ("add_header X-A", "a\rb", "visible ASCII"),
+        (
+            "remove_header",
+            "X-Forwarded-For",
+            "writes X-Forwarded-For itself",
+        ),
         ("colour", "red", "unknown route key"),
     ] {
         let err = parse_key(&mut r, key, value);
