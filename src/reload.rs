@@ -1,5 +1,5 @@
-//! SIGHUP: a new config.ini becomes a new snapshot. Backends that stay (same name and address)
-//! keep their record, so their health, counters and connections in flight carry on; new ones
+//! SIGHUP: a new config.ini becomes a new snapshot. Backends that stay (same pool, name, address,
+//! `tls` and `backup`) keep their record, so their health, counters and connections in flight carry on; new ones
 //! start down until their health checks pass; those gone from the file drain, then leave.
 //! Addresses found by DNS stay while their entry stays as it was (discovery keeps them up to
 //! date); those of an entry removed or changed drain, and discovery looks the entry up anew.
@@ -302,6 +302,52 @@ mod tests {
             new.backends[0].state(),
             State::Up,
             "static backends as before"
+        );
+    }
+
+    #[test]
+    fn a_backend_or_entry_moved_to_another_pool_or_made_a_backup_is_replaced() {
+        let parse = |text: &str| Config::parse(text, "t.ini").unwrap();
+        let old = parse(
+            "[backends]\na = 127.0.0.1:1\nb = 127.0.0.1:2\nweb = web.test:80\n\
+             [pool.api.backends]\nc = 127.0.0.1:3\n[route.api]\npath = /api/\npool = api\n",
+        );
+        let found = BackendConf {
+            name: "web-10.0.0.1-80".into(),
+            addr: "10.0.0.1:80".parse().unwrap(),
+            weight: 1,
+            tls: None,
+            pool: "default".into(),
+            backup: false,
+        };
+        let mut backends = backend::at_start(&old.backends, &Source::Config).to_vec();
+        let web = Source::Dns {
+            entry: "web".into(),
+        };
+        backends.push(Arc::new(Backend::new(&found, State::Up, web)));
+        let old = Snapshot::new(old, backends.into()).unwrap();
+        // a becomes a backup; b and the entry web move to the pool api; c stays as it was.
+        let new = parse(
+            "[backends]\na = 127.0.0.1:1 backup\n\
+             [pool.api.backends]\nb = 127.0.0.1:2\nc = 127.0.0.1:3\nweb = web.test:80\n\
+             [route.api]\npath = /api/\npool = api\n",
+        );
+        let new = apply(&old, new).unwrap();
+        let state = |at: usize| (new.backends[at].name.as_str(), new.backends[at].state());
+        assert_eq!(state(0), ("a", State::Draining));
+        assert_eq!(state(1), ("b", State::Draining));
+        assert!(Arc::ptr_eq(&old.backends[2], &new.backends[2]), "c kept");
+        assert_eq!(state(3), ("web-10.0.0.1-80", State::Draining));
+        let added: Vec<_> = new.backends[4..]
+            .iter()
+            .map(|b| (b.name.as_str(), b.pool.as_str(), b.backup, b.state()))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                ("a", "default", true, State::Down),
+                ("b", "api", false, State::Down)
+            ]
         );
     }
 

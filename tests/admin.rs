@@ -762,3 +762,132 @@ fn deleted_backends_free_their_ids_for_the_next_ones() {
     assert_eq!(get(lb.addr, "/").body_str(), "a");
     assert_eq!(lb.count_log("no free backend slot"), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The state file keeps each backend's pool and backup flag
+// ---------------------------------------------------------------------------------------------
+
+/// The state file's backends as (name, pool, backup), by name.
+#[track_caller]
+fn saved(path: &std::path::Path) -> Vec<(String, String, bool)> {
+    let text = std::fs::read_to_string(path).expect("read the state file");
+    let value: Value = serde_json::from_str(&text).expect("the state file is JSON");
+    let mut list: Vec<_> = value["backends"]
+        .as_array()
+        .expect("\"backends\" is an array")
+        .iter()
+        .map(|b| {
+            let field = |key: &str| b[key].as_str().unwrap_or("(none)").to_string();
+            (field("name"), field("pool"), b["backup"] == true)
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+#[test]
+fn backends_added_to_a_pool_keep_their_pool_and_backup_flag_across_a_restart() {
+    let site = Backend::named("site");
+    let first = Backend::named("first");
+    let mut added = Backend::named("added");
+    let spare = Backend::named("spare");
+    let dir = TempDir::new("-state");
+    let state = dir.path().join("state.json");
+    let config = ini(
+        &[("site", site.addr)],
+        &format!(
+            "{ADMIN}state_file = {}\n[pool.api.backends]\nfirst = {}\n\
+             [route.api]\npath = /api/\npool = api\n",
+            state.display(),
+            first.addr
+        ),
+    );
+    let lb = Lb::start(&config);
+    let admin = lb.admin_addr();
+    for (backend, extra) in [(&added, ""), (&spare, r#", "backup": true"#)] {
+        let body = format!(
+            r#"{{"address": "{}", "name": "{}", "pool": "api"{extra}}}"#,
+            backend.addr, backend.name
+        );
+        let resp = call(admin, "POST", "/api/backends", Some(&body));
+        assert_eq!(resp.status, 201, "{}", resp.body_str());
+    }
+    let want = |name: &str, pool: &str, backup| (name.to_string(), pool.to_string(), backup);
+    assert_eq!(
+        saved(&state),
+        [
+            want("added", "api", false),
+            want("first", "api", false),
+            want("site", "default", false),
+            want("spare", "api", true),
+        ]
+    );
+    drop(lb);
+
+    // A restart takes the backends from the state file: both primaries share the pool's
+    // traffic, the backup gets none, and the default pool none of it.
+    let lb = Lb::start(&config);
+    lb.expect_log("4 backends from the state file", WAIT);
+    let api: Vec<String> = (0..20).map(|i| lb.get_body(&format!("/api/{i}"))).collect();
+    let count = |name: &str| api.iter().filter(|s| *s == name).count();
+    assert_eq!((count("first"), count("added")), (10, 10), "{api:?}");
+    for i in 0..10 {
+        assert_eq!(lb.get_body(&format!("/site/{i}")), "site");
+    }
+    assert_eq!(spare.request_count(), 0, "the backup took traffic");
+    assert_eq!(added.requests_under("/site/"), 0);
+    assert_eq!(site.requests_under("/api/"), 0);
+
+    // The backup is still one: it takes the pool's traffic once no primary is up.
+    added.stop();
+    drop(first);
+    let moved = wait_until(WAIT, || {
+        try_get(lb.addr, "/api/probe", IO_TIMEOUT).is_ok_and(|r| r.body_str() == "spare")
+    });
+    assert!(
+        moved,
+        "the backup never took traffic; log:\n{}",
+        lb.log_text()
+    );
+    for i in 0..10 {
+        assert_eq!(lb.get_body(&format!("/api/after/{i}")), "spare");
+    }
+    assert_eq!(site.requests_under("/api/"), 0);
+}
+
+#[test]
+fn a_state_file_from_before_pools_loads_into_the_default_pool() {
+    let (old, listed_in_config, added) = (
+        Backend::named("old"),
+        Backend::named("cfg"),
+        Backend::named("added"),
+    );
+    let dir = TempDir::new("-state");
+    let state = dir.path().join("state.json");
+    // As lb-mio wrote it before pools: no "pool", no "backup".
+    let before = format!(
+        r#"{{"backends":[{{"name":"old","address":"{}","weight":1,"tls":null}}]}}"#,
+        old.addr
+    );
+    std::fs::write(&state, before).unwrap();
+    let config = ini(
+        &[("cfg", listed_in_config.addr)],
+        &format!("{ADMIN}state_file = {}\n", state.display()),
+    );
+    let lb = Lb::start(&config);
+    lb.expect_log("1 backends from the state file", WAIT);
+    for i in 0..10 {
+        assert_eq!(lb.get_body(&format!("/{i}")), "old");
+    }
+    assert_eq!(
+        listed_in_config.request_count(),
+        0,
+        "the state file replaces [backends]"
+    );
+    // The next change writes it anew, with the pool of each backend.
+    let body = format!(r#"{{"address": "{}", "name": "added"}}"#, added.addr);
+    let resp = call(lb.admin_addr(), "POST", "/api/backends", Some(&body));
+    assert_eq!(resp.status, 201, "{}", resp.body_str());
+    let default = |name: &str| (name.to_string(), "default".to_string(), false);
+    assert_eq!(saved(&state), [default("added"), default("old")]);
+}

@@ -8,6 +8,7 @@
 mod support;
 
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,15 +16,19 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// The name most tests discover.
+const WEB: &str = "web.test";
+
 /// Long enough for a lookup round (every 1 s) plus a passing probe (every 100 ms, rise 1).
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A DNS server on 127.0.0.1 that answers `A web.test` with `addrs` (TTL 0), `AAAA web.test`
-/// with no record, `SRV _http._tcp.web.test` with `web.test` on each of `ports`, any other
-/// name with NXDOMAIN — or nothing at all while `silent`.
+/// A DNS server on 127.0.0.1 that answers `A web.test` with `addrs` (TTL 0) and `A NAME` for
+/// each other name `set_host` gave, `AAAA` of those with no record, `SRV _http._tcp.web.test`
+/// with `web.test` on each of `ports`, any other name with NXDOMAIN — or nothing at all while
+/// `silent`.
 struct Dns {
     addr: SocketAddr,
-    addrs: Arc<Mutex<Vec<Ipv4Addr>>>,
+    hosts: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
     ports: Arc<Mutex<Vec<u16>>>,
     silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -37,7 +42,8 @@ impl Dns {
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let addr = socket.local_addr().unwrap();
-        let list = Arc::new(Mutex::new(addrs.to_vec()));
+        let hosts = HashMap::from([(WEB.to_string(), addrs.to_vec())]);
+        let list = Arc::new(Mutex::new(hosts));
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let ports = Arc::new(Mutex::new(Vec::new()));
@@ -61,7 +67,7 @@ impl Dns {
         });
         Dns {
             addr,
-            addrs: list,
+            hosts: list,
             ports,
             silent,
             stop,
@@ -69,8 +75,23 @@ impl Dns {
         }
     }
 
+    /// `[dns]` asking it, a round a second.
+    fn section(&self) -> String {
+        format!(
+            "[dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n",
+            self.addr
+        )
+    }
+
+    /// `web.test`'s addresses from now on.
     fn set(&self, addrs: &[Ipv4Addr]) {
-        *self.addrs.lock().unwrap() = addrs.to_vec();
+        self.set_host(WEB, addrs);
+    }
+
+    /// `host`'s addresses from now on.
+    fn set_host(&self, host: &str, addrs: &[Ipv4Addr]) {
+        let mut hosts = self.hosts.lock().unwrap();
+        hosts.insert(host.to_string(), addrs.to_vec());
     }
 }
 
@@ -85,7 +106,7 @@ impl Drop for Dns {
 
 /// The reply to one query, built by hand (independent of lb-mio's own DNS code): the header
 /// with the query's ID, the question echoed, and A (or SRV) records that point back at it.
-fn answer(query: &[u8], addrs: &[Ipv4Addr], ports: &[u16]) -> Option<Vec<u8>> {
+fn answer(query: &[u8], hosts: &HashMap<String, Vec<Ipv4Addr>>, ports: &[u16]) -> Option<Vec<u8>> {
     let mut pos = 12;
     let mut labels = Vec::new();
     loop {
@@ -100,11 +121,11 @@ fn answer(query: &[u8], addrs: &[Ipv4Addr], ports: &[u16]) -> Option<Vec<u8>> {
     let qtype = u16::from_be_bytes([*query.get(pos + 1)?, *query.get(pos + 2)?]);
     query.get(..question_end)?;
     let name = labels.join(".");
-    let known = name == "web.test" || name == "_http._tcp.web.test";
+    let known = hosts.contains_key(&name) || name == "_http._tcp.web.test";
     // (type, rdata) of each record, all owned by the question's name.
-    let records: Vec<(u16, Vec<u8>)> = match (name.as_str(), qtype) {
-        ("web.test", 1) => addrs.iter().map(|ip| (1, ip.octets().to_vec())).collect(),
-        ("_http._tcp.web.test", 33) => ports
+    let records: Vec<(u16, Vec<u8>)> = match (hosts.get(&name), qtype) {
+        (Some(addrs), 1) => addrs.iter().map(|ip| (1, ip.octets().to_vec())).collect(),
+        (None, 33) if name == "_http._tcp.web.test" => ports
             .iter()
             .map(|port| {
                 let mut rdata = vec![0, 1, 0, 1];
@@ -158,6 +179,21 @@ fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
+/// Health checks that see a backend come up within a probe or two, 100 ms apart.
+const FAST_HEALTH: &str = "[health]\ninterval_ms = 100\nrise = 1\n";
+
+/// Backends answering with their names, all on one port (an A record carries none): the
+/// first at 127.0.0.1, the next at .2, and so on.
+fn on_one_port<const N: usize>(names: [&str; N]) -> (u16, [Backend; N]) {
+    let mut port = 0;
+    let backends = std::array::from_fn(|i| {
+        let backend = Backend::named_at(&format!("127.0.0.{}:{port}", i + 1), names[i]);
+        port = backend.addr.port();
+        backend
+    });
+    (port, backends)
+}
+
 /// Three backends on one port at 127.0.0.1 to .3, a DNS server answering `web.test` with .1
 /// and .2, and an lb-mio (with `extra` config) that discovers `web = web.test:port` there.
 struct Web {
@@ -171,18 +207,14 @@ struct Web {
 
 impl Web {
     fn start(extra: &str) -> Web {
-        let b1 = Backend::named_at("127.0.0.1:0", "b1");
-        let port = b1.addr.port();
-        let at = |last: u8, name: &str| Backend::named_at(&format!("127.0.0.{last}:{port}"), name);
-        let (b2, b3) = (at(2, "b2"), at(3, "b3"));
+        let (port, [b1, b2, b3]) = on_one_port(["b1", "b2", "b3"]);
         let dns = Dns::start(&[ip(1), ip(2)]);
         let config = ini(
             &[],
             &format!(
-                "{extra}[health]\ninterval_ms = 100\nrise = 1\n[admin]\nlisten = 127.0.0.1:0\n\
-                 [dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n\
+                "{extra}{FAST_HEALTH}[admin]\nlisten = 127.0.0.1:0\n{}\
                  [backends]\nweb = web.test:{port}\n",
-                dns.addr
+                dns.section()
             ),
         );
         let lb = Lb::start(&config);
@@ -429,10 +461,8 @@ fn srv_records_give_each_server_its_port() {
     let config = ini(
         &[],
         &format!(
-            "[health]\ninterval_ms = 100\nrise = 1\n\
-             [dns]\nresolver = {}\nresolve_interval_s = 1\ntimeout_ms = 300\n\
-             [backends]\nweb = srv:_http._tcp.web.test\n",
-            dns.addr
+            "{FAST_HEALTH}{}[backends]\nweb = srv:_http._tcp.web.test\n",
+            dns.section()
         ),
     );
     let lb = Lb::start(&config);
@@ -453,5 +483,144 @@ fn srv_records_give_each_server_its_port() {
         failures.is_empty(),
         "{} failed of {answered}: {failures:?}",
         failures.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools: a `[pool.NAME.backends]` entry's addresses belong to that pool only
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_pools_dns_entries_serve_that_pool_only_and_a_backup_entry_waits_for_its_primaries() {
+    // api.test is .1 and .2, spare.test (a backup entry) is .3, all in the pool `api`; the
+    // default pool is one fixed backend.
+    let (port, [mut a1, mut a2, s3]) = on_one_port(["a1", "a2", "s3"]);
+    let site = Backend::named("site");
+    let dns = Dns::start(&[]);
+    dns.set_host("api.test", &[ip(1), ip(2)]);
+    dns.set_host("spare.test", &[ip(3)]);
+    let lb = Lb::start(&ini(
+        &[("site", site.addr)],
+        &format!(
+            "{FAST_HEALTH}fall = 1\n{}\
+             [pool.api.backends]\napi = api.test:{port}\nspare = spare.test:{port} backup\n\
+             [route.api]\npath = /api/\npool = api\n",
+            dns.section()
+        ),
+    ));
+
+    // Looked up before the first request: round robin over the two primaries, never the
+    // backup; everything else goes to the default pool, never to a discovered address.
+    let api: Vec<String> = (0..20).map(|i| lb.get_body(&format!("/api/{i}"))).collect();
+    let count = |name: &str| api.iter().filter(|s| *s == name).count();
+    assert_eq!((count("a1"), count("a2")), (10, 10), "{api:?}");
+    for i in 0..20 {
+        assert_eq!(lb.get_body(&format!("/site/{i}")), "site");
+    }
+    assert_eq!(s3.request_count(), 0, "the backup took traffic");
+    assert_eq!(site.request_count(), 20);
+    assert_eq!(
+        site.requests_under("/api/"),
+        0,
+        "the default pool got the pool's traffic"
+    );
+    for b in [&a1, &a2] {
+        assert_eq!(
+            b.requests_under("/api/"),
+            b.request_count(),
+            "{} got other traffic",
+            b.name
+        );
+    }
+
+    // Both primaries go: the backup entry's address takes the pool's traffic once the
+    // health checks see it; the default pool still gets none of it.
+    a1.stop();
+    a2.stop();
+    let moved = wait_until(WAIT, || {
+        try_get(lb.addr, "/api/probe", IO_TIMEOUT).is_ok_and(|r| r.body_str() == "s3")
+    });
+    assert!(
+        moved,
+        "the backup never took traffic; log:\n{}",
+        lb.log_text()
+    );
+    for i in 0..10 {
+        assert_eq!(lb.get_body(&format!("/api/after/{i}")), "s3");
+    }
+    assert_eq!(s3.requests_under("/api/"), s3.request_count());
+    assert_eq!(site.requests_under("/api/"), 0);
+}
+
+#[test]
+fn a_reload_that_moves_a_dns_entry_to_another_pool_drains_its_old_backends() {
+    let (port, [a1, a2]) = on_one_port(["a1", "a2"]);
+    let (site, keep, v2) = (
+        Backend::named("site"),
+        Backend::named("keep"),
+        Backend::named("v2"),
+    );
+    let dns = Dns::start(&[]);
+    dns.set_host("api.test", &[ip(1), ip(2)]);
+    let config = |pools: String| {
+        ini(
+            &[("site", site.addr)],
+            &format!(
+                "{FAST_HEALTH}{}{pools}\
+                 [route.api]\npath = /api/\npool = api\n[route.v2]\npath = /v2/\npool = v2\n",
+                dns.section()
+            ),
+        )
+    };
+    let entry = format!("api = api.test:{port}");
+    let lb = Lb::start(&config(format!(
+        "[pool.api.backends]\n{entry}\n[pool.v2.backends]\nv2 = {}\n",
+        v2.addr
+    )));
+    let before: HashSet<String> = (0..10).map(|i| lb.get_body(&format!("/api/{i}"))).collect();
+    assert_eq!(before, HashSet::from(["a1".into(), "a2".into()]));
+
+    // The entry moves to the pool v2; the pool api gets a fixed backend instead.
+    lb.reload_ok(&config(format!(
+        "[pool.api.backends]\nkeep = {}\n[pool.v2.backends]\nv2 = {}\n{entry}\n",
+        keep.addr, v2.addr
+    )));
+    for last in [1, 2] {
+        lb.expect_log(
+            &format!("backend api-127.0.0.{last}-{port} at 127.0.0.{last}:{port}: its DNS entry api is gone or changed: draining"),
+            WAIT,
+        );
+    }
+    let reached = wait_until(WAIT, || {
+        try_get(lb.addr, "/api/probe", IO_TIMEOUT).is_ok_and(|r| r.body_str() == "keep")
+    });
+    assert!(reached, "keep never took /api/; log:\n{}", lb.log_text());
+    let old = (a1.requests_under("/api/"), a2.requests_under("/api/"));
+    for i in 0..20 {
+        assert_eq!(lb.get_body(&format!("/api/after/{i}")), "keep");
+    }
+    assert_eq!(
+        (a1.requests_under("/api/"), a2.requests_under("/api/")),
+        old,
+        "drained backends got /api/"
+    );
+
+    // Found again for the pool v2 (once the old records left): both take its traffic.
+    let joined = wait_until(WAIT, || {
+        let _ = try_get(lb.addr, "/v2/probe", IO_TIMEOUT);
+        a1.requests_under("/v2/") > 0 && a2.requests_under("/v2/") > 0
+    });
+    assert!(
+        joined,
+        "the moved entry's addresses never served /v2/; log:\n{}",
+        lb.log_text()
+    );
+    assert_eq!(
+        (a1.requests_under("/api/"), a2.requests_under("/api/")),
+        old
+    );
+    assert_eq!(
+        site.requests_under("/api/") + site.requests_under("/v2/"),
+        0
     );
 }

@@ -23,40 +23,6 @@ const FAST_HEALTH: &str = "[health]\ninterval_ms = 100\nrise = 2\n";
 // Local helpers: config rewrites, backends that hold a request
 // ---------------------------------------------------------------------------------------------
 
-/// Lines that end a reload attempt, one way or the other.
-fn reload_outcomes(lb: &Lb) -> Vec<String> {
-    lb.log()
-        .into_iter()
-        .filter(|l| l.contains("reloaded ") || l.contains("reload failed"))
-        .collect()
-}
-
-/// Rewrites the config file in place, sends SIGHUP and returns the log line that says how the
-/// reload went.
-#[track_caller]
-fn reload(lb: &Lb, ini: &str) -> String {
-    std::fs::write(lb.config_path(), ini).expect("rewrite the config file");
-    let before = reload_outcomes(lb).len();
-    lb.signal("HUP");
-    let done = wait_until(WAIT, || reload_outcomes(lb).len() > before);
-    assert!(
-        done,
-        "no reload outcome logged after SIGHUP; log:\n{}",
-        lb.log_text()
-    );
-    reload_outcomes(lb).swap_remove(before)
-}
-
-/// `reload`, which must succeed.
-#[track_caller]
-fn reload_ok(lb: &Lb, ini: &str) {
-    let outcome = reload(lb, ini);
-    assert!(
-        outcome.contains("reloaded "),
-        "the reload failed: {outcome}\nconfig:\n{ini}"
-    );
-}
-
 /// How a connect with a short timeout fails, if it does.
 fn connect_error(addr: SocketAddr) -> Option<io::ErrorKind> {
     try_connect(addr, Duration::from_millis(500))
@@ -124,7 +90,7 @@ fn reload_adds_a_backend_that_takes_traffic_once_its_health_checks_pass() {
     assert_eq!(served_by(&get_on(&mut kept, "/before")), "a");
 
     let hup = Instant::now();
-    reload_ok(&lb, &ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
+    lb.reload_ok(&ini(&[("a", a.addr), ("b", b.addr)], FAST_HEALTH));
     lb.expect_log(&format!("backend b at {} added", b.addr), WAIT);
 
     // Health checks bring b up after RISE probes, one interval apart: a few hundred ms.
@@ -170,7 +136,7 @@ fn reload_removes_a_backend_after_its_request_in_flight_finishes() {
 
     let slow = slow_request(lb.addr);
     let (busy, other) = holder(&a, &b, WAIT);
-    reload_ok(&lb, &ini(&[(other.name.as_str(), other.addr)], FAST_HEALTH));
+    lb.reload_ok(&ini(&[(other.name.as_str(), other.addr)], FAST_HEALTH));
     let draining = format!(
         "backend {} at {} is gone from the config: draining",
         busy.name, busy.addr
@@ -221,7 +187,7 @@ fn a_broken_config_is_refused_with_its_line_and_the_old_one_keeps_running() {
         .position(|l| l == "workers = x")
         .expect("the broken line")
         + 1;
-    let outcome = reload(&lb, &broken);
+    let outcome = lb.reload(&broken);
     let want = format!(
         "reload failed, the running config stays: {}:{line}: [lb] workers",
         lb.config_path().display()
@@ -239,7 +205,7 @@ fn a_broken_config_is_refused_with_its_line_and_the_old_one_keeps_running() {
     assert_eq!(c.probe_count() + c.request_count(), 0, "c was added");
     assert_eq!(lb.count_log("is gone from the config"), 0);
 
-    reload_ok(&lb, &fixed);
+    lb.reload_ok(&fixed);
     let b_gone = format!("backend b at {} is gone from the config: draining", b.addr);
     let c_added = format!("backend c at {} added", c.addr);
     lb.expect_log(&b_gone, WAIT);
@@ -278,7 +244,7 @@ fn reload_switches_round_robin_to_least_conn() {
     );
 
     let extra = format!("[lb]\nstrategy = least_conn\n{FAST_HEALTH}");
-    reload_ok(&lb, &ini(&[("a", a.addr), ("b", b.addr)], &extra));
+    lb.reload_ok(&ini(&[("a", a.addr), ("b", b.addr)], &extra));
 
     // Least connections: every request goes where nothing is in flight.
     for i in 0..6 {
@@ -308,7 +274,7 @@ fn listen_workers_and_admin_changes_wait_for_a_restart_and_the_rest_applies() {
         "[lb]\nlisten = {elsewhere}\nworkers = 2\nexpose_backend = true\n\
          [admin]\nlisten = {admin}\n{FAST_HEALTH}"
     );
-    reload_ok(&lb, &ini(&[("a", a.addr)], &extra));
+    lb.reload_ok(&ini(&[("a", a.addr)], &extra));
     for warning in [
         "reload: [lb] listen, tls_listen and workers take effect at the next start",
         "reload: [admin] takes effect at the next start",

@@ -414,6 +414,15 @@ impl Backend {
         }
     }
 
+    /// How many recorded requests so far had a target starting with `prefix`.
+    pub fn requests_under(&self, prefix: &str) -> usize {
+        let requests = self.state.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| r.target.starts_with(prefix))
+            .count()
+    }
+
     /// Every recorded request so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.state.requests.lock().unwrap().clone()

@@ -1,10 +1,10 @@
 //! The balancer under test: `lb-mio CONFIG` started, watched through its log and stopped on drop;
 //! one-shot command lines; config files built from backends.
 
-use super::client::request;
+use super::client::{get, request};
 use super::http::Message;
 use super::process::{run_within, Pipe, Process};
-use super::util::TempFile;
+use super::util::{wait_until, TempFile};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -16,7 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lb-mio");
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `run_cli` lets the binary run before killing it.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `Lb::sync_log` waits for its line.
+/// How long `Lb::sync_log` and `Lb::reload` wait for their line.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A config for the given backends: `[lb]` with `listen = 127.0.0.1:0` and `workers = 1`, then
@@ -226,6 +226,55 @@ impl Lb {
         let resp = request(self.addr, "GET /sync-log HTTP/1.1\r\n\r\n");
         assert_eq!(resp.status, 400, "{}", resp.head_str());
         self.expect_log_count("rejected request", before + 1, SYNC_TIMEOUT);
+    }
+
+    /// `GET path` on its first address, which must answer `200`: the body (with mock backends
+    /// that answer with their names, the backend that served it).
+    #[track_caller]
+    pub fn get_body(&self, path: &str) -> String {
+        let resp = get(self.addr, path);
+        assert_eq!(
+            resp.status,
+            200,
+            "{path}: {}; log:\n{}",
+            resp.head_str(),
+            self.log_text()
+        );
+        resp.body_str()
+    }
+
+    /// The log lines so far that end a reload attempt, one way or the other.
+    fn reload_outcomes(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains("reloaded ") || l.contains("reload failed"))
+            .collect()
+    }
+
+    /// Rewrites the config file in place, sends SIGHUP and returns the log line that says how
+    /// the reload went (waits ≤5 s for it; panics, showing the log, without one).
+    #[track_caller]
+    pub fn reload(&self, ini: &str) -> String {
+        std::fs::write(self.config_path(), ini).expect("rewrite the config file");
+        let before = self.reload_outcomes().len();
+        self.signal("HUP");
+        let done = wait_until(SYNC_TIMEOUT, || self.reload_outcomes().len() > before);
+        assert!(
+            done,
+            "no reload outcome logged after SIGHUP; log:\n{}",
+            self.log_text()
+        );
+        self.reload_outcomes().swap_remove(before)
+    }
+
+    /// `reload`, which must succeed.
+    #[track_caller]
+    pub fn reload_ok(&self, ini: &str) {
+        let outcome = self.reload(ini);
+        assert!(
+            outcome.contains("reloaded "),
+            "the reload failed: {outcome}\nconfig:\n{ini}"
+        );
     }
 
     /// The process's exit status if it has exited.

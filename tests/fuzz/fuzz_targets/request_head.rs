@@ -18,7 +18,7 @@
 use lb_mio::buffer::{BufferPool, BUF_SIZE};
 use lb_mio::config::HashKey;
 use lb_mio::http::head::HeadError;
-use lb_mio::http::request::{self, HeadLimits, Request, Wanted, MAX_HEADERS};
+use lb_mio::http::request::{self, Forwarding, HeadLimits, Request, Wanted, MAX_HEADERS};
 use libfuzzer_sys::fuzz_target;
 
 mod common;
@@ -53,12 +53,16 @@ fn parse(input: &[u8], limits: HeadLimits, client: IpAddr) -> Parsed {
 
 /// The value `hash` balances `input` by with `key`, if the head is accepted and has one.
 fn hash_value(input: &[u8], limits: HeadLimits, client: IpAddr, key: &HashKey) -> Option<Vec<u8>> {
-    let wanted = Wanted {
+    let forwarding = Forwarding {
         hash_key: Some(key),
-        ..Wanted::default()
+        ..Forwarding::default()
     };
     let mut out = BufferPool::new(0).take();
-    let req = request::parse_with(input, limits, client, wanted, &mut out).ok()??;
+    let (req, ()) =
+        request::parse_routed(input, limits, client, Wanted::default(), &mut out, |_| {
+            Ok((forwarding, ()))
+        })
+        .ok()??;
     req.hash_source.map(|span| span.of(input).to_vec())
 }
 
