@@ -108,7 +108,7 @@ impl Origin {
 
 impl PoolConf {
     /// A pool with the settings of `c` (the global ones, or those a pool section changed).
-    fn from(name: &str, c: &Config) -> PoolConf {
+    pub fn from(name: &str, c: &Config) -> PoolConf {
         PoolConf {
             name: name.to_string(),
             strategy: c.lb.strategy,

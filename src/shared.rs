@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Each pool's position by its name (the health thread asks for every backend).
     by_name: HashMap<String, usize>,
+    /// The global settings, for a request whose pool a change removed while it was in flight.
+    global: PoolConf,
     pub routes: RouteTable,
 }
 
@@ -105,6 +107,7 @@ impl Snapshot {
             .collect();
         let routes = RouteTable::new(config.routes.clone(), |name| config.pool(name))?;
         Ok(Snapshot {
+            global: PoolConf::from("", &config),
             config,
             backends,
             pools,
@@ -120,9 +123,48 @@ impl Snapshot {
         Ok(next)
     }
 
+    /// The settings of pool `at`; the global ones for a request whose pool is gone.
+    pub fn pool_conf(&self, at: Option<usize>) -> &PoolConf {
+        at.map_or(&self.global, |at| &self.pools[at].conf)
+    }
+
     /// The pool called `name`, by position.
     pub fn pool(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
+    }
+}
+
+/// Where a newer snapshot puts the pools and routes an older one numbered, so that requests in
+/// flight keep their pool and route across a change (`None`: it is gone).
+pub struct Renumbering {
+    pools: Vec<Option<usize>>,
+    routes: Vec<Option<usize>>,
+}
+
+impl Renumbering {
+    /// `None` when `new` numbers every pool and route as `old` did.
+    pub fn between(old: &Snapshot, new: &Snapshot) -> Option<Renumbering> {
+        let pools: Vec<Option<usize>> =
+            (old.pools.iter()).map(|p| new.pool(&p.conf.name)).collect();
+        let routes_by_name: HashMap<&str, usize> = (new.routes.routes().iter().enumerate())
+            .map(|(at, r)| (r.name(), at))
+            .collect();
+        let routes: Vec<Option<usize>> = (old.routes.routes().iter())
+            .map(|r| routes_by_name.get(r.name()).copied())
+            .collect();
+        let same = |map: &[Option<usize>], len: usize| {
+            map.len() == len && map.iter().enumerate().all(|(at, to)| *to == Some(at))
+        };
+        let unmoved = same(&pools, new.pools.len()) && same(&routes, new.routes.routes().len());
+        (!unmoved).then_some(Renumbering { pools, routes })
+    }
+
+    pub fn pool(&self, at: usize) -> Option<usize> {
+        self.pools.get(at).copied().flatten()
+    }
+
+    pub fn route(&self, at: usize) -> Option<usize> {
+        self.routes.get(at).copied().flatten()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::memory;
 use crate::metrics::WorkerMetrics;
 use crate::ratelimit::ConnLimit;
 use crate::request_id::RequestIds;
-use crate::shared::{Shared, Snapshot};
+use crate::shared::{Renumbering, Shared, Snapshot};
 use crate::token::Tok;
 use crate::transport::Transport;
 use crate::upstream::{Keep, Upstreams};
@@ -246,6 +246,11 @@ impl Worker {
             let (backends, keep) = (self.snap.backends.len(), idle_keep(lb));
             self.upstreams.resize(self.poll.registry(), backends, keep);
             self.metrics.grow(backends);
+            if let Some(renumbering) = Renumbering::between(&old, &self.snap) {
+                for (_, conn) in self.conns.iter_mut() {
+                    conn.follow(&renumbering);
+                }
+            }
             let slots = old.backends.iter().zip(self.snap.backends.iter());
             for (id, (was, now)) in slots.enumerate() {
                 if !Arc::ptr_eq(was, now) {

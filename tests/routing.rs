@@ -1034,6 +1034,64 @@ fn a_canary_split_by_client_ip_keeps_each_user_on_one_pool() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn a_request_in_flight_keeps_its_pool_and_route_when_a_reload_renumbers_or_removes_them() {
+    // api answers after 800 ms: each reload below lands while its request is in flight.
+    let api = Backend::start("api", |_| {
+        Response::ok("api").delay(Duration::from_millis(800))
+    });
+    let web = Backend::named("web");
+    let head = format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\n[backends]\nweb = {}\n",
+        web.addr
+    );
+    let api_pool = format!(
+        "[pool.api.backends]\napi = {}\n\
+         [route.api]\npath = /api/\nset_response_header X-Route = api\npool = api\n",
+        api.addr
+    );
+    // A pool and a route written before api's take their places.
+    let first = format!(
+        "[pool.first.backends]\nfirst = {}\n\
+         [route.first]\npath = /first/\nset_response_header X-Route = first\npool = first\n",
+        web.addr
+    );
+    let lb = Lb::start(&format!("{head}{api_pool}"));
+    let route_header = |resp: &Resp| {
+        let found = resp
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("x-route"));
+        found.map(|(_, v)| v.clone())
+    };
+    // Renumbered, the route's rules still apply; removed, they are gone with it (the request
+    // still finishes on its backend).
+    for (next, rules) in [
+        (format!("{head}{first}{api_pool}"), Some("api")),
+        (head.clone(), None),
+    ] {
+        let addr = lb.addr;
+        let asked = api.request_count();
+        let flying = thread::spawn(move || get(addr, "/api/x"));
+        assert!(
+            api.wait_for_requests(asked + 1, WAIT),
+            "the request never reached api"
+        );
+        lb.reload_ok(&next);
+        let resp = flying.join().unwrap();
+        assert_eq!((resp.status, resp.body_str().as_str()), (200, "api"));
+        assert_eq!(
+            route_header(&resp).as_deref(),
+            rules,
+            "the route it came by"
+        );
+    }
+    // The worker that carried them is still there.
+    let after = get(lb.addr, "/api/x");
+    assert_eq!((after.status, after.body_str().as_str()), (200, "web"));
+    assert_eq!(lb.count_log("panicked"), 0, "{}", lb.log_text());
+}
+
+#[test]
 fn a_reload_under_load_adds_a_pool_and_route_and_removes_others_without_failing_a_request() {
     let pools = Pools::named(&["a", "b", "c"]);
     let head = format!(

@@ -91,15 +91,16 @@ impl Admission {
     }
 
     /// Another backend of `pool` for a request that failed on those in `tried`, if the retry
-    /// budget allows one.
+    /// budget allows one (none when a change removed the pool meanwhile).
     pub fn retry(
         &mut self,
         snap: &Snapshot,
-        pool: usize,
+        pool: Option<usize>,
         tried: Tried,
         key: u64,
         now: Instant,
     ) -> Result<Lease, GiveUp> {
+        let pool = pool.ok_or(GiveUp::NoBackend)?;
         if !self.budget.try_retry() {
             return Err(GiveUp::Budget);
         }
@@ -315,16 +316,18 @@ mod tests {
         let mut admission = Admission::new(&snap, 1, Instant::now());
         let mut tried = Tried::default();
         tried.add(0);
-        let spent = admission.retry(&snap, 0, tried, 0, Instant::now());
+        let spent = admission.retry(&snap, Some(0), tried, 0, Instant::now());
         assert_eq!(spent.err(), Some(GiveUp::Budget));
 
         let snap = snapshot(|_| {});
         let mut admission = Admission::new(&snap, 1, Instant::now());
         tried.add(1);
-        let lease = admission.retry(&snap, 0, tried, 0, Instant::now()).unwrap();
+        let lease = admission
+            .retry(&snap, Some(0), tried, 0, Instant::now())
+            .unwrap();
         assert_eq!(lease.id, 2);
         tried.add(2);
-        let none = admission.retry(&snap, 0, tried, 0, Instant::now());
+        let none = admission.retry(&snap, Some(0), tried, 0, Instant::now());
         assert_eq!(none.err(), Some(GiveUp::NoBackend));
     }
 }

@@ -193,8 +193,9 @@ pub struct Exchange {
     pub took: Option<Duration>,
     /// What `hash` balances by (see `admission`).
     pub key: u64,
-    /// The pool the route chose (by position in the snapshot's pools).
-    pub pool: usize,
+    /// The pool the route chose (by position in the snapshot's pools; `None` once a change
+    /// removed it while the request was in flight).
+    pub pool: Option<usize>,
     /// The route that matched, by position.
     pub route: Option<usize>,
     pub record: Record,
@@ -223,7 +224,7 @@ impl Exchange {
             admitted: now,
             took: None,
             key: 0,
-            pool: 0,
+            pool: None,
             route: None,
             record: Record {
                 started,

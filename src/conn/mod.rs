@@ -37,7 +37,7 @@ use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol;
 use crate::request_id::{RequestIds, ID_LEN};
 use crate::route::{To, Via};
-use crate::shared::Snapshot;
+use crate::shared::{Renumbering, Snapshot};
 use crate::tls::{self, TlsFailure};
 use crate::token::Readiness;
 use crate::transport::Transport;
@@ -542,7 +542,7 @@ impl Conn {
         cin.consume(request.head_len);
         self.exchange = Some(held);
         let ex = self.exchange.as_mut().expect("just started");
-        (ex.pool, ex.route) = (pool, decision.route);
+        (ex.pool, ex.route) = (Some(pool), decision.route);
         let admitted = admitted?;
         ex.proxy_len = proxy_len;
         ex.lease = Some(admitted.lease);
@@ -684,7 +684,7 @@ impl Conn {
         cin.consume(used);
         ex.record.bytes_in += used as u64;
         // A chunked body counts with its framing: a few bytes a chunk on top of the data.
-        let max_body = ctx.snap.pools[ex.pool].conf.max_body;
+        let max_body = ctx.snap.pool_conf(ex.pool).max_body;
         let body = ex.record.bytes_in - ex.request.head_len as u64;
         if max_body > 0 && body > max_body {
             return Err(Cause::BodyTooLarge.into());
@@ -867,9 +867,10 @@ impl Conn {
         // A sticky client whose cookie does not name this backend (new, or moved by a failure)
         // gets one that does.
         let token = backend.token();
-        let pool = &ctx.snap.pools[ex.pool];
-        let cookie = (pool.conf.sticky == Sticky::Cookie && request.sticky != Some(token))
-            .then(|| format!("{}={token:016x}; Path=/; HttpOnly", pool.sticky_cookie));
+        let pool = ex.pool.map(|at| &ctx.snap.pools[at]);
+        let cookie = pool
+            .filter(|pool| pool.conf.sticky == Sticky::Cookie && request.sticky != Some(token))
+            .map(|pool| format!("{}={token:016x}; Path=/; HttpOnly", pool.sticky_cookie));
         let added = Added {
             backend: lb
                 .expose_backend
@@ -1206,10 +1207,7 @@ impl Conn {
 
     fn timeout(&self, ctx: &Ctx) -> Duration {
         let t = &ctx.snap.config.timeouts;
-        let pool = self
-            .exchange
-            .as_ref()
-            .map(|ex| &ctx.snap.pools[ex.pool].conf);
+        let pool = (self.exchange.as_ref()).map(|ex| ctx.snap.pool_conf(ex.pool));
         match self.phase {
             Phase::KeepAlive | Phase::Tunnel => t.idle,
             Phase::Proxy | Phase::Fresh | Phase::Head => t.header,
@@ -1272,6 +1270,15 @@ impl Conn {
         self.close(ctx)
     }
 
+    /// A change renumbered the pools and routes: the request in flight keeps its own (or
+    /// loses it, when the change removed it: no retry then, and the global timeouts).
+    pub fn follow(&mut self, renumbering: &Renumbering) {
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.pool = ex.pool.and_then(|at| renumbering.pool(at));
+            ex.route = ex.route.and_then(|at| renumbering.route(at));
+        }
+    }
+
     /// Releases everything; the worker then deregisters the socket and frees the slot.
     pub fn close(&mut self, ctx: &mut Ctx) -> Drive {
         self.drop_buffers(ctx);
@@ -1322,10 +1329,10 @@ fn over_max_body(request: &Request, max_body: u64) -> bool {
 
 /// Passive health: a failure on live traffic counts against the backend, and `max_fails` in a
 /// row mark it down without waiting for the health checks (which bring it back).
-fn count_failure(ctx: &Ctx, pool: usize, lease: &Lease, failure: Failure) {
+fn count_failure(ctx: &Ctx, pool: Option<usize>, lease: &Lease, failure: Failure) {
     ctx.metrics.backend_error(lease.id);
     let backend = lease.backend();
-    let conf = &ctx.snap.pools[pool].conf;
+    let conf = ctx.snap.pool_conf(pool);
     // For `ewma` a failure costs as much as the slowest connect we would wait for.
     observe_latency(ctx, pool, backend, conf.connect);
     let max_fails = conf.health.max_fails;
@@ -1339,8 +1346,8 @@ fn count_failure(ctx: &Ctx, pool: usize, lease: &Lease, failure: Failure) {
 
 /// Feeds the response-time average that `ewma` picks by (only then: it is a write that every
 /// worker makes to the backend's shared record).
-fn observe_latency(ctx: &Ctx, pool: usize, backend: &Backend, took: Duration) {
-    if ctx.snap.pools[pool].conf.strategy == Strategy::Ewma {
+fn observe_latency(ctx: &Ctx, pool: Option<usize>, backend: &Backend, took: Duration) {
+    if ctx.snap.pool_conf(pool).strategy == Strategy::Ewma {
         backend.observe_latency(took, backend::clock_ms(ctx.now));
     }
 }
