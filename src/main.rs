@@ -91,7 +91,7 @@ fn explain(path: &Path, method: &str, url: &str, options: &[&str]) -> ExitCode {
         Ok(question) => question,
         Err(e) => return unusable(format!("{e}\n{USAGE}")),
     };
-    let table = match RouteTable::new(config.routes.clone(), |name| config.pool(name)) {
+    let table = match RouteTable::new(config.routes.clone(), 1, |name| config.pool(name)) {
         Ok(table) => table,
         Err(e) => return unusable(e),
     };

@@ -56,8 +56,8 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Route {
     pub conf: RouteConf,
-    /// Requests it matched, over all workers; a reload keeps a route's count by its name.
-    hits: Arc<AtomicU64>,
+    /// Requests it matched; a reload keeps a route's count by its name.
+    hits: Arc<Hits>,
     /// The pools of its `pool` action with their weights (one, or a split).
     pools: Vec<(usize, u32)>,
     /// The whole response of a `return` action.
@@ -73,12 +73,21 @@ impl Route {
         &self.conf.rewrite
     }
 
-    pub fn count(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request worker `worker` routed here.
+    pub fn count(&self, worker: usize) {
+        let slots = &self.hits.0;
+        slots[worker % slots.len()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Requests it matched, over all workers.
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.hits
+            .0
+            .iter()
+            .map(|slot| slot.0.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The status a `return` or `redirect` route answers with (0 for a pool route).
@@ -121,6 +130,21 @@ impl Route {
     }
 }
 
+/// Requests a route matched: a counter per worker, each on a cache line of its own, so workers
+/// counting the same route never write to the same line.
+#[derive(Debug)]
+struct Hits(Box<[PerWorker]>);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PerWorker(AtomicU64);
+
+impl Hits {
+    fn new(workers: usize) -> Hits {
+        Hits((0..workers.max(1)).map(|_| PerWorker::default()).collect())
+    }
+}
+
 /// Every route, and the lists that find a host's routes.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -152,9 +176,11 @@ enum Miss {
 }
 
 impl RouteTable {
-    /// The table for `routes`; `pool` finds a pool's index by name.
+    /// The table for `routes`, counted by `workers` workers; `pool` finds a pool's index by
+    /// name.
     pub fn new(
         confs: Vec<RouteConf>,
+        workers: usize,
         pool: impl Fn(&str) -> Option<usize>,
     ) -> Result<RouteTable, String> {
         let mut table = RouteTable {
@@ -179,7 +205,7 @@ impl RouteTable {
             };
             table.routes.push(Route {
                 conf,
-                hits: Arc::default(),
+                hits: Arc::new(Hits::new(workers)),
                 pools,
                 answer,
             });
@@ -229,10 +255,12 @@ impl RouteTable {
         self.routes.iter().any(paths)
     }
 
-    /// Takes over the counts of `old`'s routes that have the same names.
+    /// Takes over the counts of `old`'s routes that have the same names (while the number of
+    /// workers, fixed at start, is the same).
     pub fn carry_counts(&mut self, old: &RouteTable) {
+        let by_name: HashMap<&str, &Route> = old.routes.iter().map(|r| (r.name(), r)).collect();
         for route in &mut self.routes {
-            if let Some(was) = old.routes.iter().find(|r| r.name() == route.name()) {
+            if let Some(was) = by_name.get(route.name()) {
                 route.hits = Arc::clone(&was.hits);
             }
         }

@@ -105,7 +105,9 @@ impl Snapshot {
         let by_name = (config.pools.iter().enumerate())
             .map(|(at, p)| (p.name.clone(), at))
             .collect();
-        let routes = RouteTable::new(config.routes.clone(), |name| config.pool(name))?;
+        let routes = RouteTable::new(config.routes.clone(), config.lb.workers, |name| {
+            config.pool(name)
+        })?;
         Ok(Snapshot {
             global: PoolConf::from("", &config),
             config,

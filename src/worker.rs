@@ -131,7 +131,7 @@ impl Worker {
             upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
             exchanges: Exchanges::default(),
-            admission: Admission::new(&snap, seed ^ index as u64, now),
+            admission: Admission::new(&snap, index, seed ^ index as u64, now),
             ids: RequestIds::new(shared.id_prefix, index),
             log: access_log::Writer::new(now),
             shared,

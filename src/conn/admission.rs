@@ -25,6 +25,8 @@ pub struct Admission {
     rate: RateLimits,
     budget: RetryBudget,
     rng: SmallRng,
+    /// This worker's index (each counts in slots of its own).
+    worker: usize,
     /// Where a request's path is normalised for the routes: one per worker, as long as the
     /// longest head, so routing takes no memory per request.
     path_room: Box<[u8]>,
@@ -37,12 +39,13 @@ pub struct Admitted {
 }
 
 impl Admission {
-    pub fn new(snap: &Snapshot, seed: u64, now: Instant) -> Admission {
+    pub fn new(snap: &Snapshot, worker: usize, seed: u64, now: Instant) -> Admission {
         let config = &snap.config;
         Admission {
             rate: RateLimits::new(&config.limits, config.lb.workers, now),
             budget: RetryBudget::new(config.lb.retry_budget),
             rng: SmallRng::seed_from_u64(seed),
+            worker,
             path_room: vec![0; MAX_HEAD].into(),
         }
     }
@@ -51,6 +54,10 @@ impl Admission {
     pub fn renew(&mut self, snap: &Snapshot, now: Instant) {
         let config = &snap.config;
         self.rate = RateLimits::new(&config.limits, config.lb.workers, now);
+    }
+
+    pub fn worker(&self) -> usize {
+        self.worker
     }
 
     /// Room to normalise a path in.
@@ -141,11 +148,11 @@ pub fn route<'s>(
     snap: &'s Snapshot,
     seen: &Seen,
     via: &Via,
-    draw: u64,
+    (draw, worker): (u64, usize),
 ) -> Result<(Forwarding<'s>, Decision), HeadError> {
     let decision = snap.routes.decide(seen, via, draw);
     if let Some(at) = decision.route {
-        snap.routes.route(at).count();
+        snap.routes.route(at).count(worker);
     }
     let rewrite = decision.route.map(|at| snap.routes.route(at).rewrite());
     let forwarding = match decision.to {
@@ -238,7 +245,7 @@ mod tests {
     #[test]
     fn round_robin_admits_each_backend_in_turn() {
         let snap = snapshot(|_| {});
-        let mut admission = Admission::new(&snap, 1, Instant::now());
+        let mut admission = Admission::new(&snap, 0, 1, Instant::now());
         let ids: Vec<usize> = (0..3)
             .map(|_| {
                 let admitted = admission
@@ -259,7 +266,7 @@ mod tests {
             c.limits.client_burst = 1;
         });
         let now = Instant::now();
-        let mut admission = Admission::new(&snap, 1, now);
+        let mut admission = Admission::new(&snap, 0, 1, now);
         let first = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, now);
         assert!(first.is_ok());
         let refused = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, now);
@@ -273,7 +280,7 @@ mod tests {
         for backend in snap.backends.iter() {
             backend.drain(false);
         }
-        let mut admission = Admission::new(&snap, 1, Instant::now());
+        let mut admission = Admission::new(&snap, 0, 1, Instant::now());
         let refused = admission.admit(&snap, 0, CLIENT, &request(None), HEAD, Instant::now());
         assert_eq!(refused.err(), Some(Cause::NoBackend));
     }
@@ -282,7 +289,7 @@ mod tests {
     fn a_sticky_cookie_names_its_backend_while_it_is_up() {
         let snap = snapshot(|c| c.lb.sticky = Sticky::Cookie);
         let token = snap.backends[2].token();
-        let mut admission = Admission::new(&snap, 1, Instant::now());
+        let mut admission = Admission::new(&snap, 0, 1, Instant::now());
         for _ in 0..3 {
             let admitted = admission
                 .admit(
@@ -313,14 +320,14 @@ mod tests {
     #[test]
     fn a_retry_avoids_what_was_tried_and_spends_the_budget() {
         let snap = snapshot(|c| c.lb.retry_budget = 0);
-        let mut admission = Admission::new(&snap, 1, Instant::now());
+        let mut admission = Admission::new(&snap, 0, 1, Instant::now());
         let mut tried = Tried::default();
         tried.add(0);
         let spent = admission.retry(&snap, Some(0), tried, 0, Instant::now());
         assert_eq!(spent.err(), Some(GiveUp::Budget));
 
         let snap = snapshot(|_| {});
-        let mut admission = Admission::new(&snap, 1, Instant::now());
+        let mut admission = Admission::new(&snap, 0, 1, Instant::now());
         tried.add(1);
         let lease = admission
             .retry(&snap, Some(0), tried, 0, Instant::now())

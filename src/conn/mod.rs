@@ -466,7 +466,7 @@ impl Conn {
             .map(|_| ctx.ids.fresh())
             .unwrap_or_default();
         let dest = self.dest_addr(ctx);
-        let draw = ctx.admission.draw();
+        let (draw, worker) = (ctx.admission.draw(), ctx.admission.worker());
         let wanted = Wanted {
             id: config.lb.request_id.as_deref().map(|name| IdHeader {
                 name,
@@ -492,7 +492,7 @@ impl Conn {
             proxy_protocol::write(version, self.peer, dest, uout);
         }
         let proxy_len = uout.len();
-        let route = |seen: &Seen| admission::route(ctx.snap, seen, &via, draw);
+        let route = |seen: &Seen| admission::route(ctx.snap, seen, &via, (draw, worker));
         let parsed = request::parse_routed(cin.data(), limits, self.peer.ip(), wanted, uout, route);
         let (request, decision) = match parsed {
             Ok(Some(parsed)) => parsed,

@@ -19,7 +19,7 @@ fn table(routes: &[&str]) -> RouteTable {
             conf
         })
         .collect();
-    RouteTable::new(confs, |name| POOLS.iter().position(|p| *p == name)).unwrap()
+    RouteTable::new(confs, 1, |name| POOLS.iter().position(|p| *p == name)).unwrap()
 }
 
 const VIA: Via = Via {
@@ -204,7 +204,7 @@ fn no_match_goes_to_default_or_is_not_found() {
     );
 
     let confs = vec![];
-    let without_default = RouteTable::new(confs, |name| (name == "api").then_some(1)).unwrap();
+    let without_default = RouteTable::new(confs, 1, |name| (name == "api").then_some(1)).unwrap();
     let (decision, _) = ask(&without_default, &get("h", "/x"), &VIA);
     assert_eq!(decision.to, To::NotFound);
 }

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = Config::parse(&text, "fuzz.ini") else {
         return;
     };
-    if let Err(e) = RouteTable::new(config.routes.clone(), |name| config.pool(name)) {
+    if let Err(e) = RouteTable::new(config.routes.clone(), 1, |name| config.pool(name)) {
         panic!("a config that parses has no route table: {e}\n{text}");
     }
     let backends = backend::at_start(&config.backends, &Source::Config);

@@ -81,7 +81,7 @@ struct Table {
 
 static TABLE: LazyLock<Table> = LazyLock::new(|| {
     let config = Config::parse(CONFIG, "route_head.ini").expect("the fixed config parses");
-    let routes = RouteTable::new(config.routes.clone(), |name| config.pool(name))
+    let routes = RouteTable::new(config.routes.clone(), 1, |name| config.pool(name))
         .expect("the fixed config's routes build");
     let pools = config.pools.iter().map(|p| p.name.clone()).collect();
     Table { routes, pools }
