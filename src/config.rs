@@ -957,6 +957,15 @@ impl Parser<'_> {
     /// Every pool has backends, and every route is whole and names pools that exist.
     fn check_pools_and_routes(&self) -> Result<(), ConfigError> {
         let c = &self.config;
+        let default_section = format!("pool.{DEFAULT_POOL}");
+        if let Some(&line) = self
+            .headers
+            .get(default_section.as_str())
+            .filter(|_| c.pool(DEFAULT_POOL).is_none())
+        {
+            let message = "pool default has no backends: add [backends]".to_string();
+            return Err(self.error(line, format!("[{default_section}]"), message));
+        }
         for pool in &c.pools {
             if !c.has_backends(&pool.name) {
                 let section = format!("pool.{}", pool.name);
@@ -974,6 +983,13 @@ impl Parser<'_> {
             let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
             if let Err(message) = route.check() {
                 return Err(self.error(line, format!("[{section}]"), message));
+            }
+            let listens = |a: &SocketAddr| c.lb.listen.contains(a) || c.lb.tls_listen.contains(a);
+            if let Some(addr) = route.listeners.iter().find(|a| !listens(a)) {
+                let line =
+                    (self.keys.get(&(section.as_str(), "listener")).copied()).unwrap_or(line);
+                let message = format!("{addr} is in neither [lb] listen nor tls_listen");
+                return Err(self.error(line, format!("[{section}] listener"), message));
             }
             let id_header = c.lb.request_id.as_deref();
             if let Some(id) =
@@ -1789,6 +1805,16 @@ web = srv:_http._tcp.web.consul
             let err = parse(&format!("{text}[backends]\nweb = 127.0.0.1:1\n")).unwrap_err();
             assert!(err.to_string().starts_with(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn settings_for_a_default_pool_without_backends_are_an_error() {
+        let text = "[pool.default]\nretries = 1\n[pool.a.backends]\nx = 127.0.0.1:1\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.ini:1: [pool.default]: pool default has no backends"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,10 +27,21 @@ impl HostPattern {
             Some(suffix) => (HostPattern::Under(suffix.to_string()), suffix),
             None => (HostPattern::Exact(lower.clone()), lower.as_str()),
         };
-        let ok =
-            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '[' | ']');
-        if name.is_empty() || name.len() > 253 || !name.chars().all(ok) {
-            return Err(format!("{v:?} is not a host name (or *.name)"));
+        // Hosts are matched without their port, so a pattern with one could never match; an
+        // IPv6 literal keeps its colons inside brackets.
+        let literal = name.starts_with('[') && name.ends_with(']');
+        let ok = |c: char| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') || (literal && c == ':')
+        };
+        let inner = if literal {
+            &name[1..name.len() - 1]
+        } else {
+            name
+        };
+        if inner.is_empty() || name.len() > 253 || !inner.chars().all(ok) {
+            return Err(format!(
+                "{v:?} is not a host name (or *.name), without a port"
+            ));
         }
         Ok(pattern)
     }
@@ -533,9 +544,22 @@ fn parse_redirect(v: &str) -> Result<Action, String> {
             ))
         }
     };
+    let target = target.trim();
+    // An absolute target, or a path on this site that starts with a character of its own: a
+    // `{path}` sent as `//evil.example` at the front would make a protocol-relative Location
+    // pointing at another site.
+    let absolute = ["http://", "https://", "{scheme}://"];
+    let second = target.as_bytes().get(1);
+    let local = target.starts_with('/') && !matches!(second, Some(b'/' | b'\\' | b'{'));
+    if !local && !absolute.iter().any(|a| target.starts_with(a)) {
+        return Err(format!(
+            "{target:?}: a redirect target starts with http://, https://, {{scheme}}:// \
+             or a path of its own (/login)"
+        ));
+    }
     Ok(Action::Redirect {
         status,
-        template: Template::parse(target.trim())?,
+        template: Template::parse(target)?,
     })
 }
 
@@ -546,6 +570,9 @@ fn parse_return(v: &str) -> Result<Action, String> {
         _ => return Err(format!("{status:?} is not a status (200 to 599)")),
     };
     let body = body.trim();
+    if matches!(status, 204 | 304) && !body.is_empty() {
+        return Err(format!("a {status} has no body"));
+    }
     if body.len() > MAX_ANSWER_BODY || body.bytes().any(|b| b.is_ascii_control()) {
         return Err(format!(
             "the body is one line of at most {MAX_ANSWER_BODY} bytes"

@@ -324,6 +324,11 @@ fn a_route_section_is_checked_key_by_key() {
         ("method", "get", "not a method"),
         ("redirect", "200 /x", "not a redirect status"),
         ("redirect", "301 https://{hots}/", "unknown {hots}"),
+        ("redirect", "301 {path}/", "starts with http://"),
+        ("redirect", "302 /{path}", "starts with http://"),
+        ("host", "example.com:8080", "without a port"),
+        ("host", "[::1]", ""),
+        ("return", "204 done", "has no body"),
         ("return", "700", "not a status"),
         ("pool", "a 0, b 5", "not a weight"),
         ("split_by", "header:X", ""),
@@ -342,6 +347,7 @@ fn a_route_section_is_checked_key_by_key() {
             "writes X-Forwarded-For itself",
         ),
         ("colour", "red", "unknown route key"),
+        ("redirect", "302 /login?next={path}", ""),
     ] {
         let err = parse_key(&mut r, key, value);
         if why.is_empty() {
