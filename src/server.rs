@@ -15,6 +15,7 @@ use crate::worker::{Handle, Listener, Msg, Worker};
 use log::{info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -104,7 +105,7 @@ impl Running {
 
 /// Binds every listener, then starts the workers and the health thread.
 pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> {
-    let mut source = Source::Config;
+    let mut saved = Vec::new();
     if let Some(path) = &config.admin.state_file {
         if let Some(backends) = state_file::load(path)? {
             info!(
@@ -112,10 +113,13 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
                 backends.len(),
                 path.display()
             );
-            config.backends = backends;
-            source = Source::StateFile;
+            saved = backends;
         }
     }
+    // The state file stands in for the backends of the pools it names; a pool config.ini has
+    // gained since it was written starts with config.ini's.
+    let named: HashSet<String> = saved.iter().map(|b| b.pool.clone()).collect();
+    config.backends.retain(|b| !named.contains(&b.pool));
     let tls = tls::Server::load(&config)?;
     let backend_tls = tls::Client::load(&config)?;
     if let Some(tls) = &tls {
@@ -127,7 +131,12 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     let addrs = bind_all(&config.lb.listen, false, &mut listeners)?;
     let tls_addrs = bind_all(&config.lb.tls_listen, true, &mut listeners)?;
     let addr = addrs[0];
-    let backends = backend::at_start(&config.backends, &source);
+    let (given, restored) = (
+        backend::at_start(&config.backends, &Source::Config),
+        backend::at_start(&saved, &Source::StateFile),
+    );
+    let backends = given.iter().chain(restored.iter()).cloned().collect();
+    config.backends.extend(saved);
     let workers = config.lb.workers;
     let log_file = config.log.access_log_file.clone();
     let sink = Sink::open(log_file.as_deref()).map_err(|e| {

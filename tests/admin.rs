@@ -856,6 +856,47 @@ fn backends_added_to_a_pool_keep_their_pool_and_backup_flag_across_a_restart() {
 }
 
 #[test]
+fn a_pool_the_state_file_does_not_name_starts_with_the_config_files_backends() {
+    let (old, listed_in_config, fresh) = (
+        Backend::named("old"),
+        Backend::named("cfg"),
+        Backend::named("fresh"),
+    );
+    let dir = TempDir::new("-state");
+    let state = dir.path().join("state.json");
+    let saved_default = format!(
+        r#"{{"backends":[{{"name":"old","address":"{}","weight":1,"tls":null,"pool":"default","backup":false}}]}}"#,
+        old.addr
+    );
+    std::fs::write(&state, saved_default).unwrap();
+    // Pool v2 came to config.ini after the state file was written.
+    let config = ini(
+        &[("cfg", listed_in_config.addr)],
+        &format!(
+            "{ADMIN}state_file = {}\n[pool.v2.backends]\nfresh = {}\n\
+             [route.v2]\npath = /v2/\npool = v2\n",
+            state.display(),
+            fresh.addr
+        ),
+    );
+    let lb = Lb::start(&config);
+    lb.expect_log("1 backends from the state file", WAIT);
+    for i in 0..5 {
+        assert_eq!(
+            lb.get_body(&format!("/{i}")),
+            "old",
+            "the state file's default pool"
+        );
+        assert_eq!(
+            lb.get_body(&format!("/v2/{i}")),
+            "fresh",
+            "config.ini's new pool"
+        );
+    }
+    assert_eq!(listed_in_config.request_count(), 0);
+}
+
+#[test]
 fn a_state_file_from_before_pools_loads_into_the_default_pool() {
     let (old, listed_in_config, added) = (
         Backend::named("old"),

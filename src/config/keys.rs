@@ -715,7 +715,7 @@ pub const KEYS: &[Key] = &[
                 Ok(())
             },
         },
-        meaning: "where admin API backend changes are kept across restarts (written atomically; replaces `[backends]` at start when it exists)",
+        meaning: "where admin API backend changes are kept across restarts (written atomically; at start it replaces the backends of the pools it names)",
     },
     // ---- [log] ------------------------------------------------------------------------------
     Key {
