@@ -48,7 +48,7 @@ pub enum Source {
     Config,
     /// `POST /api/backends`.
     Admin,
-    /// The state file, which at start stands in for `[backends]`.
+    /// The state file, which at start stands in for the backends of the pools it names.
     StateFile,
     /// Discovery's DNS lookup of the `[backends]` entry `entry`.
     Dns { entry: String },
