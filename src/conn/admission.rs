@@ -290,30 +290,15 @@ mod tests {
         let snap = snapshot(|c| c.lb.sticky = Sticky::Cookie);
         let token = snap.backends[2].token();
         let mut admission = Admission::new(&snap, 0, 1, Instant::now());
+        let mut admit = |admission: &mut Admission| {
+            let sticky = request(Some(token));
+            admission.admit(&snap, 0, CLIENT, &sticky, HEAD, Instant::now())
+        };
         for _ in 0..3 {
-            let admitted = admission
-                .admit(
-                    &snap,
-                    0,
-                    CLIENT,
-                    &request(Some(token)),
-                    HEAD,
-                    Instant::now(),
-                )
-                .unwrap();
-            assert_eq!(admitted.lease.id, 2);
+            assert_eq!(admit(&mut admission).unwrap().lease.id, 2);
         }
         snap.backends[2].drain(false);
-        let moved = admission
-            .admit(
-                &snap,
-                0,
-                CLIENT,
-                &request(Some(token)),
-                HEAD,
-                Instant::now(),
-            )
-            .unwrap();
+        let moved = admit(&mut admission).unwrap();
         assert_ne!(moved.lease.id, 2);
     }
 

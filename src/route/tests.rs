@@ -141,26 +141,16 @@ fn conditions_and_together_and_lists_or_within_a_key() {
     let with = |target: &str, extra: &str| {
         format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n{extra}\r\n")
     };
-    assert_eq!(
-        matched(&t, &with("/v2/x", "X-Canary: 1\r\n")).as_deref(),
-        Some("api")
-    );
-    assert_eq!(
-        matched(&t, &with("/v3/x", "X-Canary: 1\r\n")).as_deref(),
-        Some("fallback")
-    );
-    assert_eq!(
-        matched(&t, &with("/v1/x", "X-Canary: 2\r\n")).as_deref(),
-        Some("fallback")
-    );
-    assert_eq!(
-        matched(&t, &with("/x?debug&env=prod", "")).as_deref(),
-        Some("q")
-    );
-    assert_eq!(
-        matched(&t, &with("/x?debug&env=dev", "")).as_deref(),
-        Some("fallback")
-    );
+    for (target, header, want) in [
+        ("/v2/x", "X-Canary: 1\r\n", "api"),
+        ("/v3/x", "X-Canary: 1\r\n", "fallback"),
+        ("/v1/x", "X-Canary: 2\r\n", "fallback"),
+        ("/x?debug&env=prod", "", "q"),
+        ("/x?debug&env=dev", "", "fallback"),
+    ] {
+        let got = matched(&t, &with(target, header));
+        assert_eq!(got.as_deref(), Some(want), "{target} {header:?}");
+    }
 }
 
 #[test]
