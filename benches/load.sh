@@ -328,6 +328,16 @@ count_syscalls() {
     done
 }
 
+# VmRSS of a target's processes, summed, after a mode's rounds: appended to rss.csv.
+record_rss() {
+    local mode=$1 target=$2 pid kib=0 k
+    for pid in ${PIDS[$target]}; do
+        k=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+        kib=$((kib + ${k:-0}))
+    done
+    echo "$mode,$target,$kib" >>"$WORK/rss.csv"
+}
+
 warm_up() {
     local t
     for t in $TARGETS; do
@@ -345,6 +355,7 @@ run_mode() {
             for t in $TARGETS; do measure "$mode" "$t" "$conns" "$round"; done
         done
     done
+    for t in $TARGETS; do record_rss "$mode" "$t"; done
     if [ "$SYSCALLS" != off ]; then count_syscalls "$mode"; fi
     stop_services
 }
@@ -439,6 +450,7 @@ write_results() {
         echo "- ¹ direct: wrk straight to one backend port; its CPU and syscall columns are the backend process's (no balancer)."
         echo "- errors: wrk's Non-2xx and socket errors, new lines in the server's own log during the runs, and crashes."
         echo "- Configs: benches/lb-mio.ini.in, benches/nginx.conf.in, benches/haproxy.cfg.in (round robin, upstream keep-alive, no logging)."
+        echo "- RSS after the measured rounds (all of a target's processes): $(awk -F, '{ printf "%s%s %s %.1f MiB", sep, $1, $2, $3 / 1024; sep = ", " }' "$WORK/rss.csv")."
         if [ -n "$ROUTES" ]; then
             echo "- ROUTES=$ROUTES: every target got the same requests, \`GET /p$((ROUTE_PER_HOST - 1))/index.html\` with \`Host: hN.example.test\`, N going round 0..$((ROUTE_HOSTS - 1)) (wrk -s, a Lua script). lb-mio-routes is lb-mio's config plus ten pools p0..p9 (each the same three backends) and $((ROUTE_HOSTS * ROUTE_PER_HOST)) routes \`[route.hN-rM] host = hN.example.test; path = /pM/; pool = p<N mod 10>\`: each request matches its host's last route. lb-mio without routes sends them all to its pool default."
             echo "- CPU / req vs lb-mio: the ratio of the medians of CPU per request, then in brackets the median of each round's ratio."
