@@ -13,10 +13,17 @@
 #   COUNT_DURATION  length of the separate syscall-counting runs [5s]
 #   LB_UPSTREAM_KEEPALIVE  lb-mio's idle upstream connections per backend per worker [256, its default]
 #   BASE_BIN  another lb-mio binary, measured as target lb-mio-base (a commit before a change)
+#   ROUTES    HOSTSxPER_HOST, e.g. 1000x10: target lb-mio-routes gets that route table, and
+#             wrk's requests, to every target, go round the hosts, each matching its host's last
+#             route [unset: GET /, no routes]
 #
 # Targets: direct (one backend alone), lb-mio, nginx, haproxy; and lb-mio-base (BASE_BIN),
 # lb-mio-log (lb-mio with the text access log to a file), nginx-log (nginx with
-# `access_log ... buffer=64k flush=1s`).
+# `access_log ... buffer=64k flush=1s`), lb-mio-routes (lb-mio plus the ROUTES table: routes
+# `[route.hN-rM]` with `host = hN.example.test`, `path = /pM/`, `pool = p<N mod 10>`, and ten
+# pools `p0`..`p9` of the same three backends), e.g. the cost of 1,000 hosts' routes:
+#
+#   ROUTES=1000x10 TARGETS="lb-mio lb-mio-routes" MODES=pinned CONNS=64 benches/load.sh
 #   RESULTS   markdown file written [benches/results/load-YYYY-MM-DD.md]
 #   KEEP_TMP  1 keeps the work directory (configs, logs, raw wrk output) [0]
 #
@@ -41,6 +48,7 @@ SYSCALLS=${SYSCALLS:-auto}
 LB_UPSTREAM_KEEPALIVE=${LB_UPSTREAM_KEEPALIVE:-256}
 KEEP_TMP=${KEEP_TMP:-0}
 BASE_BIN=${BASE_BIN:-}
+ROUTES=${ROUTES:-}
 RESULTS=${RESULTS:-"$BENCH_DIR/results/load-$(date +%F).md"}
 # Syscalls are counted in separate runs of this length (see count_syscalls).
 COUNT_DURATION=${COUNT_DURATION:-5s}
@@ -52,6 +60,8 @@ COUNT_DURATION=${COUNT_DURATION:-5s}
 CLK_TCK=$(getconf CLK_TCK)
 declare -A PIDS=()   # target -> space-separated PIDs of its processes (all of them, for CPU)
 BAL_PIN=() LOAD_PIN=()
+WRK_SCRIPT=()        # with ROUTES: -s and wrk's Lua script of routed requests
+ROUTE_HOSTS=0 ROUTE_PER_HOST=0
 
 # ---------------------------------------------------------------------------------------------
 # Setup: tools, binaries, syscall counting method.
@@ -109,6 +119,7 @@ start_lb() {
         KEEPALIVE="$LB_UPSTREAM_KEEPALIVE" ACCESS_LOG="$access"
     # [log] is the template's last section; the base binary may predate access_log_file.
     [ "$access" = false ] || echo "access_log_file = $WORK/$name-access.log" >>"$cfg"
+    [ "$name" = lb-mio-routes ] && routes_config >>"$cfg"
     LOGS[$name]="$WORK/$name.log"
     "${BAL_PIN[@]}" "$bin" "$cfg" >>"${LOGS[$name]}" 2>&1 &
     local pid=$!
@@ -120,6 +131,52 @@ start_lb() {
 start_lb-mio() { start_lb "$1" lb-mio "$LB_BIN" false; }
 start_lb-mio-log() { start_lb "$1" lb-mio-log "$LB_BIN" text; }
 start_lb-mio-base() { start_lb "$1" lb-mio-base "$BASE_BIN" false; }
+start_lb-mio-routes() { start_lb "$1" lb-mio-routes "$LB_BIN" false; }
+
+# The ROUTES table's pools and routes (sections after the template's; its [backends] stay the
+# pool default, which answers the readiness check's GET /).
+routes_config() {
+    awk -v hosts="$ROUTE_HOSTS" -v per="$ROUTE_PER_HOST" -v b1="${B[1]}" -v b2="${B[2]}" \
+        -v b3="${B[3]}" 'BEGIN {
+        for (p = 0; p < 10; p++)
+            printf "[pool.p%d.backends]\np%d-s1 = 127.0.0.1:%d\np%d-s2 = 127.0.0.1:%d\np%d-s3 = 127.0.0.1:%d\n",
+                p, p, b1, p, b2, p, b3
+        for (h = 0; h < hosts; h++)
+            for (r = 0; r < per; r++)
+                printf "[route.h%d-r%d]\nhost = h%d.example.test\npath = /p%d/\npool = p%d\n", h, r, h, r, h % 10
+    }'
+}
+
+# With ROUTES, wrk's requests to every target: GET /p<PER_HOST-1>/index.html (the path of each
+# host's last route), each wrk thread going round the hosts from its own start.
+write_routes_script() {
+    if [ -z "$ROUTES" ]; then
+        [[ " $TARGETS " != *" lb-mio-routes "* ]] || die "target lb-mio-routes needs ROUTES=HOSTSxPER_HOST"
+        return 0
+    fi
+    [[ $ROUTES =~ ^([0-9]+)x([0-9]+)$ ]] || die "ROUTES must be HOSTSxPER_HOST, e.g. 1000x10"
+    ROUTE_HOSTS=${BASH_REMATCH[1]} ROUTE_PER_HOST=${BASH_REMATCH[2]}
+    [ "$ROUTE_HOSTS" -ge 1 ] && [ "$ROUTE_PER_HOST" -ge 1 ] || die "ROUTES: at least 1x1"
+    cat >"$WORK/routes.lua" <<EOF
+local threads, requests, at = 0, {}, 0
+function setup(thread)
+    thread:set("first", threads * 7919)
+    threads = threads + 1
+end
+function init(args)
+    for h = 0, $((ROUTE_HOSTS - 1)) do
+        requests[h + 1] = wrk.format("GET", "/p$((ROUTE_PER_HOST - 1))/index.html",
+            { Host = "h" .. h .. ".example.test" })
+    end
+    at = first % #requests
+end
+function request()
+    at = at % #requests + 1
+    return requests[at]
+end
+EOF
+    WRK_SCRIPT=(-s "$WORK/routes.lua")
+}
 
 # nginx as TARGET NAME, with ACCESS as its access_log directive's arguments.
 start_nginx_as() {
@@ -190,7 +247,8 @@ start_mode() {
 run_wrk() {
     local conns=$1 dur=$2 url=$3 out=$4 limit
     limit=$(($(dur_secs "$dur") + 30))
-    timeout -k 5 "$limit" "${LOAD_PIN[@]}" wrk --latency -t2 -c"$conns" -d"$dur" "$url" >"$out" 2>&1 ||
+    timeout -k 5 "$limit" "${LOAD_PIN[@]}" wrk --latency -t2 -c"$conns" -d"$dur" "${WRK_SCRIPT[@]}" \
+        "$url" >"$out" 2>&1 ||
         log "wrk exited non-zero (see $out)"
 }
 
@@ -270,6 +328,16 @@ count_syscalls() {
     done
 }
 
+# VmRSS of a target's processes, summed, after a mode's rounds: appended to rss.csv.
+record_rss() {
+    local mode=$1 target=$2 pid kib=0 k
+    for pid in ${PIDS[$target]}; do
+        k=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+        kib=$((kib + ${k:-0}))
+    done
+    echo "$mode,$target,$kib" >>"$WORK/rss.csv"
+}
+
 warm_up() {
     local t
     for t in $TARGETS; do
@@ -287,6 +355,7 @@ run_mode() {
             for t in $TARGETS; do measure "$mode" "$t" "$conns" "$round"; done
         done
     done
+    for t in $TARGETS; do record_rss "$mode" "$t"; done
     if [ "$SYSCALLS" != off ]; then count_syscalls "$mode"; fi
     stop_services
 }
@@ -318,17 +387,28 @@ summarize() {
             k = $1 "," $2 "," $3
             if (!(k in seen)) { seen[k] = 1; order[++n] = k }
             rps[k] = rps[k] " " $5; p50[k] = p50[k] " " $7; p99[k] = p99[k] " " $8
-            if ($6 > 0) { cpu[k] = cpu[k] " " ($9 / tck) / $6 * 100000; busy[k] = busy[k] " " ($9 / tck) / ($6 / $5) }
+            if ($6 > 0) {
+                cpu[k] = cpu[k] " " ($9 / tck) / $6 * 100000; busy[k] = busy[k] " " ($9 / tck) / ($6 / $5)
+                cpur[k, $4] = ($9 / tck) / $6; rounds[k] = rounds[k] " " $4
+            }
             non2xx[k] += $10; sock[k] += $11; loglines[k] += $12; crash[k] += $13
         }
         END {
-            print "| mode | conns | target | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU s / 100k req | CPU cores busy | syscalls / req | upstream connects / 1k req | vs HAProxy req/s | errors (all rounds) |"
-            print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            print "| mode | conns | target | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU s / 100k req | CPU cores busy | syscalls / req | upstream connects / 1k req | vs HAProxy req/s | CPU / req vs lb-mio | errors (all rounds) |"
+            print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
             for (i = 1; i <= n; i++) {
                 k = order[i]; split(k, f, ",")
                 hk = f[1] "," f[2] ",haproxy"
                 r = median(rps[k])
                 ratio = (hk in seen) ? sprintf("%.2f", r / median(rps[hk])) : "–"
+                # CPU per request over lb-mio'"'"'s: the ratio of the medians, and the median of
+                # each round'"'"'s ratio (the runs of one round are minutes apart at most).
+                lk = f[1] "," f[2] ",lb-mio"; vs = "–"
+                if (lk in seen && k != lk && median(cpu[lk]) > 0) {
+                    nr = split(rounds[k], rr, " "); per = ""
+                    for (j = 1; j <= nr; j++) if ((lk SUBSEP rr[j]) in cpur) per = per " " cpur[k, rr[j]] / cpur[lk, rr[j]]
+                    vs = sprintf("%.3f (rounds: %.3f)", median(cpu[k]) / median(cpu[lk]), median(per))
+                }
                 s = (k in ssys) ? sprintf("%.2f", ssys[k]) : "–"
                 c = (k in sconn) ? sprintf("%.1f", sconn[k]) : "–"
                 err = ""
@@ -338,8 +418,8 @@ summarize() {
                 if (crash[k]) err = err sprintf("CRASHED %d×; ", crash[k])
                 if (err == "") err = "none"; else sub(/; $/, "", err)
                 name = f[3] == "direct" ? "direct (backend)¹" : f[3]
-                printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n", \
-                    f[1], f[2], name, r, minmax(rps[k]), median(p50[k]), median(p99[k]), median(cpu[k]), median(busy[k]), s, c, ratio, err
+                printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.3f | %.2f | %s | %s | %s | %s | %s |\n", \
+                    f[1], f[2], name, r, minmax(rps[k]), median(p50[k]), median(p99[k]), median(cpu[k]), median(busy[k]), s, c, ratio, vs, err
             }
         }
     ' "$counts_csv" "$WORK/runs.csv"
@@ -353,7 +433,7 @@ machine_info() {
 
 write_results() {
     local table=$1 elapsed=$2 cmd
-    cmd="DURATION=$DURATION ROUNDS=$ROUNDS CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$TARGETS\" WARMUP=$WARMUP PORT_BASE=$PORT_BASE SYSCALLS=$SYSCALLS COUNT_DURATION=$COUNT_DURATION LB_UPSTREAM_KEEPALIVE=$LB_UPSTREAM_KEEPALIVE${BASE_BIN:+ BASE_BIN=$BASE_BIN} benches/load.sh"
+    cmd="DURATION=$DURATION ROUNDS=$ROUNDS CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$TARGETS\" WARMUP=$WARMUP PORT_BASE=$PORT_BASE SYSCALLS=$SYSCALLS COUNT_DURATION=$COUNT_DURATION LB_UPSTREAM_KEEPALIVE=$LB_UPSTREAM_KEEPALIVE${BASE_BIN:+ BASE_BIN=$BASE_BIN}${ROUTES:+ ROUTES=$ROUTES} benches/load.sh"
     mkdir -p "$(dirname "$RESULTS")"
     {
         echo "# Load comparison, $(date +%F)"
@@ -370,6 +450,11 @@ write_results() {
         echo "- ¹ direct: wrk straight to one backend port; its CPU and syscall columns are the backend process's (no balancer)."
         echo "- errors: wrk's Non-2xx and socket errors, new lines in the server's own log during the runs, and crashes."
         echo "- Configs: benches/lb-mio.ini.in, benches/nginx.conf.in, benches/haproxy.cfg.in (round robin, upstream keep-alive, no logging)."
+        echo "- RSS after the measured rounds (all of a target's processes): $(awk -F, '{ printf "%s%s %s %.1f MiB", sep, $1, $2, $3 / 1024; sep = ", " }' "$WORK/rss.csv")."
+        if [ -n "$ROUTES" ]; then
+            echo "- ROUTES=$ROUTES: every target got the same requests, \`GET /p$((ROUTE_PER_HOST - 1))/index.html\` with \`Host: hN.example.test\`, N going round 0..$((ROUTE_HOSTS - 1)) (wrk -s, a Lua script). lb-mio-routes is lb-mio's config plus ten pools p0..p9 (each the same three backends) and $((ROUTE_HOSTS * ROUTE_PER_HOST)) routes \`[route.hN-rM] host = hN.example.test; path = /pM/; pool = p<N mod 10>\`: each request matches its host's last route. lb-mio without routes sends them all to its pool default."
+            echo "- CPU / req vs lb-mio: the ratio of the medians of CPU per request, then in brackets the median of each round's ratio."
+        fi
         if [ ${#NOTES[@]} -gt 0 ]; then
             echo
             echo "Notes from the run:"
@@ -398,6 +483,7 @@ main() {
     build backend
     pick_syscall_method
     prepare_run load
+    write_routes_script
     : >"$WORK/runs.csv"
     log "work directory $WORK; $ROUNDS rounds x modes ($MODES) x conns ($CONNS) x targets ($TARGETS), $DURATION each"
     local mode

@@ -15,7 +15,10 @@ use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{time, ROUNDS};
+
+mod support;
 
 /// Every allocation's size, summed (frees are not subtracted: builds keep what they allocate
 /// but for their scratch space, which counts as a build's peak).
@@ -38,9 +41,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
-const ROUNDS: usize = 7;
-/// A round lasts at least this long.
-const ROUND: Duration = Duration::from_millis(5);
 
 fn backends(n: usize) -> Backends {
     let confs: Vec<BackendConf> = (0..n)
@@ -62,27 +62,6 @@ fn per_backend<T>(n: usize, build: impl FnOnce() -> T) -> (f64, T) {
     let built = build();
     let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
     (bytes as f64 / n as f64, built)
-}
-
-/// Nanoseconds per call of `run(count)`, which makes `count` picks: the median of the rounds.
-fn time(mut run: impl FnMut(usize)) -> f64 {
-    let mut count = 16;
-    while {
-        let start = Instant::now();
-        run(count);
-        start.elapsed() < ROUND
-    } {
-        count *= 2;
-    }
-    let mut rounds: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            run(count);
-            start.elapsed().as_nanos() as f64 / count as f64
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[ROUNDS / 2]
 }
 
 fn main() {
