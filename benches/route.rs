@@ -1,6 +1,6 @@
 //! What routing adds to a request: parsing a head and deciding its route, as a worker does
-//! (`request::parse_routed` with a closure calling `RouteTable::decide`), against the same
-//! parse with no routes (no path normalisation, an empty table). `cargo bench --bench route`;
+//! (`request::parse_routed` with the worker's `conn::route`), against the same parse with no
+//! routes (no path normalisation, an empty table). `cargo bench --bench route`;
 //! prints markdown tables, times in ns per request (median of `ROUNDS` rounds, one thread).
 //!
 //! (a) one host with N routes, the request matching the last: the walk over a host's list.
@@ -9,11 +9,15 @@
 //! (c) the path normalisation: `path::normalise` alone and within a parse, on plain and
 //!     hostile-looking paths.
 
+use lb_mio::backend::{self, Source};
 use lb_mio::buffer::{Buffer, BufferPool};
+use lb_mio::config::Config;
+use lb_mio::conn;
 use lb_mio::http::head::HeadError;
 use lb_mio::http::path;
-use lb_mio::http::request::{self, Forwarding, HeadLimits, Wanted};
-use lb_mio::route::{parse_key, Decision, RouteConf, RouteTable, Via};
+use lb_mio::http::request::{self, HeadLimits, Wanted};
+use lb_mio::route::{Decision, Via};
+use lb_mio::shared::Snapshot;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use support::{time, ROUNDS};
@@ -32,32 +36,20 @@ const VIA: Via = Via {
     sni: None,
 };
 
-/// A route from `key = value` pairs, checked as the config loader checks it.
-fn route(name: &str, keys: &[(&str, &str)]) -> RouteConf {
-    let mut conf = RouteConf::new(name).expect("route name");
-    for (key, value) in keys {
-        parse_key(&mut conf, key, value).expect("route key");
-    }
-    conf.check().expect("whole route");
-    conf
-}
-
-/// `hosts` hosts `hN.example.test` with `per_host` routes each, `[route.hN-rM]` matching path
-/// prefix `/pM/`, all to the pool `default` (the only pool).
-fn table(hosts: usize, per_host: usize) -> RouteTable {
-    let mut confs = Vec::with_capacity(hosts * per_host);
+/// The snapshot of a config with one backend in the pool `default` and `hosts` hosts
+/// `hN.example.test` with `per_host` routes each, `[route.hN-rM]` matching path prefix `/pM/`.
+fn table(hosts: usize, per_host: usize) -> Snapshot {
+    let mut text = String::from("[lb]\nworkers = 1\n[backends]\nweb = 127.0.0.1:9\n");
     for h in 0..hosts {
         for r in 0..per_host {
-            let (host, path) = (format!("h{h}.example.test"), format!("/p{r}/"));
-            let keys = [
-                ("host", host.as_str()),
-                ("path", &path),
-                ("pool", "default"),
-            ];
-            confs.push(route(&format!("h{h}-r{r}"), &keys));
+            text += &format!(
+                "[route.h{h}-r{r}]\nhost = h{h}.example.test\npath = /p{r}/\npool = default\n"
+            );
         }
     }
-    RouteTable::new(confs, |name| (name == "default").then_some(0)).expect("table")
+    let config = Config::parse(&text, "bench.ini").expect("config");
+    let backends = backend::at_start(&config.backends, &Source::Config);
+    Snapshot::new(config, backends).expect("snapshot")
 }
 
 /// A GET of `target` for `host`, with the headers a browser-less client sends.
@@ -68,44 +60,41 @@ fn head(host: &str, target: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Parses `head` and routes it through `table` as a worker does: the decision, the route's
-/// count and its rewrite for the backend's head. With an empty table the path is not
-/// normalised, as in a worker of a config without routes.
-fn parse(table: &RouteTable, head: &[u8], out: &mut Buffer) -> Result<Decision, HeadError> {
+/// Parses `head` and routes it through `snap` as a worker does (`conn::route`: the decision,
+/// the route's count, what it means for the backend's head). Without a route that looks at
+/// paths, the path is not normalised, as in a worker.
+fn parse(
+    snap: &Snapshot,
+    head: &[u8],
+    out: &mut Buffer,
+    room: &mut [u8],
+) -> Result<Decision, HeadError> {
     out.truncate(0);
     let wanted = Wanted {
-        normalise: !table.is_empty(),
+        path_room: snap.routes.looks_at_paths().then_some(room),
         ..Wanted::default()
     };
     let parsed = request::parse_routed(head, LIMITS, VIA.client, wanted, out, |seen| {
-        let decision = table.decide(seen, &VIA, 0);
-        let route = decision.route.map(|at| table.route(at));
-        if let Some(route) = route {
-            route.count();
-        }
-        let forwarding = Forwarding {
-            rewrite: route.map(|r| r.rewrite()),
-            ..Forwarding::default()
-        };
-        Ok((forwarding, decision))
+        conn::route(snap, seen, &VIA, (0, 0))
     })?;
     Ok(parsed.expect("a whole head").1)
 }
 
-/// ns per request of parsing and routing `heads` in turn through `table`.
-fn per_request(table: &RouteTable, heads: &[Vec<u8>], out: &mut Buffer) -> f64 {
+/// ns per request of parsing and routing `heads` in turn through `snap`.
+fn per_request(snap: &Snapshot, heads: &[Vec<u8>], out: &mut Buffer) -> f64 {
+    let mut room = vec![0; LIMITS.max_bytes];
     let mut next = heads.iter().cycle();
     time(|count| {
         for _ in 0..count {
             let head = next.next().expect("heads");
-            black_box(parse(table, black_box(head), out).ok());
+            black_box(parse(snap, black_box(head), out, &mut room).ok());
         }
     })
 }
 
 /// (a) and (b): one row per size, with and without the table.
 fn routing_rows(sizes: &[(usize, usize)], out: &mut Buffer) {
-    let none = RouteTable::default();
+    let none = table(0, 0);
     println!("| hosts × routes each | routes | parse, no routes | parse + route | routing | routing share |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for &(hosts, per_host) in sizes {
@@ -116,7 +105,8 @@ fn routing_rows(sizes: &[(usize, usize)], out: &mut Buffer) {
             .collect();
         for (h, head) in heads.iter().enumerate() {
             let want = Some(h * per_host + per_host - 1);
-            let got = parse(&table, head, out).expect("routed").route;
+            let mut room = vec![0; LIMITS.max_bytes];
+            let got = parse(&table, head, out, &mut room).expect("routed").route;
             assert_eq!(
                 got, want,
                 "{hosts} hosts: the request must match its host's last route"
@@ -136,18 +126,19 @@ fn routing_rows(sizes: &[(usize, usize)], out: &mut Buffer) {
 /// (c): `path::normalise` alone, and a parse without and with routes (one route, so the
 /// difference is the normalisation), for each path; refused paths answer 400.
 fn normalise_rows(out: &mut Buffer) {
-    let long_hostile = "/static/./a//b/../%7Euser;v=1/%41%42".repeat(24) + "/x.png";
+    let long_hostile = "/static/./a//b/%7Euser;v=1/%41%42".repeat(24) + "/x.png";
     let paths = [
         ("plain", "/p9/index.html".to_string()),
         (
             "hostile-looking",
-            "/static//./img/../%61dmin;jsessionid=1/%7Euser/./a//b/../c.png".to_string(),
+            "/static//./img/%61dmin;jsessionid=1/%7Euser/./a//b/c.png".to_string(),
         ),
         ("long hostile-looking", long_hostile),
+        ("refused: `..`", "/static/../admin/".to_string()),
         ("refused: `..;`", "/static/..;/admin/".to_string()),
         ("refused: `%2F`", "/static/..%2Fadmin/".to_string()),
     ];
-    let none = RouteTable::default();
+    let none = table(0, 0);
     let one = table(1, 1);
     let mut buf = vec![0u8; 16 * 1024];
     println!("| path | bytes | `path::normalise` | parse, no routes | parse + normalise + route | result |");
@@ -161,7 +152,7 @@ fn normalise_rows(out: &mut Buffer) {
         });
         let base = per_request(&none, &heads, out);
         let routed = per_request(&one, &heads, out);
-        let result = match parse(&one, &heads[0], out) {
+        let result = match parse(&one, &heads[0], out, &mut buf) {
             Ok(_) => match path::normalise(target.as_bytes(), &mut buf) {
                 Ok(p) => format!("routed as `{}`", shorten(p)),
                 Err(e) => format!("? {}", e.why()),

@@ -290,7 +290,7 @@ mod tests {
         let snap = snapshot(|c| c.lb.sticky = Sticky::Cookie);
         let token = snap.backends[2].token();
         let mut admission = Admission::new(&snap, 0, 1, Instant::now());
-        let mut admit = |admission: &mut Admission| {
+        let admit = |admission: &mut Admission| {
             let sticky = request(Some(token));
             admission.admit(&snap, 0, CLIENT, &sticky, HEAD, Instant::now())
         };

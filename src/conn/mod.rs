@@ -19,7 +19,7 @@ mod admission;
 mod ending;
 mod exchange;
 
-pub use admission::Admission;
+pub use admission::{route, Admission};
 pub use ending::Cause;
 pub use exchange::Exchanges;
 
