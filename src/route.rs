@@ -149,14 +149,40 @@ impl Hits {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// What `decide` checks of each route, by position.
+    matchers: Vec<Matcher>,
+    /// Every route's path prefixes and exact paths, one after another.
+    paths: Vec<PathRule>,
+    path_bytes: Vec<u8>,
     /// Routes for one exact host (with the `*.` and any-host routes that also match it).
-    exact: HashMap<Box<[u8]>, Vec<usize>>,
+    exact: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed>,
     /// Routes for any host one label under a suffix (with the any-host routes).
-    wildcard: HashMap<Box<[u8]>, Vec<usize>>,
+    wildcard: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed>,
     /// Routes without a host condition.
     any: Vec<usize>,
     /// The pool `default`, when there is one.
     default_pool: Option<usize>,
+}
+
+/// What `decide` checks of a route besides its host (a host's list holds only routes whose
+/// host matches): its paths, kept in the table's own arrays, and whether it has conditions
+/// beyond them. Walking a host's routes reads these small records one after another instead
+/// of each route's whole configuration.
+#[derive(Debug, Clone, Copy)]
+struct Matcher {
+    /// Its rules in `paths`; none: any path.
+    paths: (u32, u32),
+    nocase: bool,
+    /// Method, header, query, client, listener, scheme or SNI conditions.
+    more: bool,
+}
+
+/// A path prefix, or an exact path, in `path_bytes`.
+#[derive(Debug, Clone, Copy)]
+struct PathRule {
+    at: u32,
+    len: u32,
+    exact: bool,
 }
 
 /// Why a route did not match: the first condition that failed.
@@ -203,6 +229,7 @@ impl RouteTable {
                 Action::Redirect { status, .. } => conf::answer_bytes(*status, ""),
                 Action::Pools { .. } => Vec::new(),
             };
+            table.add_matcher(&conf);
             table.routes.push(Route {
                 conf,
                 hits: Arc::new(Hits::new(workers)),
@@ -214,12 +241,56 @@ impl RouteTable {
         Ok(table)
     }
 
+    /// Keeps what `decide` checks of `conf` in the table's compact arrays.
+    fn add_matcher(&mut self, conf: &RouteConf) {
+        let first = self.paths.len() as u32;
+        let exact = conf.exact_paths.iter().map(|p| (p, true));
+        for (path, exact) in conf.paths.iter().map(|p| (p, false)).chain(exact) {
+            let at = self.path_bytes.len() as u32;
+            self.path_bytes.extend_from_slice(path.as_bytes());
+            let len = path.len() as u32;
+            self.paths.push(PathRule { at, len, exact });
+        }
+        let more = !(conf.methods.is_empty()
+            && conf.headers.is_empty()
+            && conf.has_headers.is_empty()
+            && conf.queries.is_empty()
+            && conf.has_queries.is_empty()
+            && conf.clients.is_empty()
+            && conf.listeners.is_empty()
+            && conf.https.is_none()
+            && conf.sni.is_empty());
+        self.matchers.push(Matcher {
+            paths: (first, self.paths.len() as u32),
+            nocase: conf.path_nocase,
+            more,
+        });
+    }
+
+    /// Whether route `at`'s path conditions hold for `path` (the normalised path).
+    fn path_ok(&self, at: usize, path: &[u8]) -> bool {
+        let m = &self.matchers[at];
+        let rules = &self.paths[m.paths.0 as usize..m.paths.1 as usize];
+        rules.is_empty()
+            || rules.iter().any(|rule| {
+                let want = &self.path_bytes[rule.at as usize..(rule.at + rule.len) as usize];
+                let got = match rule.exact {
+                    true => Some(path),
+                    false => path.get(..want.len()),
+                };
+                got.is_some_and(|got| match m.nocase {
+                    true => got.eq_ignore_ascii_case(want),
+                    false => got == want,
+                })
+            })
+    }
+
     /// Fills the host lists: each exact host's list holds, in file order, its own routes, those
     /// of the `*.` suffix it falls under, and those for any host; each suffix's list the same
     /// without an exact host.
     fn index_hosts(&mut self) {
-        let mut exact: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
-        let mut wildcard: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        let mut exact: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed> = HashMap::default();
+        let mut wildcard: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed> = HashMap::default();
         for (at, route) in self.routes.iter().enumerate() {
             if route.conf.hosts.is_empty() {
                 self.any.push(at);
@@ -285,13 +356,14 @@ impl RouteTable {
         }
     }
 
-    /// Where a request goes. `draw` is a random number, for a split without `split_by`.
+    /// Where a request goes. `draw` is a random number, for a split without `split_by`. The
+    /// host's list holds only routes whose host condition holds, so only the rest is checked.
     pub fn decide(&self, seen: &Seen, via: &Via, draw: u64) -> Decision {
-        let matched = self
-            .candidates(seen.host)
-            .iter()
-            .copied()
-            .find(|&at| self.check(at, seen, via).is_ok());
+        let holds = |&at: &usize| {
+            self.path_ok(at, seen.path)
+                && (!self.matchers[at].more || self.check_more(at, seen, via).is_ok())
+        };
+        let matched = self.candidates(seen.host).iter().copied().find(holds);
         match matched {
             Some(at) => Decision {
                 route: Some(at),
@@ -321,12 +393,15 @@ impl RouteTable {
     /// Checks every condition of route `at`, in the order `explain` reports them.
     fn check(&self, at: usize, seen: &Seen, via: &Via) -> Result<(), Miss> {
         let c = &self.routes[at].conf;
-        let ok = |cond: bool, miss: Miss| if cond { Ok(()) } else { Err(miss) };
-        ok(
-            c.hosts.is_empty() || c.hosts.iter().any(|h| h.matches(seen.host)),
-            Miss::Host,
-        )?;
-        ok(c.path_matches(seen.path), Miss::Path)?;
+        let host = c.hosts.is_empty() || c.hosts.iter().any(|h| h.matches(seen.host));
+        ok(host, Miss::Host)?;
+        ok(self.path_ok(at, seen.path), Miss::Path)?;
+        self.check_more(at, seen, via)
+    }
+
+    /// Checks route `at`'s conditions beyond host and path.
+    fn check_more(&self, at: usize, seen: &Seen, via: &Via) -> Result<(), Miss> {
+        let c = &self.routes[at].conf;
         let method = seen.method.as_bytes();
         ok(
             c.methods.is_empty() || c.methods.iter().any(|m| m.as_bytes() == method),
@@ -485,6 +560,15 @@ fn explain_rewrite(rewrite: &Rewrite, sent_path: &[u8], lines: &mut Vec<String>)
         for name in &rules.remove {
             line("remove", name);
         }
+    }
+}
+
+/// `Ok` when `cond` holds, else the miss that says so.
+fn ok(cond: bool, miss: Miss) -> Result<(), Miss> {
+    if cond {
+        Ok(())
+    } else {
+        Err(miss)
     }
 }
 

@@ -154,7 +154,9 @@ pub fn route<'s>(
     if let Some(at) = decision.route {
         snap.routes.route(at).count(worker);
     }
-    let rewrite = decision.route.map(|at| snap.routes.route(at).rewrite());
+    // Only a rewrite with something to do: the head writer then checks no header against it.
+    let rewrite = (decision.route.map(|at| snap.routes.route(at).rewrite()))
+        .filter(|r| r.changes_path() || !r.request.is_empty());
     let forwarding = match decision.to {
         To::Pool(pool) => {
             let pool = &snap.pools[pool];

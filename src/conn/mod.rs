@@ -880,9 +880,10 @@ impl Conn {
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(text.id()),
             hsts: (ctx.snap.config.tls.hsts.as_deref()).filter(|_| self.client.is_tls()),
-            rules: ex
+            rules: (ex
                 .route
-                .map(|at| &ctx.snap.routes.route(at).rewrite().response),
+                .map(|at| &ctx.snap.routes.route(at).rewrite().response))
+            .filter(|rules| !rules.is_empty()),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,

@@ -260,18 +260,6 @@ impl RouteConf {
         pools.iter().map(|(name, _)| name.as_str())
     }
 
-    pub fn path_matches(&self, path: &[u8]) -> bool {
-        if self.paths.is_empty() && self.exact_paths.is_empty() {
-            return true;
-        }
-        let same = |a: &[u8], b: &[u8]| match self.path_nocase {
-            true => a.eq_ignore_ascii_case(b),
-            false => a == b,
-        };
-        let prefix = |p: &String| path.len() >= p.len() && same(&path[..p.len()], p.as_bytes());
-        self.paths.iter().any(prefix) || self.exact_paths.iter().any(|p| same(path, p.as_bytes()))
-    }
-
     pub fn path_miss(&self, path: &str) -> String {
         let mut why = Vec::new();
         if !self.paths.is_empty() {
