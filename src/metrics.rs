@@ -475,13 +475,9 @@ fn render_routing(out: &mut String, totals: &Totals, snap: &Snapshot) {
         "counter",
         "Requests each route matched (redirects and direct answers too).",
     );
-    for route in snap.routes.routes() {
-        line(
-            out,
-            name,
-            &format!("route=\"{}\"", route.name()),
-            route.hits(),
-        );
+    for (at, route) in snap.routes.routes().iter().enumerate() {
+        let hits = snap.routes.hits(at);
+        line(out, name, &format!("route=\"{}\"", route.name()), hits);
     }
     let name = "lbmio_pool_requests_total";
     header(

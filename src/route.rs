@@ -17,7 +17,7 @@ use crate::config::Cidr;
 use crate::hash;
 use crate::http::redirect::MAX_LOCATION;
 use crate::http::request::{self, Seen};
-use crate::http::rewrite::Rewrite;
+use crate::http::rewrite::{HeaderRules, Rewrite};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -56,8 +56,6 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Route {
     pub conf: RouteConf,
-    /// Requests it matched; a reload keeps a route's count by its name.
-    hits: Arc<Hits>,
     /// The pools of its `pool` action with their weights (one, or a split).
     pools: Vec<(usize, u32)>,
     /// The whole response of a `return` action.
@@ -71,23 +69,6 @@ impl Route {
 
     pub fn rewrite(&self) -> &Rewrite {
         &self.conf.rewrite
-    }
-
-    /// Counts a request worker `worker` routed here.
-    pub fn count(&self, worker: usize) {
-        let slots = &self.hits.0;
-        slots[worker % slots.len()]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests it matched, over all workers.
-    pub fn hits(&self) -> u64 {
-        self.hits
-            .0
-            .iter()
-            .map(|slot| slot.0.load(Ordering::Relaxed))
-            .sum()
     }
 
     /// The status a `return` or `redirect` route answers with (0 for a pool route).
@@ -143,6 +124,19 @@ impl Hits {
     fn new(workers: usize) -> Hits {
         Hits((0..workers.max(1)).map(|_| PerWorker::default()).collect())
     }
+
+    fn count(&self, worker: usize) {
+        self.0[worker % self.0.len()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|slot| slot.0.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Every route, and the lists that find a host's routes.
@@ -154,27 +148,50 @@ pub struct RouteTable {
     /// Every route's path prefixes and exact paths, one after another.
     paths: Vec<PathRule>,
     path_bytes: Vec<u8>,
-    /// Routes for one exact host (with the `*.` and any-host routes that also match it).
-    exact: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed>,
-    /// Routes for any host one label under a suffix (with the any-host routes).
-    wildcard: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed>,
-    /// Routes without a host condition.
-    any: Vec<usize>,
+    /// Every host's list of routes (positions), one after another.
+    lists: Vec<u32>,
+    /// The list of one exact host (with the `*.` and any-host routes that also match it).
+    exact: HashMap<Box<[u8]>, List, hash::Fixed>,
+    /// The list of any host one label under a suffix (with the any-host routes).
+    wildcard: HashMap<Box<[u8]>, List, hash::Fixed>,
+    /// The routes without a host condition.
+    any: List,
     /// The pool `default`, when there is one.
     default_pool: Option<usize>,
 }
 
-/// What `decide` checks of a route besides its host (a host's list holds only routes whose
-/// host matches): its paths, kept in the table's own arrays, and whether it has conditions
-/// beyond them. Walking a host's routes reads these small records one after another instead
-/// of each route's whole configuration.
-#[derive(Debug, Clone, Copy)]
+/// A host's routes: a range of `lists`.
+type List = (u32, u32);
+
+/// What a request's route decision reads of a route besides its host (a host's list holds
+/// only routes whose host matches): its paths, kept in the table's own arrays, whether it has
+/// conditions beyond them, where it sends a request, whether it rewrites, and its count.
+/// Walking a host's routes reads these small records one after another, and a plain route
+/// is decided without reading its configuration at all.
+#[derive(Debug, Clone)]
 struct Matcher {
     /// Its rules in `paths`; none: any path.
     paths: (u32, u32),
     nocase: bool,
     /// Method, header, query, client, listener, scheme or SNI conditions.
     more: bool,
+    go: Go,
+    /// A path rewrite or request header rules.
+    rewrites: bool,
+    /// Response header rules.
+    answers_with_rules: bool,
+    /// Requests it matched; a reload keeps a route's count by its name.
+    hits: Arc<Hits>,
+}
+
+/// Where a route sends what it matches.
+#[derive(Debug, Clone, Copy)]
+enum Go {
+    Pool(u32),
+    /// Several pools by weight: drawn at decision time.
+    Split,
+    /// A redirect or a direct answer.
+    Answer,
 }
 
 /// A path prefix, or an exact path, in `path_bytes`.
@@ -229,10 +246,9 @@ impl RouteTable {
                 Action::Redirect { status, .. } => conf::answer_bytes(*status, ""),
                 Action::Pools { .. } => Vec::new(),
             };
-            table.add_matcher(&conf);
+            table.add_matcher(&conf, &pools, workers);
             table.routes.push(Route {
                 conf,
-                hits: Arc::new(Hits::new(workers)),
                 pools,
                 answer,
             });
@@ -241,8 +257,8 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// Keeps what `decide` checks of `conf` in the table's compact arrays.
-    fn add_matcher(&mut self, conf: &RouteConf) {
+    /// Keeps what `decide` reads of `conf` in the table's compact arrays.
+    fn add_matcher(&mut self, conf: &RouteConf, pools: &[(usize, u32)], workers: usize) {
         let first = self.paths.len() as u32;
         let exact = conf.exact_paths.iter().map(|p| (p, true));
         for (path, exact) in conf.paths.iter().map(|p| (p, false)).chain(exact) {
@@ -260,10 +276,20 @@ impl RouteTable {
             && conf.listeners.is_empty()
             && conf.https.is_none()
             && conf.sni.is_empty());
+        let go = match (&conf.action, pools) {
+            (Action::Pools { .. }, [(pool, _)]) => Go::Pool(*pool as u32),
+            (Action::Pools { .. }, _) => Go::Split,
+            (Action::Redirect { .. } | Action::Return { .. }, _) => Go::Answer,
+        };
+        let r = &conf.rewrite;
         self.matchers.push(Matcher {
             paths: (first, self.paths.len() as u32),
             nocase: conf.path_nocase,
             more,
+            go,
+            rewrites: r.changes_path() || !r.request.is_empty(),
+            answers_with_rules: !r.response.is_empty(),
+            hits: Arc::new(Hits::new(workers)),
         });
     }
 
@@ -287,13 +313,15 @@ impl RouteTable {
 
     /// Fills the host lists: each exact host's list holds, in file order, its own routes, those
     /// of the `*.` suffix it falls under, and those for any host; each suffix's list the same
-    /// without an exact host.
+    /// without an exact host. The lists go one after another into `lists`.
     fn index_hosts(&mut self) {
-        let mut exact: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed> = HashMap::default();
-        let mut wildcard: HashMap<Box<[u8]>, Vec<usize>, hash::Fixed> = HashMap::default();
+        let mut exact: HashMap<Box<[u8]>, Vec<u32>, hash::Fixed> = HashMap::default();
+        let mut wildcard: HashMap<Box<[u8]>, Vec<u32>, hash::Fixed> = HashMap::default();
+        let mut any = Vec::new();
         for (at, route) in self.routes.iter().enumerate() {
+            let at = at as u32;
             if route.conf.hosts.is_empty() {
-                self.any.push(at);
+                any.push(at);
             }
             for host in &route.conf.hosts {
                 let list = match host {
@@ -303,20 +331,30 @@ impl RouteTable {
                 list.push(at);
             }
         }
-        for (host, list) in exact.iter_mut() {
-            if let Some(under) = parent(host).and_then(|p| wildcard.get(p)) {
-                list.extend(under);
+        let mut lists = Vec::new();
+        let mut keep = |mut list: Vec<u32>, also: &[&[u32]]| {
+            for more in also {
+                list.extend_from_slice(more);
             }
-            list.extend(&self.any);
             list.sort_unstable();
             list.dedup();
-        }
-        for list in wildcard.values_mut() {
-            list.extend(&self.any);
-            list.sort_unstable();
-            list.dedup();
-        }
-        (self.exact, self.wildcard) = (exact, wildcard);
+            let start = lists.len() as u32;
+            lists.extend(list);
+            (start, lists.len() as u32)
+        };
+        self.exact = (exact.iter())
+            .map(|(host, list)| {
+                let under = parent(host)
+                    .and_then(|p| wildcard.get(p))
+                    .map_or(&[][..], |l| &l[..]);
+                (host.clone(), keep(list.clone(), &[under, &any]))
+            })
+            .collect();
+        self.wildcard = (wildcard.into_iter())
+            .map(|(suffix, list)| (suffix, keep(list, &[&any])))
+            .collect();
+        self.any = keep(any, &[]);
+        self.lists = lists;
     }
 
     /// Some route has a path condition: only then is a request's path normalised (and one
@@ -329,12 +367,36 @@ impl RouteTable {
     /// Takes over the counts of `old`'s routes that have the same names (while the number of
     /// workers, fixed at start, is the same).
     pub fn carry_counts(&mut self, old: &RouteTable) {
-        let by_name: HashMap<&str, &Route> = old.routes.iter().map(|r| (r.name(), r)).collect();
-        for route in &mut self.routes {
-            if let Some(was) = by_name.get(route.name()) {
-                route.hits = Arc::clone(&was.hits);
+        let by_name: HashMap<&str, usize> = (old.routes.iter().enumerate())
+            .map(|(at, r)| (r.name(), at))
+            .collect();
+        for (route, matcher) in self.routes.iter().zip(&mut self.matchers) {
+            if let Some(&was) = by_name.get(route.name()) {
+                matcher.hits = Arc::clone(&old.matchers[was].hits);
             }
         }
+    }
+
+    /// Counts a request worker `worker` routed by route `at`.
+    pub fn count(&self, at: usize, worker: usize) {
+        self.matchers[at].hits.count(worker);
+    }
+
+    /// Requests route `at` matched, over all workers.
+    pub fn hits(&self, at: usize) -> u64 {
+        self.matchers[at].hits.sum()
+    }
+
+    /// What route `at` changes in a request it forwards, when it changes anything.
+    pub fn rewrite(&self, at: usize) -> Option<&Rewrite> {
+        let rewrites = self.matchers[at].rewrites;
+        rewrites.then(|| self.routes[at].rewrite())
+    }
+
+    /// Route `at`'s response header rules, when it has any.
+    pub fn response_rules(&self, at: usize) -> Option<&HeaderRules> {
+        let has = self.matchers[at].answers_with_rules;
+        has.then(|| &self.routes[at].rewrite().response)
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -346,14 +408,14 @@ impl RouteTable {
     }
 
     /// The routes that may match requests for `host` (lower case, no port, no trailing dot).
-    fn candidates(&self, host: &[u8]) -> &[usize] {
-        if let Some(list) = self.exact.get(host) {
-            return list;
-        }
-        match parent(host).and_then(|p| self.wildcard.get(p)) {
+    fn candidates(&self, host: &[u8]) -> &[u32] {
+        let list = match self.exact.get(host) {
             Some(list) => list,
-            None => &self.any,
-        }
+            None => parent(host)
+                .and_then(|p| self.wildcard.get(p))
+                .unwrap_or(&self.any),
+        };
+        &self.lists[list.0 as usize..list.1 as usize]
     }
 
     /// Where a request goes. `draw` is a random number, for a split without `split_by`. The
@@ -363,7 +425,8 @@ impl RouteTable {
             self.path_ok(at, seen.path)
                 && (!self.matchers[at].more || self.check_more(at, seen, via).is_ok())
         };
-        let matched = self.candidates(seen.host).iter().copied().find(holds);
+        let mut found = self.candidates(seen.host).iter().map(|&at| at as usize);
+        let matched = found.find(holds);
         match matched {
             Some(at) => Decision {
                 route: Some(at),
@@ -377,6 +440,11 @@ impl RouteTable {
     }
 
     fn action(&self, at: usize, seen: &Seen, via: &Via, draw: u64) -> To {
+        match self.matchers[at].go {
+            Go::Pool(pool) => return To::Pool(pool as usize),
+            Go::Answer => return To::Answer,
+            Go::Split => {}
+        }
         let route = &self.routes[at];
         match &route.conf.action {
             Action::Pools { split_by, .. } => {

@@ -171,8 +171,8 @@ pub fn delete_pool(shared: &Shared, name: &str) -> ApiAnswer {
 /// requests it matched, where it came from, and what it checks and does in short.
 pub fn list_routes(shared: &Shared) -> ApiAnswer {
     let snap = shared.load();
-    let routes: Vec<Value> = (snap.routes.routes().iter())
-        .map(|route| {
+    let routes: Vec<Value> = (snap.routes.routes().iter().enumerate())
+        .map(|(at, route)| {
             let mut entry = document::route_json(&route.conf);
             let summary = |role: Role| {
                 let keys = route
@@ -184,7 +184,7 @@ pub fn list_routes(shared: &Shared) -> ApiAnswer {
                     .collect::<Vec<_>>()
                     .join("; ")
             };
-            entry["hits"] = json!(route.hits());
+            entry["hits"] = json!(snap.routes.hits(at));
             entry["source"] = json!(route.conf.origin.name());
             entry["conditions"] = json!(summary(Role::Condition));
             entry["action"] = json!(summary(Role::Action));

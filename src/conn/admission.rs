@@ -152,11 +152,10 @@ pub fn route<'s>(
 ) -> Result<(Forwarding<'s>, Decision), HeadError> {
     let decision = snap.routes.decide(seen, via, draw);
     if let Some(at) = decision.route {
-        snap.routes.route(at).count(worker);
+        snap.routes.count(at, worker);
     }
     // Only a rewrite with something to do: the head writer then checks no header against it.
-    let rewrite = (decision.route.map(|at| snap.routes.route(at).rewrite()))
-        .filter(|r| r.changes_path() || !r.request.is_empty());
+    let rewrite = decision.route.and_then(|at| snap.routes.rewrite(at));
     let forwarding = match decision.to {
         To::Pool(pool) => {
             let pool = &snap.pools[pool];
