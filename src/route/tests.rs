@@ -358,3 +358,18 @@ fn a_route_section_is_checked_key_by_key() {
     parse_key(&mut none, "strip_prefix", "/x").unwrap();
     assert!(none.check().unwrap_err().contains("need a pool action"));
 }
+
+#[test]
+fn counts_follow_a_route_by_its_name_into_the_next_table() {
+    let old = table(&["a: path = /a/; pool = api", "b: pool = default"]);
+    old.count(0, 0);
+    old.count(0, 0);
+    old.count(1, 0);
+    let mut new = table(&[
+        "new: path = /n/; pool = canary",
+        "b: pool = default",
+        "a: path = /a/; pool = api",
+    ]);
+    new.carry_counts(&old);
+    assert_eq!((new.hits(0), new.hits(1), new.hits(2)), (0, 1, 2));
+}
