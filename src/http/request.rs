@@ -368,7 +368,7 @@ fn see<'a>(
     };
     let path = match path_room {
         None => routed_path,
-        Some(_) if sent_path == b"*" => sent_path,
+        Some(_) if sent_path == b"*" || path::is_normal(routed_path) => routed_path,
         Some(room) => {
             path::normalise(routed_path, room).map_err(|e| HeadError::Malformed(e.why()))?
         }
