@@ -33,6 +33,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const STATUS_PAGE: &str = include_str!("status.html");
 
+mod exposition;
 mod routing;
 
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
@@ -255,7 +256,7 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
         ("GET", ["metrics"]) => {
             let snap = shared.load();
             let certificates = shared.tls.as_ref().map(|tls| tls.certificates());
-            let body = metrics::render(&shared.totals(), &snap, certificates.as_deref());
+            let body = exposition::render(&shared.totals(), &snap, certificates.as_deref());
             ApiAnswer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",

@@ -21,9 +21,10 @@ use crate::http::head::HOP_BY_HOP;
 pub use crate::http::request::HashKey;
 use crate::http::request::FORWARDING_HEADERS;
 use crate::proxy_protocol::Version;
-use crate::route::{self, RouteConf};
+use route::RouteConf;
 
 pub mod keys;
+pub mod route;
 
 const MAX_WORKERS: usize = 256;
 const MAX_MS: u32 = 3_600_000;

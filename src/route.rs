@@ -7,10 +7,10 @@
 //! then only that list is walked. Matching allocates nothing. `explain` walks the same checks
 //! over every route and says why each one before the match did not match.
 
-mod conf;
 mod explain;
 
-pub use conf::{parse_key, role, Action, HostPattern, Role, RouteConf, Template};
+use crate::config::route::{self as conf, parent};
+pub use crate::config::route::{parse_key, role, Action, HostPattern, Role, RouteConf, Template};
 pub use explain::{explain, Explained, Question};
 
 use crate::config::Cidr;
@@ -636,12 +636,6 @@ fn ok(cond: bool, miss: Miss) -> Result<(), Miss> {
     } else {
         Err(miss)
     }
-}
-
-/// `host` without its first label: what a `*.` pattern would have to be.
-fn parent(host: &[u8]) -> Option<&[u8]> {
-    let dot = host.iter().position(|&b| b == b'.')?;
-    Some(&host[dot + 1..]).filter(|rest| !rest.is_empty())
 }
 
 fn header_values<'a>(seen: &'a Seen, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {

@@ -1,7 +1,7 @@
 //! A `[route.NAME]` section: its conditions, its action and its rewrites, parsed key by key.
 
+use super::{parse_cidr, parse_hash_key, parse_listen, Cidr, Origin};
 use crate::backend::check_name;
-use crate::config::{parse_cidr, parse_hash_key, parse_listen, Cidr, Origin};
 use crate::http::chunked::is_token;
 use crate::http::request::{HashKey, Seen, FORWARDING_HEADERS};
 use crate::http::rewrite::Rewrite;
@@ -50,8 +50,9 @@ impl HostPattern {
     pub fn matches(&self, host: &[u8]) -> bool {
         match self {
             HostPattern::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
-            HostPattern::Under(suffix) => super::parent(host)
-                .is_some_and(|parent| parent.eq_ignore_ascii_case(suffix.as_bytes())),
+            HostPattern::Under(suffix) => {
+                parent(host).is_some_and(|parent| parent.eq_ignore_ascii_case(suffix.as_bytes()))
+            }
         }
     }
 }
@@ -570,4 +571,10 @@ fn parse_return(v: &str) -> Result<Action, String> {
         status,
         body: body.to_string(),
     })
+}
+
+/// `host` without its first label: what a `*.` pattern would have to be.
+pub fn parent(host: &[u8]) -> Option<&[u8]> {
+    let dot = host.iter().position(|&b| b == b'.')?;
+    Some(&host[dot + 1..]).filter(|rest| !rest.is_empty())
 }
