@@ -39,6 +39,23 @@ fn try_ask(
     head: &str,
     via: &Via,
 ) -> Result<(Decision, Option<String>), crate::http::head::HeadError> {
+    through(head, via, |seen| {
+        let decision = table.decide(seen, via, 7);
+        let lines = table.explain(seen, via, &POOLS);
+        let said = lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("route ")?;
+            rest.strip_suffix(": match").map(str::to_string)
+        });
+        (decision, said)
+    })
+}
+
+/// What `f` makes of `head` as the parse hands it to a route table.
+fn through<T>(
+    head: &str,
+    via: &Via,
+    f: impl FnOnce(&crate::http::request::Seen) -> T,
+) -> Result<T, crate::http::head::HeadError> {
     let limits = HeadLimits {
         max_bytes: 8192,
         max_headers: 64,
@@ -55,15 +72,7 @@ fn try_ask(
         via.client,
         wanted,
         &mut out,
-        |seen| {
-            let decision = table.decide(seen, via, 7);
-            let lines = table.explain(seen, via, &POOLS);
-            let said = lines.iter().find_map(|l| {
-                let rest = l.strip_prefix("route ")?;
-                rest.strip_suffix(": match").map(str::to_string)
-            });
-            Ok((Forwarding::default(), (decision, said)))
-        },
+        |seen| Ok((Forwarding::default(), f(seen))),
     );
     Ok(parsed?.unwrap().1)
 }
@@ -270,28 +279,8 @@ fn explain_says_which_key_failed_first() {
         "c: header X-Canary = 1; pool = canary",
         "d: path_exact = /x; redirect = 308 https://{host}{path}{query}",
     ]);
-    let mut out = BufferPool::new(0).take();
     let head = "GET /x?q=1 HTTP/1.1\r\nHost: www.test:8080\r\n\r\n";
-    let limits = HeadLimits {
-        max_bytes: 8192,
-        max_headers: 64,
-    };
-    let mut room = [0; 1024];
-    let wanted = Wanted {
-        path_room: Some(&mut room),
-        ..Wanted::default()
-    };
-    let lines = parse_routed(
-        head.as_bytes(),
-        limits,
-        VIA.client,
-        wanted,
-        &mut out,
-        |seen| Ok((Forwarding::default(), t.explain(seen, &VIA, &POOLS))),
-    )
-    .unwrap()
-    .unwrap()
-    .1;
+    let lines = through(head, &VIA, |seen| t.explain(seen, &VIA, &POOLS)).unwrap();
     assert_eq!(
         lines,
         [
