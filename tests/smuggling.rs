@@ -1244,7 +1244,10 @@ impl Rig {
                     }
                     Err(e) => wrong.push(format!("no {status} answer: {e}")),
                 }
-                if !self.lb.wait_for_log_count(&rejection, earlier + 1, LOG_WAIT) {
+                if !self
+                    .lb
+                    .wait_for_log_count(&rejection, earlier + 1, LOG_WAIT)
+                {
                     wrong.push(format!("no log line {rejection:?}"));
                 }
             }
