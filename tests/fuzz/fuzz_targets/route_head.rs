@@ -90,9 +90,15 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
 /// Checks what the table sees of an accepted head and decides where it goes.
 fn route<'t>(table: &'t Table, seen: &Seen, via: &Via, draw: u64) -> Forwarding<'t> {
     if seen.path != b"*" {
-        let mut once = vec![0; seen.sent_path.len()];
-        let normalised = path::normalise(seen.sent_path, &mut once)
-            .unwrap_or_else(|e| panic!("the parser took {:?}: {e:?}", show(seen.sent_path)));
+        // An absolute-form target without a path is routed as `/`.
+        let sent = if seen.sent_path.is_empty() {
+            &b"/"[..]
+        } else {
+            seen.sent_path
+        };
+        let mut once = vec![0; sent.len()];
+        let normalised = path::normalise(sent, &mut once)
+            .unwrap_or_else(|e| panic!("the parser took {:?}: {e:?}", show(sent)));
         assert_eq!(normalised, seen.path, "the table saw another path");
         let mut twice = vec![0; seen.path.len()];
         let again = path::normalise(seen.path, &mut twice).unwrap_or_else(|e| {
@@ -120,7 +126,7 @@ fn route<'t>(table: &'t Table, seen: &Seen, via: &Via, draw: u64) -> Forwarding<
     assert_eq!(decided, explained, "decide and explain disagree: {said:?}");
     match (decision.to, decision.route) {
         (To::Pool(_), at) => Forwarding {
-            rewrite: at.map(|at| table.routes.route(at).rewrite()),
+            rewrite: at.and_then(|at| table.routes.rewrite(at)),
             ..Forwarding::default()
         },
         (To::Answer, Some(at)) => {
@@ -144,8 +150,10 @@ fuzz_target!(|input: &[u8]| {
         https,
         sni: https.then_some("api.example.com"),
     };
+    // Room for the longest path: the head is no longer than the input.
+    let mut room = vec![0; input.len()];
     let wanted = Wanted {
-        normalise: true,
+        path_room: Some(&mut room),
         https,
         ..Wanted::default()
     };
