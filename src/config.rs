@@ -985,20 +985,9 @@ impl Parser<'_> {
             if let Err(message) = route.check() {
                 return Err(self.error(line, format!("[{section}]"), message));
             }
-            let listens = |a: &SocketAddr| c.lb.listen.contains(a) || c.lb.tls_listen.contains(a);
-            if let Some(addr) = route.listeners.iter().find(|a| !listens(a)) {
-                let line =
-                    (self.keys.get(&(section.as_str(), "listener")).copied()).unwrap_or(line);
-                let message = format!("{addr} is in neither [lb] listen nor tls_listen");
-                return Err(self.error(line, format!("[{section}] listener"), message));
-            }
-            let id_header = c.lb.request_id.as_deref();
-            if let Some(id) =
-                id_header.filter(|id| route.rule_headers().any(|h| h.eq_ignore_ascii_case(id)))
-            {
-                let message =
-                    format!("a header rule names {id}, the [lb] request_id header lb-mio writes");
-                return Err(self.error(line, format!("[{section}]"), message));
+            if let Err((key, message)) = route.fits(c) {
+                let line = (self.keys.get(&(section.as_str(), key)).copied()).unwrap_or(line);
+                return Err(self.error(line, format!("[{section}] {key}"), message));
             }
             for name in route.pool_names() {
                 match c.pool(name) {

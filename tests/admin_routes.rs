@@ -341,6 +341,13 @@ fn bad_documents_answer_4xx_and_change_nothing() {
         (
             "PUT",
             "/api/routes/r",
+            route(json!([["listener", "127.0.0.1:1"], ["pool", "default"]])),
+            400,
+            "listener: 127.0.0.1:1 is in neither",
+        ),
+        (
+            "PUT",
+            "/api/routes/r",
             route(json!([["pool", "nope"]])),
             400,
             "no pool \"nope\"",

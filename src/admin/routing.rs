@@ -245,6 +245,8 @@ pub fn put_route(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
             (None, None) => config.routes.len(),
         };
         created = was.is_none();
+        conf.fits(&config)
+            .map_err(|(key, why)| ApiAnswer::error(400, format!("{key}: {why}")))?;
         config.routes.insert(at, conf.clone());
         next(snap, config, snap.backends.to_vec())
     });

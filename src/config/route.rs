@@ -1,6 +1,6 @@
 //! A `[route.NAME]` section: its conditions, its action and its rewrites, parsed key by key.
 
-use super::{parse_cidr, parse_hash_key, parse_listen, Cidr, Origin};
+use super::{parse_cidr, parse_hash_key, parse_listen, Cidr, Config, Origin};
 use crate::backend::check_name;
 use crate::http::chunked::is_token;
 use crate::http::request::{HashKey, Seen, FORWARDING_HEADERS};
@@ -235,6 +235,23 @@ impl RouteConf {
                 }
             }
         }
+    }
+
+    /// What a route must agree on with the rest of `c`, wherever it comes from (config.ini or
+    /// the admin API): its listeners exist, and no header rule names the request id header
+    /// lb-mio writes. The key at fault, and why.
+    pub fn fits(&self, c: &Config) -> Result<(), (&'static str, String)> {
+        let listens = |a: &SocketAddr| c.lb.listen.contains(a) || c.lb.tls_listen.contains(a);
+        if let Some(addr) = self.listeners.iter().find(|a| !listens(a)) {
+            let why = format!("{addr} is in neither [lb] listen nor tls_listen");
+            return Err(("listener", why));
+        }
+        let id = c.lb.request_id.as_deref();
+        if let Some(id) = id.filter(|id| self.rule_headers().any(|h| h.eq_ignore_ascii_case(id))) {
+            let why = format!("a header rule names {id}, the [lb] request_id header lb-mio writes");
+            return Err(("header rule", why));
+        }
+        Ok(())
     }
 
     /// The header names its rules name, both ways.

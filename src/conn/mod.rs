@@ -880,10 +880,7 @@ impl Conn {
             server: lb.server_header.as_deref(),
             request_id: lb.request_id.as_deref().zip(text.id()),
             hsts: (ctx.snap.config.tls.hsts.as_deref()).filter(|_| self.client.is_tls()),
-            rules: (ex
-                .route
-                .map(|at| &ctx.snap.routes.route(at).rewrite().response))
-            .filter(|rules| !rules.is_empty()),
+            rules: ex.route.and_then(|at| ctx.snap.routes.response_rules(at)),
         };
         let response = match response::parse(uin.data(), BUF_SIZE, &request, added, cout) {
             Ok(Some(response)) => response,

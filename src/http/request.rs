@@ -301,7 +301,7 @@ pub fn parse_routed<'s, D>(
     if http10 && hop.chunked {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
-    let mut host_buf = [0u8; 256];
+    let mut host_buf = [0u8; 255];
     let seen = see(
         method_token,
         target,
@@ -349,12 +349,17 @@ fn see<'a>(
     authority: Option<&'a [u8]>,
     headers: &'a [httparse::Header<'a>],
     path_room: Option<&'a mut [u8]>,
-    host_buf: &'a mut [u8; 256],
+    host_buf: &'a mut [u8; 255],
 ) -> Result<Seen<'a>, HeadError> {
     let (sent_path, query) =
         path::split_target(target).ok_or(HeadError::Malformed("bad request target"))?;
     let authority = authority.map_or(&b""[..], <[u8]>::trim_ascii);
     let name = authority_host(authority);
+    // An empty label (`a..b`, `.a`, `a..` with its last dot gone): nginx refuses it too, and a
+    // name routes and backends could read two ways is no name to route by.
+    if name.starts_with(b".") || name.ends_with(b".") || name.windows(2).any(|w| w == b"..") {
+        return Err(HeadError::Malformed("empty label in the host"));
+    }
     // Longer than any DNS name: cutting it would match a route it does not name.
     let host = host_buf
         .get_mut(..name.len())
@@ -393,7 +398,7 @@ pub fn with_seen<R>(input: &[u8], f: impl FnOnce(&Seen) -> R) -> Option<R> {
     let host = single_host(req.headers, req.version == Some(0)).ok()?;
     let target = req.path?.as_bytes();
     let absolute = check_target(req.method?, target, host).ok()?;
-    let mut host_buf = [0u8; 256];
+    let mut host_buf = [0u8; 255];
     let seen = see(
         req.method?,
         target,

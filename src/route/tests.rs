@@ -138,6 +138,15 @@ fn only_an_absolute_form_target_names_the_host() {
         "a".repeat(250)
     );
     assert!(try_ask(&t, &long, &VIA).is_err());
+    // Nor is an empty label stripped to a name a route names.
+    for host in [
+        "admin.example.com..",
+        ".admin.example.com",
+        "admin..example.com",
+    ] {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert!(try_ask(&t, &head, &VIA).is_err(), "{host}");
+    }
 }
 
 #[test]
