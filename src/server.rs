@@ -15,7 +15,6 @@ use crate::worker::{Handle, Listener, Msg, Worker};
 use log::{info, warn};
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -107,19 +106,30 @@ impl Running {
 pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> {
     let mut saved = Vec::new();
     if let Some(path) = &config.admin.state_file {
-        if let Some(backends) = state_file::load(path)? {
+        if let Some(file) = state_file::load(path)? {
             info!(
                 "{} backends from the state file {}",
-                backends.len(),
+                file.backends.len(),
                 path.display()
             );
-            saved = backends;
+            // The file stands in for the backends of the pools it names; a pool config.ini
+            // has gained since it was written starts with config.ini's.
+            config.backends.retain(|b| !file.pools.contains(&b.pool));
+            if let Some(b) = file
+                .backends
+                .iter()
+                .find(|s| config.backends.iter().any(|c| c.name == s.name))
+            {
+                let message = format!(
+                    "state file {}: backend {} is config.ini's too, in another pool (names are unique over all pools)",
+                    path.display(),
+                    b.name
+                );
+                return Err(message.into());
+            }
+            saved = file.backends;
         }
     }
-    // The state file stands in for the backends of the pools it names; a pool config.ini has
-    // gained since it was written starts with config.ini's.
-    let named: HashSet<String> = saved.iter().map(|b| b.pool.clone()).collect();
-    config.backends.retain(|b| !named.contains(&b.pool));
     let tls = tls::Server::load(&config)?;
     let backend_tls = tls::Client::load(&config)?;
     if let Some(tls) = &tls {

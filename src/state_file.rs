@@ -1,7 +1,7 @@
 //! The optional state file: backend changes made through the admin API survive a restart.
 //! After each change the live backends are written to a temp file that is then renamed over
-//! the state file, so a crash never leaves half a file; at start, a state file that exists
-//! replaces the config's `[backends]`.
+//! the state file, so a crash never leaves half a file. The file names the pools it covers
+//! (config.ini's, when it was written); at start it stands in for those pools' backends.
 
 use crate::backend::{Backend, BackendConf};
 use crate::config::{Origin, DEFAULT_POOL};
@@ -19,40 +19,47 @@ use std::sync::Arc;
 /// lasts until the next restart, and its backends with it.
 pub fn persist(snap: &Snapshot) {
     if let Some(path) = &snap.config.admin.state_file {
-        let of_file = |b: &Backend| {
-            let pool = snap.pool(&b.pool).map(|at| &snap.pools[at].conf);
-            pool.is_some_and(|p| p.origin == Origin::File)
-        };
-        if let Err(e) = save(path, &snap.backends, of_file) {
+        let of_file = snap
+            .pools
+            .iter()
+            .map(|p| &p.conf)
+            .filter(|p| p.origin == Origin::File);
+        let pools: Vec<&str> = of_file.map(|p| p.name.as_str()).collect();
+        if let Err(e) = save(path, &snap.backends, &pools) {
             warn!("state file {}: {e}", path.display());
         }
     }
 }
 
-/// Writes the live backends given as addresses that `keep` keeps, not those a lookup found:
-/// their entries stay in the config, and a restart looks them up again.
-pub fn save(
-    path: &Path,
-    backends: &[Arc<Backend>],
-    keep: impl Fn(&Backend) -> bool,
-) -> io::Result<()> {
+/// What a state file holds.
+#[derive(Debug, PartialEq)]
+pub struct Saved {
+    pub backends: Vec<BackendConf>,
+    /// The pools it stands in for, its backends or not (a pool emptied through the admin API
+    /// stays empty).
+    pub pools: Vec<String>,
+}
+
+/// Writes the live backends of `pools` given as addresses, not those a lookup found (their
+/// entries stay in the config, and a restart looks them up again), and the pools' names.
+pub fn save(path: &Path, backends: &[Arc<Backend>], pools: &[&str]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.is_live() && b.source.is_given() && keep(b))
+        .filter(|b| b.is_live() && b.source.is_given() && pools.contains(&b.pool.as_str()))
         .map(|b| {
             let mut saved = document::backend_json(b);
             saved["pool"] = json!(b.pool);
             saved
         })
         .collect();
-    let text = json!({ "backends": kept }).to_string() + "\n";
+    let text = json!({ "pools": pools, "backends": kept }).to_string() + "\n";
     let temp = path.with_extension("tmp");
     fs::write(&temp, text)?;
     fs::rename(&temp, path)
 }
 
-/// The backends a state file holds; `Ok(None)` when there is no state file yet.
-pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
+/// What a state file holds; `Ok(None)` when there is no state file yet.
+pub fn load(path: &Path) -> Result<Option<Saved>, String> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -64,15 +71,30 @@ pub fn load(path: &Path) -> Result<Option<Vec<BackendConf>>, String> {
         .get("backends")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no \"backends\" list"))?;
-    // `"pool"` and `"backup"` came with pools: a file from before has neither.
-    list.iter()
+    // `"pools"`, `"pool"` and `"backup"` came with pools: a file from before has none of
+    // them, and stood in for `[backends]`, the pool `default`.
+    let backends = list
+        .iter()
         .map(|b| match document::backend(b, DEFAULT_POOL) {
             Ok(conf) if conf.name.is_empty() => Err(bad("a backend without \"name\"")),
             Ok(conf) => Ok(conf),
             Err(e) => Err(bad(&e)),
         })
-        .collect::<Result<Vec<_>, String>>()
-        .map(Some)
+        .collect::<Result<Vec<_>, String>>()?;
+    let pools = match value.get("pools") {
+        None => vec![DEFAULT_POOL.to_string()],
+        Some(pools) => (pools
+            .as_array()
+            .ok_or_else(|| bad("\"pools\" is not a list"))?)
+        .iter()
+        .map(|p| {
+            p.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad("a pool name that is not a string"))
+        })
+        .collect::<Result<_, _>>()?,
+    };
+    Ok(Some(Saved { backends, pools }))
 }
 
 #[cfg(test)]
@@ -111,8 +133,8 @@ mod tests {
             entry: "api".into(),
         };
         backends.push(Arc::new(Backend::new(&found, State::Up, api)));
-        save(&path, &backends, |_| true).unwrap();
-        let loaded = load(&path).unwrap().unwrap();
+        save(&path, &backends, &[DEFAULT_POOL]).unwrap();
+        let loaded = load(&path).unwrap().unwrap().backends;
         assert_eq!(loaded, [confs[0].clone(), confs[2].clone()]);
         assert!(
             !path.with_extension("tmp").exists(),

@@ -897,6 +897,49 @@ fn a_pool_the_state_file_does_not_name_starts_with_the_config_files_backends() {
 }
 
 #[test]
+fn a_pool_the_state_file_left_empty_stays_empty_and_a_name_it_shares_with_config_is_refused() {
+    let listed_in_config = Backend::named("cfg");
+    let dir = TempDir::new("-state");
+    let state = dir.path().join("state.json");
+    // Every backend of `default` was deleted through the admin API before the restart.
+    std::fs::write(&state, r#"{"pools":["default"],"backends":[]}"#).unwrap();
+    let config = ini(
+        &[("cfg", listed_in_config.addr)],
+        &format!("{ADMIN}state_file = {}\n", state.display()),
+    );
+    let lb = Lb::start(&config);
+    lb.expect_log("0 backends from the state file", WAIT);
+    assert_eq!(
+        get(lb.addr, "/").status,
+        503,
+        "the emptied pool stays empty"
+    );
+    assert_eq!(listed_in_config.request_count(), 0);
+    drop(lb);
+
+    // A saved backend named like one of config.ini's in another pool: two backends one name.
+    let saved = format!(
+        r#"{{"pools":["default"],"backends":[{{"name":"cfg","address":"{}","weight":1,"tls":null,"pool":"default","backup":false}}]}}"#,
+        listed_in_config.addr
+    );
+    std::fs::write(&state, saved).unwrap();
+    let clash = format!(
+        "[lb]\nlisten = 127.0.0.1:0\nworkers = 1\n{ADMIN}state_file = {}\n\
+         [backends]\nweb = {}\n[pool.v2.backends]\ncfg = {}\n[route.v2]\npath = /v2/\npool = v2\n",
+        state.display(),
+        listed_in_config.addr,
+        listed_in_config.addr
+    );
+    let Err(refused) = Lb::try_start(&clash) else {
+        panic!("lb-mio started with two backends named cfg");
+    };
+    assert!(
+        refused.contains("backend cfg is config.ini's too"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_state_file_from_before_pools_loads_into_the_default_pool() {
     let (old, listed_in_config, added) = (
         Backend::named("old"),
