@@ -360,6 +360,15 @@ impl RouteTable {
         self.lists = lists;
     }
 
+    /// Some route has a host condition: only then is a host with an empty label (`a..b`,
+    /// `.a`, `a..` with its last dot gone) refused — nginx refuses it too, and a name routes and
+    /// backends could read two ways is no name to route by.
+    pub fn refuses_host(&self, host: &[u8]) -> bool {
+        let empty_label =
+            host.starts_with(b".") || host.ends_with(b".") || host.windows(2).any(|w| w == b"..");
+        empty_label && self.routes.iter().any(|r| !r.conf.hosts.is_empty())
+    }
+
     /// Some route has a path condition: only then is a request's path normalised (and one
     /// that cannot be is refused), so a table of host routes leaves paths as they are.
     pub fn looks_at_paths(&self) -> bool {

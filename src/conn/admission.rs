@@ -150,6 +150,9 @@ pub fn route<'s>(
     via: &Via,
     (draw, worker): (u64, usize),
 ) -> Result<(Forwarding<'s>, Decision), HeadError> {
+    if snap.routes.refuses_host(seen.host) {
+        return Err(HeadError::Malformed("empty label in the host"));
+    }
     let decision = snap.routes.decide(seen, via, draw);
     if let Some(at) = decision.route {
         snap.routes.count(at, worker);

@@ -355,11 +355,6 @@ fn see<'a>(
         path::split_target(target).ok_or(HeadError::Malformed("bad request target"))?;
     let authority = authority.map_or(&b""[..], <[u8]>::trim_ascii);
     let name = authority_host(authority);
-    // An empty label (`a..b`, `.a`, `a..` with its last dot gone): nginx refuses it too, and a
-    // name routes and backends could read two ways is no name to route by.
-    if name.starts_with(b".") || name.ends_with(b".") || name.windows(2).any(|w| w == b"..") {
-        return Err(HeadError::Malformed("empty label in the host"));
-    }
     // Longer than any DNS name: cutting it would match a route it does not name.
     let host = host_buf
         .get_mut(..name.len())

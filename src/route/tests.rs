@@ -138,14 +138,21 @@ fn only_an_absolute_form_target_names_the_host() {
         "a".repeat(250)
     );
     assert!(try_ask(&t, &long, &VIA).is_err());
-    // Nor is an empty label stripped to a name a route names.
+    // Nor is a host with an empty label, while host routes exist.
+    let no_hosts = table(&["rest: pool = default"]);
     for host in [
         "admin.example.com..",
         ".admin.example.com",
         "admin..example.com",
     ] {
         let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
-        assert!(try_ask(&t, &head, &VIA).is_err(), "{host}");
+        let refused = |t: &RouteTable| through(&head, &VIA, |seen| t.refuses_host(seen.host));
+        assert_eq!(refused(&t), Ok(true), "{host}");
+        assert_eq!(
+            refused(&no_hosts),
+            Ok(false),
+            "{host}: no host route, no refusal"
+        );
     }
 }
 
