@@ -5,6 +5,7 @@
 //! set through `place` and leaves it through `Backend::retire` (or the health thread's removal
 //! of one down too long), whoever added it.
 
+use crate::hash;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -262,9 +263,7 @@ impl Backend {
     /// What a sticky-session cookie says for this backend: a hash of its name, so it reveals
     /// no address and means the same to every lb-mio instance with the same config.
     pub fn token(&self) -> u64 {
-        self.name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
+        hash::fnv1a(hash::FNV_OFFSET, self.name.as_bytes())
     }
 
     pub fn weight(&self) -> u32 {

@@ -3,12 +3,19 @@
 //! (the `hash` strategy, a sticky canary, a sticky cookie's token) every lb-mio instance must
 //! agree, whatever Rust release built it; `std`'s `DefaultHasher` makes no such promise.
 
+/// FNV-1a's starting state.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: `state` (`FNV_OFFSET` to start) carried over `bytes`.
+pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// The hash of `bytes`, seeded by `seed` (0 for a plain hash).
 pub fn fixed(seed: u64, bytes: &[u8]) -> u64 {
-    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    mix(fnv)
+    mix(fnv1a(FNV_OFFSET ^ seed, bytes))
 }
 
 /// `fixed` as a `HashMap`'s hasher, for maps whose keys only lb-mio's config puts in (a route
@@ -21,7 +28,7 @@ impl std::hash::BuildHasher for Fixed {
     type Hasher = FixedHasher;
 
     fn build_hasher(&self) -> FixedHasher {
-        FixedHasher(0xcbf2_9ce4_8422_2325)
+        FixedHasher(FNV_OFFSET)
     }
 }
 
@@ -31,9 +38,7 @@ pub struct FixedHasher(u64);
 
 impl std::hash::Hasher for FixedHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
+        self.0 = fnv1a(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {

@@ -116,9 +116,7 @@ fn hash(client: IpAddr) -> u64 {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
-    v6.octets().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    crate::hash::fnv1a(crate::hash::FNV_OFFSET, &v6.octets())
 }
 /// Open connections per client address, over all workers: a fixed table of atomic counters
 /// indexed by a hash of the address, touched once when a connection opens and once when it
