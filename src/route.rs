@@ -366,14 +366,14 @@ impl RouteTable {
     pub fn refuses_host(&self, host: &[u8]) -> bool {
         let empty_label =
             host.starts_with(b".") || host.ends_with(b".") || host.windows(2).any(|w| w == b"..");
-        empty_label && self.routes.iter().any(|r| !r.conf.hosts.is_empty())
+        empty_label && !(self.exact.is_empty() && self.wildcard.is_empty())
     }
 
     /// Some route has a path condition: only then is a request's path normalised (and one
     /// that cannot be is refused), so a table of host routes leaves paths as they are.
+    /// (Every route's path rules are in `paths`: asked on every request, it costs no walk.)
     pub fn looks_at_paths(&self) -> bool {
-        let paths = |r: &Route| !r.conf.paths.is_empty() || !r.conf.exact_paths.is_empty();
-        self.routes.iter().any(paths)
+        !self.paths.is_empty()
     }
 
     /// Takes over the counts of `old`'s routes that have the same names. (Requests a worker
