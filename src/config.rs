@@ -219,6 +219,8 @@ pub struct Lb {
     pub proxy_from: Vec<Cidr>,
     /// A PROXY protocol header before every request to a backend (and every health probe).
     pub send_proxy: Option<Version>,
+    /// Large plain bodies move socket to socket through kernel pipes (`pipe`), not buffers.
+    pub splice: bool,
 }
 
 /// An address range, `10.0.0.0/8` or `::1/128` (a bare address is the range of one).
@@ -533,6 +535,7 @@ impl Default for Lb {
             hash_key: HashKey::ClientIp,
             server_header: None,
             accept_proxy: false,
+            splice: true,
             proxy_from: Vec::new(),
             send_proxy: None,
         }
@@ -1511,6 +1514,7 @@ server_header = edge/2 (test)
 accept_proxy = on
 proxy_from = 10.0.0.0/8 ::1
 send_proxy = v2
+splice = off
 
 [timeouts]
 connect_ms = 1
@@ -1599,6 +1603,7 @@ web = srv:_http._tcp.web.consul
                     parse_cidr("::1").unwrap(),
                 ],
                 send_proxy: Some(Version::V2),
+                splice: false,
             },
             timeouts: Timeouts {
                 connect: Duration::from_millis(1),
@@ -1689,7 +1694,7 @@ web = srv:_http._tcp.web.consul
                 name: "site".to_string(),
                 chain: PathBuf::from("/etc/lb-mio/site.pem"),
                 key: PathBuf::from("/etc/lb-mio/site.key"),
-                origin: "config.ini:68".to_string(),
+                origin: "config.ini:69".to_string(),
             }],
             pools: Vec::new(),
             routes: Vec::new(),

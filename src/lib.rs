@@ -25,6 +25,7 @@ pub mod health;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod pipe;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;

@@ -140,6 +140,11 @@ impl Upstreams {
     }
 
     /// The connection for an event's token, if it still exists.
+    /// Connection `id` is plain TCP (its bytes may be spliced).
+    pub fn plain(&self, id: usize) -> bool {
+        !self.slab[id].stream.is_tls()
+    }
+
     pub fn try_get(&mut self, id: usize) -> Option<&mut Upstream> {
         self.slab.get_mut(id)
     }
@@ -202,7 +207,7 @@ impl Upstreams {
     pub fn release(&mut self, registry: &Registry, id: usize, reusable: bool) {
         let backend = self.slab[id].backend;
         let current = self.slab[id].generation == self.generations[backend];
-        if reusable && current {
+        if reusable && current && self.nothing_unread(id) {
             self.slab[id].owner = None;
             self.idle[backend].push(&mut self.slab, BACKEND, id);
             self.all_idle.push(&mut self.slab, ALL, id);
@@ -210,6 +215,20 @@ impl Upstreams {
         } else {
             self.close(registry, id);
         }
+    }
+
+    /// A connection handed back still readable (a spliced body stops at its last byte, with no
+    /// read that found the socket empty) may hold bytes the backend sent past the response;
+    /// it is kept only if a peek finds none, as no later event would tell of them.
+    fn nothing_unread(&mut self, id: usize) -> bool {
+        let upstream = &mut self.slab[id];
+        if !upstream.ready.readable || upstream.stream.is_tls() {
+            return true;
+        }
+        let empty = matches!(upstream.stream.socket().peek(&mut [0; 1]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        upstream.ready.readable = !empty;
+        empty
     }
 
     /// Closes the oldest idle connections while `backend` or the worker has more than kept.

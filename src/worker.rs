@@ -9,6 +9,7 @@ use crate::config;
 use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
 use crate::memory;
 use crate::metrics::WorkerMetrics;
+use crate::pipe::Pipes;
 use crate::ratelimit::ConnLimit;
 use crate::request_id::RequestIds;
 use crate::shared::{Renumbering, Shared, Snapshot};
@@ -71,6 +72,8 @@ pub struct Worker {
     conns: Slab<Conn>,
     upstreams: Upstreams,
     buffers: BufferPool,
+    /// Pipes for bodies spliced socket to socket.
+    pipes: Pipes,
     exchanges: Exchanges,
     admission: Admission,
     ids: RequestIds,
@@ -130,6 +133,7 @@ impl Worker {
             conns: Slab::new(),
             upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
+            pipes: Pipes::default(),
             exchanges: Exchanges::default(),
             admission: Admission::new(&snap, index, seed ^ index as u64, now),
             ids: RequestIds::new(shared.id_prefix, index),
@@ -382,6 +386,7 @@ impl Worker {
         let mut ctx = Ctx {
             registry: self.poll.registry(),
             buffers: &mut self.buffers,
+            pipes: &mut self.pipes,
             upstreams: &mut self.upstreams,
             exchanges: &mut self.exchanges,
             snap: &self.snap,

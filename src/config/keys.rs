@@ -317,6 +317,16 @@ pub const KEYS: &[Key] = &[
         },
         meaning: "`v1` / `v2`: a PROXY header naming the client before every request to a backend, and a `LOCAL`/`UNKNOWN` one before every health probe",
     },
+    Key {
+        section: "lb",
+        name: "splice",
+        default: DefaultValue::Is("on"),
+        value: Value::Text {
+            accepts: BOOL,
+            set: |c, v| parse_bool(v).map(|b| c.lb.splice = b),
+        },
+        meaning: "bodies of 64 KiB or more, close-delimited bodies, large chunks and tunnels move socket to socket through kernel pipes (`splice`), never copied through lb-mio; `off`: every byte through its buffers (TLS always is)",
+    },
     // ---- [timeouts] -------------------------------------------------------------------------
     Key {
         section: "timeouts",

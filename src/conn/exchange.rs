@@ -8,6 +8,7 @@ use crate::balance::Tried;
 use crate::buffer::Buffer;
 use crate::http::body::Body;
 use crate::http::request::{IdFrom, Request};
+use crate::pipe::Pipe;
 use crate::request_id::MAX_CLIENT_ID;
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -198,7 +199,18 @@ pub struct Exchange {
     pub pool: Option<usize>,
     /// The route that matched, by position.
     pub route: Option<usize>,
+    /// Each way's body is worth splicing (`Framing::worth_splicing`): request, response.
+    pub splice: Ways<bool>,
+    /// The pipe each way's spliced bytes sit in, while some do.
+    pub pipes: Ways<Option<Pipe>>,
     pub record: Record,
+}
+
+/// Something for each way bytes go: the request's (client to backend) and the response's.
+#[derive(Debug, Default)]
+pub struct Ways<T> {
+    pub request: T,
+    pub response: T,
 }
 
 impl Exchange {
@@ -226,6 +238,11 @@ impl Exchange {
             key: 0,
             pool: None,
             route: None,
+            splice: Ways {
+                request: request.framing.worth_splicing(),
+                response: false,
+            },
+            pipes: Ways::default(),
             record: Record {
                 started,
                 bytes_in: request.head_len as u64,

@@ -18,6 +18,7 @@
 mod admission;
 mod ending;
 mod exchange;
+mod splice;
 
 pub use admission::{route, Admission};
 pub use ending::Cause;
@@ -34,6 +35,7 @@ use crate::http::reply::{self, Reply};
 use crate::http::request::{self, HeadLimits, IdFrom, IdHeader, Request, Seen, Wanted};
 use crate::http::response::{self, Added, Kind};
 use crate::metrics::WorkerMetrics;
+use crate::pipe::Pipes;
 use crate::proxy_protocol;
 use crate::request_id::{RequestIds, ID_LEN};
 use crate::route::{To, Via};
@@ -43,7 +45,7 @@ use crate::token::Readiness;
 use crate::transport::Transport;
 use crate::upstream::Upstreams;
 use ending::{At, Outcome};
-use exchange::{Exchange, Failure, Held, Next, ResponseState};
+use exchange::{Exchange, Failure, Held, Next, ResponseState, Ways};
 use log::{debug, info, warn};
 use mio::Registry;
 use std::io;
@@ -133,6 +135,7 @@ impl From<Cause> for Stop {
 pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub buffers: &'a mut BufferPool,
+    pub pipes: &'a mut Pipes,
     pub upstreams: &'a mut Upstreams,
     pub exchanges: &'a mut Exchanges,
     pub snap: &'a Snapshot,
@@ -297,17 +300,19 @@ impl Conn {
         moved |= self.forward_request(ctx)?;
         moved |= self.check_client_eof(ctx)?;
         moved |= self.write_upstream(ctx)?;
+        moved |= self.splice_request(ctx)?;
         moved |= self.read_upstream(ctx)?;
         moved |= self.relay_response(ctx)?;
         moved |= self.check_upstream_eof(ctx)?;
         moved |= self.write_client(ctx)?;
+        moved |= self.splice_response(ctx)?;
         moved |= self.finish_exchange(ctx)?;
         Ok(moved)
     }
 
     fn read_client(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         let ready = self.ready.readable || self.client.buffered_input();
-        if !ready || self.client_eof {
+        if !ready || self.client_eof || self.splicing_request(ctx) {
             return Ok(false);
         }
         let cin = buf(&mut self.cin, ctx.buffers);
@@ -381,7 +386,8 @@ impl Conn {
         if !self.client_eof {
             return Ok(false);
         }
-        let drained = held(&self.cin) == 0;
+        let piped = self.exchange.as_ref().is_some_and(|ex| ex.pipes.request.is_some());
+        let drained = held(&self.cin) == 0 && !piped;
         match (&self.exchange, self.phase) {
             (_, Phase::Closing) => Ok(false),
             (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(false),
@@ -399,7 +405,7 @@ impl Conn {
     /// `idle_ms` passes).
     fn half_close_upstream(&mut self, ctx: &mut Ctx) -> bool {
         let ex = self.exchange.as_mut().expect("a tunnel has its exchange");
-        if ex.upstream_shut || held(&self.uout) > 0 {
+        if ex.upstream_shut || held(&self.uout) > 0 || ex.pipes.request.is_some() {
             return false;
         }
         ex.upstream_shut = true;
@@ -669,7 +675,8 @@ impl Conn {
         let Some(ex) = &mut self.exchange else {
             return Ok(false);
         };
-        if ex.req_body.is_done() || held(&self.cin) == 0 {
+        // Spliced bytes still in the pipe go first.
+        if ex.req_body.is_done() || held(&self.cin) == 0 || ex.pipes.request.is_some() {
             return Ok(false);
         }
         let cin = buf(&mut self.cin, ctx.buffers);
@@ -682,14 +689,21 @@ impl Conn {
         let used = ex.req_body.scan(input).map_err(Cause::BadBody)?;
         uout.put(&cin.data()[..used]);
         cin.consume(used);
-        ex.record.bytes_in += used as u64;
-        // A chunked body counts with its framing: a few bytes a chunk on top of the data.
+        self.count_request_body(ctx, used)?;
+        Ok(used > 0)
+    }
+
+    /// Counts `n` more request bytes passed on, against the pool's `max_body`. A chunked body
+    /// counts with its framing: a few bytes a chunk on top of the data.
+    fn count_request_body(&mut self, ctx: &Ctx, n: usize) -> Result<(), Stop> {
+        let ex = self.exchange.as_mut().expect("a request body has its exchange");
+        ex.record.bytes_in += n as u64;
         let max_body = ctx.snap.pool_conf(ex.pool).max_body;
         let body = ex.record.bytes_in - ex.request.head_len as u64;
-        if max_body > 0 && body > max_body {
-            return Err(Cause::BodyTooLarge.into());
+        match max_body > 0 && body > max_body {
+            true => Err(Cause::BodyTooLarge.into()),
+            false => Ok(()),
         }
-        Ok(used > 0)
     }
 
     fn write_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
@@ -725,6 +739,9 @@ impl Conn {
     }
 
     fn read_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
+        if self.splicing_response(ctx) {
+            return Ok(false);
+        }
         let Some(ex) = &mut self.exchange else {
             return Ok(false);
         };
@@ -786,7 +803,7 @@ impl Conn {
             .upstream
             .is_none_or(|up| ctx.upstreams.get(up).stream.closed_cleanly());
         ex.reusable = false;
-        let drained = held(&self.uin) == 0;
+        let drained = held(&self.uin) == 0 && ex.pipes.response.is_none();
         match &mut ex.response {
             ResponseState::Head if !ex.answered => Err(Stop::Upstream(Failure::Closed)),
             ResponseState::Head => Err(Cause::ClosedInHead.into()),
@@ -815,7 +832,9 @@ impl Conn {
 
     /// One move: a head, or body bytes, or stray bytes after a complete response.
     fn relay_step(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        if self.exchange.is_none() || held(&self.uin) == 0 {
+        // Spliced bytes still in the pipe go first.
+        let piped = self.exchange.as_ref().is_none_or(|ex| ex.pipes.response.is_some());
+        if piped || held(&self.uin) == 0 {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
@@ -906,6 +925,10 @@ impl Conn {
             Kind::Interim => {}
             Kind::Switch => {
                 ex.took = Some(ctx.now - ex.admitted);
+                ex.splice = Ways {
+                    request: true,
+                    response: true,
+                };
                 ex.req_body = Body::new(Framing::UntilClose);
                 ex.response = ResponseState::Body(Body::new(Framing::UntilClose));
                 self.enter(Phase::Tunnel, ctx);
@@ -913,6 +936,7 @@ impl Conn {
             Kind::Final => {
                 ex.reusable = response.reusable;
                 ex.client_keep_alive = response.client_keep_alive;
+                ex.splice.response = response.framing.worth_splicing();
                 let body = Body::new(response.framing);
                 ex.response = if body.is_done() {
                     ResponseState::Done
@@ -955,15 +979,17 @@ impl Conn {
         let Some(ex) = &mut self.exchange else {
             return Ok(false);
         };
-        if !matches!(ex.response, ResponseState::Done) || self.phase == Phase::Tunnel {
+        // Complete once its last byte left the pipe too.
+        let piped = ex.pipes.response.is_some();
+        if !matches!(ex.response, ResponseState::Done) || piped || self.phase == Phase::Tunnel {
             return Ok(false);
         }
         if !ex.req_body.is_done() {
             // The backend answered before taking the whole request: nothing can follow it.
             return Err(Cause::Completed.into());
         }
-        let unsent = held(&self.uout) - ex.sent;
-        let reusable = ex.reusable && unsent == 0 && held(&self.uin) == 0;
+        let unsent = held(&self.uout) - ex.sent > 0 || ex.pipes.request.is_some();
+        let reusable = ex.reusable && !unsent && held(&self.uin) == 0;
         if let Some(up) = ex.upstream.take() {
             ctx.upstreams.release(ctx.registry, up, reusable);
         }
@@ -1081,6 +1107,10 @@ impl Conn {
             if let Some(up) = ex.upstream.take() {
                 ctx.upstreams.close(ctx.registry, up);
             }
+            let pipes = [ex.pipes.request.take(), ex.pipes.response.take()];
+            for pipe in pipes.into_iter().flatten() {
+                ctx.pipes.give(pipe);
+            }
             ctx.exchanges.end(ex);
         }
     }
@@ -1193,14 +1223,16 @@ impl Conn {
     /// Waiting on the client: its request body is incomplete and nothing is left to send.
     fn waiting_for_client(&self) -> bool {
         self.exchange.as_ref().is_some_and(|ex| {
-            !ex.req_body.is_done() && held(&self.uout) == ex.sent && held(&self.cin) == 0
+            let piped = ex.pipes.request.is_some();
+            !ex.req_body.is_done() && held(&self.uout) == ex.sent && held(&self.cin) == 0 && !piped
         })
     }
 
     /// Waiting on the client: response bytes sit in `cout` (or in the transport) and its
     /// socket takes no more.
     fn client_not_reading(&self) -> bool {
-        (held(&self.cout) > 0 || self.client.pending_output()) && !self.ready.writable
+        let piped = (self.exchange.as_ref()).is_some_and(|ex| ex.pipes.response.is_some());
+        (held(&self.cout) > 0 || self.client.pending_output() || piped) && !self.ready.writable
     }
 
     fn timeout(&self, ctx: &Ctx) -> Duration {

@@ -2,6 +2,7 @@
 //! buffers without ever being held whole.
 
 use super::chunked::{ChunkError, ChunkedDecoder, Scan};
+use crate::pipe::SPLICE_MIN;
 
 /// How a message's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +15,18 @@ pub enum Framing {
     Chunked,
     /// Everything until the sender closes (responses only).
     UntilClose,
+}
+
+impl Framing {
+    /// A body framed so is worth moving through a pipe: one of `SPLICE_MIN` bytes or more, or
+    /// one whose length is not known (a chunked body's chunks are judged one by one).
+    pub fn worth_splicing(self) -> bool {
+        match self {
+            Framing::Empty => false,
+            Framing::Length(n) => n >= SPLICE_MIN,
+            Framing::Chunked | Framing::UntilClose => true,
+        }
+    }
 }
 
 /// Progress through one body.
@@ -70,6 +83,35 @@ impl Body {
         Ok(used)
     }
 
+    /// How many of the next bytes may pass without being scanned: the rest of a body whose
+    /// end is a count or the close, or of a chunk's data when it is `SPLICE_MIN` or more (the
+    /// size lines around chunks are always scanned, and a small chunk is cheaper copied along
+    /// with them).
+    pub fn splice_len(&self) -> u64 {
+        match self {
+            Body::Length(left) => *left,
+            Body::UntilClose => u64::MAX,
+            Body::Chunked(decoder) => Some(decoder.data_left())
+                .filter(|&left| left >= SPLICE_MIN)
+                .unwrap_or(0),
+            Body::Done => 0,
+        }
+    }
+
+    /// `n` bytes (at most `splice_len`) passed unscanned.
+    pub fn pass(&mut self, n: u64) {
+        match self {
+            Body::Length(left) => {
+                *left -= n.min(*left);
+                if *left == 0 {
+                    *self = Body::Done;
+                }
+            }
+            Body::Chunked(decoder) => decoder.pass_data(n),
+            Body::UntilClose | Body::Done => {}
+        }
+    }
+
     /// The sender closed: fine for a close-delimited body, a truncation for any other.
     pub fn close(&mut self) -> bool {
         match self {
@@ -108,6 +150,29 @@ mod tests {
         let wire = b"3\r\nabc\r\n0\r\n\r\nNEXT";
         assert_eq!(body.scan(wire).unwrap(), wire.len() - 4);
         assert!(body.is_done());
+    }
+
+    #[test]
+    fn spliced_bytes_count_against_the_length() {
+        let mut body = Body::new(Framing::Length(SPLICE_MIN + 2));
+        assert_eq!(body.splice_len(), SPLICE_MIN + 2);
+        body.pass(SPLICE_MIN);
+        assert_eq!(body.scan(b"abNEXT").unwrap(), 2);
+        assert!(body.is_done());
+    }
+
+    #[test]
+    fn only_large_chunks_data_is_spliced_and_the_framing_is_still_checked() {
+        let mut body = Body::new(Framing::Chunked);
+        assert_eq!(body.scan(b"3\r\nab").unwrap(), 5);
+        assert_eq!(body.splice_len(), 0, "a small chunk is scanned");
+        let size = format!("c\r\n{:x}\r\n", SPLICE_MIN);
+        assert_eq!(body.scan(size.as_bytes()).unwrap(), size.len());
+        assert_eq!(body.splice_len(), SPLICE_MIN);
+        body.pass(SPLICE_MIN - 1);
+        assert_eq!(body.splice_len(), 0, "one byte left: no longer worth a splice");
+        assert_eq!(body.scan(b"z").unwrap(), 1);
+        assert!(body.scan(b"X\r\n").is_err(), "data must still end in CRLF");
     }
 
     #[test]

@@ -187,6 +187,26 @@ impl ChunkedDecoder {
         self.state == Part::Done
     }
 
+    /// Bytes of chunk data still to come in the current chunk (0 outside chunk data): they
+    /// may pass unscanned (`pass_data`), the framing around them may not.
+    pub fn data_left(&self) -> u64 {
+        match self.state {
+            Part::Data { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
+    /// `n` bytes of chunk data passed without being scanned (at most `data_left`).
+    pub fn pass_data(&mut self, n: u64) {
+        if let Part::Data { remaining } = self.state {
+            debug_assert!(n <= remaining);
+            self.state = match remaining - n.min(remaining) {
+                0 => Part::DataCr,
+                left => Part::Data { remaining: left },
+            };
+        }
+    }
+
     /// Consumes the start of `input` (never empty) and returns how many
     /// bytes that was: a run of chunk data, or else a single byte.
     fn step(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
