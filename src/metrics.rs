@@ -89,6 +89,8 @@ pub struct WorkerMetrics {
     upstream_reused: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Of those, the bytes spliced (`pipe`): in, out.
+    spliced: [AtomicU64; 2],
     connections: AtomicU64,
     /// TLS handshakes: finished with TLS 1.2, with TLS 1.3, failed.
     tls_handshakes: [AtomicU64; 3],
@@ -107,6 +109,7 @@ impl Default for WorkerMetrics {
             upstream_reused: AtomicU64::default(),
             bytes_in: AtomicU64::default(),
             bytes_out: AtomicU64::default(),
+            spliced: Default::default(),
             connections: AtomicU64::default(),
             tls_handshakes: Default::default(),
             tls_resumed: AtomicU64::default(),
@@ -192,6 +195,13 @@ impl WorkerMetrics {
         bump(&self.bytes_out, to_clients);
     }
 
+    /// Client bytes that went through a pipe, never through lb-mio's buffers.
+    pub fn spliced(&self, from_clients: u64, to_clients: u64) {
+        self.bytes(from_clients, to_clients);
+        bump(&self.spliced[0], from_clients);
+        bump(&self.spliced[1], to_clients);
+    }
+
     /// A TLS handshake finished.
     pub fn tls_handshake(&self, handshake: Handshake) {
         bump(&self.tls_handshakes[usize::from(handshake.tls13)], 1);
@@ -249,6 +259,8 @@ pub struct Totals {
     pub upstream_reused: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub spliced_in: u64,
+    pub spliced_out: u64,
     pub connections: u64,
     /// Handshakes finished with TLS 1.2, with TLS 1.3, failed.
     pub tls_handshakes: [u64; 3],
@@ -285,6 +297,8 @@ pub fn totals(workers: &[&WorkerMetrics], backends: usize) -> Totals {
         t.upstream_reused += load(&w.upstream_reused);
         t.bytes_in += load(&w.bytes_in);
         t.bytes_out += load(&w.bytes_out);
+        t.spliced_in += load(&w.spliced[0]);
+        t.spliced_out += load(&w.spliced[1]);
         t.connections += load(&w.connections);
         for (sum, count) in t.tls_handshakes.iter_mut().zip(&w.tls_handshakes) {
             *sum += load(count);

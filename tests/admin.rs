@@ -603,6 +603,7 @@ fn metrics_parse_and_count_every_request() {
         ("lbmio_retries_total", SampleType::Counter),
         ("lbmio_upstream_connections_total", SampleType::Counter),
         ("lbmio_client_bytes_total", SampleType::Counter),
+        ("lbmio_client_bytes_spliced_total", SampleType::Counter),
         ("lbmio_client_connections", SampleType::Gauge),
     ];
     for (family, kind) in families {

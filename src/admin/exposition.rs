@@ -167,6 +167,24 @@ pub fn render(
     );
     header(
         &mut out,
+        "lbmio_client_bytes_spliced_total",
+        "counter",
+        "Of the client bytes, those moved socket to socket through a pipe (splice), never copied.",
+    );
+    line(
+        &mut out,
+        "lbmio_client_bytes_spliced_total",
+        "direction=\"in\"",
+        totals.spliced_in,
+    );
+    line(
+        &mut out,
+        "lbmio_client_bytes_spliced_total",
+        "direction=\"out\"",
+        totals.spliced_out,
+    );
+    header(
+        &mut out,
         "lbmio_client_connections",
         "gauge",
         "Open client connections.",

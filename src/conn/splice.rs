@@ -173,7 +173,7 @@ impl Conn {
             Err(Broke::To(e)) => return Err(self.upstream_broke(e)),
         };
         self.client_eof |= turn.eof;
-        ctx.metrics.bytes(turn.filled as u64, 0);
+        ctx.metrics.spliced(turn.filled as u64, 0);
         self.count_request_body(ctx, turn.filled)?;
         Ok(turn.moved())
     }
@@ -215,7 +215,7 @@ impl Conn {
         if matches!(&ex.response, ResponseState::Body(body) if body.is_done()) {
             ex.response = ResponseState::Done;
         }
-        ctx.metrics.bytes(0, turn.drained as u64);
+        ctx.metrics.spliced(0, turn.drained as u64);
         Ok(turn.moved())
     }
 }
