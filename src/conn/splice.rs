@@ -118,8 +118,14 @@ impl Conn {
         let Some(ex) = self.exchange.as_deref() else {
             return false;
         };
+        // Only behind a head the backend took: a pooled connection found closed on that write
+        // leaves the request whole to send again.
+        let sent = held(&self.uout) == ex.sent && (ex.sent > 0 || !ex.replayable);
         let splices = ex.splice.request && ex.req_body.splice_len() > 0 && held(&self.cin) == 0;
-        splices && self.phase.talks_to_backend() && self.can_splice(ctx, ex.pipes.request.is_some())
+        splices
+            && sent
+            && self.phase.talks_to_backend()
+            && self.can_splice(ctx, ex.pipes.request.is_some())
     }
 
     /// The response body (or a tunnel's backend bytes) goes to the client through a pipe now.
@@ -146,7 +152,10 @@ impl Conn {
 
     /// Client → pipe → backend.
     pub(super) fn splice_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let holds_pipe = self.exchange.as_ref().is_some_and(|ex| ex.pipes.request.is_some());
+        let holds_pipe = self
+            .exchange
+            .as_ref()
+            .is_some_and(|ex| ex.pipes.request.is_some());
         if !(self.splicing_request(ctx) || holds_pipe) {
             return Ok(false);
         }
@@ -156,7 +165,9 @@ impl Conn {
             // buffered body larger than `uout` could not be either).
             ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
         }
-        let up = ctx.upstreams.get(ex.upstream.expect("a spliced request has its backend"));
+        let up = ctx
+            .upstreams
+            .get(ex.upstream.expect("a spliced request has its backend"));
         let leg = Leg {
             from: self.client.socket().as_raw_fd(),
             from_ready: &mut self.ready,
@@ -180,7 +191,10 @@ impl Conn {
 
     /// Backend → pipe → client.
     pub(super) fn splice_response(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let holds_pipe = self.exchange.as_ref().is_some_and(|ex| ex.pipes.response.is_some());
+        let holds_pipe = self
+            .exchange
+            .as_ref()
+            .is_some_and(|ex| ex.pipes.response.is_some());
         if !(self.splicing_response(ctx) || holds_pipe) {
             return Ok(false);
         }
@@ -191,7 +205,9 @@ impl Conn {
             ResponseState::Body(body) => body,
             _ => &mut done,
         };
-        let up = ctx.upstreams.get(ex.upstream.expect("a spliced response has its backend"));
+        let up = ctx
+            .upstreams
+            .get(ex.upstream.expect("a spliced response has its backend"));
         let leg = Leg {
             from: up.stream.socket().as_raw_fd(),
             from_ready: &mut up.ready,
