@@ -386,7 +386,10 @@ impl Conn {
         if !self.client_eof {
             return Ok(false);
         }
-        let piped = self.exchange.as_ref().is_some_and(|ex| ex.pipes.request.is_some());
+        let piped = self
+            .exchange
+            .as_ref()
+            .is_some_and(|ex| ex.pipes.request.is_some());
         let drained = held(&self.cin) == 0 && !piped;
         match (&self.exchange, self.phase) {
             (_, Phase::Closing) => Ok(false),
@@ -696,7 +699,10 @@ impl Conn {
     /// Counts `n` more request bytes passed on, against the pool's `max_body`. A chunked body
     /// counts with its framing: a few bytes a chunk on top of the data.
     fn count_request_body(&mut self, ctx: &Ctx, n: usize) -> Result<(), Stop> {
-        let ex = self.exchange.as_mut().expect("a request body has its exchange");
+        let ex = self
+            .exchange
+            .as_mut()
+            .expect("a request body has its exchange");
         ex.record.bytes_in += n as u64;
         let max_body = ctx.snap.pool_conf(ex.pool).max_body;
         let body = ex.record.bytes_in - ex.request.head_len as u64;
@@ -833,7 +839,10 @@ impl Conn {
     /// One move: a head, or body bytes, or stray bytes after a complete response.
     fn relay_step(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         // Spliced bytes still in the pipe go first.
-        let piped = self.exchange.as_ref().is_none_or(|ex| ex.pipes.response.is_some());
+        let piped = self
+            .exchange
+            .as_ref()
+            .is_none_or(|ex| ex.pipes.response.is_some());
         if piped || held(&self.uin) == 0 {
             return Ok(false);
         }

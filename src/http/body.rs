@@ -170,7 +170,11 @@ mod tests {
         assert_eq!(body.scan(size.as_bytes()).unwrap(), size.len());
         assert_eq!(body.splice_len(), SPLICE_MIN);
         body.pass(SPLICE_MIN - 1);
-        assert_eq!(body.splice_len(), 0, "one byte left: no longer worth a splice");
+        assert_eq!(
+            body.splice_len(),
+            0,
+            "one byte left: no longer worth a splice"
+        );
         assert_eq!(body.scan(b"z").unwrap(), 1);
         assert!(body.scan(b"X\r\n").is_err(), "data must still end in CRLF");
     }
