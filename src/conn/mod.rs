@@ -386,11 +386,7 @@ impl Conn {
         if !self.client_eof {
             return Ok(false);
         }
-        let piped = self
-            .exchange
-            .as_ref()
-            .is_some_and(|ex| ex.pipes.request.is_some());
-        let drained = held(&self.cin) == 0 && !piped;
+        let drained = held(&self.cin) == 0 && !self.piped().request;
         match (&self.exchange, self.phase) {
             (_, Phase::Closing) => Ok(false),
             (Some(ex), Phase::Connecting | Phase::Forwarding) if ex.req_body.is_done() => Ok(false),
@@ -839,11 +835,7 @@ impl Conn {
     /// One move: a head, or body bytes, or stray bytes after a complete response.
     fn relay_step(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
         // Spliced bytes still in the pipe go first.
-        let piped = self
-            .exchange
-            .as_ref()
-            .is_none_or(|ex| ex.pipes.response.is_some());
-        if piped || held(&self.uin) == 0 {
+        if self.exchange.is_none() || self.piped().response || held(&self.uin) == 0 {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
@@ -1231,8 +1223,8 @@ impl Conn {
 
     /// Waiting on the client: its request body is incomplete and nothing is left to send.
     fn waiting_for_client(&self) -> bool {
+        let piped = self.piped().request;
         self.exchange.as_ref().is_some_and(|ex| {
-            let piped = ex.pipes.request.is_some();
             !ex.req_body.is_done() && held(&self.uout) == ex.sent && held(&self.cin) == 0 && !piped
         })
     }
@@ -1240,8 +1232,8 @@ impl Conn {
     /// Waiting on the client: response bytes sit in `cout` (or in the transport) and its
     /// socket takes no more.
     fn client_not_reading(&self) -> bool {
-        let piped = (self.exchange.as_ref()).is_some_and(|ex| ex.pipes.response.is_some());
-        (held(&self.cout) > 0 || self.client.pending_output() || piped) && !self.ready.writable
+        let pending = held(&self.cout) > 0 || self.client.pending_output() || self.piped().response;
+        pending && !self.ready.writable
     }
 
     fn timeout(&self, ctx: &Ctx) -> Duration {

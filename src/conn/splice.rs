@@ -10,7 +10,7 @@
 //! pipe holds bytes. A chunked body's size lines take the buffered path, and its large
 //! chunks' data the pipe, so the framing is checked as before.
 
-use super::{buf, held, Conn, Ctx, ResponseState, Stop};
+use super::{buf, held, Conn, Ctx, ResponseState, Stop, Ways};
 use crate::buffer::Io;
 use crate::http::body::Body;
 use crate::pipe::{Pipe, Pipes};
@@ -113,6 +113,15 @@ fn refused(e: &io::Error) -> bool {
 }
 
 impl Conn {
+    /// Which ways have spliced bytes waiting in a pipe (a pipe is held only while some are).
+    pub(super) fn piped(&self) -> Ways<bool> {
+        let ex = self.exchange.as_deref();
+        Ways {
+            request: ex.is_some_and(|ex| ex.pipes.request.is_some()),
+            response: ex.is_some_and(|ex| ex.pipes.response.is_some()),
+        }
+    }
+
     /// The request body (or a tunnel's client bytes) goes to the backend through a pipe now.
     pub(super) fn splicing_request(&self, ctx: &Ctx) -> bool {
         let Some(ex) = self.exchange.as_deref() else {
@@ -152,11 +161,7 @@ impl Conn {
 
     /// Client → pipe → backend.
     pub(super) fn splice_request(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let holds_pipe = self
-            .exchange
-            .as_ref()
-            .is_some_and(|ex| ex.pipes.request.is_some());
-        if !(self.splicing_request(ctx) || holds_pipe) {
+        if !(self.piped().request || self.splicing_request(ctx)) {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
@@ -191,11 +196,7 @@ impl Conn {
 
     /// Backend → pipe → client.
     pub(super) fn splice_response(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        let holds_pipe = self
-            .exchange
-            .as_ref()
-            .is_some_and(|ex| ex.pipes.response.is_some());
-        if !(self.splicing_response(ctx) || holds_pipe) {
+        if !(self.piped().response || self.splicing_response(ctx)) {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
