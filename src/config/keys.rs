@@ -325,7 +325,7 @@ pub const KEYS: &[Key] = &[
             accepts: BOOL,
             set: |c, v| parse_bool(v).map(|b| c.lb.splice = b),
         },
-        meaning: "bodies of 64 KiB or more, close-delimited bodies, large chunks and tunnels move socket to socket through kernel pipes (`splice`), never copied through lb-mio; `off`: every byte through its buffers (TLS always is)",
+        meaning: "bodies of 32 KiB or more, close-delimited bodies, large chunks and tunnels move socket to socket through kernel pipes (`splice`), never copied through lb-mio; `off`: every byte through its buffers (TLS always is)",
     },
     // ---- [timeouts] -------------------------------------------------------------------------
     Key {
