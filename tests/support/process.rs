@@ -179,6 +179,21 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// The stdout of a command that must have exited 0; panics showing `what` ran, its status
+    /// and its stderr otherwise.
+    #[track_caller]
+    pub fn stdout_of_success(self, what: &str) -> String {
+        assert!(
+            self.status.is_some_and(|s| s.success()),
+            "{what}: {:?}\n{}",
+            self.status,
+            self.stderr
+        );
+        self.stdout
+    }
+}
+
 /// Runs `command` with no input to its end, killing it after `timeout`; both output pipes are
 /// read meanwhile, so a chatty child cannot block on a full pipe.
 pub fn run_within(command: &mut Command, timeout: Duration) -> io::Result<Output> {

@@ -462,14 +462,8 @@ pub fn curl(pki: &Pki, host: &str, addr: SocketAddr, args: &[&str], paths: &[&st
 /// `curl`, which must exit 0; returns its stdout. Panics showing its stderr otherwise.
 #[track_caller]
 pub fn curl_ok(pki: &Pki, host: &str, addr: SocketAddr, args: &[&str], paths: &[&str]) -> String {
-    let out = curl(pki, host, addr, args, paths);
-    assert!(
-        out.status.is_some_and(|s| s.success()),
-        "curl {args:?} {paths:?} to {host} at {addr}: {:?}\n{}",
-        out.status,
-        out.stderr
-    );
-    out.stdout
+    curl(pki, host, addr, args, paths)
+        .stdout_of_success(&format!("curl {args:?} {paths:?} to {host} at {addr}"))
 }
 
 // ---------------------------------------------------------------------------------------------
