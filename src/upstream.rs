@@ -139,12 +139,12 @@ impl Upstreams {
         &mut self.slab[id]
     }
 
-    /// The connection for an event's token, if it still exists.
     /// Connection `id` is plain TCP (its bytes may be spliced).
     pub fn plain(&self, id: usize) -> bool {
         !self.slab[id].stream.is_tls()
     }
 
+    /// The connection for an event's token, if it still exists.
     pub fn try_get(&mut self, id: usize) -> Option<&mut Upstream> {
         self.slab.get_mut(id)
     }
