@@ -4,8 +4,8 @@
 #
 #   benches/load.sh                          # full run: about 11 minutes
 #   DURATION=5s ROUNDS=3 benches/load.sh     # shorter
-#   BODIES="13@64 4k@64 64k@64 1m@16 up1m@16" MODES=pinned \
-#     TARGETS="lb-mio nginx haproxy haproxy-splice" benches/load.sh    # body sizes: about 14 minutes
+#   BODIES="13@64 4k@64 64k@64 1m@16 up1m@16" MODES=pinned DURATION=6s ROUNDS=5 \
+#     TARGETS="lb-mio nginx haproxy haproxy-splice" benches/load.sh    # body sizes: about 15 minutes
 #
 # Environment (defaults in brackets):
 #   DURATION  wrk -d per measurement [10s]     ROUNDS   interleaved rounds, medians reported [3]
