@@ -14,7 +14,8 @@
 #   BODIES    what is requested [demo: GET / from examples/backend.rs, a 14-byte body]. Otherwise
 #             a list of SIZE[@CONNS]: SIZE is a response body (13, 4k, 64k, 1m: bytes, KiB, MiB)
 #             that GET /b/SIZE fetches, or upSIZE (up1m) a POST /up with a SIZE body and a 3-byte
-#             answer; @CONNS measures that size at these connection counts instead of CONNS.
+#             answer; @CONNS (e.g. @64 or @64,256) measures that size at these connection
+#             counts instead of CONNS.
 #             The backends are then one nginx on three ports serving static files (see
 #             benches/load-backend-nginx.conf.in), the results file sizes-YYYY-MM-DD.md, and
 #             benches/plot_sizes.py draws CPU per request against body size next to it (.svg).
@@ -26,7 +27,7 @@
 #   ROUTES    HOSTSxPER_HOST, e.g. 1000x10: target lb-mio-routes gets that route table, and
 #             wrk's requests, to every target, go round the hosts, each matching its host's last
 #             route [unset: GET /, no routes; only with BODIES=demo]
-#   RESULTS   markdown file written [benches/results/load-YYYY-MM-DD.md]
+#   RESULTS   markdown file written [benches/results/load-YYYY-MM-DD.md; sizes-YYYY-MM-DD.md with BODIES]
 #   KEEP_TMP  1 keeps the work directory (configs, logs, raw wrk output) [0]
 #
 # Targets: direct (one backend alone), lb-mio, nginx, haproxy; and lb-mio-base (BASE_BIN),
@@ -246,7 +247,7 @@ plan_bodies() {
         fi
         BODY_LIST+=("$body")
         CONNS_OF[$body]=$CONNS
-        [ "$b" = "$body" ] || CONNS_OF[$body]=${b#*@}
+        [ "$b" = "$body" ] || CONNS_OF[$body]=$(tr , ' ' <<<"${b#*@}")
     done
 }
 
