@@ -8,7 +8,7 @@
 
 # The port layout both scripts document: backends on PORT_BASE +1..+3, lb-mio +10, nginx +11,
 # haproxy +12, and for load.sh's extra targets lb-mio-base +13, lb-mio-log +14, nginx-log +15,
-# lb-mio-routes +16
+# lb-mio-routes +16, haproxy-splice +17, lb-mio-nosplice +18
 # (each script has its own default PORT_BASE, so both can run at once).
 B=("" $((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3))) # B[1..3]: backend ports
 LB_PORT=$((PORT_BASE + 10)) NGINX_PORT=$((PORT_BASE + 11)) HAPROXY_PORT=$((PORT_BASE + 12))
@@ -164,6 +164,7 @@ target_port() {
         nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
         lb-mio-base) echo $((PORT_BASE + 13)) ;; lb-mio-log) echo $((PORT_BASE + 14)) ;;
         nginx-log) echo $((PORT_BASE + 15)) ;; lb-mio-routes) echo $((PORT_BASE + 16)) ;;
+        haproxy-splice) echo $((PORT_BASE + 17)) ;; lb-mio-nosplice) echo $((PORT_BASE + 18)) ;;
         *) die "unknown target $1" ;;
     esac
 }
