@@ -21,14 +21,17 @@ const PIPE_SIZE: usize = 256 * 1024;
 /// splice: its few slots would cost more system calls than copying.
 const MIN_PIPE_SIZE: usize = 64 * 1024;
 
-/// Most pipes one worker makes: at 256 KiB each, two workers stay within a quarter of the
-/// default per-user budget.
+/// Most pipes one worker makes (fewer when the user's pipe budget is small: `Pipes::new`).
 const MAX_PIPES: usize = 64;
+
+/// Where the kernel keeps the per-user pipe budget, in pages.
+const PIPE_USER_PAGES_SOFT: &str = "/proc/sys/fs/pipe-user-pages-soft";
 
 /// Free pipes kept for the next bodies; more go back to the kernel when drained.
 const KEEP_FREE: usize = 16;
 
-/// Bodies at least this long are spliced. Measured: a 16 KiB body costs less copied (its head
+/// Bodies whose length says at least this much are spliced (after what came in with their
+/// head). Measured: a 16 KiB body costs less copied (its head
 /// and body leave in one write, a splice needs calls of its own), 32 KiB costs a fifth less
 /// spliced, 64 KiB two fifths (README, "Zero-copy bodies").
 pub const SPLICE_MIN: u64 = 32 * 1024;
@@ -124,27 +127,40 @@ pub struct Pipes {
     free: Vec<Pipe>,
     /// Pipes made and not yet closed: free, or lent to a connection.
     made: usize,
-    /// Off since the kernel refused a pipe or a splice: the buffered path.
+    /// Most pipes made at once.
+    max: usize,
+    /// Off since the kernel refused to splice: the buffered path.
     on: bool,
-}
-
-impl Default for Pipes {
-    fn default() -> Pipes {
-        Pipes {
-            free: Vec::new(),
-            made: 0,
-            on: true,
-        }
-    }
+    /// A pipe could not be had once (said once in the log).
+    short: bool,
 }
 
 impl Pipes {
-    /// A pipe can be had now (`take` fails after this only if the kernel refuses a new one).
-    pub fn available(&self) -> bool {
-        self.on && (!self.free.is_empty() || self.made < MAX_PIPES)
+    /// The pipes of one of `workers` workers: all of them together take at most half the
+    /// user's pipe budget, and the rest stays for the user's other processes.
+    pub fn new(workers: usize) -> Pipes {
+        let pages: Option<usize> = std::fs::read_to_string(PIPE_USER_PAGES_SOFT)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&pages| pages > 0); // 0: no budget at all
+        let max = pages.map_or(MAX_PIPES, |pages| {
+            (pages * 4096 / 2 / workers.max(1) / PIPE_SIZE).clamp(1, MAX_PIPES)
+        });
+        Pipes {
+            free: Vec::new(),
+            made: 0,
+            max,
+            on: true,
+            short: false,
+        }
     }
 
-    /// A free pipe, or a new one; `None` when none can be had (the body is copied instead).
+    /// A pipe can be had now (`take` fails after this only if the kernel refuses a new one).
+    pub fn available(&self) -> bool {
+        self.on && (!self.free.is_empty() || self.made < self.max)
+    }
+
+    /// A free pipe, or a new one; `None` when none can be had (this body is copied instead).
     pub fn take(&mut self) -> Option<Pipe> {
         if !self.available() {
             return None;
@@ -157,18 +173,25 @@ impl Pipes {
                 self.made += 1;
                 Some(pipe)
             }
-            Ok(pipe) => {
-                self.refuse(&format!(
-                    "a new pipe has {} bytes (over the user's pipe-user-pages-soft?)",
-                    pipe.size
-                ));
-                None
-            }
-            Err(e) => {
+            // Over the user's budget (lb-mio's other workers, or the user's other processes):
+            // the kernel made a one-page pipe. Maybe not for long, so only this body is copied.
+            Ok(pipe) => self.short(&format!("a new pipe got {} bytes", pipe.size)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
                 self.refuse(&format!("pipe2: {e}"));
                 None
             }
+            // Out of descriptors or memory for now.
+            Err(e) => self.short(&format!("pipe2: {e}")),
         }
+    }
+
+    /// No pipe for this body; the first time, a warning.
+    fn short(&mut self, why: &str) -> Option<Pipe> {
+        if !self.short {
+            self.short = true;
+            warn!("a body is copied, not spliced: {why} (see {PIPE_USER_PAGES_SOFT}); said once");
+        }
+        None
     }
 
     /// Takes back a pipe: kept if it is empty and few are free, closed otherwise (a pipe
@@ -181,11 +204,13 @@ impl Pipes {
         }
     }
 
-    /// The kernel refused a pipe or a splice: this worker copies every body from now on.
+    /// The kernel cannot splice: this worker copies every body from now on.
     pub fn refuse(&mut self, why: &str) {
         if self.on {
             warn!("splice off for this worker, bodies are copied: {why}");
             self.on = false;
+            self.made -= self.free.len();
+            self.free.clear();
         }
     }
 }
@@ -201,7 +226,7 @@ mod tests {
         let (mut tx, from) = UnixStream::pair().unwrap();
         let (to, mut rx) = UnixStream::pair().unwrap();
         from.set_nonblocking(true).unwrap();
-        let mut pipes = Pipes::default();
+        let mut pipes = Pipes::new(1);
         let mut pipe = pipes.take().expect("a pipe");
         assert!(pipe.size >= MIN_PIPE_SIZE);
         tx.write_all(b"hello, pipe").unwrap();
@@ -222,7 +247,7 @@ mod tests {
     #[test]
     fn a_pipe_with_bytes_left_is_closed_not_reused() {
         let (mut tx, from) = UnixStream::pair().unwrap();
-        let mut pipes = Pipes::default();
+        let mut pipes = Pipes::new(1);
         let mut pipe = pipes.take().unwrap();
         tx.write_all(b"cut").unwrap();
         assert_eq!(pipe.fill(from.as_raw_fd(), 100).unwrap(), Io::Moved(3));
@@ -231,8 +256,20 @@ mod tests {
     }
 
     #[test]
+    fn workers_share_half_the_users_pipe_budget() {
+        let budget =
+            std::fs::read_to_string(PIPE_USER_PAGES_SOFT).map(|t| t.trim().parse::<usize>());
+        let many = Pipes::new(1 << 20);
+        match budget {
+            Ok(Ok(pages)) if pages > 0 => assert_eq!(many.max, 1),
+            _ => assert_eq!(many.max, MAX_PIPES),
+        }
+        assert!(Pipes::new(1).max >= many.max);
+    }
+
+    #[test]
     fn refused_gives_no_more_pipes() {
-        let mut pipes = Pipes::default();
+        let mut pipes = Pipes::new(1);
         pipes.refuse("test");
         assert!(!pipes.available());
         assert!(pipes.take().is_none());

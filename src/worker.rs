@@ -133,7 +133,7 @@ impl Worker {
             conns: Slab::new(),
             upstreams: Upstreams::new(snap.backends.len(), keep),
             buffers: BufferPool::new(POOLED_BUFFERS),
-            pipes: Pipes::default(),
+            pipes: Pipes::new(snap.config.lb.workers),
             exchanges: Exchanges::default(),
             admission: Admission::new(&snap, index, seed ^ index as u64, now),
             ids: RequestIds::new(shared.id_prefix, index),

@@ -893,3 +893,78 @@ fn a_mebibyte_over_tls_is_exact_and_never_spliced() {
     assert!(out > MIB as u64, "{out} bytes out");
     assert_eq!((spliced(&lb, "in"), spliced(&lb, "out")), (0, 0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review: replay given up before any body byte was spliced
+// ---------------------------------------------------------------------------------------------
+
+/// A pooled backend connection the backend closes as the next head arrives (its keep-alive
+/// timer fired): with no body byte sent yet, the PUT goes again on a fresh connection, as it
+/// does with splice off.
+#[test]
+fn a_large_put_whose_pooled_connection_closes_before_its_body_is_sent_again() {
+    const LEN: usize = 64 * KIB;
+    let backend = RawBackend::start(move |stream| {
+        let mut input = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        let mut seq = 0;
+        let mut s = &stream;
+        loop {
+            // The next head.
+            let (request, len) = loop {
+                if let Some(parsed) = parse_request_head(&input) {
+                    break parsed;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => input.extend_from_slice(&buf[..n]),
+                }
+            };
+            input.drain(..len);
+            if request.is_probe() {
+                return reply_and_close(&stream, 200);
+            }
+            if request.target == "/put" && seq > 0 {
+                return; // closes: the pooled connection was stale
+            }
+            if request.target == "/put" {
+                while input.len() < LEN {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => input.extend_from_slice(&buf[..n]),
+                    }
+                }
+                input.drain(..LEN);
+            }
+            let body = if request.target == "/put" {
+                "got it"
+            } else {
+                "warm"
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            seq += 1;
+        }
+    });
+    for splice in [Splice::Off, Splice::On] {
+        let lb = Lb::start(&config(&[("a", backend.addr)], splice, ""));
+        let mut client = connect(lb.addr);
+        assert_eq!(get_on(&mut client, "/warm").body_str(), "warm");
+        // The head first; the body once the backend had time to close the pooled connection.
+        let head = format!("PUT /put HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {LEN}\r\n\r\n");
+        send(&mut client, head.as_bytes());
+        thread::sleep(Duration::from_millis(300));
+        send_lenient(&mut client, vec![b'x'; LEN]);
+        let resp = read_response(&mut client);
+        assert_eq!(
+            (resp.status, resp.body_str().as_str()),
+            (200, "got it"),
+            "{splice:?}"
+        );
+    }
+}

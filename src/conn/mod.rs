@@ -702,10 +702,10 @@ impl Conn {
         ex.record.bytes_in += n as u64;
         let max_body = ctx.snap.pool_conf(ex.pool).max_body;
         let body = ex.record.bytes_in - ex.request.head_len as u64;
-        match max_body > 0 && body > max_body {
-            true => Err(Cause::BodyTooLarge.into()),
-            false => Ok(()),
+        if max_body > 0 && body > max_body {
+            return Err(Cause::BodyTooLarge.into());
         }
+        Ok(())
     }
 
     fn write_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
@@ -741,7 +741,9 @@ impl Conn {
     }
 
     fn read_upstream(&mut self, ctx: &mut Ctx) -> Result<bool, Stop> {
-        if self.splicing_response(ctx) {
+        // While spliced bytes wait in the pipe, what follows them could only wait in `uin`; and
+        // a backend that resets once it sent everything must not cut a response lb-mio has whole.
+        if self.piped().response || self.splicing_response(ctx) {
             return Ok(false);
         }
         let Some(ex) = &mut self.exchange else {

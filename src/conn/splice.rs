@@ -24,7 +24,9 @@ struct Leg<'a> {
     from_ready: &'a mut Readiness,
     to: RawFd,
     to_ready: &'a mut Readiness,
-    body: &'a mut Body,
+    /// The body the bytes belong to; `None` once it is complete (its last bytes may still be
+    /// in the pipe).
+    body: Option<&'a mut Body>,
     pipe: &'a mut Option<Pipe>,
     /// Bytes read earlier and still buffered (`cin`, `uin`): they go before any spliced byte.
     before: usize,
@@ -32,78 +34,92 @@ struct Leg<'a> {
     ahead: usize,
 }
 
-/// What a turn did.
+/// What a fill did.
 #[derive(Default)]
-struct Turn {
-    /// Bytes into the pipe.
-    filled: usize,
-    /// Bytes out of it.
-    drained: usize,
+struct Filled {
+    bytes: usize,
     /// The reading side closed.
     eof: bool,
-    /// The kernel refused to splice: the worker copies from now on.
+    /// No pipe could be had, or the kernel refused to splice: the body is copied instead.
     refused: bool,
 }
 
-impl Turn {
+impl Filled {
     fn moved(&self) -> bool {
-        self.filled > 0 || self.drained > 0 || self.eof || self.refused
+        self.bytes > 0 || self.eof || self.refused
     }
 }
 
-/// Which socket failed.
-enum Broke {
-    From(io::Error),
-    To(io::Error),
-}
-
 impl Leg<'_> {
-    /// One splice in, if the body has bytes to pass and the socket may have them, then one
-    /// out, if nothing must leave first; a drained pipe goes back to the worker.
-    fn turn(self, pipes: &mut Pipes) -> Result<Turn, Broke> {
-        let mut turn = Turn::default();
-        let max = self.body.splice_len();
-        if self.before == 0 && max > 0 && self.from_ready.readable {
-            if let Some(mut pipe) = self.pipe.take().or_else(|| pipes.take()) {
-                let filled = pipe.fill(self.from, max);
-                let empty = pipe.is_empty();
-                *self.pipe = Some(pipe);
-                match filled {
-                    Ok(Io::Moved(n)) => {
-                        self.body.pass(n as u64);
-                        turn.filled = n;
-                    }
-                    // Into an empty pipe: the socket is drained. Otherwise the pipe may be the
-                    // one full: the socket is tried again once the pipe drained.
-                    Ok(Io::Blocked) => self.from_ready.readable &= !empty,
-                    Ok(Io::Closed) => {
-                        self.from_ready.readable = false;
-                        turn.eof = true;
-                    }
-                    Err(e) if refused(&e) && empty => {
-                        pipes.refuse(&format!("splice: {e}"));
-                        turn.refused = true;
-                    }
-                    Err(e) => return Err(Broke::From(e)),
-                }
-            } else {
-                turn.refused = !pipes.available(); // making one failed: copy instead
+    /// One splice into the pipe, if the body has bytes to pass and the socket may have them.
+    fn fill(&mut self, pipes: &mut Pipes) -> io::Result<Filled> {
+        let mut filled = Filled::default();
+        let max = self.body.as_ref().map_or(0, |body| body.splice_len());
+        if self.before > 0 || max == 0 || !self.from_ready.readable {
+            return Ok(filled);
+        }
+        let Some(mut pipe) = self.pipe.take().or_else(|| pipes.take()) else {
+            filled.refused = true; // none free: the buffered path takes the body on
+            return Ok(filled);
+        };
+        let moved = pipe.fill(self.from, max);
+        let empty = pipe.is_empty();
+        *self.pipe = Some(pipe);
+        match moved? {
+            Io::Moved(n) => {
+                self.body.as_mut().map(|body| body.pass(n as u64));
+                filled.bytes = n;
+            }
+            // Into an empty pipe: the socket is drained. Otherwise the pipe may be the one full:
+            // the socket is tried again once the pipe drained.
+            Io::Blocked => self.from_ready.readable &= !empty,
+            Io::Closed => {
+                self.from_ready.readable = false;
+                filled.eof = true;
             }
         }
-        if let Some(pipe) = self.pipe.as_mut().filter(|p| !p.is_empty()) {
-            if self.ahead == 0 && self.to_ready.writable {
-                match pipe.drain(self.to) {
-                    Ok(Io::Moved(n)) => turn.drained = n,
-                    Ok(Io::Blocked) => self.to_ready.writable = false,
-                    Ok(Io::Closed) => return Err(Broke::To(io::ErrorKind::WriteZero.into())),
-                    Err(e) => return Err(Broke::To(e)),
-                }
-            }
+        Ok(filled)
+    }
+
+    /// One splice out of the pipe, once nothing must leave before its bytes.
+    fn drain(&mut self) -> io::Result<usize> {
+        let Some(pipe) = self.pipe.as_mut().filter(|p| !p.is_empty()) else {
+            return Ok(0);
+        };
+        if self.ahead > 0 || !self.to_ready.writable {
+            return Ok(0);
         }
+        match pipe.drain(self.to)? {
+            Io::Moved(n) => Ok(n),
+            Io::Blocked => {
+                self.to_ready.writable = false;
+                Ok(0)
+            }
+            Io::Closed => Err(io::ErrorKind::WriteZero.into()),
+        }
+    }
+
+    /// A fill, and a drain unless the fill failed; a drained pipe goes back to the worker.
+    /// (Both results come back, so what moved is counted whatever failed.)
+    fn turn(mut self, pipes: &mut Pipes) -> (io::Result<Filled>, io::Result<usize>) {
+        let filled = match self.fill(pipes) {
+            Err(e) if refused(&e) && self.pipe.as_ref().is_some_and(Pipe::is_empty) => {
+                pipes.refuse(&format!("splice: {e}"));
+                Ok(Filled {
+                    refused: true,
+                    ..Filled::default()
+                })
+            }
+            filled => filled,
+        };
+        let drained = match filled {
+            Ok(_) => self.drain(),
+            Err(_) => Ok(0),
+        };
         if let Some(pipe) = self.pipe.take_if(|p| p.is_empty()) {
             pipes.give(pipe);
         }
-        Ok(turn)
+        (filled, drained)
     }
 }
 
@@ -165,11 +181,6 @@ impl Conn {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
-        if ex.replayable {
-            // The spliced bytes are not kept: the request can no longer be sent again (as a
-            // buffered body larger than `uout` could not be either).
-            ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
-        }
         let up = ctx
             .upstreams
             .get(ex.upstream.expect("a spliced request has its backend"));
@@ -178,20 +189,26 @@ impl Conn {
             from_ready: &mut self.ready,
             to: up.stream.socket().as_raw_fd(),
             to_ready: &mut up.ready,
-            body: &mut ex.req_body,
+            body: Some(&mut ex.req_body),
             pipe: &mut ex.pipes.request,
             before: held(&self.cin),
             ahead: held(&self.uout) - ex.sent,
         };
-        let turn = match leg.turn(ctx.pipes) {
-            Ok(turn) => turn,
-            Err(Broke::From(e)) => return Err(self.read_failed(&e)),
-            Err(Broke::To(e)) => return Err(self.upstream_broke(e)),
-        };
-        self.client_eof |= turn.eof;
-        ctx.metrics.spliced(turn.filled as u64, 0);
-        self.count_request_body(ctx, turn.filled)?;
-        Ok(turn.moved())
+        let (filled, drained) = leg.turn(ctx.pipes);
+        // No pipe to be had: this body is copied from here on.
+        ex.splice.request &= !filled.as_ref().is_ok_and(|f| f.refused);
+        let bytes = filled.as_ref().map_or(0, |f| f.bytes);
+        if ex.replayable && bytes > 0 {
+            // Spliced bytes are not kept: from the first one the request cannot be sent again
+            // (until then a backend that closes on its head still gets it retried).
+            ex.give_up_replay(buf(&mut self.uout, ctx.buffers));
+        }
+        ctx.metrics.spliced(bytes as u64, 0);
+        self.count_request_body(ctx, bytes)?;
+        let filled = filled.map_err(|e| self.read_failed(&e))?;
+        self.client_eof |= filled.eof;
+        let drained = drained.map_err(|e| self.upstream_broke(e))?;
+        Ok(filled.moved() || drained > 0)
     }
 
     /// Backend → pipe → client.
@@ -200,12 +217,6 @@ impl Conn {
             return Ok(false);
         }
         let ex = self.exchange.as_deref_mut().expect("checked above");
-        // A body done may still have its last bytes in the pipe: they drain.
-        let mut done = Body::Done;
-        let body = match &mut ex.response {
-            ResponseState::Body(body) => body,
-            _ => &mut done,
-        };
         let up = ctx
             .upstreams
             .get(ex.upstream.expect("a spliced response has its backend"));
@@ -214,25 +225,28 @@ impl Conn {
             from_ready: &mut up.ready,
             to: self.client.socket().as_raw_fd(),
             to_ready: &mut self.ready,
-            body,
+            body: match &mut ex.response {
+                ResponseState::Body(body) => Some(body),
+                _ => None,
+            },
             pipe: &mut ex.pipes.response,
             before: held(&self.uin),
             ahead: held(&self.cout),
         };
-        let turn = match leg.turn(ctx.pipes) {
-            Ok(turn) => turn,
-            Err(Broke::From(e)) => return Err(self.upstream_broke(e)),
-            Err(Broke::To(e)) => {
-                log::debug!("{}: client write: {e}", self.peer);
-                return Err(self.client_gone());
-            }
-        };
-        ex.upstream_eof |= turn.eof;
-        ex.record.bytes_out += turn.filled as u64;
+        let (filled, drained) = leg.turn(ctx.pipes);
+        ex.splice.response &= !filled.as_ref().is_ok_and(|f| f.refused);
+        ex.record.bytes_out += filled.as_ref().map_or(0, |f| f.bytes) as u64;
         if matches!(&ex.response, ResponseState::Body(body) if body.is_done()) {
             ex.response = ResponseState::Done;
         }
-        ctx.metrics.spliced(0, turn.drained as u64);
-        Ok(turn.moved())
+        ex.upstream_eof |= filled.as_ref().is_ok_and(|f| f.eof);
+        ctx.metrics
+            .spliced(0, *drained.as_ref().unwrap_or(&0) as u64);
+        let filled = filled.map_err(|e| self.upstream_broke(e))?;
+        let drained = drained.map_err(|e| {
+            log::debug!("{}: client write: {e}", self.peer);
+            self.client_gone()
+        })?;
+        Ok(filled.moved() || drained > 0)
     }
 }
