@@ -67,7 +67,9 @@ impl Leg<'_> {
         *self.pipe = Some(pipe);
         match moved? {
             Io::Moved(n) => {
-                self.body.as_mut().map(|body| body.pass(n as u64));
+                if let Some(body) = self.body.as_mut() {
+                    body.pass(n as u64);
+                }
                 filled.bytes = n;
             }
             // Into an empty pipe: the socket is drained. Otherwise the pipe may be the one full:
