@@ -12,7 +12,7 @@
 # (each script has its own default PORT_BASE, so both can run at once).
 B=("" $((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3))) # B[1..3]: backend ports
 LB_PORT=$((PORT_BASE + 10)) NGINX_PORT=$((PORT_BASE + 11)) HAPROXY_PORT=$((PORT_BASE + 12))
-LB_BIN="$ROOT/target/release/lb-mio"
+LB_BIN=${LB_BIN:-"$ROOT/target/release/lb-mio"} # another build (a "before") with LB_BIN=...
 BACKEND_BIN="$ROOT/target/release/examples/backend"
 
 WORK=""             # this run's temp directory (configs, logs, raw outputs)

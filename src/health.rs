@@ -6,7 +6,8 @@
 //!
 //! Scale: no thread per backend, and nothing waits for a slow or black-holed backend (its
 //! probe just sits in the loop until its deadline). First probes are spread over the interval
-//! (`first_offset`), later ones every interval ±10%, and at most `in_flight_cap()` probes are
+//! (`first_offset`), later ones every interval ±10% (the same for probes that started
+//! together, so a small set's share their wake-ups), and at most `in_flight_cap()` probes are
 //! under way at once, so 10,000 backends neither connect all at once nor run the process out
 //! of descriptors: a backend due while every slot is taken starts when one frees.
 //!
@@ -21,6 +22,7 @@ pub use probe::ProbeError;
 
 use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
+use crate::hash;
 use crate::shared::{Shared, Snapshot};
 use log::{info, warn};
 use mio::{Events, Poll, Token, Waker};
@@ -109,6 +111,9 @@ struct Checker {
     /// When to look at the backend set again: at once after a change, every
     /// `SUPERVISE_EVERY` while a backend waits to leave, else at the next change.
     look_at: Option<Instant>,
+    /// Where the jitter of a probe's interval comes from (`jitter`).
+    seed: u64,
+    origin: Instant,
 }
 
 impl Checker {
@@ -127,6 +132,8 @@ impl Checker {
             rng: SmallRng::seed_from_u64(seed),
             orphans: HashSet::new(),
             look_at: Some(Instant::now()),
+            seed,
+            origin: Instant::now(),
         }
     }
 
@@ -366,9 +373,18 @@ impl Checker {
     /// The next probe: an interval (±10% jitter, so balancers started alike do not probe in
     /// lockstep) after this one started, and not before it ended.
     fn plan_next(&mut self, id: usize, interval: Duration, started: Instant, now: Instant) {
-        let next_at = (started + interval.mul_f64(self.rng.random_range(0.9..1.1))).max(now);
+        let next_at = (started + interval.mul_f64(self.jitter(started))).max(now);
         self.probers[id].phase = Phase::Idle { next_at };
         self.timers.push(Reverse((next_at, id)));
+    }
+
+    /// A factor in 0.9..1.1 that depends only on when a probe started (and on this process's
+    /// seed): probes started in the same turn of the loop (a small set's, which come due
+    /// together) stay together, and the thread wakes once for all of them.
+    fn jitter(&self, started: Instant) -> f64 {
+        let nanos = started.duration_since(self.origin).as_nanos() as u64;
+        let draw = hash::fixed(self.seed, &nanos.to_le_bytes()) >> 11; // 53 bits
+        0.9 + 0.2 * (draw as f64 / (1u64 << 53) as f64)
     }
 }
 
@@ -589,6 +605,20 @@ mod tests {
         for prober in &checker.probers {
             assert_eq!(prober.backend.last_probe().unwrap().reason, "timeout");
         }
+    }
+
+    #[test]
+    fn the_jitter_stays_within_ten_percent_and_is_the_same_for_probes_started_together() {
+        let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+        let checker = checker(&[hole.local_addr().unwrap()], 1);
+        let start = Instant::now();
+        let factors: Vec<f64> = (0..1000)
+            .map(|i| checker.jitter(start + Duration::from_micros(i)))
+            .collect();
+        assert!(factors.iter().all(|f| (0.9..1.1).contains(f)));
+        let low = factors.iter().filter(|&&f| f < 1.0).count();
+        assert!((400..=600).contains(&low), "{low} of 1000 below 1");
+        assert_eq!(checker.jitter(start), checker.jitter(start));
     }
 
     #[test]
