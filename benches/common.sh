@@ -104,7 +104,11 @@ machine_lines() {
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
         dirty=" + uncommitted changes in: $(git -C "$ROOT" status --porcelain --untracked-files=no | awk '{print $2}' | tr '\n' ' ')"
-    echo "- lb-mio: commit $commit$dirty (as built at the start of the run)$2"
+    if [ "$LB_BIN" = "$ROOT/target/release/lb-mio" ]; then
+        echo "- lb-mio: commit $commit$dirty (as built at the start of the run)$2"
+    else
+        echo "- lb-mio: $LB_BIN (given as LB_BIN, not this tree's build)$2"
+    fi
     echo "- $(nginx -v 2>&1)"
     echo "- $(haproxy -v 2>&1 | head -n 1)"
 }
