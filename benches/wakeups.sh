@@ -118,7 +118,7 @@ write_results() {
         echo "$table"
         echo
         echo "How to read it:"
-        echo "- Each measurement is a fresh lb-mio ($WORKERS worker, admin listener on, access log on) in front of three demo backends (examples/backend.rs, another process) with the default health checks (\`GET /healthcheck\` every 2 s ±10% per backend) and no traffic. After $SETTLE s, \`perf stat -e context-switches -p PID -- sleep $SECS\` counts how often its threads went to sleep and woke (or were preempted); the /proc column sums voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/PID/task/*/status over the same window. Medians over $ROUNDS interleaved rounds."
+        echo "- Each measurement is a fresh lb-mio ($WORKERS worker, admin listener on, access log on) in front of three demo backends (examples/backend.rs, another process) with the default health checks (\`GET /healthcheck\` every 2 s ±10%) and no traffic. After $SETTLE s, \`perf stat -e context-switches -p PID -- sleep $SECS\` counts how often its threads went to sleep and woke (or were preempted); the /proc column sums voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/PID/task/*/status over the same window. Medians over $ROUNDS interleaved rounds."
         echo "- Config: benches/wakeups-lb-mio.ini.in."
         echo
         echo "<details><summary>Raw runs (CSV; per-thread counts since start, before and after the window)</summary>"
