@@ -23,12 +23,17 @@ const SLACK: Duration = Duration::from_millis(1500);
 
 const ADMIN: &str = "[admin]\nlisten = 127.0.0.1:0\n";
 
-/// Three backends, the default health settings, the admin listener, no traffic.
-fn idle_lb(backends: &[Backend; 3]) -> Lb {
+/// The config for `backends`, with the default health settings and the admin listener.
+fn config(backends: &[&Backend]) -> String {
     let list: Vec<(&str, SocketAddr)> = (backends.iter())
         .map(|b| (b.name.as_str(), b.addr))
         .collect();
-    let lb = Lb::start(&ini(&list, ADMIN));
+    ini(&list, ADMIN)
+}
+
+/// Three backends, the default health settings, the admin listener, no traffic.
+fn idle_lb(backends: &[Backend; 3]) -> Lb {
+    let lb = Lb::start(&config(&backends.each_ref()));
     // Past the start: every backend had its first probe.
     let probed = wait_until(INTERVAL + SLACK, || {
         backends.iter().all(|b| b.probe_count() >= 1)
@@ -43,11 +48,7 @@ fn total(threads: &[(String, u64)]) -> u64 {
 
 #[test]
 fn an_idle_balancer_with_three_backends_wakes_at_most_five_times_a_second() {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
+    let backends = ["a", "b", "c"].map(Backend::named);
     let mut lb = idle_lb(&backends);
     let before = context_switches(lb.pid());
     let started = Instant::now();
@@ -72,13 +73,26 @@ fn listed(admin: SocketAddr, name: &str) -> Option<Value> {
         .cloned()
 }
 
+/// `backend`, just added, is probed at once and is up after `RISE` probes an interval apart.
+#[track_caller]
+fn assert_probed_at_once_then_up(admin: SocketAddr, backend: &Backend) {
+    let name = backend.name.as_str();
+    let probed = wait_until(SLACK, || backend.probe_count() >= 1);
+    assert!(probed, "{name} was not probed at once");
+    let up_within = INTERVAL.mul_f64(1.1) * (RISE - 1) + SLACK;
+    let up = wait_until(up_within, || {
+        listed(admin, name).is_some_and(|b| b["state"] == "up")
+    });
+    assert!(
+        up,
+        "{name} is not up after {up_within:?}: {:?}",
+        listed(admin, name)
+    );
+}
+
 #[test]
 fn changes_reach_the_sleeping_health_thread_at_once() {
-    let backends = [
-        Backend::named("a"),
-        Backend::named("b"),
-        Backend::named("c"),
-    ];
+    let backends = ["a", "b", "c"].map(Backend::named);
     let mut lb = idle_lb(&backends);
     let admin = lb.admin_addr();
 
@@ -87,35 +101,13 @@ fn changes_reach_the_sleeping_health_thread_at_once() {
     let body = format!(r#"{{"address":"{}","name":"d"}}"#, d.addr);
     let resp = admin_request(admin, "POST", "/api/backends", Some(&body), None);
     assert_eq!(resp.status, 201, "{}", resp.body_str());
-    let up_within = INTERVAL.mul_f64(1.1) * (RISE - 1) + SLACK;
-    let probed = wait_until(SLACK, || d.probe_count() >= 1);
-    assert!(probed, "d was not probed at once");
-    let up = wait_until(up_within, || {
-        listed(admin, "d").is_some_and(|d| d["state"] == "up")
-    });
-    assert!(
-        up,
-        "d is not up after {up_within:?}: {:?}",
-        listed(admin, "d")
-    );
+    assert_probed_at_once_then_up(admin, &d);
 
     // Added by a reload: the same.
     let e = Backend::named("e");
-    let mut list: Vec<(&str, SocketAddr)> = (backends.iter())
-        .map(|b| (b.name.as_str(), b.addr))
-        .collect();
-    list.push(("e", e.addr));
-    lb.reload_ok(&ini(&list, ADMIN));
-    let probed = wait_until(SLACK, || e.probe_count() >= 1);
-    assert!(probed, "e was not probed at once");
-    let up = wait_until(up_within, || {
-        listed(admin, "e").is_some_and(|e| e["state"] == "up")
-    });
-    assert!(
-        up,
-        "e is not up after {up_within:?}: {:?}",
-        listed(admin, "e")
-    );
+    let [a, b, c] = &backends;
+    lb.reload_ok(&config(&[a, b, c, &e]));
+    assert_probed_at_once_then_up(admin, &e);
 
     // Deleted with nothing in flight: it leaves at once, not at its next probe.
     let resp = admin_request(admin, "DELETE", "/api/backends/a", None, None);
