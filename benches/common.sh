@@ -12,7 +12,7 @@
 # (each script has its own default PORT_BASE, so both can run at once).
 B=("" $((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3))) # B[1..3]: backend ports
 LB_PORT=$((PORT_BASE + 10)) NGINX_PORT=$((PORT_BASE + 11)) HAPROXY_PORT=$((PORT_BASE + 12))
-LB_BIN="$ROOT/target/release/lb-mio"
+LB_BIN=${LB_BIN:-"$ROOT/target/release/lb-mio"} # another build (a "before") with LB_BIN=...
 BACKEND_BIN="$ROOT/target/release/examples/backend"
 
 WORK=""             # this run's temp directory (configs, logs, raw outputs)
@@ -104,7 +104,11 @@ machine_lines() {
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
         dirty=" + uncommitted changes in: $(git -C "$ROOT" status --porcelain --untracked-files=no | awk '{print $2}' | tr '\n' ' ')"
-    echo "- lb-mio: commit $commit$dirty (as built at the start of the run)$2"
+    if [ "$LB_BIN" = "$ROOT/target/release/lb-mio" ]; then
+        echo "- lb-mio: commit $commit$dirty (as built at the start of the run)$2"
+    else
+        echo "- lb-mio: $LB_BIN (given as LB_BIN, not this tree's build)$2"
+    fi
     echo "- $(nginx -v 2>&1)"
     echo "- $(haproxy -v 2>&1 | head -n 1)"
 }

@@ -2,7 +2,7 @@
 //! reason an operator must see), as text or JSON, to stderr or a file.
 //!
 //! Each worker formats its lines into a buffer of its own and hands whole batches to the shared
-//! `Sink` (at most every second, when the buffer fills, and at stop), so a request costs no
+//! `Sink` (at most once a second, when the buffer fills, and at stop), so a request costs no
 //! allocation, no lock and no system call. Whatever a client sent is escaped, so no request can
 //! forge a line: text escapes bytes outside visible ASCII (and `"`, `\`) as `\xNN`, JSON escapes
 //! control characters and every byte that is not UTF-8 as `\u00NN`.
@@ -193,12 +193,18 @@ impl Writer {
         }
     }
 
-    /// Hands the batch over when a second has passed since the last time.
+    /// Hands the batch over when a second has passed since the last time: a line waits a
+    /// second at most, and the first after a quiet second not at all.
     pub fn tick(&mut self, now: Instant, sink: &Sink) {
-        if now.duration_since(self.last_flush) >= FLUSH_EVERY {
+        if !self.buf.is_empty() && now.duration_since(self.last_flush) >= FLUSH_EVERY {
             self.last_flush = now;
             self.flush(sink);
         }
+    }
+
+    /// When `tick` hands the batch over; `None` while it is empty.
+    pub fn next_flush(&self) -> Option<Instant> {
+        (!self.buf.is_empty()).then_some(self.last_flush + FLUSH_EVERY)
     }
 
     pub fn flush(&mut self, sink: &Sink) {

@@ -282,12 +282,12 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
         ("DELETE", ["api", "routes", name]) => routing::delete_route(shared, name),
         ("POST", ["api", "explain"]) => explain(shared, &request.body),
         ("POST", ["api", "backends", name, "drain"]) => with_backend(shared, name, |b| {
-            b.drain(false);
+            shared.drain(b, false);
             info!("backend {} draining (admin API)", b.name);
             ApiAnswer::json(200, json!({ "name": b.name, "state": b.state().name() }))
         }),
         ("DELETE", ["api", "backends", name]) => with_backend(shared, name, |b| {
-            b.drain(true);
+            shared.drain(b, true);
             info!("backend {} draining, then removed (admin API)", b.name);
             ApiAnswer::json(202, json!({ "name": b.name, "state": b.state().name() }))
         }),

@@ -184,6 +184,16 @@ impl BufferPool {
             self.free.push(buf);
         }
     }
+
+    /// Free buffers held.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Frees all but `keep` of the free buffers (a burst is over).
+    pub fn shrink(&mut self, keep: usize) {
+        self.free.truncate(keep);
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::config::{Discover, Dns, Target};
 use crate::dns::{self, DnsError, Resolver};
 use crate::shared::{Shared, Snapshot};
 use log::{info, warn, Level};
+use mio::{Events, Poll, Token, Waker};
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How often the thread looks whether a round is due (or a reload changed the entries).
-const TICK: Duration = Duration::from_millis(100);
+/// How long the thread waits after its poll failed, rather than spin.
+const POLL_RETRY: Duration = Duration::from_millis(100);
 
 /// The discovery thread's memory between rounds.
 #[derive(Debug, Default)]
@@ -42,15 +43,25 @@ impl Discovery {
         discovery
     }
 
-    /// Runs the rounds that follow, every `resolve_interval_s`, on a thread of their own.
+    /// Runs the rounds that follow, every `resolve_interval_s`, on a thread of their own. It
+    /// sleeps until the next round, or until a change (`Shared::watch`) that may have changed
+    /// the entries; with no entry, until a change alone.
     pub fn spawn(mut self, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+        let mut poll = Poll::new()?;
+        shared.watch(Arc::new(Waker::new(poll.registry(), Token(0))?));
         thread::Builder::new()
             .name("discovery".into())
             .spawn(move || {
+                let mut events = Events::with_capacity(4);
                 let mut next = Instant::now() + self.dns.resolve_interval;
                 let mut epoch = shared.epoch();
                 loop {
-                    thread::sleep(TICK);
+                    let left = next.saturating_duration_since(Instant::now());
+                    wait(
+                        &mut poll,
+                        &mut events,
+                        (!self.entries.is_empty()).then_some(left),
+                    );
                     let mut reloaded = false;
                     if shared.epoch() != epoch {
                         epoch = shared.epoch();
@@ -111,6 +122,16 @@ impl Discovery {
             for (level, line) in notes {
                 log::log!(level, "{line}");
             }
+        }
+    }
+}
+
+/// Sleeps until a change wakes `poll`, or `timeout` passes.
+fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) {
+    if let Err(e) = poll.poll(events, timeout) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            warn!("discovery: poll failed: {e}");
+            thread::sleep(POLL_RETRY);
         }
     }
 }

@@ -6,12 +6,15 @@
 //!
 //! Scale: no thread per backend, and nothing waits for a slow or black-holed backend (its
 //! probe just sits in the loop until its deadline). First probes are spread over the interval
-//! (`first_offset`), later ones every interval ±10%, and at most `in_flight_cap()` probes are
+//! (`first_offset`), later ones every interval ±10% (the same for probes that started
+//! together, so a small set's share their wake-ups), and at most `in_flight_cap()` probes are
 //! under way at once, so 10,000 backends neither connect all at once nor run the process out
 //! of descriptors: a backend due while every slot is taken starts when one frees.
 //!
-//! The same thread looks at the backend set every `SUPERVISE_EVERY`: new backends get a
-//! prober, replaced ones lose theirs, and drained backends being removed are retired.
+//! The same thread looks at the backend set when a change wakes it (`Shared::watch`): new
+//! backends get a prober, replaced ones lose theirs. While a backend being removed still
+//! drains, or one lost its pool, it looks again every `SUPERVISE_EVERY` until that is done;
+//! otherwise it sleeps until the next probe is due, a probe's socket is ready, or a change.
 
 mod probe;
 
@@ -19,9 +22,10 @@ pub use probe::ProbeError;
 
 use crate::backend::{Backend, ProbeReport, State};
 use crate::config::Health;
+use crate::hash;
 use crate::shared::{Shared, Snapshot};
 use log::{info, warn};
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll, Token, Waker};
 use probe::{Probe, Target};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -32,7 +36,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often the health thread looks for new backends and for drained ones to remove.
+/// How often the health thread looks again while a backend waits to leave (drains before its
+/// removal, or lost its pool).
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
 /// Most probes under way at once (fewer when the descriptor limit is low: `in_flight_cap`).
@@ -52,8 +57,12 @@ pub fn settings(snap: &Snapshot, id: usize) -> &Health {
     }
 }
 
+/// The token of the waker a change wakes the health thread with (backend ids are the others).
+const CHANGED: Token = Token(usize::MAX);
+
 pub fn spawn(shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
     let poll = Poll::new()?;
+    shared.watch(Arc::new(Waker::new(poll.registry(), CHANGED)?));
     thread::Builder::new()
         .name("health".into())
         .spawn(move || Checker::new(shared, poll).run())
@@ -99,6 +108,12 @@ struct Checker {
     rng: SmallRng,
     /// Live backends whose pool was gone at the last look (by id).
     orphans: HashSet<usize>,
+    /// When to look at the backend set again: at once after a change, every
+    /// `SUPERVISE_EVERY` while a backend waits to leave, else at the next change.
+    look_at: Option<Instant>,
+    /// Where the jitter of a probe's interval comes from (`jitter`).
+    seed: u64,
+    origin: Instant,
 }
 
 impl Checker {
@@ -116,47 +131,51 @@ impl Checker {
             cap: in_flight_cap(),
             rng: SmallRng::seed_from_u64(seed),
             orphans: HashSet::new(),
+            look_at: Some(Instant::now()),
+            seed,
+            origin: Instant::now(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut next_look = Instant::now();
         loop {
-            self.turn(&mut events, &mut next_look);
+            self.turn(&mut events);
         }
     }
 
     /// One turn of the loop: the backend set when it is time to look, the probes due or past
-    /// their deadline, then the socket events until the next of those.
-    fn turn(&mut self, events: &mut Events, next_look: &mut Instant) {
+    /// their deadline, then the socket events (or a change) until the next of those.
+    fn turn(&mut self, events: &mut Events) {
         let now = Instant::now();
-        if now >= *next_look {
-            self.look(now);
-            *next_look = now + SUPERVISE_EVERY;
+        if self.look_at.is_some_and(|at| now >= at) {
+            let waiting = self.look(now);
+            self.look_at = waiting.then_some(now + SUPERVISE_EVERY);
         }
         self.fire_timers(now);
         self.start_waiting(now);
-        let wake = (self.timers.peek()).map_or(*next_look, |t| t.0 .0.min(*next_look));
-        if let Err(e) = self
-            .poll
-            .poll(events, Some(wake.saturating_duration_since(now)))
-        {
+        let wake = self.next_timer().into_iter().chain(self.look_at).min();
+        let timeout = wake.map(|at| at.saturating_duration_since(now));
+        if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 warn!("health checks: poll failed: {e}");
                 thread::sleep(SUPERVISE_EVERY);
             }
         }
         for event in events.iter() {
-            self.on_event(event.token().0);
+            match event.token() {
+                CHANGED => self.look_at = Some(now),
+                Token(id) => self.on_event(id),
+            }
         }
     }
 
     /// Follows the backend set: a slot holding another backend than at the last look (new, or
     /// a removed backend's slot taken by a new one) gets a new prober, whose first probe is
     /// spread over the interval. Holding the `Arc`s keeps an old record's address from being
-    /// reused by a new one, so pointers compare safely.
-    fn look(&mut self, now: Instant) {
+    /// reused by a new one, so pointers compare safely. True while some backend waits to leave
+    /// (draining before its removal, or orphaned): the next look must come soon.
+    fn look(&mut self, now: Instant) -> bool {
         let snap = self.shared.load();
         for id in snap.backends.len()..self.probers.len() {
             self.stop_probe(id);
@@ -173,6 +192,8 @@ impl Checker {
             }
         }
         self.drain_orphans(&snap);
+        let leaving = |b: &Arc<Backend>| b.removing() && b.state() == State::Draining;
+        !self.orphans.is_empty() || snap.backends.iter().any(leaving)
     }
 
     /// Drains the backends whose pool is gone (a reload or the admin API removed it) once they
@@ -235,6 +256,23 @@ impl Checker {
                 _ => {} // planned for another time since
             }
         }
+    }
+
+    /// When the next timer that still matches its prober's plan is due; the stale ones on top
+    /// (a probe's deadline after it ended) are dropped, so they wake nobody.
+    fn next_timer(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            let planned = self.probers.get(id).is_some_and(|p| match &p.phase {
+                Phase::Idle { next_at } => *next_at == at,
+                Phase::Probing(probing) => probing.probe.deadline == at,
+                Phase::Waiting | Phase::Retired => false,
+            });
+            if planned {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// Backends that waited for a slot, while there are slots.
@@ -335,9 +373,18 @@ impl Checker {
     /// The next probe: an interval (±10% jitter, so balancers started alike do not probe in
     /// lockstep) after this one started, and not before it ended.
     fn plan_next(&mut self, id: usize, interval: Duration, started: Instant, now: Instant) {
-        let next_at = (started + interval.mul_f64(self.rng.random_range(0.9..1.1))).max(now);
+        let next_at = (started + interval.mul_f64(self.jitter(started))).max(now);
         self.probers[id].phase = Phase::Idle { next_at };
         self.timers.push(Reverse((next_at, id)));
+    }
+
+    /// A factor in 0.9..1.1 that depends only on when a probe started (and on this process's
+    /// seed): probes started in the same turn of the loop (a small set's, which come due
+    /// together) stay together, and the thread wakes once for all of them.
+    fn jitter(&self, started: Instant) -> f64 {
+        let nanos = started.duration_since(self.origin).as_nanos() as u64;
+        let draw = hash::fixed(self.seed, &nanos.to_le_bytes()) >> 11; // 53 bits
+        0.9 + 0.2 * (draw as f64 / (1u64 << 53) as f64)
     }
 }
 
@@ -535,7 +582,7 @@ mod tests {
             .collect();
         let addrs: Vec<SocketAddr> = holes.iter().map(|l| l.local_addr().unwrap()).collect();
         let mut checker = checker(&addrs, 2);
-        let (mut events, mut next_look) = (Events::with_capacity(64), Instant::now());
+        let mut events = Events::with_capacity(64);
         let (started, mut waited) = (Instant::now(), false);
         let probed = |checker: &Checker| {
             (checker.probers.iter())
@@ -543,7 +590,7 @@ mod tests {
                 .count()
         };
         while probed(&checker) < addrs.len() && started.elapsed() < Duration::from_secs(5) {
-            checker.turn(&mut events, &mut next_look);
+            checker.turn(&mut events);
             assert!(checker.in_flight <= 2, "{} in flight", checker.in_flight);
             waited |= (checker.probers.iter()).any(|p| matches!(p.phase, Phase::Waiting));
         }
@@ -558,6 +605,20 @@ mod tests {
         for prober in &checker.probers {
             assert_eq!(prober.backend.last_probe().unwrap().reason, "timeout");
         }
+    }
+
+    #[test]
+    fn the_jitter_stays_within_ten_percent_and_is_the_same_for_probes_started_together() {
+        let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+        let checker = checker(&[hole.local_addr().unwrap()], 1);
+        let start = Instant::now();
+        let factors: Vec<f64> = (0..1000)
+            .map(|i| checker.jitter(start + Duration::from_micros(i)))
+            .collect();
+        assert!(factors.iter().all(|f| (0.9..1.1).contains(f)));
+        let low = factors.iter().filter(|&&f| f < 1.0).count();
+        assert!((400..=600).contains(&low), "{low} of 1000 below 1");
+        assert_eq!(checker.jitter(start), checker.jitter(start));
     }
 
     #[test]

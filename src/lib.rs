@@ -16,6 +16,7 @@ pub mod balance;
 pub mod buffer;
 pub mod config;
 pub mod conn;
+pub mod deadlines;
 pub mod demo;
 pub mod discovery;
 pub mod dns;

@@ -2,9 +2,13 @@
 //! set, the strategy) lives in one immutable `Snapshot`; a change builds a new snapshot and
 //! bumps the epoch. Workers compare the epoch (one atomic load) at each turn of their loop and
 //! take the new snapshot only when it moved, so the request path never takes a lock.
+//!
+//! Every change also wakes the threads that watch for changes (`watch`): the workers, the
+//! health thread and the discovery thread sleep until their next deadline, so a change must
+//! reach them rather than wait for them to look.
 
 use crate::access_log::Sink;
-use crate::backend::Backends;
+use crate::backend::{Backend, Backends};
 use crate::balance::{self, Balancer};
 use crate::config::{Config, PoolConf, Sticky, Strategy};
 use crate::http::request;
@@ -13,7 +17,8 @@ use crate::ratelimit::ConnLimit;
 use crate::request_id;
 use crate::route::RouteTable;
 use crate::tls;
-use parking_lot::RwLock;
+use mio::Waker;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -173,6 +178,8 @@ impl Renumbering {
 pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     epoch: AtomicU64,
+    /// Woken by every change (`notify`).
+    watchers: Mutex<Vec<Arc<Waker>>>,
     /// One set of counters per worker, by worker index.
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// `[limits] client_connections`, fixed at start.
@@ -203,6 +210,7 @@ impl Shared {
             conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),
             epoch: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
             metrics: (0..workers).map(|_| Arc::default()).collect(),
         }
     }
@@ -225,13 +233,41 @@ impl Shared {
 
     /// Replaces the snapshot with what `change` builds from the current one. Changes are
     /// serialised by the write lock, so two of them never build on the same old snapshot.
+    /// The watchers are woken either way: a change that builds no snapshot may still have set
+    /// backends to drain (discovery's, when DNS only lost addresses).
     pub fn update<E>(
         &self,
         change: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<(), E> {
-        let mut current = self.current.write();
-        *current = Arc::new(change(&current)?);
-        self.epoch.fetch_add(1, Ordering::Release);
-        Ok(())
+        let built = {
+            let mut current = self.current.write();
+            change(&current).map(|next| {
+                *current = Arc::new(next);
+                self.epoch.fetch_add(1, Ordering::Release);
+            })
+        };
+        self.notify();
+        built
+    }
+
+    /// Sets `backend` to drain (and, with `remove`, to leave once drained): an atomic change,
+    /// no new snapshot, but the health thread must know to retire it.
+    pub fn drain(&self, backend: &Backend, remove: bool) {
+        backend.drain(remove);
+        self.notify();
+    }
+
+    /// Has `waker` woken at every change from now on.
+    pub fn watch(&self, waker: Arc<Waker>) {
+        self.watchers.lock().push(waker);
+    }
+
+    /// Wakes every watcher: the snapshot changed, or a backend was set to drain (an atomic
+    /// change, which the health thread must see to retire it once drained).
+    pub fn notify(&self) {
+        for waker in self.watchers.lock().iter() {
+            // Fails only when the eventfd is gone with its thread, which has nothing to follow.
+            let _ = waker.wake();
+        }
     }
 }

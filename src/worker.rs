@@ -7,6 +7,7 @@ use crate::access_log;
 use crate::buffer::BufferPool;
 use crate::config;
 use crate::conn::{Admission, Conn, Ctx, Drive, Exchanges};
+use crate::deadlines::Deadlines;
 use crate::memory;
 use crate::metrics::WorkerMetrics;
 use crate::pipe::Pipes;
@@ -25,9 +26,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often deadlines are checked: timeouts fire up to this late.
-const TICK: Duration = Duration::from_millis(50);
 
 /// Free buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 1024;
@@ -91,10 +89,14 @@ pub struct Worker {
     at_limit: bool,
     /// `[tls] handshake_rate`: TLS connections this worker may still accept this second.
     handshakes: HandshakeBudget,
+    /// When to look for connections whose deadline passed.
+    deadlines: Deadlines,
     /// Reused list of connections whose deadline passed.
     expired: Vec<usize>,
     /// Most connections open at once since memory was last given back (`memory`).
     high_water: usize,
+    /// The last loop turn with an event: the worker gives memory back once quiet.
+    last_event: Instant,
     /// The port of the first TLS listener, where `[tls] redirect_http` sends plain requests.
     https_port: Option<u16>,
 }
@@ -119,6 +121,8 @@ impl Worker {
             .and_then(|l| l.socket.local_addr().ok())
             .map(|addr| addr.port());
         let waker = Arc::new(Waker::new(poll.registry(), Tok::Waker.into())?);
+        // A change wakes the worker too: it takes the new snapshot at once, not at its next event.
+        shared.watch(Arc::clone(&waker));
         let (tx, rx) = crossbeam_channel::unbounded();
         let epoch = shared.epoch();
         let snap = shared.load();
@@ -146,8 +150,10 @@ impl Worker {
             accept_paused_until: None,
             at_limit: false,
             handshakes: HandshakeBudget::default(),
+            deadlines: Deadlines::new(now),
             expired: Vec::new(),
             high_water: 0,
+            last_event: now,
             https_port,
         };
         Ok((worker, Handle { tx, waker }))
@@ -156,20 +162,18 @@ impl Worker {
     /// The event loop; runs until told to stop and drained.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.again.is_empty() {
-                TICK
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     error!("worker poll failed: {e}");
                     return;
                 }
             }
             let now = Instant::now();
+            if !events.is_empty() {
+                self.last_event = now;
+            }
             self.refresh();
             for event in events.iter() {
                 match Tok::from(event.token()) {
@@ -187,10 +191,7 @@ impl Worker {
             for id in std::mem::take(&mut self.again) {
                 self.drive(id, now);
             }
-            if now >= next_tick {
-                next_tick = now + TICK;
-                self.expire(now);
-            }
+            self.on_timers(now);
             if self
                 .stopping
                 .is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
@@ -201,6 +202,43 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// How long the loop may sleep: until the earliest thing it has to do without an event
+    /// (a connection's deadline, the end of an accept pause or of the second whose TLS
+    /// handshakes are spent, the access log's flush, the end of a drain, memory to give
+    /// back), for good when there is none; not at all with connections still busy.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = [
+            self.deadlines.next_scan(),
+            self.accept_paused_until,
+            self.handshakes.renews_at(),
+            self.log.next_flush(),
+            self.stopping,
+            self.quiet_give_back_at(),
+        ];
+        let next = next.into_iter().flatten().min();
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Does whatever came due by `now` (see `timeout`).
+    fn on_timers(&mut self, now: Instant) {
+        if self.deadlines.due(now) {
+            self.expire(now);
+        }
+        let paused = self.accept_paused_until.is_some_and(|until| now >= until);
+        let renewed = self.handshakes.renews_at().is_some_and(|at| now >= at);
+        if paused || renewed {
+            // Cleared first: with no listener left (stopping) nothing would clear them.
+            self.accept_paused_until = None;
+            self.handshakes.spent_out = false;
+            self.accept_all(now);
+        }
+        self.log.tick(now, &self.shared.access_sink);
+        self.give_back_memory(now);
     }
 
     fn on_messages(&mut self, now: Instant) {
@@ -298,8 +336,9 @@ impl Worker {
                 return;
             };
             let tls = listener.tls;
-            let index = i as u8; // at most 16 listeners
-                                 // Left in the kernel's queue, they are accepted at the next tick with budget.
+            // At most 16 listeners.
+            let index = i as u8;
+            // Left in the kernel's queue, they are accepted when the budget renews (`renews_at`).
             if tls && !self.handshakes.has_room(rate, now) {
                 return;
             }
@@ -369,6 +408,7 @@ impl Worker {
         }
         let mut conn = Conn::new(transport, peer, listener, proxied, now, header);
         conn.counted = limit.map(|_| peer.ip());
+        self.deadlines.note(conn.deadline);
         entry.insert(conn);
         self.metrics.set_connections(self.conns.len());
         self.high_water = self.high_water.max(self.conns.len());
@@ -401,7 +441,11 @@ impl Worker {
             now,
             id,
         };
-        match step(conn, &mut ctx) {
+        let drive = step(conn, &mut ctx);
+        if drive != Drive::Closed {
+            self.deadlines.note(conn.deadline);
+        }
+        match drive {
             Drive::Open => {}
             Drive::Busy => self.again.push(id),
             Drive::Closed => {
@@ -418,23 +462,44 @@ impl Worker {
         }
     }
 
-    /// Times out the connections whose deadline passed.
+    /// Times out the connections whose deadline passed, and notes the earliest of the others'.
     fn expire(&mut self, now: Instant) {
         self.expired.clear();
-        let due = self.conns.iter().filter(|(_, c)| c.deadline <= now);
-        self.expired.extend(due.map(|(id, _)| id));
+        let mut earliest: Option<Instant> = None;
+        for (id, conn) in self.conns.iter() {
+            match conn.deadline <= now {
+                true => self.expired.push(id),
+                false => earliest = Some(earliest.map_or(conn.deadline, |e| e.min(conn.deadline))),
+            }
+        }
+        self.deadlines.scanned(now, earliest);
         for i in 0..self.expired.len() {
             self.with_conn(self.expired[i], now, Conn::expire);
         }
-        let paused = self.accept_paused_until.is_some_and(|until| now >= until);
-        if paused || self.handshakes.spent_out {
-            self.accept_all(now);
+    }
+
+    /// Gives memory back: its allocator's free pages once open connections fell by
+    /// `GIVE_BACK_AFTER` since the last time; and once the worker is quiet after a burst, the
+    /// free buffers and exchange records beyond what a quiet worker keeps as well.
+    fn give_back_memory(&mut self, now: Instant) {
+        let quiet = self.quiet_give_back_at().is_some_and(|at| now >= at);
+        if quiet {
+            self.buffers.shrink(memory::KEEP_WHEN_QUIET);
+            self.exchanges.shrink(memory::KEEP_WHEN_QUIET);
         }
-        self.log.tick(now, &self.shared.access_sink);
-        if self.high_water.saturating_sub(self.conns.len()) >= memory::GIVE_BACK_AFTER {
+        if quiet || self.high_water.saturating_sub(self.conns.len()) >= memory::GIVE_BACK_AFTER {
             memory::give_back();
             self.high_water = self.conns.len();
         }
+    }
+
+    /// When a quiet worker gives memory back: `memory::QUIET` after its last event, if a
+    /// burst left more free buffers, or more closed connections' heap, than it keeps.
+    fn quiet_give_back_at(&self) -> Option<Instant> {
+        let closed = self.high_water.saturating_sub(self.conns.len());
+        let surplus =
+            self.buffers.free() > memory::KEEP_WHEN_QUIET || closed > memory::KEEP_WHEN_QUIET;
+        surplus.then_some(self.last_event + memory::QUIET)
     }
 
     /// The drain is over: whatever is still open closes now, each request with its line.
@@ -463,6 +528,12 @@ struct HandshakeBudget {
 }
 
 impl HandshakeBudget {
+    /// When a spent budget is renewed: the TLS listeners may have connections waiting.
+    fn renews_at(&self) -> Option<Instant> {
+        let second = self.second.filter(|_| self.spent_out)?;
+        Some(second + Duration::from_secs(1))
+    }
+
     /// Another TLS connection may be accepted now (always, with no cap).
     fn has_room(&mut self, rate: u32, now: Instant) -> bool {
         if self

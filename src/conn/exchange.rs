@@ -345,6 +345,11 @@ impl Exchanges {
             self.free.push(held);
         }
     }
+
+    /// Frees all but `keep` of the free records (a burst is over).
+    pub fn shrink(&mut self, keep: usize) {
+        self.free.truncate(keep);
+    }
 }
 
 impl Held {

@@ -44,3 +44,31 @@ pub fn cpu_time(pid: u32) -> Duration {
     // USER_HZ is 100 on every Linux this runs on.
     Duration::from_millis(ticks * 10)
 }
+
+/// Context switches of each thread of a process so far (voluntary and not, from
+/// `/proc/PID/task/*/status`), by thread name: how often its threads woke up. A thread that
+/// exited is no longer counted.
+#[track_caller]
+pub fn context_switches(pid: u32) -> Vec<(String, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    let mut threads = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path();
+        // A thread that exits between the listing and the read is skipped.
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue;
+        };
+        let switches: u64 = (status.lines())
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or(l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .map(|v| v.trim().parse::<u64>().expect("a count"))
+            .sum();
+        threads.push((name.trim().to_string(), switches));
+    }
+    threads
+}
