@@ -27,6 +27,8 @@ const MIB: u64 = 1024 * KIB;
 
 /// lb-mio's buffers (`src/buffer.rs`): 16 KiB each, four per exchange at most.
 const LB_BUFFER: u64 = 16 * KIB;
+/// The pipe a spliced body passes through (src/pipe.rs).
+const PIPE: u64 = 64 * KIB;
 
 /// Serializes the tests that open thousands of sockets.
 static HEAVY: Mutex<()> = Mutex::new(());
@@ -377,7 +379,8 @@ impl BodyCheck {
 // ---------------------------------------------------------------------------------------------
 
 /// A client that stops reading a 64 MiB response, then reads slowly, then fast: the backend is
-/// held back (it writes only what the socket buffers and lb-mio's four 16 KiB buffers hold),
+/// held back (it writes only what the socket buffers, lb-mio's four 16 KiB buffers and its
+/// 64 KiB pipe hold),
 /// lb-mio's memory does not grow with the response, and the client gets every byte.
 #[test]
 fn a_slow_reader_holds_the_backend_back_without_growing_memory_and_gets_every_byte() {
@@ -407,10 +410,10 @@ fn a_slow_reader_holds_the_backend_back_without_growing_memory_and_gets_every_by
     // What can sit between the backend's write calls and the client's read calls: the
     // backend's send buffer (64 KiB asked, the kernel doubles it), lb-mio's upstream receive
     // buffer and client send buffer (autotuned up to tcp_rmem / tcp_wmem max), lb-mio's four
-    // buffers, the client's receive buffer; plus one 64 KiB write in flight.
+    // buffers and its pipe, the client's receive buffer; plus one 64 KiB write in flight.
     let lb_socket_max =
         sysctl_max("/proc/sys/net/ipv4/tcp_rmem") + sysctl_max("/proc/sys/net/ipv4/tcp_wmem");
-    let bound = 2 * 64 * KIB + lb_socket_max + 4 * LB_BUFFER + client_rcvbuf + 64 * KIB;
+    let bound = 2 * 64 * KIB + lb_socket_max + 4 * LB_BUFFER + PIPE + client_rcvbuf + 64 * KIB;
     eprintln!(
         "stalled reader: backend wrote {} KiB of {} KiB (bound {} KiB); lb-mio RSS {} KiB -> peak {} KiB (+{} KiB)",
         still / KIB,
@@ -420,9 +423,11 @@ fn a_slow_reader_holds_the_backend_back_without_growing_memory_and_gets_every_by
         peak / KIB,
         peak.saturating_sub(rss0) / KIB
     );
-    assert_eq!(
-        still, stalled_at,
-        "the backend kept writing while the client read nothing"
+    // Bytes spliced into the pipe no longer count against lb-mio's receive buffer: a
+    // zero-window probe may find that room after the stall was seen, for one pipe at most.
+    assert!(
+        still - stalled_at <= PIPE,
+        "the backend kept writing while the client read nothing: {stalled_at} then {still}"
     );
     assert!(
         still < BIG,
