@@ -467,9 +467,10 @@ impl Worker {
         self.expired.clear();
         let mut earliest: Option<Instant> = None;
         for (id, conn) in self.conns.iter() {
-            match conn.deadline <= now {
-                true => self.expired.push(id),
-                false => earliest = Some(earliest.map_or(conn.deadline, |e| e.min(conn.deadline))),
+            if conn.deadline <= now {
+                self.expired.push(id);
+            } else {
+                earliest = Some(earliest.map_or(conn.deadline, |e| e.min(conn.deadline)));
             }
         }
         self.deadlines.scanned(now, earliest);
