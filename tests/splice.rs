@@ -744,6 +744,37 @@ fn a_tunnel_moves_a_mebibyte_each_way_and_a_half_close_still_gets_the_answer() {
     }
 }
 
+/// A backend that sends 16 MiB into a tunnel and closes at once, long before a slow client
+/// has read them: every byte still reaches the client, then the orderly close.
+#[test]
+fn a_tunnel_the_backend_closes_before_a_slow_client_read_its_bytes_delivers_them_all() {
+    // More than lb-mio's client socket and the pipe take from a client that does not read.
+    let last = Arc::new(lcg_bytes(16 * MIB, 16));
+    let send_last = Arc::clone(&last);
+    let backend = raw_backend(move |stream, _| {
+        let mut io = stream;
+        let switch =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let _ = io.write_all(&[switch.as_bytes(), &send_last].concat());
+        // Returning closes the connection at once.
+    });
+    for splice in BOTH {
+        let lb = Lb::start(&config(&[("a", backend.addr)], splice, ""));
+        let mut client = small_window_client(lb.addr);
+        send(
+            &mut client,
+            "GET /chat HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        let switch = read_response(&mut client);
+        assert_eq!(switch.status, 101, "{}", switch.head_str());
+        // Not reading while the backend writes its last bytes and closes, then slowly.
+        thread::sleep(Duration::from_millis(300));
+        let (got, end) = read_slowly_until_end(&mut client, Duration::from_millis(1));
+        assert_same_bytes(&got, &last, &format!("the tunnel's last bytes, {splice:?}"));
+        assert_eq!(end, End::Closed, "{splice:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // More bodies than pipes; TLS
 // ---------------------------------------------------------------------------------------------
