@@ -38,10 +38,10 @@ impl Deadlines {
         self.next_scan().is_some_and(|at| at <= now)
     }
 
-    /// A scan at `now` found `earliest` the earliest deadline of the connections it left open.
-    pub fn scanned(&mut self, now: Instant, earliest: Option<Instant>) {
+    /// A scan begins at `now`: it notes the deadline of every connection it leaves open.
+    pub fn scanning(&mut self, now: Instant) {
         self.last_scan = now;
-        self.earliest = earliest;
+        self.earliest = None;
     }
 }
 
@@ -69,9 +69,10 @@ mod tests {
         deadlines.note(now);
         assert_eq!(deadlines.next_scan(), Some(now + SCAN_EVERY));
         let later = now + Duration::from_secs(1);
-        deadlines.scanned(later, Some(later + Duration::from_millis(1)));
+        deadlines.scanning(later);
+        deadlines.note(later + Duration::from_millis(1));
         assert_eq!(deadlines.next_scan(), Some(later + SCAN_EVERY));
-        deadlines.scanned(later, None);
+        deadlines.scanning(later);
         assert_eq!(deadlines.next_scan(), None);
     }
 }

@@ -123,6 +123,12 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<Io> {
     }
 }
 
+/// The kernel cannot make pipes or splice these descriptors (an old kernel, a socket type
+/// without it): an answer that will not change, unlike running out of descriptors.
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
+}
+
 /// A worker's pipes.
 pub struct Pipes {
     free: Vec<Pipe>,
@@ -177,7 +183,7 @@ impl Pipes {
             // Over the user's budget (lb-mio's other workers, or the user's other processes):
             // the kernel made a one-page pipe. Maybe not for long, so only this body is copied.
             Ok(pipe) => self.short(&format!("a new pipe got {} bytes", pipe.size)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+            Err(e) if unsupported(&e) => {
                 self.refuse(&format!("pipe2: {e}"));
                 None
             }

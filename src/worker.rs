@@ -465,15 +465,14 @@ impl Worker {
     /// Times out the connections whose deadline passed, and notes the earliest of the others'.
     fn expire(&mut self, now: Instant) {
         self.expired.clear();
-        let mut earliest: Option<Instant> = None;
+        self.deadlines.scanning(now);
         for (id, conn) in self.conns.iter() {
             if conn.deadline <= now {
                 self.expired.push(id);
             } else {
-                earliest = Some(earliest.map_or(conn.deadline, |e| e.min(conn.deadline)));
+                self.deadlines.note(conn.deadline);
             }
         }
-        self.deadlines.scanned(now, earliest);
         for i in 0..self.expired.len() {
             self.with_conn(self.expired[i], now, Conn::expire);
         }

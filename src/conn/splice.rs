@@ -13,7 +13,7 @@
 use super::{buf, held, Conn, Ctx, ResponseState, Stop, Ways};
 use crate::buffer::Io;
 use crate::http::body::Body;
-use crate::pipe::{Pipe, Pipes};
+use crate::pipe::{self, Pipe, Pipes};
 use crate::token::Readiness;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -105,7 +105,7 @@ impl Leg<'_> {
     /// (Both results come back, so what moved is counted whatever failed.)
     fn turn(mut self, pipes: &mut Pipes) -> (io::Result<Filled>, io::Result<usize>) {
         let filled = match self.fill(pipes) {
-            Err(e) if refused(&e) && self.pipe.as_ref().is_some_and(Pipe::is_empty) => {
+            Err(e) if pipe::unsupported(&e) && self.pipe.as_ref().is_some_and(Pipe::is_empty) => {
                 pipes.refuse(&format!("splice: {e}"));
                 Ok(Filled {
                     refused: true,
@@ -123,11 +123,6 @@ impl Leg<'_> {
         }
         (filled, drained)
     }
-}
-
-/// The kernel cannot splice these descriptors (an old kernel, a socket type without it).
-fn refused(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
 }
 
 impl Conn {
