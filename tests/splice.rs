@@ -674,6 +674,23 @@ fn pipelined_large_and_small_answers_come_exact_in_order_on_one_reused_backend_c
     }
 }
 
+/// A backend's answer to an upgrade.
+const SWITCHING: &str =
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+/// A client with a small window that asked for an upgrade and got the 101: a tunnel.
+#[track_caller]
+fn open_tunnel(lb: &Lb) -> TcpStream {
+    let mut client = small_window_client(lb.addr);
+    send(
+        &mut client,
+        "GET /chat HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let switch = read_response(&mut client);
+    assert_eq!(switch.status, 101, "{}", switch.head_str());
+    client
+}
+
 #[test]
 fn a_tunnel_moves_a_mebibyte_each_way_and_a_half_close_still_gets_the_answer() {
     let from_client = Arc::new(lcg_bytes(MIB, 13));
@@ -685,10 +702,8 @@ fn a_tunnel_moves_a_mebibyte_each_way_and_a_half_close_still_gets_the_answer() {
     let send_last = Arc::clone(&last);
     let backend = raw_backend(move |stream, _| {
         let mut io = stream;
-        let switch =
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let mut first = vec![0u8; MIB];
-        if io.write_all(switch.as_bytes()).is_err() || io.read_exact(&mut first).is_err() {
+        if io.write_all(SWITCHING.as_bytes()).is_err() || io.read_exact(&mut first).is_err() {
             return;
         }
         let _ = io.write_all(&send_back);
@@ -704,13 +719,7 @@ fn a_tunnel_moves_a_mebibyte_each_way_and_a_half_close_still_gets_the_answer() {
     let tail = b"the client's last words";
     for splice in BOTH {
         let lb = Lb::start(&config(&[("a", backend.addr)], splice, ""));
-        let mut client = small_window_client(lb.addr);
-        send(
-            &mut client,
-            "GET /chat HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        );
-        let switch = read_response(&mut client);
-        assert_eq!(switch.status, 101, "{}", switch.head_str());
+        let mut client = open_tunnel(&lb);
         send(&mut client, from_client.as_slice());
         let mut got = vec![0u8; MIB];
         client.read_exact(&mut got).expect("the backend's mebibyte");
@@ -753,20 +762,12 @@ fn a_tunnel_the_backend_closes_before_a_slow_client_read_its_bytes_delivers_them
     let send_last = Arc::clone(&last);
     let backend = raw_backend(move |stream, _| {
         let mut io = stream;
-        let switch =
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        let _ = io.write_all(&[switch.as_bytes(), &send_last].concat());
+        let _ = io.write_all(&[SWITCHING.as_bytes(), &send_last].concat());
         // Returning closes the connection at once.
     });
     for splice in BOTH {
         let lb = Lb::start(&config(&[("a", backend.addr)], splice, ""));
-        let mut client = small_window_client(lb.addr);
-        send(
-            &mut client,
-            "GET /chat HTTP/1.1\r\nHost: lb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        );
-        let switch = read_response(&mut client);
-        assert_eq!(switch.status, 101, "{}", switch.head_str());
+        let mut client = open_tunnel(&lb);
         // Not reading while the backend writes its last bytes and closes, then slowly.
         thread::sleep(Duration::from_millis(300));
         let (got, end) = read_slowly_until_end(&mut client, Duration::from_millis(1));
