@@ -21,6 +21,7 @@ pub mod demo;
 pub mod discovery;
 pub mod dns;
 pub mod document;
+pub mod etcd;
 pub mod hash;
 pub mod health;
 pub mod http;

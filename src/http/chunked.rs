@@ -207,6 +207,28 @@ impl ChunkedDecoder {
         }
     }
 
+    /// `scan`, for a reader that wants the data itself (a client de-chunking a stream): chunk
+    /// data in `input` is appended to `data`, the framing around it is checked as `scan` does.
+    pub fn decode(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<Scan, ChunkError> {
+        let mut used = 0;
+        while used < input.len() && !self.is_done() {
+            let left = usize::try_from(self.data_left()).unwrap_or(usize::MAX);
+            if left > 0 {
+                let n = left.min(input.len() - used);
+                data.extend_from_slice(&input[used..used + n]);
+                self.pass_data(n as u64);
+                used += n;
+            } else {
+                // One framing byte at a time, so that `scan` never skips data past us.
+                used += self.scan(&input[used..used + 1])?.used;
+            }
+        }
+        Ok(Scan {
+            used,
+            done: self.is_done(),
+        })
+    }
+
     /// Consumes the start of `input` (never empty) and returns how many
     /// bytes that was: a run of chunk data, or else a single byte.
     fn step(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
@@ -437,6 +459,23 @@ mod tests {
 
     /// Trailer limit used by the tests unless they test the limit itself.
     const MAX_TRAILER: usize = 1024;
+
+    #[test]
+    fn decode_gives_the_data_at_every_split_and_stops_at_the_end() {
+        let body = b"3\r\nabc\r\n2;x=\"1\"\r\nde\r\n0\r\nT: v\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..=body.len() {
+            let mut decoder = ChunkedDecoder::new(MAX_TRAILER);
+            let mut data = Vec::new();
+            let first = decoder.decode(&body[..split], &mut data).unwrap();
+            let second = decoder.decode(&body[first.used..], &mut data).unwrap();
+            assert_eq!(data, b"abcde", "split at {split}");
+            assert_eq!((first.used + second.used, second.done), (end, true));
+        }
+        let mut data = Vec::new();
+        let bad = ChunkedDecoder::new(MAX_TRAILER).decode(b"3\r\nabcX", &mut data);
+        assert_eq!(bad, Err(ChunkError::BadLineEnding));
+    }
 
     /// Scans `input` in one call with a fresh decoder.
     fn scan_whole(input: &[u8]) -> Result<Scan, ChunkError> {

@@ -52,8 +52,7 @@ impl Certificate {
     /// Reads the entry's files; the error names the file and the reason.
     pub fn load(conf: &CertConf) -> Result<Certificate, String> {
         let chain = read_chain(&conf.chain)?;
-        let key = PrivateKeyDer::from_pem_file(&conf.key)
-            .map_err(|e| format!("{}: {}", conf.key.display(), pem_reason(e)))?;
+        let key = read_key(&conf.key)?;
         let key = any_supported_type(&key)
             .map_err(|e| format!("{}: unusable private key: {e}", conf.key.display()))?;
         let kind = match key.algorithm() {
@@ -103,7 +102,8 @@ impl Certificate {
     }
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM file, leaf first.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {}", path.display(), pem_reason(e)))?;
@@ -111,6 +111,11 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no certificate in the file", path.display()));
     }
     Ok(chain)
+}
+
+/// The first private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {}", path.display(), pem_reason(e)))
 }
 
 /// The CA certificates of a PEM bundle, for checking backends' or clients' certificates.

@@ -11,12 +11,13 @@ mod resolver;
 mod stream;
 mod tickets;
 
-pub use certificate::{Certificate, KeyKind, EXPIRY_WARNING_DAYS};
+pub use certificate::{
+    read_chain, read_key, read_roots, Certificate, KeyKind, EXPIRY_WARNING_DAYS,
+};
 pub use client::Client;
 pub use stream::{Handshake, Session, TlsFailure, TlsStream};
 
 use crate::config::{ClientVerify, Config};
-use certificate::read_roots;
 use log::{error, info, warn};
 use mio::net::TcpStream;
 use parking_lot::RwLock;

@@ -28,6 +28,8 @@
 //!   drop); [`run_within`] runs one to its end within a time limit ([`run_with_input`] with
 //!   bytes on its stdin).
 //! - `procfs`: what a process holds, from /proc (RSS, descriptors, threads, CPU time).
+//! - `etcd`: [`Etcd`] is a real etcd on loopback (data on tmpfs, killed on drop), which can
+//!   be killed and restarted on its data; [`Etcd::ctl`] runs `etcdctl` against it.
 //! - `http`: what the backend and the client share ([`Message`] for header lookup, reason
 //!   phrases, chunked coding) and what lb-mio rewrites ([`HOP_BY_HOP`], [`X_FORWARDED`]).
 //! - `tls`: a throwaway PKI made with the `openssl` CLI ([`Pki`], [`Leaf`]), `curl` and
@@ -40,6 +42,7 @@
 mod admin;
 mod backend;
 mod client;
+mod etcd;
 mod http;
 mod lb;
 mod load;
@@ -52,7 +55,7 @@ mod util;
 // Each test file uses only part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use {
-    admin::*, backend::*, client::*, http::*, lb::*, load::*, process::*, procfs::*,
+    admin::*, backend::*, client::*, etcd::*, http::*, lb::*, load::*, process::*, procfs::*,
     raw_backend::*, tls::*, util::*,
 };
 

@@ -1,0 +1,314 @@
+//! The calls lb-mio makes to etcd, over one kept-alive connection to one member at a time:
+//! a member that fails is left for the next endpoint, and the connection is opened anew on
+//! the next call. Blocking, for a thread of its own; each call bounded by the request timeout.
+
+use super::connection::Connection;
+use super::error::{Error, Why};
+use super::tls::{client_config, TlsFiles};
+use super::watch::Watch;
+use super::wire::{self, bytes_value, int_value, malformed, shown, Kv};
+use rustls::ClientConfig;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Members' `host:port`, tried in turn.
+    pub endpoints: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    pub credentials: Option<Credentials>,
+    /// For each address of a member.
+    pub connect_timeout: Duration,
+    /// For a whole call, from sending the request to the last byte of the answer.
+    pub request_timeout: Duration,
+}
+
+/// etcd's user/password auth.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+/// Every key under a prefix, at one revision of the store.
+#[derive(Debug)]
+pub struct Range {
+    pub revision: i64,
+    pub kvs: Vec<Kv>,
+}
+
+/// A lease etcd granted: its id and its time to live in seconds (etcd may raise the one asked).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+pub struct Client {
+    options: Options,
+    tls: Option<Arc<ClientConfig>>,
+    /// Index of the endpoint in use, or to try first.
+    current: usize,
+    session: Option<Session>,
+}
+
+/// A connection and the auth token it got: etcd's simple tokens are known to the member that
+/// issued them only, so each connection authenticates on its own.
+pub(super) struct Session {
+    pub conn: Connection,
+    pub token: Option<String>,
+}
+
+impl Client {
+    /// Reads the TLS files; connects on the first call.
+    pub fn new(options: Options) -> Result<Client, String> {
+        if options.endpoints.is_empty() {
+            return Err("no etcd endpoint".into());
+        }
+        let tls = options.tls.as_ref().map(client_config).transpose()?;
+        Ok(Client {
+            options,
+            tls,
+            current: 0,
+            session: None,
+        })
+    }
+
+    /// Every key starting with `prefix`, and the revision they were read at (a watch from the
+    /// next revision misses nothing).
+    pub fn range(&mut self, prefix: &[u8]) -> Result<Range, Error> {
+        let call = format!("range {}", shown(prefix));
+        let body = Value::Object(wire::prefix_range(prefix));
+        self.call(&call, "/v3/kv/range", &body, |answer| {
+            Ok(Range {
+                revision: wire::header_revision(answer)?,
+                kvs: wire::kvs(answer)?,
+            })
+        })
+    }
+
+    /// Puts `key` (attached to `lease` unless 0); the revision of the change.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, Error> {
+        let call = format!("put {}", shown(key));
+        let body = wire::put_request(key, value, lease);
+        self.call(&call, "/v3/kv/put", &body, wire::header_revision)
+    }
+
+    /// Puts `key` only if its mod_revision is still `mod_revision` (0: only if it does not
+    /// exist); false when it changed meanwhile, and then nothing was written.
+    pub fn put_if(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        mod_revision: i64,
+    ) -> Result<bool, Error> {
+        let call = format!("put {} at revision {mod_revision}", shown(key));
+        let put = json!({"request_put": wire::put_request(key, value, lease)});
+        self.txn(&call, key, mod_revision, put)
+    }
+
+    /// Deletes `key` only if its mod_revision is still `mod_revision`; false when it changed
+    /// meanwhile (or is gone), and then nothing was deleted.
+    pub fn delete_if(&mut self, key: &[u8], mod_revision: i64) -> Result<bool, Error> {
+        let call = format!("delete {} at revision {mod_revision}", shown(key));
+        let delete = json!({"request_delete_range": {"key": bytes_value(key)}});
+        self.txn(&call, key, mod_revision, delete)
+    }
+
+    fn txn(
+        &mut self,
+        call: &str,
+        key: &[u8],
+        mod_revision: i64,
+        operation: Value,
+    ) -> Result<bool, Error> {
+        let body = wire::guarded_txn(key, mod_revision, operation);
+        self.call(call, "/v3/kv/txn", &body, |answer| {
+            Ok(wire::flag(answer, "succeeded"))
+        })
+    }
+
+    /// A new lease of `ttl` seconds.
+    pub fn lease_grant(&mut self, ttl: i64) -> Result<Lease, Error> {
+        let call = format!("lease grant {ttl}s");
+        let body = json!({"TTL": int_value(ttl)});
+        self.call(&call, "/v3/lease/grant", &body, |answer| {
+            Ok(Lease {
+                id: wire::int(answer, "ID")?,
+                ttl: wire::int(answer, "TTL")?,
+            })
+        })
+    }
+
+    /// Renews lease `id`: its time to live from now, in seconds; 0 when the lease is gone
+    /// (expired or revoked), and its keys with it. The gateway's keep-alive is a stream; one
+    /// request and its one answer make a renewal.
+    pub fn lease_keep_alive(&mut self, id: i64) -> Result<i64, Error> {
+        let call = format!("lease keep-alive {id:x}");
+        let body = json!({"ID": int_value(id)});
+        self.call(&call, "/v3/lease/keepalive", &body, |answer| {
+            wire::int(answer, "TTL")
+        })
+    }
+
+    /// Revokes lease `id`: etcd deletes its keys.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(), Error> {
+        let call = format!("lease revoke {id:x}");
+        let body = json!({"ID": int_value(id)});
+        self.call(&call, "/v3/lease/revoke", &body, |_| Ok(()))
+    }
+
+    /// Watches every key starting with `prefix` from `start_revision` on, on a connection of
+    /// its own, with progress notifications.
+    pub fn watch(&mut self, prefix: &[u8], start_revision: i64) -> Result<Watch, Error> {
+        let call = format!("watch {} from revision {start_revision}", shown(prefix));
+        let timeout = self.options.request_timeout;
+        self.on_endpoints(&call, |client| {
+            let session = client.connect()?;
+            let deadline = Instant::now() + timeout;
+            Watch::start(session, prefix, start_revision, deadline)
+        })
+        .map(|watch| watch.named(&call))
+    }
+
+    /// Sends `body` to `path` and reads the answer with `read`.
+    fn call<T>(
+        &mut self,
+        call: &str,
+        path: &str,
+        body: &Value,
+        read: impl Fn(&Value) -> Result<T, Why>,
+    ) -> Result<T, Error> {
+        let body = body.to_string().into_bytes();
+        self.on_endpoints(call, |client| read(&client.ask(path, &body)?))
+    }
+
+    /// Runs `attempt` on the current endpoint, and on the next ones in turn while the
+    /// connection is what fails; the error is the last endpoint's.
+    fn on_endpoints<T>(
+        &mut self,
+        call: &str,
+        mut attempt: impl FnMut(&mut Client) -> Result<T, Why>,
+    ) -> Result<T, Error> {
+        let mut tries = self.options.endpoints.len();
+        loop {
+            let why = match attempt(self) {
+                Ok(done) => return Ok(done),
+                Err(why) => why,
+            };
+            let error = Error {
+                endpoint: self.options.endpoints[self.current].clone(),
+                call: call.to_string(),
+                why,
+            };
+            tries -= 1;
+            if !error.is_connection() || tries == 0 {
+                return Err(error);
+            }
+            self.session = None;
+            self.current = (self.current + 1) % self.options.endpoints.len();
+        }
+    }
+
+    /// One request and its answer on the kept-alive connection; sent again on a new
+    /// connection when the old one turns out stale, and again with a new token when etcd
+    /// refused ours.
+    fn ask(&mut self, path: &str, body: &[u8]) -> Result<Value, Why> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        let mut session = match self.session.take() {
+            Some(session) => session,
+            None => self.connect()?,
+        };
+        let mut answer = session.exchange(path, body, deadline);
+        if matches!(&answer, Err(why) if session.conn.stale(why)) {
+            session = self.connect()?;
+            answer = session.exchange(path, body, deadline);
+        }
+        if matches!(&answer, Err(Why::Refused { status: 401, .. })) && session.token.is_some() {
+            session.token = self.authenticate(&mut session.conn)?;
+            answer = session.exchange(path, body, deadline);
+        }
+        // After a good answer or an error etcd sent, the connection is in step for the next
+        // request; after a failure partway it is not.
+        let in_step = matches!(answer, Ok(_) | Err(Why::Refused { .. }));
+        if in_step && !session.conn.closing {
+            self.session = Some(session);
+        }
+        answer
+    }
+
+    /// A new connection to the current endpoint, authenticated if we have credentials.
+    pub(super) fn connect(&self) -> Result<Session, Why> {
+        let endpoint = &self.options.endpoints[self.current];
+        let tls = self.tls.as_ref();
+        let mut conn = Connection::open(endpoint, tls, self.options.connect_timeout)?;
+        let token = self.authenticate(&mut conn)?;
+        Ok(Session { conn, token })
+    }
+
+    /// A token for `conn`, or `None` without credentials.
+    fn authenticate(&self, conn: &mut Connection) -> Result<Option<String>, Why> {
+        let Some(credentials) = &self.options.credentials else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + self.options.request_timeout;
+        let body = json!({"name": credentials.user, "password": credentials.password});
+        let answer = exchange(
+            conn,
+            "/v3/auth/authenticate",
+            None,
+            body.to_string().as_bytes(),
+            deadline,
+        )?;
+        match answer["token"].as_str() {
+            Some(token) => Ok(Some(token.to_string())),
+            None => Err(malformed("authenticate: no token in the answer".into())),
+        }
+    }
+}
+
+impl Session {
+    fn exchange(&mut self, path: &str, body: &[u8], deadline: Instant) -> Result<Value, Why> {
+        exchange(&mut self.conn, path, self.token.as_deref(), body, deadline)
+    }
+}
+
+/// Sends a request on `conn` and reads its answer: the JSON object etcd sent, unwrapped from
+/// the `result` a streamed call's answer comes in.
+pub(super) fn exchange(
+    conn: &mut Connection,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Value, Why> {
+    conn.send(path, token, body, deadline)?;
+    let head = conn.read_head(deadline)?;
+    let body = conn.read_body(&head, deadline)?;
+    let answer = serde_json::from_slice::<Value>(&body);
+    if head.status != 200 {
+        let message = match &answer {
+            Ok(answer) => wire::error_message(answer),
+            Err(_) => None,
+        };
+        let message = message.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(Why::Refused {
+            status: head.status,
+            message,
+        });
+    }
+    let mut answer = answer.map_err(|e| malformed(format!("answer is not JSON: {e}")))?;
+    if let Some(message) = wire::error_message(&answer) {
+        return Err(Why::Refused {
+            status: head.status,
+            message,
+        });
+    }
+    Ok(match answer.get_mut("result") {
+        Some(result) => result.take(),
+        None => answer,
+    })
+}
