@@ -98,7 +98,7 @@ impl Fleet {
         };
         let mut notes = Vec::new();
         let merged = view::merge(&file, &view, &mut notes);
-        log_new(&notes, &[]);
+        log_new(&prefix, &notes, &[]);
         let fleet = Fleet {
             prefix,
             applied: Mutex::new(view.revision),
@@ -118,7 +118,7 @@ impl Fleet {
         let mut notes = Vec::new();
         let merged = view::merge(&file, &parts.view, &mut notes);
         shared.update(|snap| reload::apply(snap, merged))?;
-        log_new(&notes, &parts.notes);
+        log_new(&self.prefix, &notes, &parts.notes);
         (parts.file, parts.notes) = (file, notes);
         Ok(())
     }
@@ -135,7 +135,7 @@ impl Fleet {
         if let Err(e) = shared.update(|snap| reload::apply(snap, merged)) {
             warn!("etcd: the view at revision {revision} does not apply, the running config stays: {e}");
         }
-        log_new(&notes, &parts.notes);
+        log_new(&self.prefix, &notes, &parts.notes);
         parts.notes = notes;
         *self.applied.lock() = revision;
         self.applied_changed.notify_all();
@@ -226,9 +226,10 @@ fn options(config: &Config) -> Result<etcd::Options, String> {
     })
 }
 
-/// Logs what a merge left out that the one before did not.
-fn log_new(notes: &[String], before: &[String]) {
+/// Logs what a merge left out (each note begins with a key under `prefix`) that the one
+/// before did not.
+fn log_new(prefix: &str, notes: &[String], before: &[String]) {
     for note in notes.iter().filter(|n| !before.contains(n)) {
-        warn!("etcd: {note}");
+        warn!("etcd: {prefix}{note}");
     }
 }
