@@ -60,9 +60,7 @@ impl Fleet {
     /// error is a client that cannot be made (a TLS file that does not read).
     pub fn start(file: Config) -> Result<(Fleet, Client, Start, Config), String> {
         let etcd = &file.etcd;
-        let options = options(&file).map_err(|e| format!("[etcd]: {e}"))?;
-        let mut reader = Client::new(options.clone()).map_err(|e| format!("[etcd]: {e}"))?;
-        let writer = Client::new(options).map_err(|e| format!("[etcd]: {e}"))?;
+        let (mut reader, writer) = (client(&file)?, client(&file)?);
         let prefix = etcd.prefix.clone();
         let (view, start) = match reader.range(prefix.as_bytes()) {
             Ok(range) => {
@@ -113,8 +111,10 @@ impl Fleet {
 
     /// Replaces config.ini's part (SIGHUP): the running snapshot becomes the new file with
     /// the view over it. A config that does not apply changes nothing.
-    pub fn reload(&self, shared: &Shared, file: Config) -> Result<(), String> {
+    pub fn reload(&self, shared: &Shared, mut file: Config) -> Result<(), String> {
         let mut parts = self.parts.lock();
+        // Kept as it will run, so that the merges that follow do not warn again.
+        reload::keep_restart_only_settings(&parts.file, &mut file);
         let mut notes = Vec::new();
         let merged = view::merge(&file, &parts.view, &mut notes);
         shared.update(|snap| reload::apply(snap, merged))?;
@@ -202,8 +202,13 @@ impl Fleet {
     }
 }
 
+/// A client as `[etcd]` says (its TLS files read now; it connects on its first call).
+pub fn client(config: &Config) -> Result<Client, String> {
+    Client::new(options(config)).map_err(|e| format!("[etcd]: {e}"))
+}
+
 /// The client options `[etcd]` gives.
-fn options(config: &Config) -> Result<etcd::Options, String> {
+fn options(config: &Config) -> etcd::Options {
     let etcd = &config.etcd;
     let tls = etcd.ca.clone().map(|ca| TlsFiles {
         ca,
@@ -217,13 +222,13 @@ fn options(config: &Config) -> Result<etcd::Options, String> {
         }),
         _ => None,
     };
-    Ok(etcd::Options {
+    etcd::Options {
         endpoints: etcd.endpoints.clone(),
         tls,
         credentials,
         connect_timeout: etcd.connect_timeout,
         request_timeout: etcd.request_timeout,
-    })
+    }
 }
 
 /// Logs what a merge left out (each note begins with a key under `prefix`) that the one
