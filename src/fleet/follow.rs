@@ -138,13 +138,12 @@ impl Follower {
         self.resume = Some(last);
     }
 
+    /// Writes `view` to the cache file, when there is one; a failure is logged (the view
+    /// applies all the same).
     fn saved(&self, view: &View) {
-        if let Some(path) = &self.cache_file {
-            self.save(path, view);
-        }
-    }
-
-    fn save(&self, path: &PathBuf, view: &View) {
+        let Some(path) = &self.cache_file else {
+            return;
+        };
         if let Err(e) = cache::save(path, &self.fleet.prefix, view) {
             warn!("etcd: cache file {}: {e}", path.display());
         }
