@@ -30,6 +30,8 @@
 //! - `procfs`: what a process holds, from /proc (RSS, descriptors, threads, CPU time).
 //! - `etcd`: [`Etcd`] is a real etcd on loopback (data on tmpfs, killed on drop), which can
 //!   be killed and restarted on its data; [`Etcd::ctl`] runs `etcdctl` against it.
+//! - `relay`: [`Relay`] is a TCP relay on loopback that a test cuts and restores (a network
+//!   partition between two processes that keep running).
 //! - `http`: what the backend and the client share ([`Message`] for header lookup, reason
 //!   phrases, chunked coding) and what lb-mio rewrites ([`HOP_BY_HOP`], [`X_FORWARDED`]).
 //! - `tls`: a throwaway PKI made with the `openssl` CLI ([`Pki`], [`Leaf`]), `curl` and
@@ -49,6 +51,7 @@ mod load;
 mod process;
 mod procfs;
 mod raw_backend;
+mod relay;
 mod tls;
 mod util;
 
@@ -56,7 +59,7 @@ mod util;
 #[allow(unused_imports)]
 pub use {
     admin::*, backend::*, client::*, etcd::*, http::*, lb::*, load::*, process::*, procfs::*,
-    raw_backend::*, tls::*, util::*,
+    raw_backend::*, relay::*, tls::*, util::*,
 };
 
 use std::time::Duration;
