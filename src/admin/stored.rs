@@ -115,13 +115,7 @@ impl Store<'_> {
             );
             return Err(ApiAnswer::error(409, message));
         }
-        let revision = self.delete(&Key::Pool(name.to_string()))?;
-        info!("pool {name} deleted from etcd at revision {revision} (admin API)");
-        Ok(written(
-            202,
-            json!({ "name": name, "deleted": true }),
-            revision,
-        ))
+        self.deleted(Key::Pool(name.to_string()), "pool", name, 202)
     }
 
     /// `PUT /api/routes/NAME`: the route document, at `routes/NAME`. Routes from etcd are tried
@@ -146,13 +140,15 @@ impl Store<'_> {
         let route = (snap.config.routes.iter()).find(|r| r.name == name);
         let route = route.ok_or_else(|| no(&format!("route {name:?}")))?;
         self.must_be_stored("route", name, route.origin)?;
-        let revision = self.delete(&Key::Route(name.to_string()))?;
-        info!("route {name} deleted from etcd at revision {revision} (admin API)");
-        Ok(written(
-            200,
-            json!({ "name": name, "deleted": true }),
-            revision,
-        ))
+        self.deleted(Key::Route(name.to_string()), "route", name, 200)
+    }
+
+    /// Deletes the `what` called `name` at `key`, answering `status` once applied.
+    fn deleted(&self, key: Key, what: &str, name: &str, status: u16) -> Answer {
+        let revision = self.delete(&key)?;
+        info!("{what} {name} deleted from etcd at revision {revision} (admin API)");
+        let shown = json!({ "name": name, "deleted": true });
+        Ok(written(status, shown, revision))
     }
 
     /// `POST /api/backends`: the backend, registered at `backends/POOL/NAME` (only if no
@@ -164,10 +160,7 @@ impl Store<'_> {
             return Err(no(&format!("pool {:?}", conf.pool)));
         }
         let name = backend_name(&snap, &conf.name)?;
-        let key = Key::Backend {
-            pool: conf.pool.clone(),
-            name: name.clone(),
-        };
+        let key = Key::backend(&conf.pool, &name);
         let value = json!({ "address": conf.addr.to_string(), "weight": conf.weight, "tls": conf.tls, "backup": conf.backup });
         let revision = self.write(&key, Some(&value.to_string()), 0, 0)?;
         info!(
@@ -241,13 +234,7 @@ impl Store<'_> {
         let backend = (snap.backends.iter()).find(|b| b.name == name && b.is_listed());
         let backend = backend.ok_or_else(|| no(&format!("backend named {name:?}")))?;
         match backend.source {
-            Source::Etcd { registered: true } => Ok((
-                Key::Backend {
-                    pool: backend.pool.clone(),
-                    name: name.to_string(),
-                },
-                true,
-            )),
+            Source::Etcd { registered: true } => Ok((Key::backend(&backend.pool, name), true)),
             Source::Etcd { registered: false } => Ok((Key::Pool(backend.pool.clone()), false)),
             _ => {
                 let message = format!(

@@ -66,10 +66,7 @@ mod tests {
         let pool = br#"{"version": 1, "backends": [{"name": "b", "address": "127.0.0.1:2"}]}"#;
         view.put(Key::Pool("api".into()), pool, 40, &file).unwrap();
         let backend = br#"{"address": "127.0.0.1:3", "weight": 2}"#;
-        let registered = Key::Backend {
-            pool: "api".into(),
-            name: "c".into(),
-        };
+        let registered = Key::backend("api", "c");
         view.put(registered, backend, 41, &file).unwrap();
         let path = std::env::temp_dir().join(format!("lb-mio-cache-{}.json", std::process::id()));
         save(&path, "/lb-mio/", &view).unwrap();

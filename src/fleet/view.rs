@@ -24,16 +24,21 @@ pub enum Key {
 }
 
 impl Key {
+    /// `backends/POOL/NAME`.
+    pub fn backend(pool: &str, name: &str) -> Key {
+        Key::Backend {
+            pool: pool.to_string(),
+            name: name.to_string(),
+        }
+    }
+
     /// The key that `rest` (a key without the prefix) names; an error says the layout.
     pub fn parse(rest: &str) -> Result<Key, String> {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["pools", name] => Ok(Key::Pool(name.to_string())),
             ["routes", name] => Ok(Key::Route(name.to_string())),
-            ["backends", pool, name] => Ok(Key::Backend {
-                pool: pool.to_string(),
-                name: name.to_string(),
-            }),
+            ["backends", pool, name] => Ok(Key::backend(pool, name)),
             _ => {
                 Err("not a key lb-mio reads: pools/NAME, routes/NAME or backends/POOL/NAME".into())
             }
@@ -245,13 +250,7 @@ mod tests {
                 r#"{"version": 1, "settings": {"retries": 3}, "backends": [{"name": "c", "address": "127.0.0.1:3"}]}"#,
             ),
             (Key::Pool("new".into()), r#"{"version": 1}"#),
-            (
-                Key::Backend {
-                    pool: "new".into(),
-                    name: "d".into(),
-                },
-                r#"{"address": "127.0.0.1:4"}"#,
-            ),
+            (Key::backend("new", "d"), r#"{"address": "127.0.0.1:4"}"#),
             (
                 Key::Route("r2".into()),
                 r#"{"version": 1, "keys": [["path", "/new/"], ["pool", "new"]]}"#,
@@ -294,25 +293,13 @@ mod tests {
     #[test]
     fn what_cannot_join_is_left_out_with_its_key_and_the_rest_applies() {
         let view = view(&[
+            (Key::backend("gone", "x"), r#"{"address": "127.0.0.1:5"}"#),
             (
-                Key::Backend {
-                    pool: "gone".into(),
-                    name: "x".into(),
-                },
-                r#"{"address": "127.0.0.1:5"}"#,
-            ),
-            (
-                Key::Backend {
-                    pool: "default".into(),
-                    name: "a".into(),
-                },
+                Key::backend("default", "a"),
                 r#"{"address": "127.0.0.1:6"}"#,
             ),
             (
-                Key::Backend {
-                    pool: "default".into(),
-                    name: "e".into(),
-                },
+                Key::backend("default", "e"),
                 r#"{"address": "127.0.0.1:7"}"#,
             ),
             (
@@ -351,10 +338,7 @@ mod tests {
             let err = view.put(key.clone(), value, 9, &file()).unwrap_err();
             assert!(err.contains(want), "{err}");
         }
-        let named = Key::Backend {
-            pool: "default".into(),
-            name: "z".into(),
-        };
+        let named = Key::backend("default", "z");
         let err = (view.put(
             named,
             br#"{"name": "y", "address": "127.0.0.1:1"}"#,
