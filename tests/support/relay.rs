@@ -39,7 +39,8 @@ impl Relay {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) if !cut.load(Ordering::Relaxed) => {
-                        if let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                        if let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        {
                             pipe(client, server, &open);
                         }
                     }
