@@ -53,6 +53,8 @@ pub enum Source {
     StateFile,
     /// Discovery's DNS lookup of the `[backends]` entry `entry`.
     Dns { entry: String },
+    /// etcd: listed in its pool's document, or `registered` under a key of its own.
+    Etcd { registered: bool },
 }
 
 impl Source {
@@ -62,24 +64,21 @@ impl Source {
             Source::Admin => "admin",
             Source::StateFile => "state_file",
             Source::Dns { .. } => "dns",
+            Source::Etcd { .. } => "etcd",
         }
     }
 
-    /// An address given as such, not one a lookup found: config.ini and the state file hold
-    /// these (a reload drains those gone from config.ini; the state file saves them), while a
-    /// lookup's addresses follow the lookup.
-    pub fn is_given(&self) -> bool {
-        match self {
-            Source::Config | Source::Admin | Source::StateFile => true,
-            Source::Dns { .. } => false,
-        }
+    /// A backend this instance holds alone (config.ini, the state file, its admin API without
+    /// etcd), not one the fleet shares through etcd.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Source::Config | Source::Admin | Source::StateFile)
     }
 
     /// The `[backends]` entry whose DNS lookup found the backend.
     pub fn dns_entry(&self) -> Option<&str> {
         match self {
             Source::Dns { entry } => Some(entry),
-            Source::Config | Source::Admin | Source::StateFile => None,
+            Source::Config | Source::Admin | Source::StateFile | Source::Etcd { .. } => None,
         }
     }
 }

@@ -67,6 +67,61 @@ pub struct Config {
     pub pools: Vec<PoolConf>,
     /// `[route.NAME]` sections, in file order.
     pub routes: Vec<RouteConf>,
+    /// `[etcd]`: where a fleet keeps the backends, pools and routes it shares.
+    pub etcd: Etcd,
+    /// The backends etcd holds, merged in by the fleet (`fleet::merge`); none without `[etcd]`.
+    pub stored: Stored,
+}
+
+/// `[etcd]`: the store a fleet of lb-mio instances shares; off without `endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etcd {
+    /// Members' `host:port`, tried in turn.
+    pub endpoints: Vec<String>,
+    /// Every key lb-mio reads and writes starts with it (`/lb-mio/`).
+    pub prefix: String,
+    /// TLS to etcd when set: the CA its members' certificates chain to.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// The last view of the store, read at start when etcd cannot be reached.
+    pub cache_file: Option<PathBuf>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            endpoints: Vec::new(),
+            prefix: "/lb-mio/".into(),
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password: None,
+            connect_timeout: Duration::from_millis(1000),
+            request_timeout: Duration::from_millis(3000),
+            cache_file: None,
+        }
+    }
+}
+
+impl Etcd {
+    pub fn is_on(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+}
+
+/// The backends etcd holds, by the kind of key that holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Listed in a pool document (`pools/NAME`).
+    pub listed: Vec<BackendConf>,
+    /// Each under a key of its own (`backends/POOL/NAME`), as a backend registers itself.
+    pub registered: Vec<BackendConf>,
 }
 
 /// A pool's own settings: any it does not set follow the global ones.
@@ -96,6 +151,8 @@ pub enum Origin {
     #[default]
     File,
     Api,
+    /// Read from etcd (`[etcd]`).
+    Etcd,
 }
 
 impl Origin {
@@ -103,6 +160,7 @@ impl Origin {
         match self {
             Origin::File => "config",
             Origin::Api => "admin",
+            Origin::Etcd => "etcd",
         }
     }
 }
@@ -640,6 +698,8 @@ impl Config {
             certificates: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),
+            etcd: Etcd::default(),
+            stored: Stored::default(),
         }
         .pools_from_globals()
     }
@@ -651,7 +711,7 @@ impl Config {
         let mut declared = std::mem::take(&mut self.pools);
         let default =
             (declared.iter().position(|p| p.name == DEFAULT_POOL)).map(|at| declared.remove(at));
-        if self.has_backends(DEFAULT_POOL) {
+        if self.has_backends(DEFAULT_POOL) || self.etcd.is_on() {
             declared.insert(
                 0,
                 default.unwrap_or_else(|| PoolConf::from(DEFAULT_POOL, &self)),
@@ -672,7 +732,7 @@ impl Config {
     }
 
     /// Whether pool `pool` has backends: addresses, or entries to look up.
-    pub fn has_backends(&self, pool: &str) -> bool {
+    fn has_backends(&self, pool: &str) -> bool {
         self.backends.iter().any(|b| b.pool == pool) || self.discover.iter().any(|d| d.pool == pool)
     }
 
@@ -886,7 +946,9 @@ impl<'a> Parser<'a> {
     }
 
     fn finish(mut self) -> Result<Config, ConfigError> {
-        if self.config.backends.is_empty() && self.config.discover.is_empty() {
+        self.check_etcd()?;
+        let etcd = self.config.etcd.is_on();
+        if self.config.backends.is_empty() && self.config.discover.is_empty() && !etcd {
             let line = self.headers.get("backends").copied().unwrap_or(0);
             let message = "at least one backend is required".to_string();
             return Err(self.error(line, "[backends]".to_string(), message));
@@ -958,6 +1020,42 @@ impl<'a> Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// `[etcd]` is whole: its other keys need `endpoints`, a client certificate its key, a
+    /// user a password.
+    fn check_etcd(&self) -> Result<(), ConfigError> {
+        let etcd = &self.config.etcd;
+        let fail = |key: &str, message: &str| {
+            let line = self.keys.get(&("etcd", key)).copied().unwrap_or(0);
+            Err(self.error(line, format!("[etcd] {key}"), message.into()))
+        };
+        if !etcd.is_on() {
+            let set = self.keys.keys().find(|(section, _)| *section == "etcd");
+            return match set {
+                Some((_, key)) => fail(key, "needs [etcd] endpoints"),
+                None => Ok(()),
+            };
+        }
+        if etcd.cert.is_some() != etcd.key.is_some() {
+            let key = if etcd.cert.is_some() { "cert" } else { "key" };
+            return fail(key, "a client certificate needs both cert and key");
+        }
+        if etcd.cert.is_some() && etcd.ca.is_none() {
+            return fail(
+                "cert",
+                "needs [etcd] ca: a client certificate is for TLS to etcd",
+            );
+        }
+        if etcd.user.is_some() != etcd.password.is_some() {
+            let key = if etcd.user.is_some() {
+                "user"
+            } else {
+                "password"
+            };
+            return fail(key, "etcd auth needs both user and password");
+        }
+        Ok(())
+    }
+
     /// Every pool has backends, and every route is whole and names pools that exist.
     fn check_pools_and_routes(&self) -> Result<(), ConfigError> {
         let c = &self.config;
@@ -970,7 +1068,8 @@ impl Parser<'_> {
             let message = "pool default has no backends: add [backends]".to_string();
             return Err(self.error(line, format!("[{default_section}]"), message));
         }
-        for pool in &c.pools {
+        // With etcd, backends may come from the store and register themselves later.
+        for pool in c.pools.iter().filter(|_| !c.etcd.is_on()) {
             if !c.has_backends(&pool.name) {
                 let section = format!("pool.{}", pool.name);
                 let line = self.headers.get(section.as_str()).copied().unwrap_or(0);
@@ -1241,6 +1340,43 @@ pub fn parse_listen(v: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{twice} is listed twice"));
     }
     Ok(addrs)
+}
+
+/// etcd members: `host:port` each (a name or an address; `[v6]:port`).
+fn parse_endpoints(v: &str) -> Result<Vec<String>, String> {
+    let endpoint = |e: &str| {
+        let bad = || format!("expected host:port, got {e:?}");
+        let (host, port) = e.rsplit_once(':').ok_or_else(bad)?;
+        let named = !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic());
+        match (named, port.parse::<u16>()) {
+            (true, Ok(port)) if port != 0 => Ok(e.to_string()),
+            _ => Err(bad()),
+        }
+    };
+    let list = parse_list(v, endpoint)?;
+    match list.is_empty() {
+        true => Err("expected one or more host:port".into()),
+        false => Ok(list),
+    }
+}
+
+/// A key prefix that starts and ends with `/`, so that lb-mio's keys sit apart from others'.
+fn parse_prefix(v: &str) -> Result<String, String> {
+    let visible = v.bytes().all(|b| b.is_ascii_graphic());
+    match v.len() > 1 && v.starts_with('/') && v.ends_with('/') && visible {
+        true => Ok(v.to_string()),
+        false => Err(format!(
+            "expected a prefix starting and ending with '/', got {v:?}"
+        )),
+    }
+}
+
+/// A name or secret of visible ASCII characters.
+fn parse_visible(v: &str) -> Result<String, String> {
+    match !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()) {
+        true => Ok(v.to_string()),
+        false => Err("expected visible ASCII characters".into()),
+    }
 }
 
 fn parse_list<T>(v: &str, item: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {

@@ -6,7 +6,8 @@
 //! (`backend`, which owns membership: every source of backends adds and removes them through
 //! it), reuse idle upstream connections (`upstream`) and end every request with one line in the
 //! `access_log`; `health` probes backends and `discovery` finds those that `[backends]` names
-//! by host, asking DNS (`dns`). Pools and routes are written as JSON `document`s to the admin API.
+//! by host, asking DNS (`dns`). Pools and routes are written as JSON `document`s to the admin API
+//! and to etcd, where a `fleet` of instances shares them (through the `etcd` client).
 
 pub mod accept;
 pub mod access_log;
@@ -22,6 +23,7 @@ pub mod discovery;
 pub mod dns;
 pub mod document;
 pub mod etcd;
+pub mod fleet;
 pub mod hash;
 pub mod health;
 pub mod http;

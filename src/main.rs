@@ -248,9 +248,12 @@ fn reload(running: &Running, path: Option<&Path>) {
     let applied = Config::from_file(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
-            running
-                .shared
-                .update(|snap| reload::apply(snap, config.clone()))?;
+            let shared = &running.shared;
+            match &shared.fleet {
+                // etcd's view is laid over the new file, and followed on.
+                Some(fleet) => fleet.reload(shared, config.clone())?,
+                None => shared.update(|snap| reload::apply(snap, config.clone()))?,
+            }
             // Only with the rest of the new config: a file that fails keeps all of the old.
             if let Some(tls) = &running.shared.tls {
                 tls.reload(&config);

@@ -15,16 +15,23 @@ use std::sync::Arc;
 pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     keep_restart_only_settings(&old.config, &mut new);
     warn_of_api_changes(&old.config, &new);
-    let given = |b: &Backend| b.source.is_given();
-    let gone = |b: &Backend| let_go(b, &new, " is gone from the config");
-    let backends = replace_given(
+    let gone = |b: &Backend| let_go(b, &new, "reload", " is gone from the config");
+    let mut backends = replace_given(
         &old.backends,
         &new.backends,
-        given,
+        |b| b.source.is_local(),
         &Source::Config,
         "reload",
         gone,
     )?;
+    // etcd's, listed in pool documents and registered under keys of their own.
+    let stored = [(&new.stored.listed, false), (&new.stored.registered, true)];
+    for (wanted, registered) in stored {
+        let source = Source::Etcd { registered };
+        let gone = |b: &Backend| let_go(b, &new, "etcd", " is gone from etcd");
+        let mine = |b: &Backend| b.source == source;
+        backends = replace_given(&backends, wanted, mine, &source, "etcd", gone)?;
+    }
     for found in old.backends.iter().filter(|b| b.is_live()) {
         let Some(entry) = found.source.dns_entry() else {
             continue;
@@ -42,6 +49,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
             _ => let_go(
                 found,
                 &new,
+                "reload",
                 &format!(": its DNS entry {entry} is gone or changed"),
             ),
         }
@@ -112,19 +120,20 @@ fn warn_of_api_changes(old: &Config, new: &Config) {
     }
 }
 
-/// A backend the new config no longer has (`why`, after its address, says so) leaves once drained: at once, or, when its whole
+/// A backend the new config no longer has (`why`, after its address, says so; `by` says who
+/// changed it) leaves once drained: at once, or, when its whole
 /// pool went, by the health thread once no worker routes to that pool any more (draining it
 /// now would answer 503 to requests that workers still route by the old snapshot).
-fn let_go(backend: &Backend, new: &Config, why: &str) {
+fn let_go(backend: &Backend, new: &Config, by: &str, why: &str) {
     let (name, addr) = (&backend.name, backend.addr);
     if new.pool(&backend.pool).is_none() {
         info!(
-            "reload: backend {name} at {addr}{why}, with its pool {}",
+            "{by}: backend {name} at {addr}{why}, with its pool {}",
             backend.pool
         );
         return;
     }
-    info!("reload: backend {name} at {addr}{why}: draining");
+    info!("{by}: backend {name} at {addr}{why}: draining");
     backend.drain(true);
 }
 

@@ -7,6 +7,7 @@ use crate::admin;
 use crate::backend::{self, Source};
 use crate::config::Config;
 use crate::discovery::Discovery;
+use crate::fleet::{self, Fleet};
 use crate::health;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
@@ -141,20 +142,46 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     let addrs = bind_all(&config.lb.listen, false, &mut listeners)?;
     let tls_addrs = bind_all(&config.lb.tls_listen, true, &mut listeners)?;
     let addr = addrs[0];
-    let (given, restored) = (
-        backend::at_start(&config.backends, &Source::Config),
-        backend::at_start(&saved, &Source::StateFile),
-    );
-    let backends = given.iter().chain(restored.iter()).cloned().collect();
+    let mut backends: Vec<_> = (backend::at_start(&config.backends, &Source::Config).iter())
+        .chain(backend::at_start(&saved, &Source::StateFile).iter())
+        .cloned()
+        .collect();
     config.backends.extend(saved);
+    // etcd's prefix is read before any worker accepts, like DNS below; its backends start up.
+    let fleet = match config.etcd.is_on() {
+        true => {
+            let (fleet, client, start, merged) = Fleet::start(config)?;
+            config = merged;
+            for (confs, registered) in [
+                (&config.stored.listed, false),
+                (&config.stored.registered, true),
+            ] {
+                backends.extend(
+                    backend::at_start(confs, &Source::Etcd { registered })
+                        .iter()
+                        .cloned(),
+                );
+            }
+            Some((Arc::new(fleet), client, start))
+        }
+        false => None,
+    };
     let workers = config.lb.workers;
     let log_file = config.log.access_log_file.clone();
     let sink = Sink::open(log_file.as_deref()).map_err(|e| {
         let path = log_file.unwrap_or_default();
         format!("cannot open [log] access_log_file {}: {e}", path.display())
     })?;
-    let snapshot = Snapshot::new(config, backends)?;
-    let shared = Arc::new(Shared::new(snapshot, workers, sink, tls, backend_tls));
+    let snapshot = Snapshot::new(config, backends.into())?;
+    let fleet_shared = fleet.as_ref().map(|(fleet, ..)| Arc::clone(fleet));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        workers,
+        sink,
+        tls,
+        backend_tls,
+        fleet_shared,
+    ));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.
     let discovery = Discovery::start(&shared);
@@ -172,6 +199,9 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     }
     health::spawn(Arc::clone(&shared))?;
     discovery.spawn(Arc::clone(&shared))?;
+    if let Some((fleet, client, start)) = fleet {
+        fleet::spawn(fleet, Arc::clone(&shared), client, start)?;
+    }
     let admin = shared.load().config.admin.clone();
     let mut admin_addr = None;
     if let Some(listen) = admin.listen {

@@ -45,7 +45,7 @@ pub struct Saved {
 pub fn save(path: &Path, backends: &[Arc<Backend>], pools: &[&str]) -> io::Result<()> {
     let kept: Vec<Value> = backends
         .iter()
-        .filter(|b| b.is_live() && b.source.is_given() && pools.contains(&b.pool.as_str()))
+        .filter(|b| b.is_live() && b.source.is_local() && pools.contains(&b.pool.as_str()))
         .map(|b| {
             let mut saved = document::backend_json(b);
             saved["pool"] = json!(b.pool);

@@ -154,7 +154,7 @@ fn a_watch_sees_puts_and_deletes_made_after_its_revision_in_order() {
 
     let x = client.put(b"/lb-mio/x", b"1", 0).unwrap();
     let y = client.put(b"/lb-mio/y", b"2", 0).unwrap();
-    assert!(client.delete_if(b"/lb-mio/x", x).unwrap());
+    assert!(client.delete_if(b"/lb-mio/x", x).unwrap().is_some());
     let deleted = client.range(b"/lb-mio/").unwrap().revision;
     client.put(b"/elsewhere", b"3", 0).unwrap();
 
@@ -198,14 +198,14 @@ fn a_watch_resumed_from_a_revision_sees_exactly_the_events_after_it() {
 }
 
 #[test]
-fn a_transaction_whose_compare_fails_returns_false_and_changes_nothing() {
+fn a_transaction_whose_compare_fails_returns_none_and_changes_nothing() {
     let (_etcd, mut client) = started();
     let first = client.put(b"/lb-mio/k", b"one", 0).unwrap();
     let second = client.put(b"/lb-mio/k", b"two", 0).unwrap();
 
-    assert!(!client.put_if(b"/lb-mio/k", b"stale", 0, first).unwrap());
-    assert!(!client.put_if(b"/lb-mio/k", b"create", 0, 0).unwrap());
-    assert!(!client.delete_if(b"/lb-mio/k", first).unwrap());
+    assert_eq!(client.put_if(b"/lb-mio/k", b"stale", 0, first).unwrap(), None);
+    assert_eq!(client.put_if(b"/lb-mio/k", b"create", 0, 0).unwrap(), None);
+    assert_eq!(client.delete_if(b"/lb-mio/k", first).unwrap(), None);
     let range = client.range(b"/lb-mio/").unwrap();
     assert_eq!(range.revision, second, "a failed compare wrote something");
     assert_eq!(
@@ -213,11 +213,16 @@ fn a_transaction_whose_compare_fails_returns_false_and_changes_nothing() {
         (&b"two"[..], second)
     );
 
-    assert!(client.put_if(b"/lb-mio/k", b"three", 0, second).unwrap());
-    let third = client.range(b"/lb-mio/k").unwrap().kvs[0].mod_revision;
-    assert!(client.delete_if(b"/lb-mio/k", third).unwrap());
+    let third = client.put_if(b"/lb-mio/k", b"three", 0, second).unwrap();
+    assert_eq!(
+        third,
+        Some(client.range(b"/lb-mio/k").unwrap().kvs[0].mod_revision),
+        "the revision of the write"
+    );
+    let deleted = client.delete_if(b"/lb-mio/k", third.unwrap()).unwrap();
+    assert_eq!(deleted, Some(client.range(b"/lb-mio/").unwrap().revision));
     assert!(client.range(b"/lb-mio/").unwrap().kvs.is_empty());
-    assert!(client.put_if(b"/lb-mio/k", b"new", 0, 0).unwrap());
+    assert!(client.put_if(b"/lb-mio/k", b"new", 0, 0).unwrap().is_some());
 }
 
 #[test]

@@ -48,11 +48,16 @@ pub fn get_pool(shared: &Shared, name: &str) -> ApiAnswer {
     }
 }
 
-/// The document of pool `at`: its settings and the live backends it was given by address.
-fn pool_document(snap: &Snapshot, at: usize) -> Value {
+/// The document of pool `at`: its settings and the live backends it lists (given by address
+/// where the pool was defined: config.ini or the admin API, or etcd's document).
+pub fn pool_document(snap: &Snapshot, at: usize) -> Value {
     let conf = &snap.pools[at].conf;
-    let given = (snap.backends.iter())
-        .filter(|b| b.pool == conf.name && b.is_live() && b.source.is_given());
+    let listed = |source: &Source| match conf.origin {
+        Origin::Etcd => *source == Source::Etcd { registered: false },
+        Origin::File | Origin::Api => source.is_local(),
+    };
+    let given =
+        (snap.backends.iter()).filter(|b| b.pool == conf.name && b.is_live() && listed(&b.source));
     document::pool_json(conf, given)
 }
 
@@ -99,7 +104,7 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
                 created = true;
             }
         }
-        let mine = |b: &Backend| b.pool == name && b.source.is_given();
+        let mine = |b: &Backend| b.pool == name && b.source.is_local();
         let gone = |b: &Backend| {
             info!(
                 "admin API: backend {} at {} is gone from the pool's document: draining",

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_client_verify, parse_hash_key,
-    parse_header_name, parse_level, parse_list, parse_listen, parse_optional_addr, parse_path,
-    parse_range, parse_redirect_http, parse_resolver, parse_send_proxy, parse_server_header,
-    parse_status_range, parse_sticky, parse_strategy, parse_token, parse_workers, Config, MAX_HEAD,
-    MAX_MS, MAX_RETRIES,
+    off_if_zero, parse_access_log, parse_bool, parse_cidr, parse_client_verify, parse_endpoints,
+    parse_hash_key, parse_header_name, parse_level, parse_list, parse_listen, parse_optional_addr,
+    parse_path, parse_prefix, parse_range, parse_redirect_http, parse_resolver, parse_send_proxy,
+    parse_server_header, parse_status_range, parse_sticky, parse_strategy, parse_token,
+    parse_visible, parse_workers, Config, MAX_HEAD, MAX_MS, MAX_RETRIES,
 };
 
 /// One `key = value` of a section.
@@ -798,6 +798,121 @@ pub const KEYS: &[Key] = &[
             set: |c, n| c.dns.timeout = ms(n),
         },
         meaning: "one lookup gives up after this (10..60000); a failed lookup changes nothing",
+    },
+    // ---- [etcd] -----------------------------------------------------------------------------
+    Key {
+        section: "etcd",
+        name: "endpoints",
+        default: DefaultValue::Unset("none: no etcd"),
+        value: Value::Text {
+            accepts: "`host:port` list",
+            set: |c, v| parse_endpoints(v).map(|list| c.etcd.endpoints = list),
+        },
+        meaning: "etcd members to [share backends, pools and routes](#running-a-fleet) with, tried in turn",
+    },
+    Key {
+        section: "etcd",
+        name: "prefix",
+        default: DefaultValue::Is("/lb-mio/"),
+        value: Value::Text {
+            accepts: "a key prefix starting and ending with `/`",
+            set: |c, v| parse_prefix(v).map(|p| c.etcd.prefix = p),
+        },
+        meaning: "every key lb-mio reads and writes in etcd starts with this",
+    },
+    Key {
+        section: "etcd",
+        name: "ca",
+        default: DefaultValue::Unset("none: plain TCP"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                c.etcd.ca = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "TLS to etcd: the CA bundle (PEM) members' certificates must chain to",
+    },
+    Key {
+        section: "etcd",
+        name: "cert",
+        default: DefaultValue::Unset("none"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                c.etcd.cert = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "client certificate chain (PEM) for etcd's `--client-cert-auth`; needs `key` and `ca`",
+    },
+    Key {
+        section: "etcd",
+        name: "key",
+        default: DefaultValue::Unset("none"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                c.etcd.key = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "the client certificate's private key (PEM)",
+    },
+    Key {
+        section: "etcd",
+        name: "user",
+        default: DefaultValue::Unset("none: no auth"),
+        value: Value::Text {
+            accepts: "an etcd user name",
+            set: |c, v| parse_visible(v).map(|u| c.etcd.user = Some(u)),
+        },
+        meaning: "etcd user (with `password`) when etcd has auth enabled",
+    },
+    Key {
+        section: "etcd",
+        name: "password",
+        default: DefaultValue::Unset("none"),
+        value: Value::Text {
+            accepts: "the user's password",
+            set: |c, v| parse_visible(v).map(|p| c.etcd.password = Some(p)),
+        },
+        meaning: "the etcd user's password (keep the file readable by lb-mio only)",
+    },
+    Key {
+        section: "etcd",
+        name: "connect_timeout_ms",
+        default: DefaultValue::Is("1000"),
+        value: Value::Number {
+            min: 10,
+            max: 60_000,
+            set: |c, n| c.etcd.connect_timeout = ms(n),
+        },
+        meaning: "connecting to one etcd member gives up after this (10..60000)",
+    },
+    Key {
+        section: "etcd",
+        name: "request_timeout_ms",
+        default: DefaultValue::Is("3000"),
+        value: Value::Number {
+            min: 100,
+            max: 60_000,
+            set: |c, n| c.etcd.request_timeout = ms(n),
+        },
+        meaning: "one call to etcd gives up after this (100..60000); also bounds the read at start",
+    },
+    Key {
+        section: "etcd",
+        name: "cache_file",
+        default: DefaultValue::Unset("none"),
+        value: Value::Text {
+            accepts: FILE,
+            set: |c, v| {
+                c.etcd.cache_file = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        meaning: "the last view of etcd, kept here (written atomically) and read at start when etcd cannot be reached",
     },
 ];
 

@@ -97,22 +97,24 @@ impl Client {
     }
 
     /// Puts `key` only if its mod_revision is still `mod_revision` (0: only if it does not
-    /// exist); false when it changed meanwhile, and then nothing was written.
+    /// exist): the revision of the write, or `None` when the key changed meanwhile, and then
+    /// nothing was written.
     pub fn put_if(
         &mut self,
         key: &[u8],
         value: &[u8],
         lease: i64,
         mod_revision: i64,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<i64>, Error> {
         let call = format!("put {} at revision {mod_revision}", shown(key));
         let put = json!({"request_put": wire::put_request(key, value, lease)});
         self.txn(&call, key, mod_revision, put)
     }
 
-    /// Deletes `key` only if its mod_revision is still `mod_revision`; false when it changed
-    /// meanwhile (or is gone), and then nothing was deleted.
-    pub fn delete_if(&mut self, key: &[u8], mod_revision: i64) -> Result<bool, Error> {
+    /// Deletes `key` only if its mod_revision is still `mod_revision`: the revision of the
+    /// delete, or `None` when the key changed meanwhile (or is gone), and then nothing was
+    /// deleted.
+    pub fn delete_if(&mut self, key: &[u8], mod_revision: i64) -> Result<Option<i64>, Error> {
         let call = format!("delete {} at revision {mod_revision}", shown(key));
         let delete = json!({"request_delete_range": {"key": bytes_value(key)}});
         self.txn(&call, key, mod_revision, delete)
@@ -124,10 +126,11 @@ impl Client {
         key: &[u8],
         mod_revision: i64,
         operation: Value,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<i64>, Error> {
         let body = wire::guarded_txn(key, mod_revision, operation);
         self.call(call, "/v3/kv/txn", &body, |answer| {
-            Ok(wire::flag(answer, "succeeded"))
+            let revision = wire::header_revision(answer)?;
+            Ok(wire::flag(answer, "succeeded").then_some(revision))
         })
     }
 
