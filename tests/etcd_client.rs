@@ -203,7 +203,10 @@ fn a_transaction_whose_compare_fails_returns_none_and_changes_nothing() {
     let first = client.put(b"/lb-mio/k", b"one", 0).unwrap();
     let second = client.put(b"/lb-mio/k", b"two", 0).unwrap();
 
-    assert_eq!(client.put_if(b"/lb-mio/k", b"stale", 0, first).unwrap(), None);
+    assert_eq!(
+        client.put_if(b"/lb-mio/k", b"stale", 0, first).unwrap(),
+        None
+    );
     assert_eq!(client.put_if(b"/lb-mio/k", b"create", 0, 0).unwrap(), None);
     assert_eq!(client.delete_if(b"/lb-mio/k", first).unwrap(), None);
     let range = client.range(b"/lb-mio/").unwrap();

@@ -496,13 +496,10 @@ fn a_cluster_member_killed_under_lb_mio_changes_are_still_followed() {
     let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &endpoints, "", ""));
     let load = Load::paced(lb.addr, 1, PACE);
     let put_route = |cluster: &EtcdCluster, via: usize, name: &str| {
-        cluster.ctl(
+        cluster.put(
             via,
-            &[
-                "put",
-                &format!("{PREFIX}routes/{name}"),
-                &return_route(name, name),
-            ],
+            &format!("{PREFIX}routes/{name}"),
+            &return_route(name, name),
         );
     };
     put_route(&cluster, 0, "c0");

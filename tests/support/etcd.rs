@@ -206,10 +206,64 @@ impl EtcdCluster {
         self.wait_ready(i);
     }
 
-    /// `etcdctl` against member `i` only; its stdout. Panics if it fails.
+    /// `etcdctl` against member `i` only; its stdout. Panics if it fails, showing what every
+    /// member logged.
     #[track_caller]
     pub fn ctl(&self, i: usize, args: &[&str]) -> String {
-        etcdctl(&self.endpoint(i), args)
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(i)])
+            .args(args);
+        let output = super::run_within(&mut command, Duration::from_secs(10)).expect("run etcdctl");
+        if output.status.is_some_and(|s| s.success()) {
+            return output.stdout;
+        }
+        panic!(
+            "etcdctl (member {i}) {}: {:?}\n{}\n{}",
+            args.join(" "),
+            output.status,
+            output.stderr,
+            self.logs()
+        );
+    }
+
+    /// `put KEY VALUE` through member `i`, tried again (up to 5 times, 2 s each) while it
+    /// fails: a write proposed while the cluster has no leader (the old one just killed, the
+    /// election not yet over) is dropped, and etcdctl only sees its deadline pass. A put
+    /// repeated writes the same value again.
+    #[track_caller]
+    pub fn put(&self, i: usize, key: &str, value: &str) {
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            let mut command = Command::new("etcdctl");
+            command
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.endpoint(i), "--command-timeout=2s"])
+                .args(["put", key, value]);
+            let output =
+                super::run_within(&mut command, Duration::from_secs(5)).expect("run etcdctl");
+            if output.status.is_some_and(|s| s.success()) {
+                return;
+            }
+            errors.push(output.stderr);
+        }
+        panic!(
+            "etcdctl (member {i}) put {key}: {}\n{}",
+            errors.join("\n"),
+            self.logs()
+        );
+    }
+
+    /// What each running member logged, for a failure's message.
+    pub fn logs(&self) -> String {
+        (self.members.iter())
+            .filter_map(|m| {
+                let lines = m.process.as_ref()?.lines();
+                Some(format!("--- {}:\n{}", m.name, lines.join("\n")))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn spawn(&mut self, i: usize) {
