@@ -7,7 +7,7 @@ use crate::config;
 use crate::document;
 use crate::metrics;
 use crate::route::{self, Question};
-use crate::shared::Shared;
+use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use crate::tls::EXPIRY_WARNING_DAYS;
 use log::{info, warn};
@@ -35,6 +35,7 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 mod exposition;
 mod routing;
+mod stored;
 
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
 pub fn spawn(
@@ -103,6 +104,8 @@ struct ApiRequest {
     method: String,
     path: String,
     authorization: Option<String>,
+    /// The revision a write is based on, with `[etcd]` (`If-Match: "REV"`).
+    if_match: Option<String>,
     body: Vec<u8>,
 }
 
@@ -111,6 +114,8 @@ struct ApiAnswer {
     status: u16,
     content_type: &'static str,
     body: String,
+    /// The revision of the etcd key that holds what is shown (`ETag`).
+    etag: Option<i64>,
 }
 
 impl ApiAnswer {
@@ -119,6 +124,7 @@ impl ApiAnswer {
             status,
             content_type: "application/json",
             body: value.to_string() + "\n",
+            etag: None,
         }
     }
 
@@ -142,8 +148,11 @@ fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Res
         Err(message) => ApiAnswer::error(400, message),
     };
     let reason = reason(answer.status);
+    let etag = answer
+        .etag
+        .map_or(String::new(), |rev| format!("ETag: \"{rev}\"\r\n"));
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{etag}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         answer.status,
         answer.content_type,
         answer.body.len()
@@ -203,6 +212,7 @@ fn read_request(stream: &mut Timed) -> Result<ApiRequest, String> {
                 method: req.method.unwrap_or_default().to_string(),
                 path: req.path.unwrap_or_default().to_string(),
                 authorization: header("authorization"),
+                if_match: header("if-match"),
                 body: Vec::new(),
             };
             return read_body(stream, buf, head_len, length, request);
@@ -247,20 +257,30 @@ fn route(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
 fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
     let path = request.path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(fleet) = &shared.fleet {
+        if let Some(answer) = stored::answer(shared, fleet, request, &parts) {
+            return answer;
+        }
+    }
     match (request.method.as_str(), parts.as_slice()) {
         ("GET", [""]) => ApiAnswer {
             status: 200,
             content_type: "text/html; charset=utf-8",
             body: STATUS_PAGE.to_string(),
+            etag: None,
         },
         ("GET", ["metrics"]) => {
             let snap = shared.load();
             let certificates = shared.tls.as_ref().map(|tls| tls.certificates());
-            let body = exposition::render(&shared.totals(), &snap, certificates.as_deref());
+            let mut body = exposition::render(&shared.totals(), &snap, certificates.as_deref());
+            if let Some(fleet) = &shared.fleet {
+                exposition::render_fleet(&mut body, fleet);
+            }
             ApiAnswer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
                 body,
+                etag: None,
             }
         }
         ("GET", ["api", "backends"]) => list_backends(shared, None, &request.path),
@@ -437,17 +457,58 @@ fn with_backend(shared: &Shared, name: &str, act: impl FnOnce(&Backend) -> ApiAn
 }
 
 fn set_weight(backend: &Backend, body: &[u8]) -> ApiAnswer {
-    let weight = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("weight").and_then(Value::as_u64))
-        .and_then(backend::check_weight);
-    match weight {
-        Some(w) => {
+    match weight_of(body) {
+        Ok(w) => {
             backend.set_weight(w);
             info!("backend {} weight is now {w} (admin API)", backend.name);
             ApiAnswer::json(200, json!({ "name": backend.name, "weight": w }))
         }
-        None => ApiAnswer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)),
+        Err(answer) => answer,
+    }
+}
+
+/// The weight `{"weight": N}` asks for.
+fn weight_of(body: &[u8]) -> Result<u32, ApiAnswer> {
+    let weight = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("weight").and_then(Value::as_u64))
+        .and_then(backend::check_weight);
+    weight.ok_or_else(|| ApiAnswer::error(400, format!(r#"expected {{"weight": {WEIGHTS:?}}}"#)))
+}
+
+/// The backend `body` describes (`document::backend`), in pool `pool` when the URL names one;
+/// one with TLS needs TLS to backends.
+fn backend_of(shared: &Shared, body: &[u8], pool: Option<&str>) -> Result<BackendConf, ApiAnswer> {
+    let value = serde_json::from_slice::<Value>(body)
+        .map_err(|e| ApiAnswer::error(400, format!("bad JSON: {e}")))?;
+    let conf = match pool {
+        Some(pool) => document::backend_of(&value, pool),
+        None => document::backend(&value, config::DEFAULT_POOL),
+    };
+    let conf = conf.map_err(|message| ApiAnswer::error(400, message))?;
+    if conf.tls.is_some() && shared.backend_tls.is_none() {
+        let message = "no TLS to backends: [tls] backend_ca could not be read at start";
+        return Err(ApiAnswer::error(400, message));
+    }
+    Ok(conf)
+}
+
+/// `name`, or a name made up (`api-N`) when it is empty; 409 when a backend has it.
+fn backend_name(snap: &Snapshot, name: &str) -> Result<String, ApiAnswer> {
+    let taken = |name: &str| (snap.backends.iter()).any(|b| b.name == name && b.is_listed());
+    let name = match name {
+        "" => (snap.backends.len() + 1..)
+            .map(|n| format!("api-{n}"))
+            .find(|n| !taken(n))
+            .unwrap_or_default(),
+        name => name.to_string(),
+    };
+    match taken(&name) {
+        true => Err(ApiAnswer::error(
+            409,
+            format!("a backend named {name:?} exists"),
+        )),
+        false => Ok(name),
     }
 }
 
@@ -456,40 +517,13 @@ fn set_weight(backend: &Backend, body: &[u8]) -> ApiAnswer {
 /// backend starts down and takes traffic once its health checks pass; with `tls`, lb-mio speaks
 /// TLS to it and checks its certificate against NAME.
 fn add_backend(shared: &Shared, body: &[u8], pool: Option<&str>) -> ApiAnswer {
-    let parsed = serde_json::from_slice::<Value>(body).map_err(|e| format!("bad JSON: {e}"));
-    let conf = match (parsed, pool) {
-        (Ok(value), Some(pool)) => document::backend_of(&value, pool),
-        (Ok(value), None) => document::backend(&value, config::DEFAULT_POOL),
-        (Err(e), _) => Err(e),
-    };
-    let conf = match conf {
+    let conf = match backend_of(shared, body, pool) {
         Ok(conf) => conf,
-        Err(message) => return ApiAnswer::error(400, message),
+        Err(answer) => return answer,
     };
-    if conf.tls.is_some() && shared.backend_tls.is_none() {
-        let message = "no TLS to backends: [tls] backend_ca could not be read at start";
-        return ApiAnswer::error(400, message);
-    }
     let mut placed = None;
     let added = shared.update(|snap| {
-        let taken = |name: &str| {
-            snap.backends
-                .iter()
-                .any(|b| b.name == name && b.is_listed())
-        };
-        let name = match &conf.name {
-            name if !name.is_empty() => name.clone(),
-            _ => (snap.backends.len() + 1..)
-                .map(|n| format!("api-{n}"))
-                .find(|n| !taken(n))
-                .unwrap_or_default(),
-        };
-        if taken(&name) {
-            return Err(ApiAnswer::error(
-                409,
-                format!("a backend named {name:?} exists"),
-            ));
-        }
+        let name = backend_name(snap, &conf.name)?;
         if snap.pool(&conf.pool).is_none() {
             return Err(ApiAnswer::error(404, format!("no pool {:?}", conf.pool)));
         }

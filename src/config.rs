@@ -1713,6 +1713,18 @@ s3 = 10.0.0.7:443 tls=api.internal weight=2
 s4 = 10.0.0.8:443 tls
 api = API.Service.Consul.:8080 weight=3
 web = srv:_http._tcp.web.consul
+
+[etcd]
+endpoints = etcd1.internal:2379, 10.0.0.9:2379 [fd00::9]:2379
+prefix = /edge/lb/
+ca = /etc/lb-mio/etcd-ca.pem
+cert = /etc/lb-mio/etcd.pem
+key = /etc/lb-mio/etcd.key
+user = lb
+password = s3cret!
+connect_timeout_ms = 250
+request_timeout_ms = 1500
+cache_file = /var/lib/lb-mio/etcd.json
 ";
         let expected = Config {
             lb: Lb {
@@ -1834,6 +1846,23 @@ web = srv:_http._tcp.web.consul
             }],
             pools: Vec::new(),
             routes: Vec::new(),
+            etcd: Etcd {
+                endpoints: vec![
+                    "etcd1.internal:2379".into(),
+                    "10.0.0.9:2379".into(),
+                    "[fd00::9]:2379".into(),
+                ],
+                prefix: "/edge/lb/".into(),
+                ca: Some(PathBuf::from("/etc/lb-mio/etcd-ca.pem")),
+                cert: Some(PathBuf::from("/etc/lb-mio/etcd.pem")),
+                key: Some(PathBuf::from("/etc/lb-mio/etcd.key")),
+                user: Some("lb".into()),
+                password: Some("s3cret!".into()),
+                connect_timeout: Duration::from_millis(250),
+                request_timeout: Duration::from_millis(1500),
+                cache_file: Some(PathBuf::from("/var/lib/lb-mio/etcd.json")),
+            },
+            stored: Stored::default(),
         }
         .pools_from_globals();
         assert_eq!(parse(text).unwrap(), expected);
@@ -2227,6 +2256,36 @@ s1 = 127.0.0.1:9001 weight=2 ; main
                 "[dns]\nsearch = consul\n",
                 2,
                 "[dns] search: unknown key",
+            ),
+            (
+                "etcd key without endpoints",
+                "[backends]\ns1 = 1.2.3.4:80\n[etcd]\nprefix = /x/\n",
+                4,
+                "[etcd] prefix: needs [etcd] endpoints",
+            ),
+            (
+                "etcd endpoint without a port",
+                "[etcd]\nendpoints = 127.0.0.1:2379, etcd.internal\n",
+                2,
+                "[etcd] endpoints: expected host:port, got \"etcd.internal\"",
+            ),
+            (
+                "etcd prefix without its slashes",
+                "[etcd]\nendpoints = 127.0.0.1:2379\nprefix = lb-mio\n",
+                3,
+                "[etcd] prefix: expected a prefix starting and ending with '/'",
+            ),
+            (
+                "etcd client certificate without its key",
+                "[etcd]\nendpoints = 127.0.0.1:2379\nca = /ca.pem\ncert = /c.pem\n",
+                4,
+                "[etcd] cert: a client certificate needs both cert and key",
+            ),
+            (
+                "etcd user without a password",
+                "[etcd]\nendpoints = 127.0.0.1:2379\nuser = lb\n",
+                3,
+                "[etcd] user: etcd auth needs both user and password",
             ),
             (
                 "empty backend address",

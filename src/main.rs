@@ -5,7 +5,7 @@ use lb_mio::config::{self, Config};
 use lb_mio::demo::DemoBackend;
 use lb_mio::route::{self, Question, RouteTable};
 use lb_mio::server::{self, Running};
-use lb_mio::{reload, state_file, tls};
+use lb_mio::{fleet, reload, state_file, tls};
 use log::LevelFilter;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -62,6 +62,12 @@ fn check(path: &Path) -> ExitCode {
     if let Err(e) = tls::Client::load(&config) {
         return fail(e);
     }
+    // etcd's TLS files are read; etcd itself is not asked.
+    if config.etcd.is_on() {
+        if let Err(e) = fleet::client(&config) {
+            return fail(e);
+        }
+    }
     for warning in tls.iter().flat_map(tls::Server::expiry_warnings) {
         eprintln!("lb-mio: warning: {warning}");
     }
@@ -73,8 +79,15 @@ fn check(path: &Path) -> ExitCode {
         0 => String::new(),
         n => format!(", {n} certificates"),
     };
+    let etcd = match config.etcd.is_on() {
+        true => format!(
+            ", more from etcd at {} (not asked)",
+            config.etcd.endpoints.join(", ")
+        ),
+        false => String::new(),
+    };
     println!(
-        "{}: ok ({} backends{looked_up}{certificates})",
+        "{}: ok ({} backends{looked_up}{certificates}{etcd})",
         path.display(),
         config.backends.len()
     );

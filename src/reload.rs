@@ -8,6 +8,7 @@ use crate::backend::{self, Backend, BackendConf, Source, State};
 use crate::config::{Config, Origin};
 use crate::shared::Snapshot;
 use log::{info, warn};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The snapshot `new` makes of `old`. What a running lb-mio cannot change (its listen address,
@@ -71,11 +72,18 @@ pub fn replace_given(
     by: &str,
     gone: impl Fn(&Backend),
 ) -> Result<Vec<Arc<Backend>>, String> {
-    let mine: Vec<&Arc<Backend>> = (old.iter()).filter(|b| b.is_live() && mine(b)).collect();
+    // By name, so that a change over thousands of backends (etcd's) stays linear.
+    let mut by_name: HashMap<&str, Vec<&Arc<Backend>>> = HashMap::new();
+    for b in old.iter().filter(|b| b.is_live() && mine(b)) {
+        by_name.entry(b.name.as_str()).or_default().push(b);
+    }
     let mut backends = old.to_vec();
     let mut kept = Vec::new();
     for conf in wanted {
-        match mine.iter().find(|b| conf.is(b)) {
+        let same = by_name
+            .get(conf.name.as_str())
+            .and_then(|list| list.iter().find(|b| conf.is(b)));
+        match same {
             Some(b) => kept.push((*b, conf.weight)),
             None => {
                 let backend = Backend::new(conf, State::Down, source.clone());
@@ -90,8 +98,16 @@ pub fn replace_given(
     for (b, weight) in &kept {
         b.set_weight(*weight);
     }
-    for left in mine.iter().filter(|b| !wanted.iter().any(|c| c.is(b))) {
-        gone(left);
+    let wanted: HashMap<&str, Vec<&BackendConf>> =
+        wanted.iter().fold(HashMap::new(), |mut by, c| {
+            by.entry(c.name.as_str()).or_default().push(c);
+            by
+        });
+    for left in old.iter().filter(|b| b.is_live() && mine(b)) {
+        let same = wanted.get(left.name.as_str());
+        if !same.is_some_and(|list| list.iter().any(|c| c.is(left))) {
+            gone(left);
+        }
     }
     Ok(backends)
 }
@@ -137,7 +153,8 @@ fn let_go(backend: &Backend, new: &Config, by: &str, why: &str) {
     backend.drain(true);
 }
 
-fn keep_restart_only_settings(old: &Config, new: &mut Config) {
+/// Keeps in `new` what a running lb-mio cannot change from `old`, with a warning for each.
+pub fn keep_restart_only_settings(old: &Config, new: &mut Config) {
     let lb = (&new.lb.listen, &new.lb.tls_listen, new.lb.workers);
     if lb != (&old.lb.listen, &old.lb.tls_listen, old.lb.workers) {
         warn!("reload: [lb] listen, tls_listen and workers take effect at the next start");
@@ -169,6 +186,11 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
     if new.admin != old.admin {
         warn!("reload: [admin] takes effect at the next start");
         new.admin = old.admin.clone();
+    }
+    // The watch and its client are made at start.
+    if new.etcd != old.etcd {
+        warn!("reload: [etcd] takes effect at the next start");
+        new.etcd = old.etcd.clone();
     }
 }
 
@@ -357,6 +379,39 @@ mod tests {
                 ("a", "default", true, State::Down),
                 ("b", "api", false, State::Down)
             ]
+        );
+    }
+
+    #[test]
+    fn etcds_backends_follow_the_store_apart_from_the_files() {
+        let conf = |name: &str, port: u16| BackendConf {
+            name: name.into(),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
+            tls: None,
+            pool: "default".into(),
+            backup: false,
+        };
+        let mut file = config(&[("a", "127.0.0.1:1", 1)]);
+        file.stored.registered = vec![conf("r1", 2), conf("r2", 3)];
+        let old = apply(&snapshot(&[("a", "127.0.0.1:1", 1)]), file.clone()).unwrap();
+        let registered = Source::Etcd { registered: true };
+        assert_eq!(old.backends[1].source, registered);
+        // r1 goes, r3 registers, l1 comes in a pool document.
+        file.stored.registered = vec![conf("r2", 3), conf("r3", 4)];
+        file.stored.listed = vec![conf("l1", 5)];
+        let new = apply(&old, file).unwrap();
+        let state = |name: &str| {
+            let b = new.backends.iter().find(|b| b.name == name).unwrap();
+            (b.state(), b.source.clone())
+        };
+        assert_eq!(state("a"), (State::Up, Source::Config), "the file's stays");
+        assert_eq!(state("r1"), (State::Draining, registered.clone()));
+        assert!(Arc::ptr_eq(&old.backends[2], &new.backends[2]), "r2 kept");
+        assert_eq!(state("r3"), (State::Down, registered));
+        assert_eq!(
+            state("l1"),
+            (State::Down, Source::Etcd { registered: false })
         );
     }
 

@@ -2,6 +2,7 @@
 //! for the backends, pools and routes of the running snapshot, and of the TLS listeners.
 
 use crate::backend::{Backend, State};
+use crate::fleet::Fleet;
 use crate::metrics::{BackendTotals, Latency, Totals, BUCKETS};
 use crate::shared::{Pool, Snapshot};
 use crate::tls::Certificate;
@@ -280,6 +281,26 @@ fn render_tls(out: &mut String, totals: &Totals, certificates: &[Arc<Certificate
         let labels = format!("certificate=\"{}\"", cert.conf.name);
         line(out, name, &labels, cert.not_after.max(0) as u64);
     }
+}
+
+/// Whether this instance follows etcd now, and the revision of etcd's view it runs on.
+pub fn render_fleet(out: &mut String, fleet: &Fleet) {
+    let name = "lbmio_etcd_connected";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 while the watch on etcd is followed, 0 in an outage.",
+    );
+    line(out, name, "", fleet.connected().into());
+    let name = "lbmio_etcd_revision";
+    header(
+        out,
+        name,
+        "gauge",
+        "The etcd revision of the view the running config is built from.",
+    );
+    line(out, name, "", fleet.applied().max(0) as u64);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -60,9 +60,7 @@ impl Fleet {
     /// error is a client that cannot be made (a TLS file that does not read).
     pub fn start(file: Config) -> Result<(Fleet, Client, Start, Config), String> {
         let etcd = &file.etcd;
-        let options = options(&file).map_err(|e| format!("[etcd]: {e}"))?;
-        let mut reader = Client::new(options.clone()).map_err(|e| format!("[etcd]: {e}"))?;
-        let writer = Client::new(options).map_err(|e| format!("[etcd]: {e}"))?;
+        let (mut reader, writer) = (client(&file)?, client(&file)?);
         let prefix = etcd.prefix.clone();
         let (view, start) = match reader.range(prefix.as_bytes()) {
             Ok(range) => {
@@ -98,7 +96,7 @@ impl Fleet {
         };
         let mut notes = Vec::new();
         let merged = view::merge(&file, &view, &mut notes);
-        log_new(&notes, &[]);
+        log_new(&prefix, &notes, &[]);
         let fleet = Fleet {
             prefix,
             applied: Mutex::new(view.revision),
@@ -113,12 +111,14 @@ impl Fleet {
 
     /// Replaces config.ini's part (SIGHUP): the running snapshot becomes the new file with
     /// the view over it. A config that does not apply changes nothing.
-    pub fn reload(&self, shared: &Shared, file: Config) -> Result<(), String> {
+    pub fn reload(&self, shared: &Shared, mut file: Config) -> Result<(), String> {
         let mut parts = self.parts.lock();
+        // Kept as it will run, so that the merges that follow do not warn again.
+        reload::keep_restart_only_settings(&parts.file, &mut file);
         let mut notes = Vec::new();
         let merged = view::merge(&file, &parts.view, &mut notes);
         shared.update(|snap| reload::apply(snap, merged))?;
-        log_new(&notes, &parts.notes);
+        log_new(&self.prefix, &notes, &parts.notes);
         (parts.file, parts.notes) = (file, notes);
         Ok(())
     }
@@ -135,7 +135,7 @@ impl Fleet {
         if let Err(e) = shared.update(|snap| reload::apply(snap, merged)) {
             warn!("etcd: the view at revision {revision} does not apply, the running config stays: {e}");
         }
-        log_new(&notes, &parts.notes);
+        log_new(&self.prefix, &notes, &parts.notes);
         parts.notes = notes;
         *self.applied.lock() = revision;
         self.applied_changed.notify_all();
@@ -202,8 +202,13 @@ impl Fleet {
     }
 }
 
+/// A client as `[etcd]` says (its TLS files read now; it connects on its first call).
+pub fn client(config: &Config) -> Result<Client, String> {
+    Client::new(options(config)).map_err(|e| format!("[etcd]: {e}"))
+}
+
 /// The client options `[etcd]` gives.
-fn options(config: &Config) -> Result<etcd::Options, String> {
+fn options(config: &Config) -> etcd::Options {
     let etcd = &config.etcd;
     let tls = etcd.ca.clone().map(|ca| TlsFiles {
         ca,
@@ -217,18 +222,19 @@ fn options(config: &Config) -> Result<etcd::Options, String> {
         }),
         _ => None,
     };
-    Ok(etcd::Options {
+    etcd::Options {
         endpoints: etcd.endpoints.clone(),
         tls,
         credentials,
         connect_timeout: etcd.connect_timeout,
         request_timeout: etcd.request_timeout,
-    })
+    }
 }
 
-/// Logs what a merge left out that the one before did not.
-fn log_new(notes: &[String], before: &[String]) {
+/// Logs what a merge left out (each note begins with a key under `prefix`) that the one
+/// before did not.
+fn log_new(prefix: &str, notes: &[String], before: &[String]) {
     for note in notes.iter().filter(|n| !before.contains(n)) {
-        warn!("etcd: {note}");
+        warn!("etcd: {prefix}{note}");
     }
 }

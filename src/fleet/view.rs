@@ -210,3 +210,170 @@ pub fn route(value: &Value, name: &str, config: &Config) -> Result<RouteConf, St
         ..conf
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "[backends]\na = 127.0.0.1:1\n[pool.api]\nretries = 1\n\
+                        [pool.api.backends]\nb = 127.0.0.1:2\n[route.r1]\npath = /api/\npool = api\n";
+
+    fn file() -> Config {
+        Config::parse(FILE, "config.ini").unwrap()
+    }
+
+    fn view(entries: &[(Key, &str)]) -> View {
+        let mut view = View::default();
+        for (key, value) in entries {
+            view.put(key.clone(), value.as_bytes(), 1, &file()).unwrap();
+        }
+        view
+    }
+
+    fn names(confs: &[BackendConf]) -> Vec<(&str, &str)> {
+        confs
+            .iter()
+            .map(|c| (c.pool.as_str(), c.name.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_etcd_pool_replaces_the_files_with_its_backends_and_routes_follow_in_name_order() {
+        let view = view(&[
+            (
+                Key::Pool("api".into()),
+                r#"{"version": 1, "settings": {"retries": 3}, "backends": [{"name": "c", "address": "127.0.0.1:3"}]}"#,
+            ),
+            (Key::Pool("new".into()), r#"{"version": 1}"#),
+            (
+                Key::Backend {
+                    pool: "new".into(),
+                    name: "d".into(),
+                },
+                r#"{"address": "127.0.0.1:4"}"#,
+            ),
+            (
+                Key::Route("r2".into()),
+                r#"{"version": 1, "keys": [["path", "/new/"], ["pool", "new"]]}"#,
+            ),
+            (
+                Key::Route("r1".into()),
+                r#"{"version": 1, "keys": [["path", "/v2/"], ["pool", "api"]]}"#,
+            ),
+            (
+                Key::Route("r0".into()),
+                r#"{"version": 1, "keys": [["path", "/x/"], ["pool", "default"]]}"#,
+            ),
+        ]);
+        let mut notes = Vec::new();
+        let merged = merge(&file(), &view, &mut notes);
+        assert!(notes.is_empty(), "{notes:?}");
+        let api = &merged.pools[merged.pool("api").unwrap()];
+        assert_eq!((api.retries, api.origin), (3, Origin::Etcd));
+        assert_eq!(
+            names(&merged.backends),
+            [("default", "a")],
+            "b went with the file's api"
+        );
+        assert_eq!(names(&merged.stored.listed), [("api", "c")]);
+        assert_eq!(names(&merged.stored.registered), [("new", "d")]);
+        let routes: Vec<(&str, Origin)> = (merged.routes.iter())
+            .map(|r| (r.name.as_str(), r.origin))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("r1", Origin::Etcd),
+                ("r0", Origin::Etcd),
+                ("r2", Origin::Etcd)
+            ],
+            "r1 in the file's place, the others after it in name order"
+        );
+    }
+
+    #[test]
+    fn what_cannot_join_is_left_out_with_its_key_and_the_rest_applies() {
+        let view = view(&[
+            (
+                Key::Backend {
+                    pool: "gone".into(),
+                    name: "x".into(),
+                },
+                r#"{"address": "127.0.0.1:5"}"#,
+            ),
+            (
+                Key::Backend {
+                    pool: "default".into(),
+                    name: "a".into(),
+                },
+                r#"{"address": "127.0.0.1:6"}"#,
+            ),
+            (
+                Key::Backend {
+                    pool: "default".into(),
+                    name: "e".into(),
+                },
+                r#"{"address": "127.0.0.1:7"}"#,
+            ),
+            (
+                Key::Route("rx".into()),
+                r#"{"version": 1, "keys": [["path", "/x/"], ["pool", "gone"]]}"#,
+            ),
+        ]);
+        let mut notes = Vec::new();
+        let merged = merge(&file(), &view, &mut notes);
+        assert_eq!(
+            notes,
+            [
+                "backends/default/a: backend a left out: another backend has its name",
+                "backends/gone/x: left out: there is no pool gone",
+                "routes/rx: left out: there is no pool gone",
+            ]
+        );
+        assert_eq!(names(&merged.stored.registered), [("default", "e")]);
+        assert_eq!(merged.routes.len(), 1, "the file's route alone");
+    }
+
+    #[test]
+    fn a_value_that_does_not_read_is_refused_and_the_last_good_one_stays() {
+        let mut view = view(&[(Key::Pool("p".into()), r#"{"version": 1}"#)]);
+        let before = view.clone();
+        let key = Key::Pool("p".into());
+        let bad = [
+            (&b"{"[..], "not JSON"),
+            (br#"{"version": 2}"#, "version 2 is not known"),
+            (
+                br#"{"version": 1, "colour": "red"}"#,
+                "unknown field \"colour\"",
+            ),
+        ];
+        for (value, want) in bad {
+            let err = view.put(key.clone(), value, 9, &file()).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        let named = Key::Backend {
+            pool: "default".into(),
+            name: "z".into(),
+        };
+        let err = (view.put(
+            named,
+            br#"{"name": "y", "address": "127.0.0.1:1"}"#,
+            9,
+            &file(),
+        ))
+        .unwrap_err();
+        assert!(err.contains("the key names \"z\""), "{err}");
+        assert_eq!(view, before);
+        assert_eq!(
+            Key::parse("pools/a/b").unwrap_err().split(':').next(),
+            Some("not a key lb-mio reads")
+        );
+        assert_eq!(
+            Key::parse("backends/p/n"),
+            Ok(Key::Backend {
+                pool: "p".into(),
+                name: "n".into()
+            })
+        );
+    }
+}

@@ -123,7 +123,7 @@ pub fn read_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e:?}", path.display()))?;
+        .map_err(|e| format!("{}: {}", path.display(), pem_reason(e)))?;
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(format!("{}: no CA certificate in the file", path.display()));
