@@ -107,11 +107,23 @@ fn check(key: &Key, value: &Value, file: &Config) -> Result<(), String> {
     }
 }
 
+/// The fields a backend's value under `backends/POOL/NAME` may have.
+const BACKEND_FIELDS: [&str; 6] = ["address", "name", "weight", "tls", "pool", "backup"];
+
 /// A backend under `backends/POOL/NAME`: its document, whose `name` and `pool`, when given,
 /// are the key's.
 pub fn registered(value: &Value, pool: &str, name: &str) -> Result<BackendConf, String> {
     crate::config::check_pool_name(pool)?;
     backend::check_name(name)?;
+    // A misspelt field would otherwise be dropped without a word (`"wieght": 5` read as
+    // weight 1): the value is malformed, like a pool or a route with a field it does not know.
+    let fields = value.as_object().ok_or("not a JSON object")?;
+    if let Some(field) = fields
+        .keys()
+        .find(|f| !BACKEND_FIELDS.contains(&f.as_str()))
+    {
+        return Err(format!("unknown field {field:?}"));
+    }
     let conf = document::backend_of(value, pool)?;
     match conf.name.as_str() {
         "" => Ok(BackendConf {
@@ -375,5 +387,26 @@ mod tests {
                 name: "n".into()
             })
         );
+    }
+
+    #[test]
+    fn a_registered_backend_with_a_field_it_does_not_know_is_refused_and_the_last_value_stays() {
+        let key = Key::Backend {
+            pool: "default".into(),
+            name: "e".into(),
+        };
+        let mut view = view(&[(key.clone(), r#"{"address": "127.0.0.1:7", "weight": 2}"#)]);
+        let misspelt = br#"{"address": "127.0.0.1:8", "wieght": 5}"#;
+        assert_eq!(
+            view.put(key.clone(), misspelt, 2, &file()),
+            Err("unknown field \"wieght\"".into())
+        );
+        assert_eq!(
+            view.put(key.clone(), b"[1]", 3, &file()),
+            Err("not a JSON object".into())
+        );
+        assert_eq!(view.revision_of(&key), Some(1), "the last good value stays");
+        let every = br#"{"address": "127.0.0.1:8", "name": "e", "weight": 3, "tls": null, "pool": "default", "backup": false}"#;
+        assert_eq!(view.put(key.clone(), every, 4, &file()), Ok(()));
     }
 }
