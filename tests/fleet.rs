@@ -676,6 +676,80 @@ fn a_malformed_value_is_logged_with_its_key_and_ignored_and_a_valid_one_later_ap
     lb.assert_alive();
 }
 
+#[test]
+fn a_pool_document_whose_backend_has_a_field_it_does_not_know_is_malformed() {
+    // The spec's "unknown field" holds inside a pool document's backends too: `"wieght": 5`
+    // must not make a backend of weight 1.
+    let etcd = Etcd::start(&[]);
+    let ep = etcd.endpoint();
+    let b0 = Backend::named("b0");
+    let typo = Backend::named("typo");
+    let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &ep, "", ""));
+    let doc = json!({"version": 1, "name": "typo", "settings": {},
+        "backends": [{"name": "typo", "address": typo.addr.to_string(), "wieght": 5}]});
+    etcd.ctl(&["put", &format!("{PREFIX}pools/typo"), &doc.to_string()]);
+    let key = format!("{PREFIX}pools/typo");
+    let warned = lb.wait_for_log(&key, WAIT);
+    assert!(
+        warned,
+        "no warning naming {key}; GET /api/pools/typo: {}; log:\n{}",
+        call(&lb, "GET", "/api/pools/typo", None).body_str(),
+        lb.log_text()
+    );
+    assert_eq!(call(&lb, "GET", "/api/pools/typo", None).status, 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Precedence: etcd over config.ini, for a pool and a route of the same name; a backend name
+// taken by another source
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn etcd_replaces_the_files_pool_and_route_of_the_same_name_and_a_taken_backend_name_is_refused() {
+    let etcd = Etcd::start(&[]);
+    let ep = etcd.endpoint();
+    let [b0, fapi, eapi, dup] = ["b0", "fapi", "eapi", "dup"].map(Backend::named);
+    let file_part = format!(
+        "[pool.api.backends]\nfapi = {}\n[route.api]\npath = /api/\npool = api\n\
+         [route.zz]\npath = /zz/\nreturn = 200 file-zz\n",
+        fapi.addr
+    );
+    let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &ep, "", &file_part));
+    assert_eq!(lb.get_body("/api/x"), "fapi");
+    assert_eq!(lb.get_body("/zz/"), "file-zz");
+
+    // The etcd pool api replaces the file's, backends and all.
+    let doc = pool_doc("api", "eapi", eapi.addr, 1);
+    etcd.ctl(&["put", &format!("{PREFIX}pools/api"), &doc.to_string()]);
+    wait_for_body(&lb, "/api/x", "eapi", WAIT);
+    wait_gone(&lb, "fapi", WAIT);
+    let fapi_then = fapi.request_count();
+    assert_eq!(bodies(&lb, "/api/y", 6), set(&["eapi"]));
+    assert_eq!(fapi.request_count(), fapi_then);
+
+    // An etcd route named like a file route replaces it in place: it still comes before the
+    // etcd routes that sort after it, and /zz/ answers from etcd.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}routes/zz"),
+        &return_route("zz", "etcd-zz"),
+    ]);
+    wait_for_body(&lb, "/zz/", "etcd-zz", WAIT);
+    let routes = json_body(&call(&lb, "GET", "/api/routes", None));
+    let names: Vec<&str> = (routes["routes"].as_array().expect("routes").iter())
+        .map(|r| r["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["api", "zz"], "{routes}");
+
+    // A registered backend named like config.ini's b0: ignored, with a warning naming its key.
+    let key = format!("{PREFIX}backends/default/b0");
+    etcd.ctl(&["put", &key, &backend_doc(dup.addr)]);
+    lb.expect_log(&key, WAIT);
+    assert!(lb.log_lines_with(&key).iter().all(|l| l.contains("WARN")));
+    assert_eq!(bodies(&lb, "/", 6), set(&["b0"]));
+    assert_eq!(dup.request_count(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Admin writes go to etcd: ETags, conflicts, revisions, read-your-writes
 // ---------------------------------------------------------------------------------------------
