@@ -103,8 +103,7 @@ impl Follower {
                     return;
                 }
                 Ok(Some(Message::Canceled { reason })) => {
-                    warn!("etcd: the watch on {prefix} was canceled ({reason}): watching again");
-                    return;
+                    return self.lost(&format!("etcd canceled the watch on {prefix}: {reason}"));
                 }
                 Err(e) => return self.lost(&e.to_string()),
             }
