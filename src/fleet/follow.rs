@@ -14,7 +14,7 @@ use crate::etcd::{Client, Event, Message, Range};
 use crate::shared::Shared;
 use log::{info, warn};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -144,7 +144,7 @@ impl Follower {
         }
     }
 
-    fn save(&self, path: &PathBuf, view: &View) {
+    fn save(&self, path: &Path, view: &View) {
         if let Err(e) = cache::save(path, &self.fleet.prefix, view) {
             warn!("etcd: cache file {}: {e}", path.display());
         }
