@@ -142,10 +142,22 @@ fn head<'a>(
     }
 }
 
+/// The fields a backend's JSON may have.
+const BACKEND_FIELDS: [&str; 6] = ["address", "name", "weight", "tls", "pool", "backup"];
+
 /// A backend as JSON gives it: `{"address": "ip:port", "name": "...", "weight": N, "tls":
 /// "NAME", "pool": "...", "backup": false}`, only `address` required. Without `name` the name is
 /// empty (the admin API then makes one up); without `pool`, it is `pool`.
 pub fn backend(value: &Value, pool: &str) -> Result<BackendConf, String> {
+    // A misspelt field would otherwise be dropped without a word (`"wieght": 5` read as
+    // weight 1).
+    let fields = value.as_object().ok_or("a backend is a JSON object")?;
+    if let Some(field) = fields
+        .keys()
+        .find(|f| !BACKEND_FIELDS.contains(&f.as_str()))
+    {
+        return Err(format!("unknown field {field:?}"));
+    }
     let address = value
         .get("address")
         .and_then(Value::as_str)
@@ -274,6 +286,10 @@ mod tests {
             (
                 json!({"version": 1, "backends": [{"name": "a", "address": "127.0.0.1:1", "pool": "z"}]}),
                 "not \"x\"",
+            ),
+            (
+                json!({"version": 1, "backends": [{"name": "a", "address": "127.0.0.1:1", "wieght": 5}]}),
+                "backends[0]: unknown field \"wieght\"",
             ),
         ];
         for (doc, want) in cases {

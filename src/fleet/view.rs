@@ -360,4 +360,25 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn a_registered_backend_with_a_field_it_does_not_know_is_refused_and_the_last_value_stays() {
+        let key = Key::Backend {
+            pool: "default".into(),
+            name: "e".into(),
+        };
+        let mut view = view(&[(key.clone(), r#"{"address": "127.0.0.1:7", "weight": 2}"#)]);
+        let misspelt = br#"{"address": "127.0.0.1:8", "wieght": 5}"#;
+        assert_eq!(
+            view.put(key.clone(), misspelt, 2, &file()),
+            Err("unknown field \"wieght\"".into())
+        );
+        assert_eq!(
+            view.put(key.clone(), b"[1]", 3, &file()),
+            Err("a backend is a JSON object".into())
+        );
+        assert_eq!(view.revision_of(&key), Some(1), "the last good value stays");
+        let every = br#"{"address": "127.0.0.1:8", "name": "e", "weight": 3, "tls": null, "pool": "default", "backup": false}"#;
+        assert_eq!(view.put(key.clone(), every, 4, &file()), Ok(()));
+    }
 }

@@ -105,3 +105,278 @@ fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address")
 }
+
+// ---------------------------------------------------------------------------------------------
+// A cluster of several members on loopback, and leases held from the command line
+// ---------------------------------------------------------------------------------------------
+
+/// Short raft timings, so a cluster that lost its leader elects another in well under a
+/// second (etcd's defaults are 100 ms and 1 s).
+const CLUSTER_TIMING: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+
+/// A real etcd cluster of `n` members on loopback, each with its data directory on tmpfs;
+/// each member can be killed and restarted on its data (as a member that crashed and came
+/// back). Killed on drop, data removed.
+pub struct EtcdCluster {
+    members: Vec<ClusterMember>,
+    /// `name=http://peer,...` for every member.
+    initial: String,
+    token: String,
+}
+
+struct ClusterMember {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members at once (each waits for a quorum before it serves) and waits until
+    /// every one serves.
+    #[track_caller]
+    pub fn start(n: usize) -> EtcdCluster {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let id = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // Every port held until all are chosen, so no two are the same.
+        let held: Vec<TcpListener> = (0..2 * n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().unwrap()).collect();
+        drop(held);
+        let members: Vec<ClusterMember> = (0..n)
+            .map(|i| {
+                let dir = PathBuf::from(format!(
+                    "/dev/shm/lb-mio-etcd-cluster-{}-{id}-m{i}",
+                    std::process::id()
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                ClusterMember {
+                    name: format!("m{i}"),
+                    client: ports[2 * i],
+                    peer: ports[2 * i + 1],
+                    dir,
+                    process: None,
+                }
+            })
+            .collect();
+        let initial = (members.iter())
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial,
+            token: format!("lb-mio-test-{}-{id}", std::process::id()),
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    /// `host:port` of member `i` for clients.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].client.to_string()
+    }
+
+    /// Every member's endpoint, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// The member whose client port is `port`, if any.
+    pub fn member_at(&self, port: u16) -> Option<usize> {
+        self.members.iter().position(|m| m.client.port() == port)
+    }
+
+    /// Kills member `i` at once (SIGKILL), leaving its data as it was.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].process = None;
+    }
+
+    /// Starts member `i` again on its data directory and ports; waits until it serves.
+    #[track_caller]
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    /// `etcdctl` against member `i` only; its stdout. Panics if it fails, showing what every
+    /// member logged.
+    #[track_caller]
+    pub fn ctl(&self, i: usize, args: &[&str]) -> String {
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(i)])
+            .args(args);
+        let output = super::run_within(&mut command, Duration::from_secs(10)).expect("run etcdctl");
+        if output.status.is_some_and(|s| s.success()) {
+            return output.stdout;
+        }
+        panic!(
+            "etcdctl (member {i}) {}: {:?}\n{}\n{}",
+            args.join(" "),
+            output.status,
+            output.stderr,
+            self.logs()
+        );
+    }
+
+    /// `put KEY VALUE` through member `i`, tried again (up to 5 times, 2 s each) while it
+    /// fails: a write proposed while the cluster has no leader (the old one just killed, the
+    /// election not yet over) is dropped, and etcdctl only sees its deadline pass. A put
+    /// repeated writes the same value again.
+    #[track_caller]
+    pub fn put(&self, i: usize, key: &str, value: &str) {
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            let mut command = Command::new("etcdctl");
+            command
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.endpoint(i), "--command-timeout=2s"])
+                .args(["put", key, value]);
+            let output =
+                super::run_within(&mut command, Duration::from_secs(5)).expect("run etcdctl");
+            if output.status.is_some_and(|s| s.success()) {
+                return;
+            }
+            errors.push(output.stderr);
+        }
+        panic!(
+            "etcdctl (member {i}) put {key}: {}\n{}",
+            errors.join("\n"),
+            self.logs()
+        );
+    }
+
+    /// What each running member logged, for a failure's message.
+    pub fn logs(&self) -> String {
+        (self.members.iter())
+            .filter_map(|m| {
+                let lines = m.process.as_ref()?.lines();
+                Some(format!("--- {}:\n{}", m.name, lines.join("\n")))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let (initial, token) = (self.initial.clone(), self.token.clone());
+        let m = &mut self.members[i];
+        let client = format!("http://{}", m.client);
+        let peer = format!("http://{}", m.peer);
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &token])
+            .args(CLUSTER_TIMING);
+        let process = Process::spawn(&mut command, Pipe::Stderr).expect("run etcd (etcd-server)");
+        m.process = Some(process);
+    }
+
+    #[track_caller]
+    fn wait_ready(&self, i: usize) {
+        let process = self.members[i].process.as_ref().expect("spawned");
+        let ready = process.wait_for_lines(READY, 1, START_TIMEOUT);
+        assert!(
+            ready,
+            "etcd member {i} did not start:\n{}",
+            process.lines().join("\n")
+        );
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.process = None;
+            let _ = std::fs::remove_dir_all(&m.dir);
+        }
+    }
+}
+
+/// `etcdctl --endpoints ENDPOINTS ARGS`; its stdout. Panics if it fails.
+#[track_caller]
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> String {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoints])
+        .args(args);
+    let output = super::run_within(&mut command, Duration::from_secs(10)).expect("run etcdctl");
+    output.stdout_of_success(&format!("etcdctl {}", args.join(" ")))
+}
+
+/// A key put with a lease of its own, kept alive by `etcdctl lease keep-alive` running beside
+/// the test: what a backend registering itself does. Revoked, or left to expire (the
+/// keep-alive killed, as when the backend's host dies).
+pub struct LeasedKey {
+    pub endpoints: String,
+    pub key: String,
+    /// The lease ID as etcdctl writes it (hex).
+    pub lease: String,
+    keep_alive: Option<Process>,
+}
+
+impl LeasedKey {
+    /// `lease grant TTL`, `put --lease=ID KEY VALUE`, then `lease keep-alive ID` beside the
+    /// test.
+    #[track_caller]
+    pub fn put(endpoints: &str, key: &str, value: &str, ttl_s: u32) -> LeasedKey {
+        // "lease 694d8c5d6e9a5b0c granted with TTL(5s)"
+        let granted = etcdctl(endpoints, &["lease", "grant", &ttl_s.to_string()]);
+        let lease = (granted.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no lease ID in {granted:?}"))
+            .to_string();
+        etcdctl(endpoints, &["put", &format!("--lease={lease}"), key, value]);
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            endpoints,
+            "lease",
+            "keep-alive",
+            &lease,
+        ]);
+        let keep_alive =
+            Process::spawn(&mut command, Pipe::Stdout).expect("run etcdctl lease keep-alive");
+        LeasedKey {
+            endpoints: endpoints.to_string(),
+            key: key.to_string(),
+            lease,
+            keep_alive: Some(keep_alive),
+        }
+    }
+
+    /// Stops keeping the lease alive (its key goes when its TTL runs out).
+    pub fn abandon(&mut self) {
+        self.keep_alive = None;
+    }
+
+    /// `lease revoke ID`: the key is deleted at once.
+    #[track_caller]
+    pub fn revoke(&mut self) {
+        self.keep_alive = None;
+        etcdctl(&self.endpoints, &["lease", "revoke", &self.lease]);
+    }
+}

@@ -72,3 +72,36 @@ pub fn context_switches(pid: u32) -> Vec<(String, u64)> {
     }
     threads
 }
+
+/// The remote addresses of a process's established IPv4 TCP connections (its sockets matched
+/// by inode against `/proc/PID/net/tcp`).
+#[track_caller]
+pub fn tcp_peers(pid: u32) -> Vec<std::net::SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("/proc/PID/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "01" || !inodes.iter().any(|i| i == f[9]) {
+                return None;
+            }
+            let (ip, port) = f[2].split_once(':')?;
+            let ip = u32::from_str_radix(ip, 16).ok()?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            // The address is in host byte order (little-endian here).
+            let ip = std::net::Ipv4Addr::from(ip.swap_bytes());
+            Some(std::net::SocketAddr::from((ip, port)))
+        })
+        .collect()
+}
