@@ -942,3 +942,70 @@ fn check_validates_an_etcd_config_without_contacting_etcd() {
     assert!(!status.success(), "a bad prefix passed: {out}{err}");
     assert!(err.contains("prefix"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A partition while etcd compacts away what lb-mio missed: a full re-read
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_watch_cut_off_while_etcd_compacted_what_it_missed_reads_the_prefix_again() {
+    let etcd = Etcd::start(&[]);
+    let ep = etcd.endpoint();
+    // lb-mio reaches etcd through a relay the test cuts: etcd keeps running, and writes.
+    let relay = Relay::start(etcd.client);
+    let [b0, kept, gone, added] = ["b0", "kept", "gone", "added"].map(Backend::named);
+    for b in [&kept, &gone] {
+        let key = format!("{PREFIX}backends/default/{}", b.name);
+        etcd.ctl(&["put", &key, &backend_doc(b.addr)]);
+    }
+    let lb = Lb::start(&fleet_ini(
+        &[("b0", b0.addr)],
+        &relay.addr.to_string(),
+        "",
+        "",
+    ));
+    assert_eq!(bodies(&lb, "/", 8), set(&["b0", "kept", "gone"]));
+    let load = Load::paced(lb.addr, 1, PACE);
+    load.wait_for_more(20, WAIT);
+
+    relay.cut();
+    lb.expect_log("etcd: lost", WAIT);
+    etcd.ctl(&["del", &format!("{PREFIX}backends/default/gone")]);
+    let key = format!("{PREFIX}backends/default/added");
+    etcd.ctl(&["put", &key, &backend_doc(added.addr)]);
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}routes/late"),
+        &return_route("late", "late"),
+    ]);
+    let revision = etcd_revision(&ep);
+    etcd.ctl(&["compaction", &revision.to_string()]);
+    // Reconnects keep failing for a while: still one warning for the outage.
+    thread::sleep(Duration::from_millis(600));
+    relay.restore();
+
+    lb.expect_log("was compacted", CATCH_UP);
+    wait_for_body(&lb, "/late/", "late", CATCH_UP);
+    wait_gone(&lb, "gone", WAIT);
+    let caught_up = wait_until(WAIT, || {
+        bodies(&lb, "/", 12) == set(&["b0", "kept", "added"])
+    });
+    assert!(
+        caught_up,
+        "served: {:?}; log:\n{}",
+        bodies(&lb, "/", 12),
+        lb.log_text()
+    );
+    assert_eq!(
+        lb.count_log("etcd: lost"),
+        1,
+        "one warning per outage:\n{}",
+        lb.log_text()
+    );
+    assert_eq!(
+        metric(lb.admin_addr(), "lbmio_etcd_revision", &[]),
+        revision as f64,
+        "the view read again is etcd's as it stands"
+    );
+    assert_no_failures(vec![load], 20);
+}
