@@ -72,27 +72,7 @@ impl Fleet {
                 );
                 (view, Start::Current)
             }
-            Err(e) => {
-                let cached = etcd
-                    .cache_file
-                    .as_deref()
-                    .map(|path| (path, cache::load(path, &prefix, &file)));
-                let view = match cached {
-                    Some((path, Ok(Some(view)))) => {
-                        warn!("etcd: cannot read {prefix} at start ({e}); starting from the cache file {} (revision {}), and reconnecting", path.display(), view.revision);
-                        view
-                    }
-                    Some((path, Err(why))) => {
-                        warn!("etcd: cannot read {prefix} at start ({e}), nor the cache file {}: {why}; starting from config.ini alone, and reconnecting", path.display());
-                        View::default()
-                    }
-                    Some((_, Ok(None))) | None => {
-                        warn!("etcd: cannot read {prefix} at start ({e}); starting from config.ini alone, and reconnecting");
-                        View::default()
-                    }
-                };
-                (view, Start::Stale)
-            }
+            Err(e) => (without_etcd(&file, &e.to_string()), Start::Stale),
         };
         let mut notes = Vec::new();
         let merged = view::merge(&file, &view, &mut notes);
@@ -198,6 +178,32 @@ impl Fleet {
         match value {
             Some(value) => writer.put_if(full.as_bytes(), value, lease, guard),
             None => writer.delete_if(full.as_bytes(), guard),
+        }
+    }
+}
+
+/// The view to start from when etcd cannot be read (`why`): the cache file's, or none; the
+/// log says which.
+fn without_etcd(file: &Config, why: &str) -> View {
+    let prefix = &file.etcd.prefix;
+    let cannot = format!("etcd: cannot read {prefix} at start ({why})");
+    let Some(path) = file.etcd.cache_file.as_deref() else {
+        warn!("{cannot}; starting from config.ini alone, and reconnecting");
+        return View::default();
+    };
+    match cache::load(path, prefix, file) {
+        Ok(Some(view)) => {
+            let (path, revision) = (path.display(), view.revision);
+            warn!("{cannot}; starting from the cache file {path} (revision {revision}), and reconnecting");
+            view
+        }
+        Ok(None) => {
+            warn!("{cannot}, and there is no cache file yet; starting from config.ini alone, and reconnecting");
+            View::default()
+        }
+        Err(e) => {
+            warn!("{cannot}, nor the cache file {}: {e}; starting from config.ini alone, and reconnecting", path.display());
+            View::default()
         }
     }
 }
