@@ -440,6 +440,22 @@ fn over_tls_the_client_checks_the_members_certificate_and_its_calls_work() {
 }
 
 #[test]
+fn over_tls_on_ipv6_loopback_a_certificate_for_the_address_is_taken() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("etcd", KeyKind::Ecdsa, &["::1"]);
+    let tls = EtcdTls {
+        cert: leaf.cert,
+        key: leaf.key,
+        ca: pki.ca.clone(),
+        client_cert_auth: false,
+    };
+    let etcd = Etcd::start_on("::1".parse().unwrap(), Some(tls), &[PROGRESS]);
+    assert!(etcd.endpoint().starts_with("[::1]:"), "{}", etcd.endpoint());
+    let mut client = tls_client(&etcd.endpoint(), &pki.ca, None);
+    puts_ranges_and_watches(&etcd, &mut client);
+}
+
+#[test]
 fn where_etcd_asks_for_a_client_certificate_one_from_its_ca_is_let_in_and_none_is_not() {
     let pki = Pki::new();
     let etcd = tls_etcd(&pki, true);

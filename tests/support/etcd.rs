@@ -5,12 +5,13 @@
 //! then speaks to it the same way.
 
 use super::process::{Pipe, Process};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// What etcd logs once it takes client requests (both of its loggers say it).
 const READY: &str = "ready to serve client requests";
 /// etcd starts in about a second; a loaded CI machine may take longer.
@@ -46,22 +47,23 @@ impl Etcd {
     /// A single-member etcd with `extra` flags (e.g. a short
     /// `--experimental-watch-progress-notify-interval`).
     pub fn start(extra: &[&str]) -> Etcd {
-        Etcd::start_with(None, extra)
+        Etcd::start_on(LOCALHOST.into(), None, extra)
     }
 
     /// `start`, serving clients over TLS as `tls` says (`https` client URLs).
     pub fn start_tls(tls: EtcdTls, extra: &[&str]) -> Etcd {
-        Etcd::start_with(Some(tls), extra)
+        Etcd::start_on(LOCALHOST.into(), Some(tls), extra)
     }
 
-    fn start_with(tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
+    /// `start` on the loopback address `ip` (`::1` for IPv6), over TLS if `tls` is given.
+    pub fn start_on(ip: IpAddr, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/dev/shm/lb-mio-etcd-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut etcd = Etcd {
-            client: free_port(),
-            peer: free_port(),
+            client: free_port(ip),
+            peer: free_port(ip),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls,
@@ -171,8 +173,8 @@ impl Drop for Etcd {
     }
 }
 
-/// A loopback port nobody listens on now.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+/// A port on loopback address `ip` that nobody listens on now.
+fn free_port(ip: IpAddr) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
     listener.local_addr().expect("local address")
 }
