@@ -1,9 +1,11 @@
 //! The etcd client against a real etcd on loopback: the calls, the watch (live, resumed,
-//! compacted, idle), leases, auth, and a member killed and restarted on its data.
+//! compacted, idle), leases, auth, a member killed and restarted on its data, and TLS (the
+//! member's certificate checked, a client certificate where etcd asks for one).
 
 mod support;
 
-use lb_mio::etcd::{Client, Credentials, Event, Message, Options, Watch};
+use lb_mio::etcd::{Client, Credentials, Event, Message, Options, TlsFiles, Watch};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -327,9 +329,8 @@ fn etcd_killed_and_restarted_the_client_reconnects_and_the_watch_resumes() {
 
 #[test]
 fn with_auth_the_client_authenticates_and_again_when_its_token_expires() {
-    let etcd = Etcd::start(&[PROGRESS, "--auth-token-ttl=1"]);
-    etcd.ctl(&["user", "add", "root:secret"]);
-    etcd.ctl(&["auth", "enable"]);
+    let mut etcd = Etcd::start(&[PROGRESS, "--auth-token-ttl=1"]);
+    etcd.enable_auth("secret");
     let mut anonymous = client(&etcd);
     let refused = anonymous.range(b"/lb-mio/").unwrap_err();
     assert!(!refused.is_connection(), "{refused}");
@@ -346,4 +347,214 @@ fn with_auth_the_client_authenticates_and_again_when_its_token_expires() {
     // Simple tokens live --auth-token-ttl seconds past their last use.
     thread::sleep(Duration::from_millis(2500));
     assert_eq!(client.range(b"/lb-mio/").unwrap().kvs.len(), 1);
+}
+
+/// A client of `etcd` over TLS, trusting `ca`, with this client certificate and key.
+fn tls_client(endpoint: &str, ca: &Path, cert: Option<&Leaf>) -> Client {
+    let mut options = options(&[endpoint.to_string()]);
+    options.tls = Some(TlsFiles {
+        ca: ca.to_path_buf(),
+        cert: cert.map(|leaf| leaf.cert.clone()),
+        key: cert.map(|leaf| leaf.key.clone()),
+    });
+    Client::new(options).unwrap()
+}
+
+/// An etcd serving clients over TLS with a certificate for 127.0.0.1 from `pki`; with
+/// `client_cert_auth`, asking clients for a certificate from `pki` too.
+fn tls_etcd(pki: &Pki, client_cert_auth: bool) -> Etcd {
+    let leaf = pki.leaf("etcd", KeyKind::Ecdsa, &["127.0.0.1"]);
+    let tls = EtcdTls {
+        cert: leaf.cert,
+        key: leaf.key,
+        ca: pki.ca.clone(),
+        client_cert_auth,
+    };
+    Etcd::start_tls(tls, &[PROGRESS])
+}
+
+/// What a user checks of a working client: a put read back by range and by `etcdctl`, and a
+/// watch that sees the next put.
+#[track_caller]
+fn puts_ranges_and_watches(etcd: &Etcd, client: &mut Client) {
+    let first = client.put(b"/lb-mio/a", b"1", 0).unwrap();
+    let range = client.range(b"/lb-mio/").unwrap();
+    assert_eq!(range.revision, first);
+    let got: Vec<_> = range
+        .kvs
+        .iter()
+        .map(|kv| (&kv.key[..], &kv.value[..]))
+        .collect();
+    assert_eq!(got, [(&b"/lb-mio/a"[..], &b"1"[..])]);
+    assert_eq!(etcd.ctl(&["get", "--print-value-only", "/lb-mio/a"]), "1\n");
+
+    let mut watch = client.watch(b"/lb-mio/", first + 1).unwrap();
+    let second = client.put(b"/lb-mio/b", b"2", 0).unwrap();
+    let events = events_through(&mut watch, second);
+    assert_eq!(summary(&events), [("/lb-mio/b".to_string(), second, true)]);
+}
+
+/// The error of a call that failed, checked to name the endpoint and the call first.
+#[track_caller]
+fn error_of<T>(result: Result<T, lb_mio::etcd::Error>, endpoint: &str, call: &str) -> String {
+    let error = match result {
+        Ok(_) => panic!("{call} on {endpoint} succeeded"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.starts_with(&format!("etcd {endpoint}: {call}: ")),
+        "{error}"
+    );
+    error
+}
+
+#[test]
+fn over_tls_the_client_checks_the_members_certificate_and_its_calls_work() {
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, false);
+    let mut trusting = tls_client(&etcd.endpoint(), &pki.ca, None);
+    puts_ranges_and_watches(&etcd, &mut trusting);
+
+    // A certificate from a CA the client does not trust.
+    let stranger = Pki::new();
+    let mut wrong_ca = tls_client(&etcd.endpoint(), &stranger.ca, None);
+    let bad = "TLS: the member's certificate does not check out: invalid peer certificate";
+    let error = error_of(
+        wrong_ca.range(b"/lb-mio/"),
+        &etcd.endpoint(),
+        "range /lb-mio/",
+    );
+    assert!(error.contains(bad), "{error}");
+    let error = error_of(
+        wrong_ca.watch(b"/lb-mio/", 1),
+        &etcd.endpoint(),
+        "watch /lb-mio/ from revision 1",
+    );
+    assert!(error.contains(bad), "{error}");
+
+    // The right CA, but a name the certificate is not for (it has 127.0.0.1 only).
+    let by_name = format!("localhost:{}", etcd.client.port());
+    let mut wrong_name = tls_client(&by_name, &pki.ca, None);
+    let error = error_of(wrong_name.range(b"/lb-mio/"), &by_name, "range /lb-mio/");
+    assert!(error.contains(bad), "{error}");
+    assert!(
+        error.contains("not valid for name \"localhost\""),
+        "{error}"
+    );
+
+    // A plain client: no answer it can read.
+    let mut plain = client(&etcd);
+    error_of(plain.range(b"/lb-mio/"), &etcd.endpoint(), "range /lb-mio/");
+}
+
+#[test]
+fn over_tls_on_ipv6_loopback_a_certificate_for_the_address_is_taken() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("etcd", KeyKind::Ecdsa, &["::1"]);
+    let tls = EtcdTls {
+        cert: leaf.cert,
+        key: leaf.key,
+        ca: pki.ca.clone(),
+        client_cert_auth: false,
+    };
+    let etcd = Etcd::start_on("::1".parse().unwrap(), Some(tls), &[PROGRESS]);
+    assert!(etcd.endpoint().starts_with("[::1]:"), "{}", etcd.endpoint());
+    let mut client = tls_client(&etcd.endpoint(), &pki.ca, None);
+    puts_ranges_and_watches(&etcd, &mut client);
+}
+
+#[test]
+fn where_etcd_asks_for_a_client_certificate_one_from_its_ca_is_let_in_and_none_is_not() {
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki, true);
+    let leaf = pki.leaf("lb-mio", KeyKind::Ecdsa, &["lb-mio.client"]);
+    let mut client = tls_client(&etcd.endpoint(), &pki.ca, Some(&leaf));
+    puts_ranges_and_watches(&etcd, &mut client);
+
+    let mut without = tls_client(&etcd.endpoint(), &pki.ca, None);
+    let none = "TLS: the member asks for a client certificate and none is set";
+    let error = error_of(
+        without.range(b"/lb-mio/"),
+        &etcd.endpoint(),
+        "range /lb-mio/",
+    );
+    assert!(error.contains(none), "{error}");
+    let error = error_of(
+        without.watch(b"/lb-mio/", 1),
+        &etcd.endpoint(),
+        "watch /lb-mio/ from revision 1",
+    );
+    assert!(error.contains(none), "{error}");
+
+    // A certificate from another CA is no better than none.
+    let other = Pki::new();
+    let stranger = other.leaf("mallory", KeyKind::Ecdsa, &["mallory.client"]);
+    let mut strange = tls_client(&etcd.endpoint(), &pki.ca, Some(&stranger));
+    let error = error_of(
+        strange.range(b"/lb-mio/"),
+        &etcd.endpoint(),
+        "range /lb-mio/",
+    );
+    assert!(
+        error.contains("TLS: the member refused our client certificate"),
+        "{error}"
+    );
+}
+
+/// A client of `etcd` signing in as root with `password`.
+fn root_client(etcd: &Etcd, password: &str) -> Client {
+    let mut options = options(&[etcd.endpoint()]);
+    options.credentials = Some(Credentials {
+        user: "root".into(),
+        password: password.into(),
+    });
+    Client::new(options).unwrap()
+}
+
+#[test]
+fn with_a_password_the_client_signs_in_and_again_after_etcd_restarts() {
+    let mut etcd = Etcd::start(&[PROGRESS]);
+    // Credentials set before auth is on are no error (as with etcd's own client)...
+    let mut signed_in = root_client(&etcd, "secret");
+    signed_in.put(b"/before-auth", b"0", 0).unwrap();
+    etcd.enable_auth("secret");
+    // ...and once it is on, the kept-alive connection signs in.
+    assert_eq!(signed_in.range(b"/before-auth").unwrap().kvs.len(), 1);
+    puts_ranges_and_watches(&etcd, &mut signed_in);
+
+    let mut wrong = root_client(&etcd, "guess");
+    let refused = "sign-in as root: etcdserver: authentication failed";
+    let error = error_of(wrong.range(b"/lb-mio/"), &etcd.endpoint(), "range /lb-mio/");
+    assert!(error.contains(refused), "{error}");
+    let error = error_of(
+        wrong.watch(b"/lb-mio/", 1),
+        &etcd.endpoint(),
+        "watch /lb-mio/ from revision 1",
+    );
+    assert!(error.contains(refused), "{error}");
+
+    // Without credentials: refused, the watch too (etcd creates and cancels it at once).
+    let mut anonymous = client(&etcd);
+    let error = error_of(
+        anonymous.range(b"/lb-mio/"),
+        &etcd.endpoint(),
+        "range /lb-mio/",
+    );
+    assert!(error.contains("user name is empty"), "{error}");
+    let error = error_of(
+        anonymous.watch(b"/lb-mio/", 1),
+        &etcd.endpoint(),
+        "watch /lb-mio/ from revision 1",
+    );
+    assert!(error.contains("user name is empty"), "{error}");
+
+    // etcd's simple tokens live in its memory: after a restart, the client's is unknown.
+    let before = signed_in.range(b"/lb-mio/").unwrap().revision;
+    etcd.kill();
+    etcd.restart();
+    let after = signed_in.put(b"/lb-mio/c", b"3", 0).unwrap();
+    assert_eq!(signed_in.range(b"/lb-mio/").unwrap().kvs.len(), 3);
+    let mut watch = signed_in.watch(b"/lb-mio/", before + 1).unwrap();
+    let events = events_through(&mut watch, after);
+    assert_eq!(summary(&events), [("/lb-mio/c".to_string(), after, true)]);
 }

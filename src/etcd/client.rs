@@ -46,6 +46,11 @@ pub struct Lease {
     pub ttl: i64,
 }
 
+/// What etcd says to a sign-in while its auth is off.
+const AUTH_OFF: &str = "authentication is not enabled";
+/// What etcd says to a request without a token while its auth is on.
+const NO_USER: &str = "user name is empty";
+
 pub struct Client {
     options: Options,
     tls: Option<Arc<ClientConfig>>,
@@ -230,7 +235,7 @@ impl Client {
             session = self.connect()?;
             answer = session.exchange(path, body, deadline);
         }
-        if matches!(&answer, Err(Why::Refused { status: 401, .. })) && session.token.is_some() {
+        if self.signed_out(&session, &answer) {
             session.token = self.authenticate(&mut session.conn)?;
             answer = session.exchange(path, body, deadline);
         }
@@ -243,6 +248,21 @@ impl Client {
         answer
     }
 
+    /// Whether etcd refused `answer` for want of a (valid) token that a new sign-in may get:
+    /// ours is unknown to it (it restarted, or the token expired: HTTP 401), or we have none
+    /// because auth was off when we signed in, and it is on now.
+    fn signed_out<T>(&self, session: &Session, answer: &Result<T, Why>) -> bool {
+        match answer {
+            Err(Why::Refused { status: 401, .. }) => session.token.is_some(),
+            Err(Why::Refused { message, .. }) => {
+                session.token.is_none()
+                    && self.options.credentials.is_some()
+                    && message.contains(NO_USER)
+            }
+            _ => false,
+        }
+    }
+
     /// A new connection to the current endpoint, authenticated if we have credentials.
     pub(super) fn connect(&self) -> Result<Session, Why> {
         let endpoint = &self.options.endpoints[self.current];
@@ -252,7 +272,8 @@ impl Client {
         Ok(Session { conn, token })
     }
 
-    /// A token for `conn`, or `None` without credentials.
+    /// A token for `conn`, or `None` without credentials or while etcd's auth is off (as
+    /// etcd's own client does: credentials set before auth is enabled are no error).
     fn authenticate(&self, conn: &mut Connection) -> Result<Option<String>, Why> {
         let Some(credentials) = &self.options.credentials else {
             return Ok(None);
@@ -265,7 +286,15 @@ impl Client {
             None,
             body.to_string().as_bytes(),
             deadline,
-        )?;
+        );
+        let answer = match answer {
+            Err(Why::Refused { message, .. }) if message.contains(AUTH_OFF) => return Ok(None),
+            Err(Why::Refused { status, message }) => {
+                let message = format!("sign-in as {}: {message}", credentials.user);
+                return Err(Why::Refused { status, message });
+            }
+            answer => answer?,
+        };
         match answer["token"].as_str() {
             Some(token) => Ok(Some(token.to_string())),
             None => Err(malformed("authenticate: no token in the answer".into())),

@@ -73,6 +73,8 @@ pub struct Connection {
     answered: bool,
     /// The member said it closes the connection after this response.
     pub closing: bool,
+    /// Whether we have a client certificate to show (for what a refused handshake means).
+    client_cert: bool,
 }
 
 impl Connection {
@@ -90,6 +92,7 @@ impl Connection {
             .with_interval(KEEPALIVE_INTERVAL)
             .with_retries(KEEPALIVE_PROBES);
         SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+        let client_cert = tls.is_some_and(|config| config.client_auth_cert_resolver.has_certs());
         let stream = match tls {
             None => Stream::Plain(tcp),
             Some(config) => {
@@ -107,6 +110,7 @@ impl Connection {
             requests: 0,
             answered: false,
             closing: false,
+            client_cert,
         })
     }
 
@@ -145,9 +149,8 @@ impl Connection {
         self.answered = false;
         self.bound(deadline)?;
         let io = self.stream.io();
-        io.write_all(&request)?;
-        io.flush()?;
-        Ok(())
+        let sent = io.write_all(&request).and_then(|()| io.flush());
+        sent.map_err(|e| self.failed(e))
     }
 
     /// Reads a response head.
@@ -252,10 +255,44 @@ impl Connection {
     fn fill(&mut self, deadline: Instant) -> Result<usize, Why> {
         self.bound(deadline)?;
         let mut chunk = [0; 16 * 1024];
-        let n = self.stream.io().read(&mut chunk)?;
+        let n = self
+            .stream
+            .io()
+            .read(&mut chunk)
+            .map_err(|e| self.failed(e))?;
         self.buf.extend_from_slice(&chunk[..n]);
         self.answered |= n > 0;
         Ok(n)
+    }
+
+    /// A failed read or write, said plainly when TLS is what failed: rustls's own words
+    /// (`received fatal alert: BadCertificate`) do not tell whose certificate is at fault.
+    fn failed(&self, e: io::Error) -> Why {
+        use rustls::AlertDescription as Alert;
+        let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+            return Why::Io(e);
+        };
+        let why = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                format!("TLS: the member's certificate does not check out: {tls}")
+            }
+            rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::CertificateRequired
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::UnsupportedCertificate,
+            ) => match self.client_cert {
+                true => format!("TLS: the member refused our client certificate ({tls})"),
+                false => {
+                    format!("TLS: the member asks for a client certificate and none is set ({tls})")
+                }
+            },
+            _ => format!("TLS: {tls}"),
+        };
+        Why::Io(io::Error::new(e.kind(), why))
     }
 
     /// Makes the socket's next reads and writes give up at `deadline`.

@@ -58,7 +58,9 @@ impl Watch {
         let head = conn.read_head(deadline)?;
         if head.status != 200 || head.framing != Framing::Chunked {
             let body = conn.read_body(&head, deadline)?;
-            let message = String::from_utf8_lossy(&body).into_owned();
+            let answer = serde_json::from_slice::<Value>(&body).ok();
+            let message = (answer.as_ref().and_then(wire::error_message))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(Why::Refused {
                 status: head.status,
                 message,
@@ -72,6 +74,12 @@ impl Watch {
             call: String::new(),
         };
         match watch.result(deadline)? {
+            // etcd turns a watch it does not allow (no or a bad auth token, no permission)
+            // down in the answer that creates it: created, and canceled at once.
+            Some(result) if refused(&result) => Err(Why::Refused {
+                status: head.status,
+                message: cancel_reason(&result),
+            }),
             Some(result) if wire::flag(&result, "created") => Ok(watch),
             Some(result) => Err(malformed(format!("not created: {result}"))),
             None => Err(malformed("not created in time".into())),
@@ -146,6 +154,18 @@ impl Watch {
     }
 }
 
+/// Whether the answer to a create request turns the watch down. A compacted start revision
+/// is no refusal: `message` tells it, with the revision to read from.
+fn refused(result: &Value) -> bool {
+    wire::flag(result, "canceled")
+        && !matches!(wire::int(result, "compact_revision"), Ok(r) if r > 0)
+}
+
+fn cancel_reason(result: &Value) -> String {
+    let reason = result["cancel_reason"].as_str();
+    reason.unwrap_or("no reason given").to_string()
+}
+
 /// What a watch answer says.
 fn message(result: &Value) -> Result<Message, Why> {
     let compact_revision = wire::int(result, "compact_revision")?;
@@ -155,11 +175,8 @@ fn message(result: &Value) -> Result<Message, Why> {
         });
     }
     if wire::flag(result, "canceled") {
-        let reason = result["cancel_reason"]
-            .as_str()
-            .unwrap_or("no reason given");
         return Ok(Message::Canceled {
-            reason: reason.to_string(),
+            reason: cancel_reason(result),
         });
     }
     let revision = wire::header_revision(result)?;

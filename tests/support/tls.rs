@@ -69,7 +69,7 @@ pub struct Pki {
 pub struct Leaf {
     /// Its subject's common name; unique in its `Pki`, so it tells which certificate was served.
     pub cn: String,
-    /// Its subjectAltName DNS names.
+    /// Its subjectAltName names: DNS names, and IP addresses.
     pub names: Vec<String>,
     pub kind: KeyKind,
     /// The certificate (PEM).
@@ -146,7 +146,8 @@ impl Pki {
     }
 
     /// A leaf certificate valid from now for 30 days, with common name `cn` and these DNS
-    /// names (`*.example.com` for a wildcard), signed by the CA.
+    /// names (`*.example.com` for a wildcard), signed by the CA. A name that is an IP address
+    /// (`127.0.0.1`, `::1`) goes in as an IP address, as a server reached by address needs.
     pub fn leaf(&self, cn: &str, kind: KeyKind, names: &[&str]) -> Leaf {
         self.leaf_valid(cn, kind, names, Validity::Days(30))
     }
@@ -161,7 +162,7 @@ impl Pki {
             format!("{cn}.ext"),
         );
         assert!(!dir.join(&cert).exists(), "two leaves named {cn}");
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        let san: Vec<String> = names.iter().map(|n| san_entry(n)).collect();
         let usage = match kind {
             KeyKind::Ecdsa => "digitalSignature",
             KeyKind::Rsa => "digitalSignature,keyEncipherment",
@@ -246,7 +247,7 @@ impl Pki {
             format!("{cn}.csr"),
             format!("{cn}.ext"),
         );
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        let san: Vec<String> = names.iter().map(|n| san_entry(n)).collect();
         let extensions = format!(
             "subjectAltName = {}\nbasicConstraints = CA:FALSE\n\
              keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n",
@@ -314,6 +315,14 @@ impl Pki {
         let path = self.path(file);
         std::fs::write(&path, text).expect("write the ticket key file");
         path
+    }
+}
+
+/// A subjectAltName entry for `openssl`'s extension file: `IP:` for an address, `DNS:` else.
+fn san_entry(name: &str) -> String {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(_) => format!("IP:{name}"),
+        Err(_) => format!("DNS:{name}"),
     }
 }
 
