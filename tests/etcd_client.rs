@@ -363,14 +363,7 @@ fn tls_client(endpoint: &str, ca: &Path, cert: Option<&Leaf>) -> Client {
 /// An etcd serving clients over TLS with a certificate for 127.0.0.1 from `pki`; with
 /// `client_cert_auth`, asking clients for a certificate from `pki` too.
 fn tls_etcd(pki: &Pki, client_cert_auth: bool) -> Etcd {
-    let leaf = pki.leaf("etcd", KeyKind::Ecdsa, &["127.0.0.1"]);
-    let tls = EtcdTls {
-        cert: leaf.cert,
-        key: leaf.key,
-        ca: pki.ca.clone(),
-        client_cert_auth,
-    };
-    Etcd::start_tls(tls, &[PROGRESS])
+    Etcd::start_tls(EtcdTls::on_loopback(pki, client_cert_auth), &[PROGRESS])
 }
 
 /// What a user checks of a working client: a put read back by range and by `etcdctl`, and a

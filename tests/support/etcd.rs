@@ -5,6 +5,7 @@
 //! then speaks to it the same way.
 
 use super::process::{Pipe, Process};
+use super::tls::{KeyKind, Pki};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +42,20 @@ pub struct EtcdTls {
     pub ca: PathBuf,
     /// `--client-cert-auth`: a client without a certificate from `ca` is turned away.
     pub client_cert_auth: bool,
+}
+
+impl EtcdTls {
+    /// A certificate for 127.0.0.1 from `pki`, asking clients for one of theirs with
+    /// `client_cert_auth`.
+    pub fn on_loopback(pki: &Pki, client_cert_auth: bool) -> EtcdTls {
+        let member = pki.leaf("etcd", KeyKind::Ecdsa, &["127.0.0.1"]);
+        EtcdTls {
+            cert: member.cert,
+            key: member.key,
+            ca: pki.ca.clone(),
+            client_cert_auth,
+        }
+    }
 }
 
 impl Etcd {
