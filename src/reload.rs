@@ -16,12 +16,13 @@ use std::sync::Arc;
 pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
     keep_restart_only_settings(&old.config, &mut new);
     warn_of_api_changes(&old.config, &new);
+    let up = UpBefore::of(&old.backends);
     let gone = |b: &Backend| let_go(b, &new, "reload", " is gone from the config");
     let mut backends = replace_given(
         &old.backends,
         &new.backends,
         |b| b.source.is_local(),
-        &Source::Config,
+        (&Source::Config, &up),
         "reload",
         gone,
     )?;
@@ -31,7 +32,7 @@ pub fn apply(old: &Snapshot, mut new: Config) -> Result<Snapshot, String> {
         let source = Source::Etcd { registered };
         let gone = |b: &Backend| let_go(b, &new, "etcd", " is gone from etcd");
         let mine = |b: &Backend| b.source == source;
-        backends = replace_given(&backends, wanted, mine, &source, "etcd", gone)?;
+        backends = replace_given(&backends, wanted, mine, (&source, &up), "etcd", gone)?;
     }
     for found in old.backends.iter().filter(|b| b.is_live()) {
         let Some(entry) = found.source.dns_entry() else {
@@ -68,7 +69,7 @@ pub fn replace_given(
     old: &[Arc<Backend>],
     wanted: &[BackendConf],
     mine: impl Fn(&Backend) -> bool,
-    source: &Source,
+    (source, up): (&Source, &UpBefore),
     by: &str,
     gone: impl Fn(&Backend),
 ) -> Result<Vec<Arc<Backend>>, String> {
@@ -85,6 +86,16 @@ pub fn replace_given(
             .and_then(|list| list.iter().find(|b| conf.is(b)));
         match same {
             Some(b) => kept.push((*b, conf.weight)),
+            None if up.had(conf) => {
+                let backend = Backend::new(conf, State::Up, source.clone());
+                backend::place(&mut backends, backend)?;
+                info!(
+                    "{by}: backend {} at {} now comes from {}; up, as it was",
+                    conf.name,
+                    conf.addr,
+                    source.name()
+                );
+            }
             None => {
                 let backend = Backend::new(conf, State::Down, source.clone());
                 backend::place(&mut backends, backend)?;
@@ -112,22 +123,45 @@ pub fn replace_given(
     Ok(backends)
 }
 
+/// The backends that were up before a change, by name. A backend that moves from one source
+/// to another in the change (config.ini's pool taken over by etcd's document, a backend from
+/// its pool's document to a key of its own) gets a new record, which starts up rather than
+/// down: it served a moment ago, and starting down would leave its pool without a backend
+/// until the health checks pass.
+pub struct UpBefore(HashMap<String, Vec<Arc<Backend>>>);
+
+impl UpBefore {
+    pub fn of(backends: &[Arc<Backend>]) -> UpBefore {
+        let mut up: HashMap<String, Vec<Arc<Backend>>> = HashMap::new();
+        for b in backends.iter().filter(|b| b.is_live() && b.is_up()) {
+            up.entry(b.name.clone()).or_default().push(Arc::clone(b));
+        }
+        UpBefore(up)
+    }
+
+    /// No backend: every new one starts down.
+    pub fn none() -> UpBefore {
+        UpBefore(HashMap::new())
+    }
+
+    fn had(&self, conf: &BackendConf) -> bool {
+        (self.0.get(&conf.name)).is_some_and(|list| list.iter().any(|b| conf.is(b)))
+    }
+}
+
 /// Pools and routes the admin API made or changed last only until a reload: says which ones
 /// the file drops, and which it puts back as the file has them.
 fn warn_of_api_changes(old: &Config, new: &Config) {
-    let pools = (old.pools.iter()).map(|p| (p.origin, &p.name, new.pool(&p.name).is_some()));
-    let routes = (old.routes.iter()).map(|r| {
-        (
-            r.origin,
-            &r.name,
-            new.routes.iter().any(|n| n.name == r.name),
-        )
-    });
+    let api = |origin: Origin| origin == Origin::Api;
+    let pools = (old.pools.iter().filter(|p| api(p.origin)))
+        .map(|p| (&p.name, new.pool(&p.name).is_some()));
+    let routes = (old.routes.iter().filter(|r| api(r.origin)))
+        .map(|r| (&r.name, new.routes.iter().any(|n| n.name == r.name)));
     for (what, made) in [
         ("pool", pools.collect::<Vec<_>>()),
         ("route", routes.collect()),
     ] {
-        for (_, name, in_file) in made.iter().filter(|(o, ..)| *o == Origin::Api) {
+        for (name, in_file) in made {
             match in_file {
                 true => warn!("reload: {what} {name} set through the admin API is config.ini's again"),
                 false => warn!("reload: {what} {name} made through the admin API is gone: config.ini does not have it"),

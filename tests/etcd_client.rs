@@ -307,7 +307,7 @@ fn etcd_killed_and_restarted_the_client_reconnects_and_the_watch_resumes() {
         "{error}"
     );
     let error = client.range(b"/lb-mio/").unwrap_err();
-    assert!(error.is_connection(), "{error}");
+    assert!(error.is_member(), "{error}");
 
     etcd.restart();
     // A change made while nobody watched: the resumed watch must see it, once.
@@ -333,7 +333,7 @@ fn with_auth_the_client_authenticates_and_again_when_its_token_expires() {
     etcd.enable_auth("secret");
     let mut anonymous = client(&etcd);
     let refused = anonymous.range(b"/lb-mio/").unwrap_err();
-    assert!(!refused.is_connection(), "{refused}");
+    assert!(!refused.is_member(), "{refused}");
 
     let mut options = options(&[etcd.endpoint()]);
     options.credentials = Some(Credentials {

@@ -11,7 +11,10 @@ mod support;
 
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -1081,4 +1084,189 @@ fn follows_reads_and_writes(etcd: &Etcd, etcd_keys: &str) {
     assert_eq!(lb.get_body("/t/"), "over tls", "written through, read back");
     let stored = etcd.ctl(&["get", "--print-value-only", &format!("{PREFIX}routes/t")]);
     assert_eq!(serde_json::from_str::<Value>(&stored).unwrap(), route);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members that fail in ways a connection does not show, and writes the watch would refuse
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_member_that_answers_it_has_no_leader_is_left_for_the_next_one() {
+    let etcd = Etcd::start(&[]);
+    // A member cut off from its cluster answers every call, with 503 "no leader".
+    let leaderless = TcpListener::bind("127.0.0.1:0").unwrap();
+    let leaderless_addr = leaderless.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in leaderless.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = stream.read(&mut [0u8; 4096]);
+            let body = r#"{"error":"etcdserver: no leader","code":14}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let [b0, r1, r2] = ["b0", "r1", "r2"].map(Backend::named);
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}backends/default/r1"),
+        &backend_doc(r1.addr),
+    ]);
+    let endpoints = format!("{leaderless_addr}, {}", etcd.endpoint());
+    let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &endpoints, "", ""));
+    assert_eq!(
+        bodies(&lb, "/", 6),
+        set(&["b0", "r1"]),
+        "read at start:\n{}",
+        lb.log_text()
+    );
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}backends/default/r2"),
+        &backend_doc(r2.addr),
+    ]);
+    let followed = wait_until(WAIT, || bodies(&lb, "/", 9) == set(&["b0", "r1", "r2"]));
+    assert!(followed, "r2 not followed:\n{}", lb.log_text());
+    let route = serde_json::from_str(&return_route("w", "written")).unwrap();
+    revision_of(&call(&lb, "PUT", "/api/routes/w", Some(&route)), 201);
+}
+
+#[test]
+fn a_write_whose_answer_never_comes_back_is_read_back_and_answered_as_made() {
+    let etcd = Etcd::start(&[]);
+    // The first endpoint passes everything on, but loses etcd's answers to transactions:
+    // the write is made, and the instance cannot tell from its answer.
+    let lossy = answer_eater(etcd.client, b"POST /v3/kv/txn ");
+    let b0 = Backend::named("b0");
+    let endpoints = format!("{lossy}, {}", etcd.endpoint());
+    let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &endpoints, "", ""));
+    let route = serde_json::from_str(&return_route("late", "late")).unwrap();
+    let resp = call(&lb, "PUT", "/api/routes/late", Some(&route));
+    let revision = revision_of(&resp, 201);
+    let held = etcdctl(
+        &etcd.endpoint(),
+        &["get", &format!("{PREFIX}routes/late"), "-w", "json"],
+    );
+    let held: Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(
+        held["kvs"][0]["mod_revision"].as_i64(),
+        Some(revision),
+        "{held}"
+    );
+    assert_eq!(lb.get_body("/late/"), "late");
+}
+
+#[test]
+fn a_pool_moving_from_config_ini_to_etcd_with_the_same_backend_keeps_serving() {
+    let etcd = Etcd::start(&[]);
+    let [b0, a1] = ["b0", "a1"].map(Backend::named);
+    // Every request to the pool api; probes every 500 ms, two to come up: a backend that
+    // started down again would fail requests for a second.
+    let file = format!(
+        "[health]\ninterval_ms = 500\nrise = 2\n[admin]\nlisten = 127.0.0.1:0\n\
+         [pool.api.backends]\na1 = {}\n[route.api]\npath = /\npool = api\n\
+         [etcd]\nendpoints = {}\nprefix = {PREFIX}\n",
+        a1.addr,
+        etcd.endpoint()
+    );
+    let lb = Lb::start(&ini(&[("b0", b0.addr)], &file));
+    assert_eq!(lb.get_body("/x"), "a1");
+    let load = Load::paced(lb.addr, 1, PACE);
+    load.wait_for_more(20, WAIT);
+    // The same pool and backend, now etcd's; then etcd's deleted, and config.ini's back.
+    let doc = pool_doc("api", "a1", a1.addr, 1);
+    revision_of(&call(&lb, "PUT", "/api/pools/api", Some(&doc)), 201);
+    let source = |lb: &Lb| {
+        let backends = api_backends(lb.admin_addr());
+        let listed = backends["backends"].as_array().unwrap().clone();
+        let a1 = listed
+            .into_iter()
+            .filter(|b| b["name"] == "a1" && b["state"] == "up");
+        a1.map(|b| b["source"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(source(&lb), ["etcd"]);
+    load.wait_for_more(20, WAIT);
+    revision_of(&call(&lb, "DELETE", "/api/pools/api", None), 202);
+    assert_eq!(source(&lb), ["config"]);
+    load.wait_for_more(20, WAIT);
+    assert_no_failures(vec![load], 60);
+}
+
+#[test]
+fn a_weight_written_into_a_document_this_instance_cannot_read_is_refused() {
+    let etcd = Etcd::start(&[]);
+    let [b0, a1] = ["b0", "a1"].map(Backend::named);
+    let lb = Lb::start(&fleet_ini(&[("b0", b0.addr)], &etcd.endpoint(), "", ""));
+    let doc = pool_doc("api", "a1", a1.addr, 1);
+    let key = format!("{PREFIX}pools/api");
+    etcd.ctl(&["put", &key, &doc.to_string()]);
+    wait_until(WAIT, || listed(&lb).iter().any(|n| n == "a1"));
+    // Someone writes a document lb-mio cannot read: ignored, the last good one stays.
+    let mut newer = doc.clone();
+    newer["version"] = json!(2);
+    etcd.ctl(&["put", &key, &newer.to_string()]);
+    lb.expect_log(&format!("{key}: ignored"), WAIT);
+    let resp = call(&lb, "PUT", "/api/backends/a1", Some(&json!({"weight": 7})));
+    assert_eq!(resp.status, 409, "{}", resp.body_str());
+    assert!(
+        resp.body_str().contains("does not read"),
+        "{}",
+        resp.body_str()
+    );
+    let a1_weight = api_backends(lb.admin_addr())["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "a1")
+        .map(|b| b["weight"].clone());
+    assert_eq!(a1_weight, Some(json!(1)));
+    assert_eq!(
+        etcd_value(&etcd.endpoint(), &key),
+        newer.to_string(),
+        "nothing written"
+    );
+}
+
+/// A relay to `to` that passes every request on but drops the answer to those that start
+/// with `request` (etcd runs them; their answers never come back).
+fn answer_eater(to: SocketAddr, request: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            let eating = Arc::new(AtomicBool::new(false));
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let seen = Arc::clone(&eating);
+            thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    if buf[..n].windows(request.len()).any(|w| w == request) {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (mut from_server, mut to_client) = (server, client);
+            thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                    if !eating.load(Ordering::SeqCst) && to_client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -116,7 +116,7 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
             &snap.backends,
             &wanted,
             mine,
-            &Source::Admin,
+            (&Source::Admin, &reload::UpBefore::none()),
             "admin API",
             gone,
         )

@@ -107,8 +107,9 @@ impl Store<'_> {
             .pool(name)
             .ok_or_else(|| no(&format!("pool {name:?}")))?;
         self.must_be_stored("pool", name, snap.pools[at].conf.origin)?;
+        // Deleting an etcd pool that hides config.ini's brings the file's back: routes stay.
         let routed = (snap.config.routes.iter()).find(|r| r.pool_names().any(|p| p == name));
-        if let Some(route) = routed {
+        if let Some(route) = routed.filter(|_| !self.fleet.file_has_pool(name)) {
             let message = format!(
                 "route {} sends requests to pool {name}: change or delete it first",
                 route.name
@@ -279,9 +280,13 @@ impl Store<'_> {
         let now = now.ok_or_else(|| {
             ApiAnswer::error(409, format!("{} is gone from etcd", self.fleet.key(key)))
         })?;
-        let mut doc: Value = serde_json::from_slice(&now.value).map_err(|e| {
-            ApiAnswer::error(409, format!("{} does not read: {e}", self.fleet.key(key)))
-        })?;
+        let unreadable = |e: String| {
+            let message = format!("{} does not read: {e}; write it whole", self.fleet.key(key));
+            ApiAnswer::error(409, message)
+        };
+        let mut doc: Value =
+            serde_json::from_slice(&now.value).map_err(|e| unreadable(e.to_string()))?;
+        view::check(key, &doc, &self.shared.load().config).map_err(unreadable)?;
         edit(&mut doc)?;
         let guard = self.guard(now.mod_revision)?;
         self.write(key, Some(&doc.to_string()), now.lease, guard)
@@ -321,7 +326,7 @@ impl Store<'_> {
             .fleet
             .write(key, value.map(str::as_bytes), lease, guard)
         {
-            Ok(Some(revision)) => self.applied(revision),
+            Ok(Some(revision)) => self.taken(key, value.is_some(), revision),
             Ok(None) => {
                 let key = self.fleet.key(key);
                 let message = match guard {
@@ -331,6 +336,24 @@ impl Store<'_> {
                 Err(ApiAnswer::error(409, message))
             }
             Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// `revision` once this instance applied it and holds `key` as written there (`put`, or
+    /// deleted). The watch checks a value as this instance did before writing it; when it
+    /// refused it all the same, the answer says so.
+    fn taken(&self, key: &Key, put: bool, revision: i64) -> Result<i64, ApiAnswer> {
+        let revision = self.applied(revision)?;
+        match (put, self.fleet.revision_of(key)) {
+            (true, Some(held)) if held == revision => Ok(revision),
+            (false, None) => Ok(revision),
+            _ => {
+                let key = self.fleet.key(key);
+                let message = format!(
+                    "{key} was written at revision {revision}, but this instance did not take it: see its log"
+                );
+                Err(ApiAnswer::error(409, message))
+            }
         }
     }
 

@@ -81,6 +81,12 @@ impl Client {
         })
     }
 
+    /// Moves on to the next endpoint: the next call starts there.
+    pub fn next_member(&mut self) {
+        self.session = None;
+        self.current = (self.current + 1) % self.options.endpoints.len();
+    }
+
     /// Every key starting with `prefix`, and the revision they were read at (a watch from the
     /// next revision misses nothing).
     pub fn range(&mut self, prefix: &[u8]) -> Result<Range, Error> {
@@ -113,7 +119,7 @@ impl Client {
     ) -> Result<Option<i64>, Error> {
         let call = format!("put {} at revision {mod_revision}", shown(key));
         let put = json!({"request_put": wire::put_request(key, value, lease)});
-        self.txn(&call, key, mod_revision, put)
+        self.txn(&call, key, mod_revision, put, Some((value, lease)))
     }
 
     /// Deletes `key` only if its mod_revision is still `mod_revision`: the revision of the
@@ -122,21 +128,47 @@ impl Client {
     pub fn delete_if(&mut self, key: &[u8], mod_revision: i64) -> Result<Option<i64>, Error> {
         let call = format!("delete {} at revision {mod_revision}", shown(key));
         let delete = json!({"request_delete_range": {"key": bytes_value(key)}});
-        self.txn(&call, key, mod_revision, delete)
+        self.txn(&call, key, mod_revision, delete, None)
     }
 
+    /// Runs `operation` if `key`'s mod_revision is `mod_revision`. A transaction is not sent
+    /// twice: when its outcome is unclear (no answer in time, a member that could not say),
+    /// the key is read back, and the write counts as made when the key holds what it wrote
+    /// (`wrote`: the value and lease of a put; `None`: a delete).
     fn txn(
         &mut self,
         call: &str,
         key: &[u8],
         mod_revision: i64,
         operation: Value,
+        wrote: Option<(&[u8], i64)>,
     ) -> Result<Option<i64>, Error> {
-        let body = wire::guarded_txn(key, mod_revision, operation);
-        self.call(call, "/v3/kv/txn", &body, |answer| {
-            let revision = wire::header_revision(answer)?;
-            Ok(wire::flag(answer, "succeeded").then_some(revision))
-        })
+        let body = wire::guarded_txn(key, mod_revision, operation)
+            .to_string()
+            .into_bytes();
+        let answer = self.on_endpoints(call, false, |client| {
+            let answer = client.ask("/v3/kv/txn", &body)?;
+            let revision = wire::header_revision(&answer)?;
+            Ok(wire::flag(&answer, "succeeded").then_some(revision))
+        });
+        match answer {
+            Ok(done) => Ok(done),
+            Err(error) if error.may_have_run() => {
+                self.session = None;
+                let now = self.range(key)?;
+                let held = now.kvs.iter().find(|kv| kv.key == key);
+                let made = match (wrote, held) {
+                    (Some((value, lease)), Some(kv)) => {
+                        (kv.value == value && kv.lease == lease && kv.mod_revision > mod_revision)
+                            .then_some(kv.mod_revision)
+                    }
+                    (None, None) => Some(now.revision),
+                    _ => None,
+                };
+                made.map(Some).ok_or(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// A new lease of `ttl` seconds.
@@ -174,7 +206,7 @@ impl Client {
     pub fn watch(&mut self, prefix: &[u8], start_revision: i64) -> Result<Watch, Error> {
         let call = format!("watch {} from revision {start_revision}", shown(prefix));
         let timeout = self.options.request_timeout;
-        self.on_endpoints(&call, |client| {
+        self.on_endpoints(&call, true, |client| {
             let session = client.connect()?;
             let deadline = Instant::now() + timeout;
             Watch::start(session, prefix, start_revision, deadline)
@@ -191,14 +223,17 @@ impl Client {
         read: impl Fn(&Value) -> Result<T, Why>,
     ) -> Result<T, Error> {
         let body = body.to_string().into_bytes();
-        self.on_endpoints(call, |client| read(&client.ask(path, &body)?))
+        self.on_endpoints(call, true, |client| read(&client.ask(path, &body)?))
     }
 
-    /// Runs `attempt` on the current endpoint, and on the next ones in turn while the
-    /// connection is what fails; the error is the last endpoint's.
+    /// Runs `attempt` on the current endpoint, and on the next ones in turn while the member
+    /// is what fails (its connection, or its answer that it cannot serve); the error is the
+    /// last endpoint's.
+    /// A call that is not `idempotent` goes to no other member once it may have run.
     fn on_endpoints<T>(
         &mut self,
         call: &str,
+        idempotent: bool,
         mut attempt: impl FnMut(&mut Client) -> Result<T, Why>,
     ) -> Result<T, Error> {
         let mut tries = self.options.endpoints.len();
@@ -213,11 +248,11 @@ impl Client {
                 why,
             };
             tries -= 1;
-            if !error.is_connection() || tries == 0 {
+            let again = error.is_member() && (idempotent || !error.may_have_run());
+            if !again || tries == 0 {
                 return Err(error);
             }
-            self.session = None;
-            self.current = (self.current + 1) % self.options.endpoints.len();
+            self.next_member();
         }
     }
 
@@ -317,7 +352,7 @@ pub(super) fn exchange(
     body: &[u8],
     deadline: Instant,
 ) -> Result<Value, Why> {
-    conn.send(path, token, body, deadline)?;
+    conn.send(path, token, &[], body, deadline)?;
     let head = conn.read_head(deadline)?;
     let body = conn.read_body(&head, deadline)?;
     let answer = serde_json::from_slice::<Value>(&body);

@@ -122,14 +122,16 @@ impl Connection {
     /// before our request reached it: nothing came back, and it served a request before.
     /// Such a request was not run, so sending it again on a new connection is safe.
     pub fn stale(&self, why: &Why) -> bool {
-        matches!(why, Why::Io(_)) && self.requests > 1 && !self.answered
+        // A timeout is no such sign: the member may be running the request still.
+        matches!(why, Why::Io(_)) && !timed_out(why) && self.requests > 1 && !self.answered
     }
 
-    /// Sends `POST path` with a JSON body (and etcd's auth token, if any).
+    /// Sends `POST path` with a JSON body (and etcd's auth token, if any, and `headers`).
     pub fn send(
         &mut self,
         path: &str,
         token: Option<&str>,
+        headers: &[(&str, &str)],
         body: &[u8],
         deadline: Instant,
     ) -> Result<(), Why> {
@@ -139,8 +141,9 @@ impl Connection {
             self.endpoint,
             body.len()
         );
-        if let Some(token) = token {
-            request.push_str(&format!("Authorization: {token}\r\n"));
+        let token = token.map(|token| ("Authorization", token));
+        for (name, value) in token.iter().chain(headers) {
+            request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
         let mut request = request.into_bytes();

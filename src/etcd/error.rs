@@ -24,16 +24,31 @@ pub enum Why {
 }
 
 impl Error {
-    /// Whether the connection is of no more use (and another endpoint may do better).
-    pub fn is_connection(&self) -> bool {
-        matches!(self.why, Why::Io(_) | Why::Malformed(_))
+    /// Whether another member may do better: the connection failed, or this member answered
+    /// that it cannot serve now (HTTP 5xx: no leader, no quorum, a request that timed out).
+    pub fn is_member(&self) -> bool {
+        match &self.why {
+            Why::Io(_) | Why::Malformed(_) => true,
+            Why::Refused { status, .. } => *status >= 500,
+        }
     }
 
-    /// etcd no longer takes our auth token (it restarted, or the token expired).
-    pub fn is_invalid_token(&self) -> bool {
-        matches!(&self.why, Why::Refused { status: 401, .. })
+    /// Whether a call that failed so may still have been carried out: the request went out
+    /// and no answer, or an unclear one, came back.
+    pub fn may_have_run(&self) -> bool {
+        match &self.why {
+            Why::Io(e) => {
+                e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock
+            }
+            Why::Malformed(_) => true,
+            // A member with no leader refuses before it proposes anything.
+            Why::Refused { status, message } => *status >= 500 && !message.contains(NO_LEADER),
+        }
     }
 }
+
+/// etcd's answer when the member asked has no leader (`rpctypes.ErrNoLeader`).
+const NO_LEADER: &str = "no leader";
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

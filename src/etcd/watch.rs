@@ -54,7 +54,16 @@ impl Watch {
         create.insert("progress_notify".into(), Value::Bool(true));
         let body = json!({"create_request": create}).to_string();
         let Session { mut conn, token } = session;
-        conn.send("/v3/watch", token.as_deref(), body.as_bytes(), deadline)?;
+        // A member cut off from its cluster cancels the watch (etcd's "require leader"),
+        // rather than leave it silent while others move on.
+        let has_leader = [("Grpc-Metadata-hasleader", "true")];
+        conn.send(
+            "/v3/watch",
+            token.as_deref(),
+            &has_leader,
+            body.as_bytes(),
+            deadline,
+        )?;
         let head = conn.read_head(deadline)?;
         if head.status != 200 || head.framing != Framing::Chunked {
             let body = conn.read_body(&head, deadline)?;

@@ -11,7 +11,6 @@ use serde_json::{json, Map, Value};
 pub struct Kv {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub create_revision: i64,
     /// The revision of its last change: what `Client::put_if` compares.
     pub mod_revision: i64,
     /// The lease it is attached to (0: none).
@@ -142,7 +141,6 @@ fn kv(kv: &Value) -> Result<Kv, Why> {
     };
     Ok(Kv {
         value: bytes(kv, "value").map_err(named)?,
-        create_revision: int(kv, "create_revision").map_err(named)?,
         mod_revision: int(kv, "mod_revision").map_err(named)?,
         lease: int(kv, "lease").map_err(named)?,
         key,
@@ -212,7 +210,6 @@ mod tests {
         let put = Kv {
             key: b"a".to_vec(),
             value: Vec::new(),
-            create_revision: 0,
             mod_revision: 0,
             lease: 0,
         };

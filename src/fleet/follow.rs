@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 /// The first wait after a failure; it doubles up to `BACKOFF_MAX` while etcd stays away.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most watch messages applied as one snapshot.
+const BATCH: usize = 1024;
 /// How long one wait for a watch message lasts; the watch is not over when it passes.
 const WATCH_WAIT: Duration = Duration::from_secs(60);
 
@@ -87,18 +89,31 @@ impl Follower {
         };
         self.back(from);
         loop {
-            match watch.next(Instant::now() + WATCH_WAIT) {
-                Ok(None) => {}
-                Ok(Some(Message::Events { events, .. })) => self.apply(&events),
+            let mut message = watch.next(Instant::now() + WATCH_WAIT);
+            // Changes already received are applied together: a burst is one snapshot.
+            let mut events = Vec::new();
+            let mut batched = 0;
+            while let Ok(Some(Message::Events { events: more, .. })) = message {
+                events.extend(more);
+                batched += 1;
+                message = match batched < BATCH {
+                    true => watch.next(Instant::now()),
+                    false => Ok(None),
+                };
+            }
+            if !events.is_empty() {
+                self.apply(&events);
+            }
+            match message {
+                // (Events were all taken above.)
+                Ok(None | Some(Message::Events { .. })) => {}
                 Ok(Some(Message::Progress { revision })) => {
                     // Nothing changed under the prefix up to `revision`.
                     self.resume = self.resume.max(Some(revision));
                 }
                 Ok(Some(Message::Compacted { revision })) => {
-                    info!(
-                        "etcd: revision {} was compacted (now {revision}): reading {prefix} again",
-                        from + 1
-                    );
+                    let missed = self.resume.unwrap_or(from) + 1;
+                    info!("etcd: revision {missed} was compacted (now {revision}): reading {prefix} again");
                     self.resume = None;
                     return;
                 }
@@ -152,6 +167,9 @@ impl Follower {
     /// etcd cannot be followed now: the view stays; warns once per outage, then waits.
     fn lost(&mut self, why: &str) {
         self.fleet.connected.store(false, Ordering::Relaxed);
+        // The next try starts on another member: this one may be cut off from its cluster
+        // and still answer.
+        self.client.next_member();
         if self.outage.is_none() {
             self.outage = Some(Instant::now());
             let applied = self.fleet.applied();

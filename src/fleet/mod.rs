@@ -77,9 +77,15 @@ impl Fleet {
         let mut notes = Vec::new();
         let merged = view::merge(&file, &view, &mut notes);
         log_new(&prefix, &notes, &[]);
+        // A view from the cache is not etcd's yet: no write is taken as applied before the
+        // watch thread read the prefix.
+        let applied = match start {
+            Start::Current => view.revision,
+            Start::Stale => 0,
+        };
         let fleet = Fleet {
             prefix,
-            applied: Mutex::new(view.revision),
+            applied: Mutex::new(applied),
             applied_changed: Condvar::new(),
             connected: AtomicBool::new(matches!(start, Start::Current)),
             writer: Mutex::new(writer),
@@ -112,13 +118,18 @@ impl Fleet {
         let mut notes = Vec::new();
         let merged = view::merge(file, view, &mut notes);
         let revision = view.revision;
-        if let Err(e) = shared.update(|snap| reload::apply(snap, merged)) {
-            warn!("etcd: the view at revision {revision} does not apply, the running config stays: {e}");
+        match shared.update(|snap| reload::apply(snap, merged)) {
+            Ok(()) => {
+                *self.applied.lock() = revision;
+                self.applied_changed.notify_all();
+            }
+            // The applied revision stays where it was, as `lbmio_etcd_revision` shows.
+            Err(e) => warn!(
+                "etcd: the view at revision {revision} does not apply, the running config stays: {e}"
+            ),
         }
         log_new(&self.prefix, &notes, &parts.notes);
         parts.notes = notes;
-        *self.applied.lock() = revision;
-        self.applied_changed.notify_all();
         parts.view.clone()
     }
 
@@ -145,6 +156,11 @@ impl Fleet {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether config.ini has a pool called `name` (which an etcd pool of that name hides).
+    pub fn file_has_pool(&self, name: &str) -> bool {
+        self.parts.lock().file.pool(name).is_some()
     }
 
     /// The mod_revision of `key` as this instance last read it (for an `ETag`).

@@ -11,7 +11,7 @@ use crate::config::{Config, Origin, PoolConf, Stored};
 use crate::document;
 use crate::route::RouteConf;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// A key of the layout, without the prefix. Ordered so that a view lists pools, then routes
@@ -103,8 +103,8 @@ impl View {
     }
 }
 
-/// Whether `value` reads as what `key` holds.
-fn check(key: &Key, value: &Value, file: &Config) -> Result<(), String> {
+/// Whether `value` reads as what `key` holds (pool documents over `file`'s global settings).
+pub fn check(key: &Key, value: &Value, file: &Config) -> Result<(), String> {
     match key {
         Key::Pool(name) => document::pool(value, name, file).map(drop),
         Key::Route(name) => document::route(value, name).map(drop),
@@ -171,10 +171,14 @@ pub fn merge(file: &Config, view: &View, notes: &mut Vec<String>) -> Config {
             Err(e) => notes.push(format!("{key}: left out: {e}")),
         }
     }
+    // By name, so that thousands of routes in etcd merge in linear time.
+    let mut file_routes: HashMap<String, usize> = (config.routes.iter().enumerate())
+        .map(|(at, r)| (r.name.clone(), at))
+        .collect();
     for (key, entry) in &view.entries {
         let Key::Route(name) = key else { continue };
         match route(&entry.value, name, &config) {
-            Ok(conf) => match config.routes.iter().position(|r| r.name == *name) {
+            Ok(conf) => match file_routes.remove(name) {
                 Some(at) => config.routes[at] = conf,
                 None => config.routes.push(conf),
             },
