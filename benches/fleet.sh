@@ -20,6 +20,9 @@
 #    and the writer on CPU 1. wrk GET /sw/ for DURATION, with routes/sw rewritten in etcd every
 #    CHURN_MS (switching pool a / b) versus no changes; ROUNDS interleaved rounds of each (the
 #    order alternates), throughput and CPU per request (utime+stime of lb-mio from /proc).
+# 3. Scale: one lb-mio following etcd while the routes in etcd grow to each of SCALE_SIZES in a
+#    burst of puts: how long after the burst's last put the instance has applied it, and how long
+#    one change takes at that size (SCALE_CHANGES changes, until lbmio_etcd_revision shows it).
 #
 # Environment (defaults in brackets):
 #   CHANGES   changes of kinds route and newroute [100]   BACKEND_CHANGES  of kind backend [10]
@@ -27,7 +30,8 @@
 #   POLL_MS   poll interval [2]                      TIMEOUT_S  a change not seen by then [10]
 #   DURATION  wrk -d per measurement [10s]           ROUNDS     rounds of each [5]
 #   CONNS     wrk connections [64]                   CHURN_MS   time between changes in 2. [100]
-#   WARMUP    wrk run before round 1 [3s]            PARTS      "propagation load" or either one
+#   WARMUP    wrk run before round 1 [3s]            PARTS      any of "propagation load scale" [all]
+#   SCALE_SIZES routes in etcd for 3. [0,1000,3000]  SCALE_CHANGES  single changes at each size [40]
 #   PORT_BASE backends +1..+3, lb-mio +10..+12, admin +20..+22, etcd +30 (client) +31 (peer) [32000]
 #   RESULTS   markdown file written [benches/results/fleet-YYYY-MM-DD.md]
 #   KEEP_TMP  1 keeps the work directory (configs, logs, raw outputs) [0]
@@ -45,7 +49,9 @@ ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 CHURN_MS=${CHURN_MS:-100}
 WARMUP=${WARMUP:-3s}
-PARTS=${PARTS:-"propagation load"}
+PARTS=${PARTS:-"propagation load scale"}
+SCALE_SIZES=${SCALE_SIZES:-0,1000,3000}
+SCALE_CHANGES=${SCALE_CHANGES:-40}
 KINDS=${KINDS:-"route newroute backend"}
 PORT_BASE=${PORT_BASE:-32000}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -62,7 +68,7 @@ LB_PORTS=("$LB_PORT" $((LB_PORT + 1)) $((LB_PORT + 2)))
 ADMIN_PORTS=($((PORT_BASE + 20)) $((PORT_BASE + 21)) $((PORT_BASE + 22)))
 ETCD_DIR=""
 LB_PIDS=()
-PROP_TABLE="" LOAD_TABLE=""
+PROP_TABLE="" LOAD_TABLE="" SCALE_TABLE=""
 
 # lb-mio first, then etcd (etcd going first would make them log that they lost it).
 stop_services() {
@@ -330,9 +336,24 @@ summarize_load() {
 # ---------------------------------------------------------------------------------------------
 # Results.
 
+# ---------------------------------------------------------------------------------------------
+# 3. Scale.
+
+scale_part() {
+    log "scale: one lb-mio (workers = 1) on CPU 0, routes in etcd growing to $SCALE_SIZES"
+    start_etcd
+    put_start_keys
+    start_lb 0 taskset -c 0
+    SCALE_TABLE=$(python3 "$CLIENT" scale "$ETCD" "$PREFIX" "${ADMIN_PORTS[0]}" "$SCALE_SIZES" \
+        "$SCALE_CHANGES") || die "fleet_client.py scale failed"
+    stop_services
+    log_notes scale
+    echo "$SCALE_TABLE" >&2
+}
+
 write_results() {
     local elapsed=$1 cmd
-    cmd="CHANGES=$CHANGES BACKEND_CHANGES=$BACKEND_CHANGES POLL_MS=$POLL_MS DURATION=$DURATION ROUNDS=$ROUNDS CONNS=$CONNS CHURN_MS=$CHURN_MS PARTS=\"$PARTS\" KINDS=\"$KINDS\" PORT_BASE=$PORT_BASE benches/fleet.sh"
+    cmd="CHANGES=$CHANGES BACKEND_CHANGES=$BACKEND_CHANGES POLL_MS=$POLL_MS DURATION=$DURATION ROUNDS=$ROUNDS CONNS=$CONNS CHURN_MS=$CHURN_MS PARTS=\"$PARTS\" KINDS=\"$KINDS\" SCALE_SIZES=$SCALE_SIZES SCALE_CHANGES=$SCALE_CHANGES PORT_BASE=$PORT_BASE benches/fleet.sh"
     mkdir -p "$(dirname "$RESULTS")"
     {
         echo "# A fleet following etcd, $(date +%F)"
@@ -360,6 +381,14 @@ write_results() {
             echo "- One lb-mio (\`workers = 1\`, pinned to CPU 0, the same config) following etcd; wrk (\`wrk --latency -t2 -c$CONNS -d$DURATION\`, \`GET /sw/\`), the demo backends, etcd and the writer on CPU 1. Medians over $ROUNDS rounds, each round one run of each, the order alternating round to round; one lb-mio process throughout, after a $WARMUP wrk warm-up."
             echo "- With changes: benches/fleet_client.py rewrites \`/lb-mio/routes/sw\` every $CHURN_MS ms during the run (switching pool a / pool b, so every change swaps the snapshot the requests use); \"revisions applied\" is the increase of the instance's \`lbmio_etcd_revision\` over the run."
             echo "- CPU per request: utime+stime of the lb-mio process (every thread: the worker, the etcd follower, health checks) from /proc/PID/stat over the run, divided by the requests wrk completed. The etcd writes themselves cost etcd and the writer CPU on CPU 1, which wrk shares: the throughput ratio includes that, the CPU ratio does not."
+            echo
+        fi
+        if [ -n "$SCALE_TABLE" ]; then
+            echo "## 3. Scale: many routes in etcd, and a burst of changes"
+            echo
+            echo "$SCALE_TABLE"
+            echo
+            echo "- One lb-mio (\`workers = 1\`, pinned to CPU 0) following etcd (on CPU 1). The routes in etcd grow to each size with a burst of puts (\`routes/gN\`, one connection, as fast as etcd takes them); \"applied after the last put\" is how long after the burst's last put returned the instance's \`lbmio_etcd_revision\` reached it (a burst's changes arrive in a few watch messages and are applied as one snapshot each time the thread catches up). Then $SCALE_CHANGES single changes of \`routes/sw\`, each timed from the put's return until applied (polled every 1 ms). Every change rebuilds the merged config and the snapshot: the cost grows with the size of the view."
             echo
         fi
         if [ ${#NOTES[@]} -gt 0 ]; then
@@ -400,10 +429,13 @@ main() {
     wait_http "${B[1]}" "$backends" backend
     case " $PARTS " in *" propagation "*) propagation ;; esac
     case " $PARTS " in *" load "*) load_part ;; esac
+    case " $PARTS " in *" scale "*) scale_part ;; esac
     write_results $(($(date +%s) - START_EPOCH))
     print_summary "$PROP_TABLE
 
-$LOAD_TABLE"
+$LOAD_TABLE
+
+$SCALE_TABLE"
 }
 
 main "$@"

@@ -4,6 +4,7 @@
     fleet_client.py put ETCD KEY VALUE
     fleet_client.py propagate ETCD PREFIX KIND N PORTS POLL_MS TIMEOUT_S B_A B_B B_NEW OUT_CSV
     fleet_client.py churn ETCD PREFIX EVERY_MS SECS B_A B_B
+    fleet_client.py scale ETCD PREFIX ADMIN_PORT SIZES CHANGES
 
 ETCD is host:port of etcd's gRPC gateway (JSON over HTTP: POST /v3/kv/put, /v3/kv/deleterange);
 PORTS a comma-separated list of lb-mio listen ports; B_A, B_B the backend ports of pools a and b,
@@ -25,6 +26,12 @@ One CSV row per change: i,revision,write_ms,ms_instance1,...,last_ms ("" for a t
 
 churn writes routes/sw alternating between pool a and b every EVERY_MS for SECS seconds, and
 prints the number of writes and the last revision.
+
+scale grows the routes in etcd to each of SIZES (comma-separated, rising) with a burst of puts
+(routes/gN, path /gN/ to pool b, as fast as one connection puts them), timing how long after the
+burst's last put the instance at ADMIN_PORT has applied it (its lbmio_etcd_revision); then, at that
+size, CHANGES single changes of routes/sw, each timed from the put's return until applied. One
+markdown table row per size.
 """
 
 import base64
@@ -184,6 +191,54 @@ def churn(argv):
     print(writes, revision)
 
 
+def applied(admin_port):
+    """The instance's lbmio_etcd_revision."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    conn.request("GET", "/metrics")
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith("lbmio_etcd_revision "):
+            return int(line.split()[1])
+    raise SystemExit("no lbmio_etcd_revision in /metrics")
+
+
+def until_applied(admin_port, revision, timeout_s=60):
+    """Seconds until the instance applied `revision` (polled every 1 ms)."""
+    start = time.monotonic()
+    while applied(admin_port) < revision:
+        if time.monotonic() - start > timeout_s:
+            raise SystemExit(f"revision {revision} not applied within {timeout_s} s")
+        time.sleep(0.001)
+    return time.monotonic() - start
+
+
+def scale(argv):
+    etcd_ep, prefix, admin_port, sizes, changes = argv
+    admin_port, changes = int(admin_port), int(changes)
+    etcd = Etcd(etcd_ep)
+    print("| routes in etcd | burst of puts | puts took (s) | applied after the last put (ms) "
+          "| one change: median (ms) | p90 (ms) | max (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    have = 0
+    for size in (int(s) for s in sizes.split(",")):
+        start = time.monotonic()
+        revision = 0
+        for i in range(have, size):
+            revision = etcd.put(prefix + f"routes/g{i:05}", route_doc(f"g{i:05}", f"/g{i}/", "b"))
+        burst_s = time.monotonic() - start
+        lag = until_applied(admin_port, revision) * 1000 if size > have else 0.0
+        burst = size - have
+        have = size
+        times = []
+        for i in range(changes):
+            revision = etcd.put(prefix + "routes/sw", route_doc("sw", "/sw/", "b" if i % 2 else "a"))
+            times.append(until_applied(admin_port, revision) * 1000)
+            time.sleep(0.02)
+        times.sort()
+        p90 = times[max(0, -(-len(times) * 9 // 10) - 1)]
+        median = times[len(times) // 2] if len(times) % 2 else sum(times[len(times) // 2 - 1:len(times) // 2 + 1]) / 2
+        print(f"| {size} | {burst} | {burst_s:.2f} | {lag:.1f} | {median:.1f} | {p90:.1f} | {times[-1]:.1f} |")
+
+
 def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
     if cmd == "put":
@@ -192,6 +247,8 @@ def main():
         propagate(argv)
     elif cmd == "churn":
         churn(argv)
+    elif cmd == "scale":
+        scale(argv)
     else:
         raise SystemExit(__doc__)
 
