@@ -18,8 +18,9 @@
 #    route and newroute add no backend: they measure the watch and the snapshot swap.
 # 2. Request path under changes: one lb-mio (workers = 1) on CPU 0; wrk, the demo backends, etcd
 #    and the writer on CPU 1. wrk GET /sw/ for DURATION, with routes/sw rewritten in etcd every
-#    CHURN_MS (switching pool a / b) versus no changes; ROUNDS interleaved rounds of each (the
-#    order alternates), throughput and CPU per request (utime+stime of lb-mio from /proc).
+#    CHURN_MS (switching pool a / b) versus no changes (the same writes under another prefix, so
+#    etcd and the writer load CPU 1 alike); ROUNDS interleaved rounds of each (the order
+#    alternates), throughput and CPU per request (utime+stime of lb-mio from /proc).
 # 3. Scale: one lb-mio following etcd while the routes in etcd grow to each of SCALE_SIZES in a
 #    burst of puts: how long after the burst's last put the instance has applied it, and how long
 #    one change takes at that size (SCALE_CHANGES changes, until lbmio_etcd_revision shows it).
@@ -241,26 +242,26 @@ measure() {
     secs=$(dur_secs "$DURATION")
     limit=$((secs + 30))
     rev0=$(revision_of 0)
-    if [ "$mode" = churn ]; then
-        churn_out="$WORK/churn-$tag.txt"
-        taskset -c 1 python3 "$CLIENT" churn "$ETCD" "$PREFIX" "$CHURN_MS" "$secs" \
-            "${B[1]}" "${B[2]}" >"$churn_out" 2>&1 &
-        churn_pid=$!
-        HELPER_PIDS+=("$churn_pid")
-    fi
+    # Both modes write to etcd at the same pace, so etcd and the writer cost wrk's CPU the
+    # same: with churn under lb-mio's prefix, with none under another one it does not watch.
+    local prefix=/elsewhere/
+    [ "$mode" = churn ] && prefix=$PREFIX
+    churn_out="$WORK/churn-$tag.txt"
+    taskset -c 1 python3 "$CLIENT" churn "$ETCD" "$prefix" "$CHURN_MS" "$secs" \
+        "${B[1]}" "${B[2]}" >"$churn_out" 2>&1 &
+    churn_pid=$!
+    HELPER_PIDS+=("$churn_pid")
     t0=$(cpu_ticks "$pid")
     f0=$(follower_ticks "$pid")
     timeout -k 5 "$limit" taskset -c 1 wrk --latency -t2 -c"$CONNS" -d"$DURATION" \
         "http://127.0.0.1:$LB_PORT/sw/" >"$WORK/wrk-$tag.txt" 2>&1 || log "wrk exited non-zero (see $WORK/wrk-$tag.txt)"
     t1=$(cpu_ticks "$pid")
     f1=$(follower_ticks "$pid")
-    if [ -n "$churn_pid" ]; then
-        wait "$churn_pid" || note "churn in $tag failed: $(tail -n 2 "$churn_out" | tr '\n' ' ')"
-        local kept=() h
-        for h in "${HELPER_PIDS[@]}"; do [ "$h" = "$churn_pid" ] || kept+=("$h"); done
-        HELPER_PIDS=("${kept[@]}")
-        writes=$(awk '{ print $1 }' "$churn_out")
-    fi
+    wait "$churn_pid" || note "churn in $tag failed: $(tail -n 2 "$churn_out" | tr '\n' ' ')"
+    local kept=() h
+    for h in "${HELPER_PIDS[@]}"; do [ "$h" = "$churn_pid" ] || kept+=("$h"); done
+    HELPER_PIDS=("${kept[@]}")
+    writes=$(awk '{ print $1 }' "$churn_out")
     rev1=$(revision_of 0)
     alive "$pid" || die "lb-mio died during $tag (see ${LOGS[lb-mio-0]})"
     read -r rps reqs p50 p99 non2xx sock < <(parse_wrk <"$WORK/wrk-$tag.txt")
@@ -313,8 +314,8 @@ summarize_load() {
             fticks[$1] += $11; revs[$1] += $10
         }
         END {
-            label["none"] = "no changes"; label["churn"] = "a change every " churn_ms " ms"
-            print "| etcd | req/s (median) | req/s min–max | CPU µs/request (median) | p99 ms (median) | etcd writes a run (median) | revisions applied a run (median) |"
+            label["none"] = "no changes (the writes go elsewhere)"; label["churn"] = "a change every " churn_ms " ms"
+            print "| etcd | req/s (median) | req/s min–max | CPU µs/request (median) | p99 ms (median) | etcd writes a run (median) | lbmio_etcd_revision moved by (median) |"
             print "|---|---:|---:|---:|---:|---:|---:|"
             split("none churn", modes, " ")
             for (i = 1; i <= 2; i++) {
@@ -379,7 +380,7 @@ write_results() {
             echo "$LOAD_TABLE"
             echo
             echo "- One lb-mio (\`workers = 1\`, pinned to CPU 0, the same config) following etcd; wrk (\`wrk --latency -t2 -c$CONNS -d$DURATION\`, \`GET /sw/\`), the demo backends, etcd and the writer on CPU 1. Medians over $ROUNDS rounds, each round one run of each, the order alternating round to round; one lb-mio process throughout, after a $WARMUP wrk warm-up."
-            echo "- With changes: benches/fleet_client.py rewrites \`/lb-mio/routes/sw\` every $CHURN_MS ms during the run (switching pool a / pool b, so every change swaps the snapshot the requests use); \"revisions applied\" is the increase of the instance's \`lbmio_etcd_revision\` over the run."
+            echo "- With changes: benches/fleet_client.py rewrites \`/lb-mio/routes/sw\` every $CHURN_MS ms during the run (switching pool a / pool b, so every change swaps the snapshot the requests use); the last column is how far the instance's \`lbmio_etcd_revision\` moved over the run (etcd's revision counts every write, the ones elsewhere too). Without: the same writes at the same pace under \`/elsewhere/\`, which lb-mio does not watch, so that etcd and the writer take the same share of CPU 1 (wrk's) in both."
             echo "- CPU per request: utime+stime of the lb-mio process (every thread: the worker, the etcd follower, health checks) from /proc/PID/stat over the run, divided by the requests wrk completed. The etcd writes themselves cost etcd and the writer CPU on CPU 1, which wrk shares: the throughput ratio includes that, the CPU ratio does not."
             echo
         fi
