@@ -180,6 +180,14 @@ fn revision_of(resp: &Resp, status: u16) -> i64 {
         .unwrap_or_else(|| panic!("no \"revision\" in the answer: {body}"))
 }
 
+/// Asserts every instance still runs.
+#[track_caller]
+fn assert_all_alive(lbs: Vec<Lb>) {
+    for mut lb in lbs {
+        lb.assert_alive();
+    }
+}
+
 /// Asserts every load finished without a failure and with at least `min` answers each.
 #[track_caller]
 fn assert_no_failures(loads: Vec<Load>, min: usize) {
@@ -248,9 +256,7 @@ fn backends_registering_and_revoking_their_leases_under_load_fail_no_request() {
     }
     assert!(b2.request_count() > 0 && b3.request_count() > 0);
     assert_no_failures(loads, 200);
-    for mut lb in lbs {
-        lb.assert_alive();
-    }
+    assert_all_alive(lbs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,9 +297,7 @@ fn a_backend_killed_without_revoking_fails_no_get_until_its_lease_expires() {
         load.wait_for_more(100, WAIT);
     }
     assert_no_failures(loads, 200);
-    for mut lb in lbs {
-        lb.assert_alive();
-    }
+    assert_all_alive(lbs);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 use super::process::{Pipe, Process};
 use super::tls::{KeyKind, Pki};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -117,25 +117,9 @@ impl Etcd {
     /// Starts etcd (again) on the same data directory and ports, and waits until it serves.
     #[track_caller]
     pub fn restart(&mut self) {
-        let client = self.url();
         let peer = format!("http://{}", self.peer);
-        let mut command = Command::new("etcd");
-        command
-            .args(["--name", "default", "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("default={peer}")]);
+        let initial = format!("default={peer}");
+        let mut command = etcd_command("default", &self.dir, &self.url(), &peer, &initial);
         if let Some(tls) = &self.tls {
             command
                 .arg("--cert-file")
@@ -357,25 +341,9 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) {
         let (initial, token) = (self.initial.clone(), self.token.clone());
         let m = &mut self.members[i];
-        let client = format!("http://{}", m.client);
-        let peer = format!("http://{}", m.peer);
-        let mut command = Command::new("etcd");
+        let (client, peer) = (format!("http://{}", m.client), format!("http://{}", m.peer));
+        let mut command = etcd_command(&m.name, &m.dir, &client, &peer, &initial);
         command
-            .args(["--name", &m.name, "--data-dir"])
-            .arg(&m.dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &token])
             .args(CLUSTER_TIMING);
@@ -467,4 +435,33 @@ impl LeasedKey {
         self.keep_alive = None;
         etcdctl(&self.endpoints, &["lease", "revoke", &self.lease]);
     }
+}
+
+/// `etcd` as member `name` of `initial_cluster`, its data in `dir`, serving clients at `client`
+/// and peers at `peer` (URLs).
+fn etcd_command(
+    name: &str,
+    dir: &Path,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut command = Command::new("etcd");
+    command
+        .args(["--name", name, "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", initial_cluster]);
+    command
 }
