@@ -180,6 +180,14 @@ fn revision_of(resp: &Resp, status: u16) -> i64 {
         .unwrap_or_else(|| panic!("no \"revision\" in the answer: {body}"))
 }
 
+/// Waits until each load got `n` more answers.
+#[track_caller]
+fn each_answers(loads: &[Load], n: usize) {
+    for load in loads {
+        load.wait_for_more(n, WAIT);
+    }
+}
+
 /// Asserts every instance still runs.
 #[track_caller]
 fn assert_all_alive(lbs: Vec<Lb>) {
@@ -221,9 +229,7 @@ fn backends_registering_and_revoking_their_leases_under_load_fail_no_request() {
         assert_eq!(bodies(lb, "/start", 4), set(&["b0", "b1"]), "at start");
     }
     let loads: Vec<Load> = lbs.iter().map(|lb| Load::paced(lb.addr, 1, PACE)).collect();
-    for load in &loads {
-        load.wait_for_more(20, WAIT);
-    }
+    each_answers(&loads, 20);
 
     // b2 registers: every instance serves it.
     let mut r2 = LeasedKey::put(&ep, &key("b2"), &backend_doc(b2.addr), 5);
@@ -238,9 +244,7 @@ fn backends_registering_and_revoking_their_leases_under_load_fail_no_request() {
         wait_gone(lb, "b1", WAIT);
     }
     let b1_then = b1.request_count();
-    for load in &loads {
-        load.wait_for_more(100, WAIT);
-    }
+    each_answers(&loads, 100);
     assert_eq!(b1.request_count(), b1_then, "b1 got traffic after it left");
 
     // One joins while another leaves.
@@ -251,9 +255,7 @@ fn backends_registering_and_revoking_their_leases_under_load_fail_no_request() {
         wait_gone(lb, "b2", WAIT);
         assert_eq!(bodies(lb, "/end", 4), set(&["b0", "b3"]));
     }
-    for load in &loads {
-        load.wait_for_more(50, WAIT);
-    }
+    each_answers(&loads, 50);
     assert!(b2.request_count() > 0 && b3.request_count() > 0);
     assert_no_failures(loads, 200);
     assert_all_alive(lbs);
@@ -276,9 +278,7 @@ fn a_backend_killed_without_revoking_fails_no_get_until_its_lease_expires() {
     for lb in &lbs {
         wait_for_body(lb, "/who", "victim", WAIT);
     }
-    for load in &loads {
-        load.wait_for_more(50, WAIT);
-    }
+    each_answers(&loads, 50);
 
     // Its host dies: the backend and its keep-alive both stop. The key stays until the lease
     // runs out (3 s), and the instances must retry what the dead backend refuses.
@@ -293,9 +293,7 @@ fn a_backend_killed_without_revoking_fails_no_get_until_its_lease_expires() {
         killed.elapsed()
     );
     assert_eq!(etcd_value(&ep, &key), "", "the lease did not expire");
-    for load in &loads {
-        load.wait_for_more(100, WAIT);
-    }
+    each_answers(&loads, 100);
     assert_no_failures(loads, 200);
     assert_all_alive(lbs);
 }
@@ -403,9 +401,7 @@ fn etcd_killed_and_restarted_under_load_fails_nothing_and_misses_no_change() {
         assert_eq!(metric(lb.admin_addr(), "lbmio_etcd_connected", &[]), 1.0);
     }
     let loads: Vec<Load> = lbs.iter().map(|lb| Load::paced(lb.addr, 1, PACE)).collect();
-    for load in &loads {
-        load.wait_for_more(20, WAIT);
-    }
+    each_answers(&loads, 20);
 
     etcd.kill();
     for lb in &lbs {
@@ -470,9 +466,7 @@ fn etcd_killed_and_restarted_under_load_fails_nothing_and_misses_no_change() {
         "every instance caught up {:?} after etcd restarted",
         restarted.elapsed()
     );
-    for load in &loads {
-        load.wait_for_more(50, WAIT);
-    }
+    each_answers(&loads, 50);
     assert_no_failures(loads, 200);
 }
 
