@@ -2,7 +2,7 @@
 //! a member that fails is left for the next endpoint, and the connection is opened anew on
 //! the next call. Blocking, for a thread of its own; each call bounded by the request timeout.
 
-use super::connection::Connection;
+use super::connection::{exchange, Connection, Session};
 use super::error::{Error, Why};
 use super::tls::{client_config, TlsFiles};
 use super::watch::Watch;
@@ -57,13 +57,6 @@ pub struct Client {
     /// Index of the endpoint in use, or to try first.
     current: usize,
     session: Option<Session>,
-}
-
-/// A connection and the auth token it got: etcd's simple tokens are known to the member that
-/// issued them only, so each connection authenticates on its own.
-pub(super) struct Session {
-    pub conn: Connection,
-    pub token: Option<String>,
 }
 
 impl Client {
@@ -335,47 +328,4 @@ impl Client {
             None => Err(malformed("authenticate: no token in the answer".into())),
         }
     }
-}
-
-impl Session {
-    fn exchange(&mut self, path: &str, body: &[u8], deadline: Instant) -> Result<Value, Why> {
-        exchange(&mut self.conn, path, self.token.as_deref(), body, deadline)
-    }
-}
-
-/// Sends a request on `conn` and reads its answer: the JSON object etcd sent, unwrapped from
-/// the `result` a streamed call's answer comes in.
-pub(super) fn exchange(
-    conn: &mut Connection,
-    path: &str,
-    token: Option<&str>,
-    body: &[u8],
-    deadline: Instant,
-) -> Result<Value, Why> {
-    conn.send(path, token, &[], body, deadline)?;
-    let head = conn.read_head(deadline)?;
-    let body = conn.read_body(&head, deadline)?;
-    let answer = serde_json::from_slice::<Value>(&body);
-    if head.status != 200 {
-        let message = match &answer {
-            Ok(answer) => wire::error_message(answer),
-            Err(_) => None,
-        };
-        let message = message.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(Why::Refused {
-            status: head.status,
-            message,
-        });
-    }
-    let mut answer = answer.map_err(|e| malformed(format!("answer is not JSON: {e}")))?;
-    if let Some(message) = wire::error_message(&answer) {
-        return Err(Why::Refused {
-            status: head.status,
-            message,
-        });
-    }
-    Ok(match answer.get_mut("result") {
-        Some(result) => result.take(),
-        None => answer,
-    })
 }

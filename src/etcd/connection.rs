@@ -1,14 +1,16 @@
 //! One HTTP/1.1 connection to an etcd member, plain or TLS, over a blocking socket: a request
 //! out, a response head and body in, every read and write bounded by the caller's deadline.
-//! The connection stays open between requests (keep-alive) until either side closes it.
+//! The connection stays open between requests (keep-alive) until either side closes it. A
+//! `Session` is a connection with the auth token it got, and `exchange` one call over it.
 
 use super::error::Why;
-use super::wire::malformed;
+use super::wire::{self, malformed};
 use crate::http::body::Framing;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::HopHeaders;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -331,4 +333,54 @@ fn host(endpoint: &str) -> &str {
 /// Whether a read gave up at its deadline (rather than the connection failing).
 pub fn timed_out(why: &Why) -> bool {
     matches!(why, Why::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// A connection and the auth token it got: etcd's simple tokens are known to the member that
+/// issued them only, so each connection authenticates on its own.
+pub struct Session {
+    pub conn: Connection,
+    pub token: Option<String>,
+}
+
+impl Session {
+    pub fn exchange(&mut self, path: &str, body: &[u8], deadline: Instant) -> Result<Value, Why> {
+        exchange(&mut self.conn, path, self.token.as_deref(), body, deadline)
+    }
+}
+
+/// Sends a request on `conn` and reads its answer: the JSON object etcd sent, unwrapped from
+/// the `result` a streamed call's answer comes in.
+pub fn exchange(
+    conn: &mut Connection,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Value, Why> {
+    conn.send(path, token, &[], body, deadline)?;
+    let head = conn.read_head(deadline)?;
+    let body = conn.read_body(&head, deadline)?;
+    let answer = serde_json::from_slice::<Value>(&body);
+    if head.status != 200 {
+        let message = match &answer {
+            Ok(answer) => wire::error_message(answer),
+            Err(_) => None,
+        };
+        let message = message.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(Why::Refused {
+            status: head.status,
+            message,
+        });
+    }
+    let mut answer = answer.map_err(|e| malformed(format!("answer is not JSON: {e}")))?;
+    if let Some(message) = wire::error_message(&answer) {
+        return Err(Why::Refused {
+            status: head.status,
+            message,
+        });
+    }
+    Ok(match answer.get_mut("result") {
+        Some(result) => result.take(),
+        None => answer,
+    })
 }

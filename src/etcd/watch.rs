@@ -3,8 +3,7 @@
 //! nothing changes; progress notifications and TCP keepalive tell a live member from a dead
 //! one, so no read here fails for taking long, it only gives up at the caller's deadline.
 
-use super::client::Session;
-use super::connection::{timed_out, Connection, MAX_BODY};
+use super::connection::{timed_out, Connection, Session, MAX_BODY};
 use super::error::{Error, Why};
 use super::wire::{self, malformed, Event};
 use crate::http::body::Framing;
