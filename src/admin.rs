@@ -5,6 +5,7 @@
 use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::config;
 use crate::document;
+use crate::fleet::Fleet;
 use crate::metrics;
 use crate::route::{self, Question};
 use crate::shared::{Shared, Snapshot};
@@ -37,15 +38,20 @@ mod exposition;
 mod routing;
 mod stored;
 
+/// What the admin API serves from.
+pub struct Api {
+    pub shared: Arc<Shared>,
+    /// With `[etcd]`: where changes are written instead (`stored`).
+    pub fleet: Option<Arc<Fleet>>,
+    /// The bearer token every request must carry; without one, loopback clients only.
+    pub token: Option<String>,
+}
+
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
-pub fn spawn(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    token: Option<String>,
-) -> io::Result<SocketAddr> {
+pub fn spawn(api: Api, addr: SocketAddr) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
-    let token: Arc<Option<String>> = Arc::new(token);
+    let api = Arc::new(api);
     let open = Arc::new(AtomicUsize::new(0));
     thread::Builder::new()
         .name("admin".into())
@@ -64,12 +70,11 @@ pub fn spawn(
                 open.fetch_sub(1, Ordering::Relaxed);
                 continue; // dropped: too many admin requests at once
             }
-            let (shared, token, open) =
-                (Arc::clone(&shared), Arc::clone(&token), Arc::clone(&open));
+            let (api, open) = (Arc::clone(&api), Arc::clone(&open));
             let spawned = thread::Builder::new()
                 .name("admin-request".into())
                 .spawn(move || {
-                    if let Err(e) = serve(&shared, stream, token.as_deref()) {
+                    if let Err(e) = serve(&api, stream) {
                         warn!("admin: {e}");
                     }
                     open.fetch_sub(1, Ordering::Relaxed);
@@ -133,7 +138,7 @@ impl ApiAnswer {
     }
 }
 
-fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Result<()> {
+fn serve(api: &Api, mut stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let peer = stream.peer_addr()?;
     let deadline = Instant::now() + IO_TIMEOUT;
@@ -141,8 +146,8 @@ fn serve(shared: &Shared, mut stream: TcpStream, token: Option<&str>) -> io::Res
         stream: &mut stream,
         deadline,
     }) {
-        Ok(request) => match check_access(&request, peer, token) {
-            Ok(()) => route(shared, &request),
+        Ok(request) => match check_access(&request, peer, api.token.as_deref()) {
+            Ok(()) => route(api, &request),
             Err(answer) => answer,
         },
         Err(message) => ApiAnswer::error(400, message),
@@ -246,18 +251,19 @@ fn read_body(
     Ok(request)
 }
 
-fn route(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
-    let answer = answer(shared, request);
+fn route(api: &Api, request: &ApiRequest) -> ApiAnswer {
+    let answer = answer(api, request);
     if request.method != "GET" && answer.status < 300 {
-        state_file::persist(&shared.load());
+        state_file::persist(&api.shared.load());
     }
     answer
 }
 
-fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
+fn answer(api: &Api, request: &ApiRequest) -> ApiAnswer {
+    let shared = &*api.shared;
     let path = request.path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if let Some(fleet) = &shared.fleet {
+    if let Some(fleet) = &api.fleet {
         if let Some(answer) = stored::answer(shared, fleet, request, &parts) {
             return answer;
         }
@@ -273,7 +279,7 @@ fn answer(shared: &Shared, request: &ApiRequest) -> ApiAnswer {
             let snap = shared.load();
             let certificates = shared.tls.as_ref().map(|tls| tls.certificates());
             let mut body = exposition::render(&shared.totals(), &snap, certificates.as_deref());
-            if let Some(fleet) = &shared.fleet {
+            if let Some(fleet) = &api.fleet {
                 exposition::render_fleet(&mut body, fleet);
             }
             ApiAnswer {

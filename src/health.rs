@@ -566,14 +566,7 @@ mod tests {
         let config = Config::parse(&ini, "test.ini").unwrap();
         let set = backend::at_start(&config.backends, &Source::Config);
         let sink = Sink::open(None).unwrap();
-        let shared = Shared::new(
-            Snapshot::new(config, set).unwrap(),
-            1,
-            sink,
-            None,
-            None,
-            None,
-        );
+        let shared = Shared::new(Snapshot::new(config, set).unwrap(), 1, sink, None, None);
         let mut checker = Checker::new(Arc::new(shared), Poll::new().unwrap());
         checker.cap = cap;
         checker

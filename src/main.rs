@@ -262,7 +262,7 @@ fn reload(running: &Running, path: Option<&Path>) {
         .map_err(|e| e.to_string())
         .and_then(|config| {
             let shared = &running.shared;
-            match &shared.fleet {
+            match &running.fleet {
                 // etcd's view is laid over the new file, and followed on.
                 Some(fleet) => fleet.reload(shared, config.clone())?,
                 None => shared.update(|snap| reload::apply(snap, config.clone()))?,

@@ -85,6 +85,8 @@ pub struct Running {
     /// Where the admin listener listens, when it is on.
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
+    /// The fleet it follows in etcd, with `[etcd]`.
+    pub fleet: Option<Arc<Fleet>>,
     workers: Vec<(Handle, JoinHandle<()>)>,
 }
 
@@ -173,15 +175,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         format!("cannot open [log] access_log_file {}: {e}", path.display())
     })?;
     let snapshot = Snapshot::new(config, backends.into())?;
-    let fleet_shared = fleet.as_ref().map(|(fleet, ..)| Arc::clone(fleet));
-    let shared = Arc::new(Shared::new(
-        snapshot,
-        workers,
-        sink,
-        tls,
-        backend_tls,
-        fleet_shared,
-    ));
+    let shared = Arc::new(Shared::new(snapshot, workers, sink, tls, backend_tls));
     // Discovered entries are looked up once before any worker accepts (bounded by the DNS
     // timeout), so the first requests have their backends.
     let discovery = Discovery::start(&shared);
@@ -199,13 +193,22 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
     }
     health::spawn(Arc::clone(&shared))?;
     discovery.spawn(Arc::clone(&shared))?;
-    if let Some((fleet, client, start)) = fleet {
-        fleet::spawn(fleet, Arc::clone(&shared), client, start)?;
-    }
+    let fleet = match fleet {
+        Some((fleet, client, start)) => {
+            fleet::spawn(Arc::clone(&fleet), Arc::clone(&shared), client, start)?;
+            Some(fleet)
+        }
+        None => None,
+    };
     let admin = shared.load().config.admin.clone();
     let mut admin_addr = None;
     if let Some(listen) = admin.listen {
-        let bound = admin::spawn(Arc::clone(&shared), listen, admin.token)
+        let api = admin::Api {
+            shared: Arc::clone(&shared),
+            fleet: fleet.clone(),
+            token: admin.token,
+        };
+        let bound = admin::spawn(api, listen)
             .map_err(|e| format!("cannot start the admin listener on {listen}: {e}"))?;
         info!("admin API listening on http://{bound}/");
         admin_addr = Some(bound);
@@ -235,6 +238,7 @@ pub fn start(mut config: Config) -> Result<Running, Box<dyn std::error::Error>> 
         tls_addrs,
         admin_addr,
         shared,
+        fleet,
         workers,
     })
 }

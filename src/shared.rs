@@ -11,7 +11,6 @@ use crate::access_log::Sink;
 use crate::backend::{Backend, Backends};
 use crate::balance::{self, Balancer};
 use crate::config::{Config, PoolConf, Sticky, Strategy};
-use crate::fleet::Fleet;
 use crate::http::request;
 use crate::metrics::{self, Totals, WorkerMetrics};
 use crate::ratelimit::ConnLimit;
@@ -193,8 +192,6 @@ pub struct Shared {
     pub tls: Option<tls::Server>,
     /// What TLS connections to backends share; `None` when none can be made.
     pub backend_tls: Option<tls::Client>,
-    /// The fleet this instance shares etcd with; `None` without `[etcd]`.
-    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl Shared {
@@ -204,13 +201,11 @@ impl Shared {
         access_sink: Sink,
         tls: Option<tls::Server>,
         backend_tls: Option<tls::Client>,
-        fleet: Option<Arc<Fleet>>,
     ) -> Shared {
         Shared {
             access_sink,
             tls,
             backend_tls,
-            fleet,
             id_prefix: request_id::process_prefix(),
             conn_limit: ConnLimit::new(snapshot.config.limits.client_connections),
             current: RwLock::new(Arc::new(snapshot)),
