@@ -5,10 +5,10 @@ use lb_mio::config::{self, Config};
 use lb_mio::demo::DemoBackend;
 use lb_mio::route::{self, Question, RouteTable};
 use lb_mio::server::{self, Running};
-use lb_mio::{fleet, reload, state_file, tls};
+use lb_mio::{fleet, notify, reload, state_file, tls, upgrade};
 use log::LevelFilter;
 use log::{error, info, warn};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use std::net::{IpAddr, SocketAddr};
@@ -207,11 +207,12 @@ fn demo(listen: &str) -> ExitCode {
     })
 }
 
-/// Starts lb-mio, reloads `path` on SIGHUP, reopens the access log file on SIGUSR1, and on
-/// SIGINT or SIGTERM drains and stops.
+/// Starts lb-mio, reloads `path` on SIGHUP, reopens the access log file on SIGUSR1, hands over
+/// to a new process on SIGUSR2 (`upgrade`), and on SIGINT or SIGTERM drains and stops; systemd
+/// hears of each (`notify`).
 fn serve(config: Config, path: Option<&Path>, started: impl FnOnce(&Running)) -> ExitCode {
     init_logging(config.log.level);
-    let mut signals = match Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]) {
+    let mut signals = match Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2]) {
         Ok(signals) => signals,
         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
     };
@@ -220,11 +221,22 @@ fn serve(config: Config, path: Option<&Path>, started: impl FnOnce(&Running)) ->
         Err(e) => return fail(e),
     };
     started(&running);
+    upgrade::ready();
     for signal in signals.forever() {
         match signal {
-            SIGHUP => reload(&running, path),
+            SIGHUP => {
+                notify::notify("RELOADING=1");
+                reload(&running, path);
+                notify::notify("READY=1");
+            }
             SIGUSR1 => reopen_access_log(&running),
+            SIGUSR2 => {
+                if let Err(e) = upgrade::start_successor() {
+                    error!("upgrade: cannot start the new lb-mio: {e}; this one keeps serving");
+                }
+            }
             _ => {
+                notify::notify("STOPPING=1");
                 let drain = running.shared.load().config.lb.drain_timeout;
                 info!("lb-mio stopping on signal {signal}: draining for up to {drain:?}");
                 break;

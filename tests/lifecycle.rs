@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -565,6 +566,28 @@ fn keep_alive_client(addr: SocketAddr, load: &Load) {
     }
 }
 
+/// Six clients against `addr`: four opening a connection per request, two keeping theirs.
+fn start_load(addr: SocketAddr) -> (Arc<Load>, Vec<JoinHandle<()>>) {
+    let load = Arc::new(Load::new());
+    let clients = (0..6)
+        .map(|i| {
+            let load = Arc::clone(&load);
+            thread::spawn(move || match i % 3 {
+                2 => keep_alive_client(addr, &load),
+                _ => one_shot_client(addr, &load),
+            })
+        })
+        .collect();
+    (load, clients)
+}
+
+fn stop_load(load: &Load, clients: Vec<JoinHandle<()>>) {
+    load.stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
 #[test]
 fn a_new_lb_mio_on_the_same_port_takes_over_without_a_failed_request() {
     let _migrate = MigrateReq::enable();
@@ -580,22 +603,7 @@ fn a_new_lb_mio_on_the_same_port_takes_over_without_a_failed_request() {
     let mut current = Lb::start(&config("127.0.0.1:0", 2));
     let addr = current.addr;
 
-    let load = Arc::new(Load::new());
-    let clients: Vec<JoinHandle<()>> = (0..6)
-        .map(|i| {
-            let load = Arc::clone(&load);
-            thread::spawn(move || match i % 3 {
-                2 => keep_alive_client(addr, &load),
-                _ => one_shot_client(addr, &load),
-            })
-        })
-        .collect();
-    let stop_load = |load: &Load, clients: Vec<JoinHandle<()>>| {
-        load.stop.store(true, Ordering::SeqCst);
-        for client in clients {
-            client.join().unwrap();
-        }
-    };
+    let (load, clients) = start_load(addr);
     if !wait_until(WAIT, || load.ok.load(Ordering::SeqCst) >= 20) {
         stop_load(&load, clients);
         panic!(
@@ -666,4 +674,149 @@ fn a_new_lb_mio_on_the_same_port_takes_over_without_a_failed_request() {
         );
     }
     current.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGUSR2: the upgrade a package runs, as systemd sees it
+// ---------------------------------------------------------------------------------------------
+
+/// systemd's side of `Type=notify`: the datagram socket lb-mio finds in `NOTIFY_SOCKET`.
+struct NotifySocket {
+    socket: UnixDatagram,
+    _dir: TempDir,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = TempDir::new("-notify");
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// The messages received within `within` (each `KEY=value` lines), until one that has
+    /// `until`.
+    fn until(&self, until: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if got.last().is_some_and(|m| m.contains(until)) {
+                    break;
+                }
+            }
+        }
+        got
+    }
+}
+
+/// The process an upgrade started, ended when the test is.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// lb-mio started as systemd starts it, with `NOTIFY_SOCKET`.
+fn start_notifying(config: &str, notify: &NotifySocket) -> Lb {
+    Lb::try_start_as(config, |path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lb-mio"));
+        command.arg(path).env("NOTIFY_SOCKET", &notify.path);
+        command
+    })
+    .unwrap()
+}
+
+#[test]
+fn sigusr2_hands_the_service_to_a_new_process_under_load_and_tells_systemd() {
+    let _migrate = MigrateReq::enable();
+    let a = Backend::named("a");
+    // A port of its own: the new process reads the same file and must bind the same port.
+    let listen = free_port([127, 0, 0, 1].into());
+    let config = ini(
+        &[("a", a.addr)],
+        &format!("[lb]\nlisten = {listen}\nworkers = 2\n"),
+    );
+    let notify = NotifySocket::bind();
+    let mut old = start_notifying(&config, &notify);
+    assert_eq!(notify.until("READY=1", WAIT), ["READY=1"]);
+    let (load, clients) = start_load(old.addr);
+    assert!(wait_until(WAIT, || load.ok.load(Ordering::SeqCst) >= 20));
+
+    old.signal("USR2");
+    let messages = notify.until("READY=1", WAIT);
+    let main_pid = messages.iter().find_map(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse::<u32>().ok())
+    });
+    let Some(new_pid) = main_pid else {
+        stop_load(&load, clients);
+        panic!("no MAINPID: {messages:?}\n{}", old.log_text());
+    };
+    let _successor = Successor(new_pid);
+    assert_ne!(new_pid, old.pid());
+    assert_eq!(
+        messages.last().map(|m| m.ends_with("READY=1")),
+        Some(true),
+        "{messages:?}"
+    );
+    let status = old.wait_exit(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old one did not drain and exit: {status:?}"
+    );
+    assert!(notify
+        .until("STOPPING=1", WAIT)
+        .iter()
+        .any(|m| m == "STOPPING=1"));
+    let ok_at_exit = load.ok.load(Ordering::SeqCst);
+    let serves = wait_until(WAIT, || load.ok.load(Ordering::SeqCst) >= ok_at_exit + 50);
+    stop_load(&load, clients);
+    let failures = load.failures.lock().unwrap().clone();
+    let first = &failures[..failures.len().min(10)];
+    assert!(
+        serves,
+        "the new process does not serve: {first:?}\n{}",
+        old.log_text()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(old
+        .log_text()
+        .contains(&format!("ending the old lb-mio (pid {})", old.pid())));
+}
+
+#[test]
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let a = Backend::named("a");
+    let config = ini(&[("a", a.addr)], "[lb]\nlisten = 127.0.0.1:0\n");
+    let mut old = Lb::start(&config);
+    // The file the new process reads has gone bad since.
+    std::fs::write(old.config_path(), format!("{config}[lb]\nworkers = many\n")).unwrap();
+    old.signal("USR2");
+    old.expect_log("before it took over; this one keeps serving", WAIT);
+    assert_eq!(old.get_body("/"), "a");
+    // A second try, once the first failed, is taken.
+    old.signal("USR2");
+    old.expect_log_count("before it took over; this one keeps serving", 2, WAIT);
+    old.assert_alive();
 }

@@ -6,6 +6,7 @@
 
 use super::process::{Pipe, Process};
 use super::tls::{KeyKind, Pki};
+use super::util::free_port;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -170,12 +171,6 @@ impl Drop for Etcd {
         self.process = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port on loopback address `ip` that nobody listens on now.
-fn free_port(ip: IpAddr) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
-    listener.local_addr().expect("local address")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -173,3 +173,10 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A port on loopback address `ip` that nobody listens on now (for a config that must name
+/// its port, where `:0` would not do: a process started again must bind the same one).
+pub fn free_port(ip: std::net::IpAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
