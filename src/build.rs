@@ -23,8 +23,9 @@ fn main() {
     println!("cargo:rustc-env=LB_MIO_COMMIT_SOURCE={source}");
 }
 
-/// Reruns this script when HEAD moves: HEAD itself (a checkout), the ref it names (a commit),
-/// and packed-refs (where `git gc` moves refs). A worktree's HEAD lives in its own git dir, its
+/// Reruns this script when HEAD moves: HEAD itself (a checkout), the folder of the branch it
+/// names (a commit rewrites the branch's file, or creates it when the branch was packed), and
+/// packed-refs (where `git gc` moves refs). A worktree's HEAD lives in its own git dir, its
 /// branches in the common one.
 fn watch_head() {
     let Some(git_dir) = git(&["rev-parse", "--git-dir"]).map(PathBuf::from) else {
@@ -34,7 +35,9 @@ fn watch_head() {
     watch(&git_dir.join("HEAD"));
     watch(&common.join("packed-refs"));
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watch(&common.join(branch));
+        if let Some(folder) = common.join(branch).parent() {
+            watch(folder);
+        }
     }
 }
 
