@@ -23,10 +23,10 @@ fn main() {
     println!("cargo:rustc-env=LB_MIO_COMMIT_SOURCE={source}");
 }
 
-/// Reruns this script when HEAD moves: HEAD itself (a checkout), the folder of the branch it
-/// names (a commit rewrites the branch's file, or creates it when the branch was packed), and
-/// packed-refs (where `git gc` moves refs). A worktree's HEAD lives in its own git dir, its
-/// branches in the common one.
+/// Reruns this script when HEAD moves: HEAD itself (a checkout), the branch's file (a commit),
+/// or, while the branch is only in packed-refs, its folder (where the first commit creates the
+/// file), and packed-refs (where `git gc` moves refs). A worktree's HEAD lives in its own git
+/// dir, its branches in the common one.
 fn watch_head() {
     let Some(git_dir) = git(&["rev-parse", "--git-dir"]).map(PathBuf::from) else {
         return;
@@ -35,8 +35,10 @@ fn watch_head() {
     watch(&git_dir.join("HEAD"));
     watch(&common.join("packed-refs"));
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(folder) = common.join(branch).parent() {
-            watch(folder);
+        let file = common.join(branch);
+        match file.parent() {
+            Some(folder) if !file.exists() => watch(folder),
+            _ => watch(&file),
         }
     }
 }
