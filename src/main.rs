@@ -5,7 +5,7 @@ use lb_mio::config::{self, Config};
 use lb_mio::demo::DemoBackend;
 use lb_mio::route::{self, Question, RouteTable};
 use lb_mio::server::{self, Running};
-use lb_mio::{fleet, notify, reload, state_file, tls, upgrade};
+use lb_mio::{fleet, manual, notify, reload, state_file, tls, upgrade};
 use log::LevelFilter;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -15,25 +15,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: lb-mio CONFIG            run the load balancer
-       lb-mio --check CONFIG    validate CONFIG and exit (0: valid)
-       lb-mio --explain CONFIG METHOD URL [-H 'Name: value']... [--client IP]
-                                [--listener ADDR] [--sni NAME]
-                                print which route a request would take, and why
-       lb-mio --demo [--listen ADDR]
-                                start three built-in backends and a balancer in front of them
-                                (default ADDR 127.0.0.1:8080)
-       lb-mio --help | --version";
-
 const DEMO_LISTEN: &str = "127.0.0.1:8080";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["--help" | "-h"] => println!("{USAGE}"),
-        ["--version" | "-V"] => println!("lb-mio {}", env!("CARGO_PKG_VERSION")),
+        ["--help" | "-h"] => println!("{}", manual::usage()),
+        ["--version" | "-V"] => println!("{}", manual::version()),
+        ["--man"] => print!("{}", manual::man_page()),
         ["--check", path] => return check(Path::new(path)),
         ["--explain", path, method, url, rest @ ..] => {
             return explain(Path::new(path), method, url, rest)
@@ -42,7 +32,7 @@ fn main() -> ExitCode {
         ["--demo", "--listen", addr] => return demo(addr),
         [path] if !path.starts_with('-') => return run_file(Path::new(path)),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{}", manual::usage());
             return ExitCode::from(2);
         }
     }
@@ -102,7 +92,7 @@ fn explain(path: &Path, method: &str, url: &str, options: &[&str]) -> ExitCode {
     };
     let question = match question(method, url, options) {
         Ok(question) => question,
-        Err(e) => return unusable(format!("{e}\n{USAGE}")),
+        Err(e) => return unusable(format!("{e}\n{}", manual::usage())),
     };
     let table = match RouteTable::new(config.routes.clone(), 1, |name| config.pool(name)) {
         Ok(table) => table,

@@ -1,4 +1,4 @@
-//! The command line: `--help`, `--version`, `--check`, config errors, a missing file, `--demo`.
+//! The command line: `--help`, `--version`, `--man`, `--check`, config errors, a missing file, `--demo`.
 
 mod support;
 
@@ -43,16 +43,29 @@ fn help_exits_zero_and_shows_usage() {
 }
 
 #[test]
-fn version_exits_zero_and_prints_the_crate_version() {
+fn version_exits_zero_and_prints_the_crate_version_and_commit() {
     for flag in ["--version", "-V"] {
         let (status, out, err) = run_cli(&[flag]);
         assert!(status.success(), "{flag}: {status} {err}");
         assert_eq!(
             out.trim(),
-            format!("lb-mio {}", env!("CARGO_PKG_VERSION")),
+            format!(
+                "lb-mio {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("LB_MIO_COMMIT")
+            ),
             "{flag}"
         );
     }
+}
+
+/// `--man` prints lb-mio(1), the page the package ships.
+#[test]
+fn man_prints_the_manual_page() {
+    let (status, out, err) = run_cli(&["--man"]);
+    assert!(status.success(), "{status} {err}");
+    assert!(out.starts_with(".TH LB\\-MIO 1 "), "{out}");
+    assert_eq!(out, lb_mio::manual::man_page());
 }
 
 #[test]

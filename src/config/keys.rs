@@ -112,6 +112,21 @@ pub fn markdown_rows() -> impl Iterator<Item = String> {
     })
 }
 
+/// How a `[backends]` line reads (its keys are backend names, so it is not a row of [`KEYS`]).
+pub const BACKENDS_LINE: &str =
+    "name = ip:port | host:port | srv:NAME [weight=N] [tls | tls=NAME] [backup]";
+
+/// What `[backends]` holds, for users (markdown), as the README shows it.
+pub const BACKENDS_MEANING: &str = "at least one (none needed with `[etcd]`: backends may come from etcd); at most 16,384 over all pools at once; names are `[A-Za-z0-9_.-]` (at most 18 characters for `host`/`srv:` entries), weight 1..=1000; `tls`: speak TLS to the backend, its certificate checked against `NAME` (without one, against its address or host; `srv:` entries need a `NAME`); `backup`: traffic only while no other backend of its pool is up. `[pool.NAME.backends]` takes the same lines; `[pool.NAME]` and `[route.NAME]`: see [Routing](#routing-pools-and-routes)";
+
+/// The README's last configuration row: `[backends]`.
+pub fn backends_markdown_row() -> String {
+    format!(
+        "| `[backends]` | `{}` | | {BACKENDS_MEANING} |",
+        BACKENDS_LINE.replace('|', "\\|")
+    )
+}
+
 /// The key `name` of `[section]`.
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.section == section && k.name == name)
@@ -1053,6 +1068,11 @@ mod tests {
             backends.0, BACKENDS,
             "the last row is [backends]: {}",
             backends.2
+        );
+        assert_eq!(
+            words(&backends.2),
+            words(&backends_markdown_row()),
+            "README.md's [backends] row differs from BACKENDS_LINE and BACKENDS_MEANING"
         );
         let mut problems = Vec::new();
         for (key, expected) in KEYS.iter().zip(markdown_rows()) {
