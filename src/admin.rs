@@ -49,7 +49,7 @@ pub struct Api {
 
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
 pub fn spawn(api: Api, addr: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = bind(addr)?;
     let addr = listener.local_addr()?;
     let api = Arc::new(api);
     let open = Arc::new(AtomicUsize::new(0));
@@ -136,6 +136,18 @@ impl ApiAnswer {
     fn error(status: u16, message: impl Into<String>) -> ApiAnswer {
         ApiAnswer::json(status, json!({ "error": message.into() }))
     }
+}
+
+/// A blocking listener with `SO_REUSEPORT`, as the workers' are: during an upgrade (SIGUSR2)
+/// the new process binds the admin address while the old one still holds it.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 fn serve(api: &Api, mut stream: TcpStream) -> io::Result<()> {

@@ -745,11 +745,13 @@ fn start_notifying(config: &str, notify: &NotifySocket) -> Lb {
 fn sigusr2_hands_the_service_to_a_new_process_under_load_and_tells_systemd() {
     let _migrate = MigrateReq::enable();
     let a = Backend::named("a");
-    // A port of its own: the new process reads the same file and must bind the same port.
+    // Ports of its own: the new process reads the same file and must bind the same ports,
+    // the admin listener's too (as in the packaged config.ini).
     let listen = free_port([127, 0, 0, 1].into());
+    let admin = free_port([127, 0, 0, 1].into());
     let config = ini(
         &[("a", a.addr)],
-        &format!("[lb]\nlisten = {listen}\nworkers = 2\n"),
+        &format!("[lb]\nlisten = {listen}\nworkers = 2\n[admin]\nlisten = {admin}\n"),
     );
     let notify = NotifySocket::bind();
     let mut old = start_notifying(&config, &notify);
