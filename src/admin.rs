@@ -6,6 +6,7 @@ use crate::backend::{self, Backend, BackendConf, Source, State, WEIGHTS};
 use crate::config;
 use crate::document;
 use crate::fleet::Fleet;
+use crate::listen;
 use crate::metrics;
 use crate::route::{self, Question};
 use crate::shared::{Shared, Snapshot};
@@ -14,7 +15,7 @@ use crate::tls::EXPIRY_WARNING_DAYS;
 use log::{info, warn};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -49,7 +50,9 @@ pub struct Api {
 
 /// Binds the admin listener (so a failure is reported at start) and serves it on a new thread.
 pub fn spawn(api: Api, addr: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = bind(addr)?;
+    // `SO_REUSEPORT`, as the workers' listeners: during an upgrade (SIGUSR2) the new process
+    // binds the admin address while the old one still holds it.
+    let listener = listen::bind_blocking(addr, false).map_err(io::Error::other)?;
     let addr = listener.local_addr()?;
     let api = Arc::new(api);
     let open = Arc::new(AtomicUsize::new(0));
@@ -136,18 +139,6 @@ impl ApiAnswer {
     fn error(status: u16, message: impl Into<String>) -> ApiAnswer {
         ApiAnswer::json(status, json!({ "error": message.into() }))
     }
-}
-
-/// A blocking listener with `SO_REUSEPORT`, as the workers' are: during an upgrade (SIGUSR2)
-/// the new process binds the admin address while the old one still holds it.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    Ok(socket.into())
 }
 
 fn serve(api: &Api, mut stream: TcpStream) -> io::Result<()> {

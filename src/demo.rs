@@ -12,7 +12,7 @@ use crate::buffer::{Buffer, BufferPool, Io};
 use crate::http::body::{Body, Framing};
 use crate::http::head::HopHeaders;
 use crate::http::request::MAX_HEADERS;
-use crate::server;
+use crate::listen;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -36,7 +36,7 @@ impl DemoBackend {
     /// thread named after `name` until the process exits.
     pub fn spawn(name: &str, addr: SocketAddr) -> io::Result<DemoBackend> {
         // Dual-stack on `[::]`, as a lone `listen` address of the balancer is.
-        let listener = server::bind(addr, false).map_err(io::Error::other)?;
+        let listener = listen::bind(addr, false).map_err(io::Error::other)?;
         let addr = listener.local_addr()?;
         let responses = Responses::new(name);
         std::thread::Builder::new()

@@ -27,6 +27,7 @@ pub mod fleet;
 pub mod hash;
 pub mod health;
 pub mod http;
+pub mod listen;
 pub mod manual;
 pub mod memory;
 pub mod metrics;

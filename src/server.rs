@@ -9,70 +9,16 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::fleet::{self, Fleet};
 use crate::health;
+use crate::listen::bind;
 use crate::shared::{Shared, Snapshot};
 use crate::state_file;
 use crate::tls;
 use crate::worker::{Handle, Listener, Msg, Worker};
 use log::{info, warn};
-use mio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
-use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// Which step of binding a listener failed, and on which address.
-#[derive(Debug)]
-pub enum BindError {
-    Socket(SocketAddr, io::Error),
-    ReusePort(SocketAddr, io::Error),
-    Bind(SocketAddr, io::Error),
-    Listen(SocketAddr, io::Error),
-}
-
-impl fmt::Display for BindError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            BindError::Socket(a, e) => write!(f, "cannot create a socket for {a}: {e}"),
-            BindError::ReusePort(a, e) => write!(f, "cannot set SO_REUSEPORT for {a}: {e}"),
-            BindError::Bind(a, e) => write!(f, "cannot bind {a}: {e}"),
-            BindError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for BindError {}
-
-/// Pending connections the kernel queues per listener.
-const BACKLOG: i32 = 1024;
-
-/// A non-blocking listener that other sockets can bind to the same address (`SO_REUSEPORT`),
-/// so each worker accepts on its own and the kernel spreads connections over them.
-pub fn bind(addr: SocketAddr, v6_only: bool) -> Result<TcpListener, BindError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| BindError::Socket(addr, e))?;
-    if addr.is_ipv6() {
-        socket
-            .set_only_v6(v6_only)
-            .map_err(|e| BindError::Socket(addr, e))?;
-    }
-    socket
-        .set_reuse_address(true)
-        .and_then(|()| socket.set_reuse_port(true))
-        .map_err(|e| BindError::ReusePort(addr, e))?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| BindError::Bind(addr, e))?;
-    socket
-        .listen(BACKLOG)
-        .map_err(|e| BindError::Listen(addr, e))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| BindError::Listen(addr, e))?;
-    Ok(TcpListener::from_std(socket.into()))
-}
 
 /// A started lb-mio: its threads run until the process ends.
 pub struct Running {
