@@ -1,10 +1,11 @@
 //! The thread that follows etcd: a watch on the prefix from the revision after the last one
-//! applied, each message of changes applied as one new snapshot. A silent watch is normal (it
-//! can be quiet for hours); a member that vanished is found by TCP keepalive and etcd's
-//! progress notifications, never by a read timeout. When the watch fails the last view stays,
-//! with one warning per outage, and the thread reconnects with backoff, resuming from the last
-//! revision seen, so no change is missed or applied twice; when etcd compacted that revision
-//! away, it reads the whole prefix again.
+//! applied, the changes received together applied as one new snapshot. A silent watch is
+//! normal (it can be quiet for hours); a member that vanished is found by TCP keepalive and
+//! etcd's progress notifications, never by a read timeout, and one cut off from its cluster
+//! cancels the watch (it was asked for a leader). When the watch fails the last view stays,
+//! with one warning per outage, and the thread reconnects with backoff, starting on the next
+//! member and resuming from the last revision seen, so no change is missed or applied twice;
+//! when etcd compacted that revision away, it reads the whole prefix again.
 
 use super::cache;
 use super::view::{Key, View};
