@@ -272,6 +272,24 @@ alive() {
 
 lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
+# awk functions the summaries share, put before an awk program ("$AWK_STATS"'...'):
+# median(list): the median of a space-separated list of numbers ("" for an empty one);
+# range(list, fmt): its smallest and largest, each printed with fmt, as "lo–hi".
+# shellcheck disable=SC2016,SC2034
+AWK_STATS='
+    function median(list,   n, a, i, j, v) {
+        n = split(list, a, " ")
+        for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+        if (n == 0) return ""
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function range(list, fmt,   n, a, i, lo, hi) {
+        n = split(list, a, " "); lo = hi = a[1] + 0
+        for (i = 2; i <= n; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
+        return sprintf(fmt "–" fmt, lo, hi)
+    }
+'
+
 # wrk's text output -> "rps requests p50_ms p99_ms non2xx socket_errors"
 parse_wrk() {
     awk '

@@ -296,17 +296,7 @@ load_part() {
 # table; the ratios also as the median of each round's ratio (the two runs of a round are
 # neighbours in time, so they share the machine's load of the moment).
 summarize_load() {
-    awk -F, -v churn_ms="$CHURN_MS" -v hz="$CLK_TCK" '
-        function median(list,   k, a, i, j, v) {
-            k = split(list, a, " ")
-            for (i = 2; i <= k; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-        }
-        function minmax(list,   k, a, i, lo, hi) {
-            k = split(list, a, " "); lo = hi = a[1] + 0
-            for (i = 2; i <= k; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
-            return sprintf("%.0f–%.0f", lo, hi)
-        }
+    awk -F, -v churn_ms="$CHURN_MS" -v hz="$CLK_TCK" "$AWK_STATS"'
         {
             rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; p99[$1] = p99[$1] " " $8
             wr[$1] = wr[$1] " " $9; rev[$1] = rev[$1] " " $10
@@ -320,7 +310,7 @@ summarize_load() {
             split("none churn", modes, " ")
             for (i = 1; i <= 2; i++) {
                 m = modes[i]
-                printf "| %s | **%.0f** | %s | **%.3f** | %.2f | %d | %d |\n", label[m], median(rps[m]), minmax(rps[m]), median(cpu[m]), median(p99[m]), median(wr[m]), median(rev[m])
+                printf "| %s | **%.0f** | %s | **%.3f** | %.2f | %d | %d |\n", label[m], median(rps[m]), range(rps[m], "%.0f"), median(cpu[m]), median(p99[m]), median(wr[m]), median(rev[m])
             }
             r = median(rps["churn"]) / median(rps["none"]); c = median(cpu["churn"]) / median(cpu["none"])
             printf "| ratio of the medians (changes / none) | **%.3f** | | **%.3f** | %.2f | | |\n", r, c, median(p99["churn"]) / median(p99["none"])

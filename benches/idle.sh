@@ -240,17 +240,7 @@ measure() {
 
 # runs.csv -> markdown table of medians, one row per pattern / target.
 summarize() {
-    awk -F, -v n="$N" '
-        function median(list,   k, a, i, j, v) {
-            k = split(list, a, " ")
-            for (i = 2; i <= k; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-        }
-        function minmax(list,   k, a, i, lo, hi) {
-            k = split(list, a, " "); lo = hi = a[1] + 0
-            for (i = 2; i <= k; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
-            return sprintf("%d–%d", lo, hi)
-        }
+    awk -F, -v n="$N" "$AWK_STATS"'
         {
             k = $2 "," $1
             if (!(k in seen)) { seen[k] = 1; order[++m] = k }
@@ -261,7 +251,7 @@ summarize() {
             print "|---|---|---:|---:|---:|---:|---|"
             for (i = 1; i <= m; i++) {
                 split(order[i], f, ",")
-                printf "| %s | %s | %.1f | %.1f | **%d** | %s | %s |\n", f[1], f[2], median(r0[order[i]]) / 1024, median(r1[order[i]]) / 1024, median(per[order[i]]), minmax(per[order[i]]), crash[order[i]] ? crash[order[i]] "×" : "no"
+                printf "| %s | %s | %.1f | %.1f | **%d** | %s | %s |\n", f[1], f[2], median(r0[order[i]]) / 1024, median(r1[order[i]]) / 1024, median(per[order[i]]), range(per[order[i]], "%d"), crash[order[i]] ? crash[order[i]] "×" : "no"
             }
         }
     ' "$WORK/runs.csv"

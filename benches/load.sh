@@ -523,18 +523,7 @@ run_mode() {
 summarize() {
     local counts_csv="$WORK/counts.csv"
     [ -f "$counts_csv" ] || counts_csv=/dev/null
-    awk -F, -v tck="$CLK_TCK" -v ccsv="$counts_csv" -v mcsv="$WORK/medians.csv" '
-        function median(list,   n, a, i, j, v) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            if (n == 0) return ""
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        function minmax(list,   n, a, i, lo, hi) {
-            n = split(list, a, " "); lo = hi = a[1] + 0
-            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
-            return sprintf("%.0f–%.0f", lo, hi)
-        }
+    awk -F, -v tck="$CLK_TCK" -v ccsv="$counts_csv" -v mcsv="$WORK/medians.csv" "$AWK_STATS"'
         FILENAME == ccsv {  # counts.csv: mode,body,conns,target,requests,syscalls,connects,splices
             k = $1 "," $2 "," $3 "," $4
             if ($5 > 0) { ssys[k] = $6 / $5; sconn[k] = $7 / $5 * 1000; ssplice[k] = $8 / $5 }
@@ -577,7 +566,7 @@ summarize() {
                 if (err == "") err = "none"; else sub(/; $/, "", err)
                 name = f[4] == "direct" ? "direct (backend)¹" : f[4]
                 printf "| %s | %s | %s | %s | %.0f | %s | %.2f | %.2f | %.3f | %.2f | %s | %s | %s | %s | %s | %s |\n", \
-                    f[1], f[2], f[3], name, r, minmax(rps[k]), median(p50[k]), median(p99[k]), median(cpu[k]), median(busy[k]), s, sp, c, ratio, vs, err
+                    f[1], f[2], f[3], name, r, range(rps[k], "%.0f"), median(p50[k]), median(p99[k]), median(cpu[k]), median(busy[k]), s, sp, c, ratio, vs, err
                 printf "%s,%s,%s,%s,%s\n", k, r, median(cpu[k]) * 10, (k in ssys) ? ssys[k] : "", \
                     (k in ssplice) ? ssplice[k] : "" >mcsv
             }

@@ -130,12 +130,7 @@ $(grep -c ' is down' "$WORK/lb-mio.log" || true)" >>"$WORK/runs.txt"
 
 # runs.txt -> the table: one row per N, medians over rounds; then RSS per backend added.
 summarize() {
-    awk -v iv="$INTERVAL_MS" -v hz="$(getconf CLK_TCK)" '
-        function median(list,   n, a, i, j, v) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -v iv="$INTERVAL_MS" -v hz="$(getconf CLK_TCK)" "$AWK_STATS"'
         {
             if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 }
             cpu[$1] = cpu[$1] " " $3 / hz / $4; rate[$1] = rate[$1] " " $5 / $4

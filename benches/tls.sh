@@ -310,18 +310,7 @@ run_cert() {
 # runs.csv -> the two markdown tables of medians (handshakes, then keep-alive), with ratios to
 # lb-mio's medians in the same certificate / test.
 summarize() {
-    awk -F, -v tck="$CLK_TCK" '
-        function median(list,   n, a, i, j, v) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            if (n == 0) return ""
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        function minmax(list,   n, a, i, lo, hi) {
-            n = split(list, a, " "); lo = hi = a[1] + 0
-            for (i = 2; i <= n; i++) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
-            return sprintf("%.0f–%.0f", lo, hi)
-        }
+    awk -F, -v tck="$CLK_TCK" "$AWK_STATS"'
         function ratio(v, k, arr,   lk) {
             lk = k; sub(/,[^,]*$/, ",lb-mio", lk)
             if (!(lk in arr) || arr[lk] == 0 || v == "") return "–"
@@ -364,13 +353,13 @@ summarize() {
                     if (pass == 1) {
                         hs = full[k] + resumed[k]
                         printf "| %s | %s | %s | %s | %.0f | %s | %s | %s | %.2f | %s | %s | %s | %s |\n", \
-                            f[1], f[2], f[3], f[4], mrate[k], minmax(rate[k]), \
+                            f[1], f[2], f[3], f[4], mrate[k], range(rate[k], "%.0f"), \
                             c == "" ? "–" : sprintf("%.0f", c), c == "" || c == 0 ? "–" : sprintf("%.0f", 1e6 / c), \
                             median(busy[k]), hs ? sprintf("%.1f%%", resumed[k] * 100 / hs) : "–", \
                             ratio(mrate[k], k, mrate), ratio(c, k, mcpu), errs(k, "failed s_time processes")
                     } else {
                         printf "| %s | %s | %s | %.0f | %s | %.2f | %.2f | %s | %.2f | %s | %s | %s |\n", \
-                            f[1], f[3], f[4], mrate[k], minmax(rate[k]), median(p50[k]), median(p99[k]), \
+                            f[1], f[3], f[4], mrate[k], range(rate[k], "%.0f"), median(p50[k]), median(p99[k]), \
                             c == "" ? "–" : sprintf("%.1f", c), median(busy[k]), \
                             ratio(mrate[k], k, mrate), ratio(c, k, mcpu), errs(k, "wrk errors")
                     }

@@ -85,12 +85,7 @@ measure() {
 
 # runs.csv -> markdown table of medians, one row per binary.
 summarize() {
-    awk -F, -v secs="$SECS" '
-        function median(list,   k, a, i, j, v) {
-            k = split(list, a, " ")
-            for (i = 2; i <= k; i++) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-            return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-        }
+    awk -F, -v secs="$SECS" "$AWK_STATS"'
         {
             if (!($1 in seen)) { seen[$1] = 1; order[++m] = $1 }
             perf[$1] = perf[$1] " " $3; proc[$1] = proc[$1] " " $4
