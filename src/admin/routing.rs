@@ -5,7 +5,7 @@
 //! reload or restart, which read config.ini alone (`reload` says what it drops).
 
 use super::ApiAnswer;
-use crate::backend::{Backend, Source};
+use crate::backend::{Backend, BackendConf, Source};
 use crate::config::{Config, Origin, PoolConf};
 use crate::document;
 use crate::reload;
@@ -61,7 +61,7 @@ pub fn pool_document(snap: &Snapshot, at: usize) -> Value {
     document::pool_json(conf, given)
 }
 
-fn no_pool(name: &str) -> ApiAnswer {
+pub(super) fn no_pool(name: &str) -> ApiAnswer {
     ApiAnswer::error(404, format!("no pool {name:?}"))
 }
 
@@ -78,20 +78,7 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
             conf,
             backends: wanted,
         } = document::pool(&value, name, &snap.config).map_err(|e| ApiAnswer::error(400, e))?;
-        let taken = (wanted.iter()).find_map(|conf| {
-            let other = snap
-                .backends
-                .iter()
-                .find(|b| b.name == conf.name && b.is_listed());
-            other.filter(|b| b.pool != name)
-        });
-        if let Some(other) = taken {
-            let message = format!(
-                "backend name {:?} is taken in pool {}",
-                other.name, other.pool
-            );
-            return Err(ApiAnswer::error(409, message));
-        }
+        names_free(snap, name, &wanted)?;
         let mut config = snap.config.clone();
         let conf = PoolConf {
             origin: Origin::Api,
@@ -138,6 +125,43 @@ pub fn put_pool(shared: &Shared, name: &str, body: &[u8]) -> ApiAnswer {
     }
 }
 
+/// 409 when a backend of `wanted` (pool `pool`'s) has a name a backend of another pool has.
+pub(super) fn names_free(
+    snap: &Snapshot,
+    pool: &str,
+    wanted: &[BackendConf],
+) -> Result<(), ApiAnswer> {
+    let taken = (wanted.iter()).find_map(|conf| {
+        let other = (snap.backends.iter()).find(|b| b.name == conf.name && b.is_listed());
+        other.filter(|b| b.pool != pool)
+    });
+    match taken {
+        Some(other) => {
+            let message = format!(
+                "backend name {:?} is taken in pool {}",
+                other.name, other.pool
+            );
+            Err(ApiAnswer::error(409, message))
+        }
+        None => Ok(()),
+    }
+}
+
+/// 409 while a route sends requests to pool `pool`.
+pub(super) fn unrouted(snap: &Snapshot, pool: &str) -> Result<(), ApiAnswer> {
+    let routed = (snap.config.routes.iter()).find(|r| r.pool_names().any(|p| p == pool));
+    match routed {
+        Some(route) => {
+            let message = format!(
+                "route {} sends requests to pool {pool}: change or delete it first",
+                route.name
+            );
+            Err(ApiAnswer::error(409, message))
+        }
+        None => Ok(()),
+    }
+}
+
 /// `DELETE /api/pools/NAME`: refused while a route names the pool; else the pool goes, with its
 /// DNS entries, and its backends drain (once no worker routes to it), then leave.
 pub fn delete_pool(shared: &Shared, name: &str) -> ApiAnswer {
@@ -145,18 +169,7 @@ pub fn delete_pool(shared: &Shared, name: &str) -> ApiAnswer {
         let Some(at) = snap.pool(name) else {
             return Err(no_pool(name));
         };
-        let routed = snap
-            .config
-            .routes
-            .iter()
-            .find(|r| r.pool_names().any(|p| p == name));
-        if let Some(route) = routed {
-            let message = format!(
-                "route {} sends requests to pool {name}: change or delete it first",
-                route.name
-            );
-            return Err(ApiAnswer::error(409, message));
-        }
+        unrouted(snap, name)?;
         let mut config = snap.config.clone();
         config.pools.remove(at);
         config.discover.retain(|d| d.pool != name);
@@ -208,7 +221,7 @@ pub fn get_route(shared: &Shared, name: &str) -> ApiAnswer {
     }
 }
 
-fn no_route(name: &str) -> ApiAnswer {
+pub(super) fn no_route(name: &str) -> ApiAnswer {
     ApiAnswer::error(404, format!("no route {name:?}"))
 }
 
@@ -296,6 +309,6 @@ fn next(
         .map_err(|e| ApiAnswer::error(400, e))
 }
 
-fn json_of(body: &[u8]) -> Result<Value, ApiAnswer> {
+pub(super) fn json_of(body: &[u8]) -> Result<Value, ApiAnswer> {
     serde_json::from_slice(body).map_err(|e| ApiAnswer::error(400, format!("bad JSON: {e}")))
 }

@@ -8,9 +8,9 @@
 //! Backends from config.ini, the state file or DNS are this instance's own: etcd cannot change
 //! them (409). Draining stays an action on the instance asked.
 
-use super::routing::{self, pool_document};
+use super::routing::{self, json_of, names_free, no_pool, no_route, pool_document, unrouted};
 use super::{backend_name, backend_of, weight_of, ApiAnswer, ApiRequest};
-use crate::backend::{Backend, Source};
+use crate::backend::Source;
 use crate::config::Origin;
 use crate::document;
 use crate::fleet::view::{self, Key};
@@ -76,20 +76,7 @@ impl Store<'_> {
         let value = json_of(body)?;
         let snap = self.shared.load();
         let doc = document::pool(&value, name, &snap.config).map_err(bad)?;
-        let listed = |b: &&std::sync::Arc<Backend>| b.is_listed() && b.pool != name;
-        let taken = (doc.backends.iter()).find_map(|conf| {
-            snap.backends
-                .iter()
-                .filter(listed)
-                .find(|b| b.name == conf.name)
-        });
-        if let Some(other) = taken {
-            let message = format!(
-                "backend name {:?} is taken in pool {}",
-                other.name, other.pool
-            );
-            return Err(ApiAnswer::error(409, message));
-        }
+        names_free(&snap, name, &doc.backends)?;
         let key = Key::Pool(name.to_string());
         let (revision, created) = self.put(&key, &value)?;
         info!("pool {name} written to etcd at revision {revision} (admin API)");
@@ -103,18 +90,11 @@ impl Store<'_> {
     /// `DELETE /api/pools/NAME`: refused while a route names the pool, and for config.ini's.
     fn delete_pool(&self, name: &str) -> Answer {
         let snap = self.shared.load();
-        let at = snap
-            .pool(name)
-            .ok_or_else(|| no(&format!("pool {name:?}")))?;
+        let at = snap.pool(name).ok_or_else(|| no_pool(name))?;
         self.must_be_stored("pool", name, snap.pools[at].conf.origin)?;
         // Deleting an etcd pool that hides config.ini's brings the file's back: routes stay.
-        let routed = (snap.config.routes.iter()).find(|r| r.pool_names().any(|p| p == name));
-        if let Some(route) = routed.filter(|_| !self.fleet.file_has_pool(name)) {
-            let message = format!(
-                "route {} sends requests to pool {name}: change or delete it first",
-                route.name
-            );
-            return Err(ApiAnswer::error(409, message));
+        if !self.fleet.file_has_pool(name) {
+            unrouted(&snap, name)?;
         }
         self.deleted(Key::Pool(name.to_string()), "pool", name, 202)
     }
@@ -139,7 +119,7 @@ impl Store<'_> {
     fn delete_route(&self, name: &str) -> Answer {
         let snap = self.shared.load();
         let route = (snap.config.routes.iter()).find(|r| r.name == name);
-        let route = route.ok_or_else(|| no(&format!("route {name:?}")))?;
+        let route = route.ok_or_else(|| no_route(name))?;
         self.must_be_stored("route", name, route.origin)?;
         self.deleted(Key::Route(name.to_string()), "route", name, 200)
     }
@@ -158,7 +138,7 @@ impl Store<'_> {
         let conf = backend_of(self.shared, body, pool)?;
         let snap = self.shared.load();
         if snap.pool(&conf.pool).is_none() {
-            return Err(no(&format!("pool {:?}", conf.pool)));
+            return Err(no_pool(&conf.pool));
         }
         let name = backend_name(&snap, &conf.name)?;
         let key = Key::backend(&conf.pool, &name);
@@ -393,10 +373,6 @@ fn gone(name: &str) -> ApiAnswer {
         409,
         format!("backend {name} is gone from its pool's document in etcd"),
     )
-}
-
-fn json_of(body: &[u8]) -> Result<Value, ApiAnswer> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON: {e}")))
 }
 
 fn bad(message: String) -> ApiAnswer {
